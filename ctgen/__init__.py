@@ -1,0 +1,52 @@
+"""ctgen: generate and explore brain CT slices with disentangled β-VAEs on ONNX Runtime.
+
+The public API is imported lazily so that ``ctgen --version`` and ``import ctgen`` stay
+fast and never pull in ONNX Runtime (and never PyTorch, at all).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CtgenError": "ctgen.errors",
+    "DicomError": "ctgen.errors",
+    "ModelError": "ctgen.errors",
+    "InputError": "ctgen.errors",
+    "OutputError": "ctgen.errors",
+    "Slice": "ctgen.dicom",
+    "read_slice": "ctgen.dicom",
+    "read_series": "ctgen.dicom",
+    "write_series": "ctgen.dicom",
+    "Grid": "ctgen.preprocess",
+    "to_model": "ctgen.preprocess",
+    "from_model": "ctgen.preprocess",
+    "Model": "ctgen.model",
+    "load_model": "ctgen.model",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ctgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctgen.dicom import Slice, read_series, read_slice, write_series
+    from ctgen.errors import CtgenError, DicomError, InputError, ModelError, OutputError
+    from ctgen.model import Model, load_model
+    from ctgen.preprocess import Grid, from_model, to_model

@@ -1,0 +1,3 @@
+from ctgen.cli import main
+
+main()

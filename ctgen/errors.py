@@ -1,0 +1,34 @@
+"""Exception types of ctgen. Library code raises these; only the CLI prints and exits."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = ["CtgenError", "DicomError", "ModelError", "InputError", "OutputError"]
+
+
+class CtgenError(Exception):
+    """Base class: the message is one line meant for the user."""
+
+
+class _PathError(CtgenError):
+    def __init__(self, path: str | PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class DicomError(_PathError):
+    """A file could not be read as a usable CT slice, or a DICOM file could not be written."""
+
+
+class ModelError(_PathError):
+    """A model folder is missing, incomplete, corrupt, or cannot run on the requested device."""
+
+
+class InputError(_PathError):
+    """Bad user input other than DICOM: latent files, unit lists, shard specs, options."""
+
+
+class OutputError(_PathError):
+    """An output cannot be written (exists without --force, unwritable folder)."""
