@@ -1,0 +1,218 @@
+"""HU slices to the model's grid and back: physical resampling, head centring, windowing.
+
+numpy only. The same functions serve training (the preprocessed cache) and the runtime, so the two
+can never disagree about spacing, centring or the HU window.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ctgen.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctgen.dicom import Slice
+
+__all__ = [
+    "AIR_HU",
+    "BODY_THRESHOLD_HU",
+    "WINDOW_DEFAULT",
+    "Grid",
+    "batch_to_model",
+    "from_model",
+    "to_model",
+    "window_to_unit",
+]
+
+WINDOW_DEFAULT = (-50.0, 250.0)  # HU mapped to [0, 1] for the model (lo, hi)
+AIR_HU = -1000.0  # fill value outside the scanned field of view
+BODY_THRESHOLD_HU = -500.0  # HU above this count as head (and anything else in the field) for centring
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The model's image grid: ``size`` x ``size`` pixels of ``spacing_mm`` mm, HU ``window_hu`` -> [0, 1].
+
+    Raises InputError for a non-positive size or spacing or an empty window (lo >= hi).
+    """
+
+    size: int = 256
+    spacing_mm: float = 0.9375
+    window_hu: tuple[float, float] = WINDOW_DEFAULT
+
+    def __post_init__(self) -> None:
+        try:
+            size = operator.index(self.size)
+            spacing_mm = float(self.spacing_mm)
+            lo, hi = (float(v) for v in self.window_hu)
+        except (TypeError, ValueError) as exc:
+            raise InputError(None, f"bad model grid {self!r}: {exc}") from None
+        if size < 1:
+            raise InputError(None, f"bad model grid: image size {size} must be positive")
+        if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+            raise InputError(None, f"bad model grid: spacing {spacing_mm} mm must be positive")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise InputError(None, f"bad model grid: HU window ({lo}, {hi}) needs lo < hi")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "spacing_mm", spacing_mm)
+        object.__setattr__(self, "window_hu", (lo, hi))
+
+    @classmethod
+    def from_card(cls, card: dict) -> Grid:
+        """Grid from a model card's ``image_size``, ``spacing_mm`` and ``window_hu``; InputError if any is missing."""
+        missing = [key for key in ("image_size", "spacing_mm", "window_hu") if key not in card]
+        if missing:
+            raise InputError(None, f"model card lacks {', '.join(missing)}")
+        return cls(size=card["image_size"], spacing_mm=card["spacing_mm"], window_hu=tuple(card["window_hu"]))
+
+    def to_card(self) -> dict:
+        """The card keys for this grid (JSON-ready: the window is a list)."""
+        return {"image_size": self.size, "spacing_mm": self.spacing_mm, "window_hu": list(self.window_hu)}
+
+
+def window_to_unit(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
+    """HU (any shape) -> float32 of the same shape in [0, 1]: ``lo`` -> 0, ``hi`` -> 1, clipped outside."""
+    lo, hi = (float(v) for v in window_hu)
+    if not lo < hi:
+        raise InputError(None, f"HU window ({lo}, {hi}) needs lo < hi")
+    unit = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(unit, np.float32(0.0), np.float32(1.0))
+
+
+def to_model(
+    hu: np.ndarray, spacing_mm: tuple[float, float] | None, grid: Grid, *, center: bool = True
+) -> np.ndarray:
+    """One HU slice -> the model's input.
+
+    ``hu``: float (H, W) in HU; ``spacing_mm``: (row, column) pixel spacing in mm, or None.
+    Returns float32 (S, S) in [0, 1], S = ``grid.size``:
+
+    1. resampled to ``grid.spacing_mm`` by separable linear interpolation; when a model pixel is larger
+       than an input pixel, the interpolant is averaged over the model pixel's footprint (box prefilter),
+       so downsampling does not alias;
+    2. with ``center``, the centroid of the body mask (HU > -500) lands on the grid centre, otherwise the
+       image centre does; the field outside the input is air (-1000 HU); non-finite values count as air;
+    3. windowed with ``grid.window_hu`` (values outside it are clipped).
+
+    Without spacing, warns (UserWarning) and resizes keeping the aspect ratio so the longer side spans
+    the grid. Raises InputError for a non 2-D image or a non-positive spacing.
+    """
+    return _to_model(hu, spacing_mm, grid, center=center, source=None)
+
+
+def batch_to_model(slices: Sequence[Slice], grid: Grid, *, center: bool = True) -> np.ndarray:
+    """Slices (anything with ``.hu`` and ``.spacing_mm``, see ctgen.dicom.Slice) -> float32 (N, 1, S, S) in [0, 1].
+
+    Each slice goes through ``to_model``; a missing spacing warns naming the slice's ``path``.
+    """
+    out = np.empty((len(slices), 1, grid.size, grid.size), dtype=np.float32)
+    for index, item in enumerate(slices):
+        source = getattr(item, "path", None) or f"slice {index}"
+        out[index, 0] = _to_model(item.hu, item.spacing_mm, grid, center=center, source=source)
+    return out
+
+
+def from_model(images: np.ndarray, grid: Grid) -> np.ndarray:
+    """Model images -> HU.
+
+    ``images``: float (N, 1, S, S), (N, S, S) or (S, S), nominally in [0, 1] (clipped to it).
+    Returns float32 HU (N, S, S), or (S, S) for a single image: 0 -> ``lo``, 1 -> ``hi`` of
+    ``grid.window_hu``. HU outside the window was clipped by ``to_model``, so pixels at 0 or 1 mean
+    "at or beyond the window edge", not an exact value. Raises InputError for other shapes.
+    """
+    unit = np.asarray(images, dtype=np.float32)
+    if unit.ndim == 4 and unit.shape[1] == 1:
+        unit = unit[:, 0]
+    if unit.ndim not in (2, 3) or unit.shape[-2:] != (grid.size, grid.size):
+        raise InputError(None, f"expected model images (N, 1, {grid.size}, {grid.size}), got shape {unit.shape}")
+    lo, hi = grid.window_hu
+    hu = np.clip(unit, 0.0, 1.0) * np.float32(hi - lo)
+    hu += np.float32(lo)
+    return hu
+
+
+def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -> np.ndarray:
+    hu = np.asarray(hu, dtype=np.float32)
+    if hu.ndim != 2 or hu.size == 0:
+        raise InputError(source, f"expected a 2-D HU image, got shape {hu.shape}")
+    finite = np.isfinite(hu)
+    if not finite.all():
+        hu = np.where(finite, hu, np.float32(AIR_HU))
+    rows, cols = hu.shape
+
+    if spacing_mm is None:
+        prefix = f"{source}: " if source else ""
+        warnings.warn(
+            f"{prefix}no pixel spacing; resizing so the longer side spans the model grid", UserWarning, stacklevel=3
+        )
+        # output pixel pitch, in input pixels, for both axes: keeps the aspect ratio
+        step_rows = step_cols = max(rows, cols) / grid.size
+    else:
+        try:
+            row_mm, col_mm = (float(v) for v in spacing_mm)
+        except (TypeError, ValueError):
+            raise InputError(source, f"bad pixel spacing {spacing_mm!r}") from None
+        if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
+            raise InputError(source, f"pixel spacing {spacing_mm!r} must be positive")
+        step_rows, step_cols = grid.spacing_mm / row_mm, grid.spacing_mm / col_mm
+
+    center_row, center_col = _body_centroid(hu) if center else ((rows - 1) / 2, (cols - 1) / 2)
+    weights_rows = _axis_weights(rows, step_rows, grid.size, center_row)  # (S, H)
+    weights_cols = _axis_weights(cols, step_cols, grid.size, center_col)  # (S, W)
+
+    # Resample HU + 1000 so the region outside the input (weight 0) reads as air.
+    above_air = hu - np.float32(AIR_HU)
+    if cols <= rows:  # the cheaper association order
+        resampled = (weights_rows @ above_air) @ weights_cols.T
+    else:
+        resampled = weights_rows @ (above_air @ weights_cols.T)
+    resampled += np.float32(AIR_HU)
+    return window_to_unit(resampled, grid.window_hu)
+
+
+def _body_centroid(hu: np.ndarray) -> tuple[float, float]:
+    """(row, col) centroid in pixel indices of HU > BODY_THRESHOLD_HU; the image centre if there is none."""
+    mask = hu > np.float32(BODY_THRESHOLD_HU)
+    per_row = mask.sum(axis=1, dtype=np.float64)
+    count = per_row.sum()
+    if count == 0:
+        return (hu.shape[0] - 1) / 2, (hu.shape[1] - 1) / 2
+    per_col = mask.sum(axis=0, dtype=np.float64)
+    return float(per_row @ np.arange(hu.shape[0]) / count), float(per_col @ np.arange(hu.shape[1]) / count)
+
+
+def _triangle_integral(u: np.ndarray) -> np.ndarray:
+    """Integral of the linear-interpolation kernel max(0, 1 - |t|) from -inf to u."""
+    u = np.clip(u, -1.0, 1.0)
+    return np.where(u < 0.0, 0.5 * (u + 1.0) ** 2, 1.0 - 0.5 * (1.0 - u) ** 2)
+
+
+def _axis_weights(n_in: int, step: float, n_out: int, center_in: float) -> np.ndarray:
+    """float32 (n_out, n_in) resampling matrix along one axis.
+
+    Output pixel k sits at input coordinate ``center_in + (k - (n_out - 1) / 2) * step`` (in input pixels).
+    Upsampling (step <= 1) is plain linear interpolation; downsampling averages the linear interpolant
+    over a box of the output pixel's width ``step``. Weights of samples outside the input are dropped,
+    which the caller turns into air.
+    """
+    positions = center_in + (np.arange(n_out) - (n_out - 1) / 2) * step
+    reach = 1.0 + (step / 2 if step > 1.0 else 0.0)  # kernel half-support in input pixels
+    first = np.floor(positions - reach).astype(np.int64) + 1
+    taps = first[:, None] + np.arange(int(math.ceil(2 * reach)) + 1)  # (n_out, taps): every input that can contribute
+    offsets = positions[:, None] - taps
+    if step <= 1.0:
+        band = np.maximum(0.0, 1.0 - np.abs(offsets))
+    else:
+        half = step / 2
+        band = (_triangle_integral(offsets + half) - _triangle_integral(offsets - half)) / step
+    inside = (taps >= 0) & (taps < n_in)
+    weights = np.zeros((n_out, n_in), dtype=np.float32)
+    weights[np.nonzero(inside)[0], taps[inside]] = band[inside]
+    return weights

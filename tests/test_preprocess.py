@@ -1,0 +1,188 @@
+"""ctgen.preprocess: physical resampling, centring, windowing and the inverse, on synthetic slices."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ctgen.errors import InputError
+from ctgen.preprocess import AIR_HU, WINDOW_DEFAULT, Grid, batch_to_model, from_model, to_model, window_to_unit
+
+GRID_128 = Grid(size=128, spacing_mm=1.875)
+DISC_HU = 200.0  # inside the default window, well above the body threshold
+# Geometry is measured at half maximum, so air must not be clipped away: air -> 0, disc -> 1.
+GEOMETRY_WINDOW = (AIR_HU, DISC_HU)
+
+
+def disc_slice(spacing_mm, *, radius_mm=60.0, center_offset_mm=(0.0, 0.0), fov_mm=230.0, hu=DISC_HU):
+    """HU float32 image of a disc of ``radius_mm`` in air, its centre ``center_offset_mm`` (row, col) off the middle."""
+    row_mm, col_mm = spacing_mm
+    shape = (round(fov_mm / row_mm), round(fov_mm / col_mm))
+    rows = (np.arange(shape[0]) - (shape[0] - 1) / 2) * row_mm - center_offset_mm[0]
+    cols = (np.arange(shape[1]) - (shape[1] - 1) / 2) * col_mm - center_offset_mm[1]
+    inside = rows[:, None] ** 2 + cols[None, :] ** 2 <= radius_mm**2
+    return np.where(inside, hu, AIR_HU).astype(np.float32)
+
+
+def half_max_extent(profile):
+    """Number of samples of a 1-D profile above half its maximum (a diameter, in pixels)."""
+    return float((profile > profile.max() / 2).sum())
+
+
+def centroid(image):
+    weights = image / image.sum()
+    rows, cols = np.indices(image.shape)
+    return float((weights * rows).sum()), float((weights * cols).sum())
+
+
+@pytest.mark.parametrize("spacing_mm", [(0.45, 0.45), (0.7, 0.7), (0.5, 0.8), (2.5, 2.5)])
+@pytest.mark.parametrize("size", [128, 256])
+def test_disc_has_its_physical_radius_on_the_model_grid(spacing_mm, size):
+    grid = Grid(size=size, spacing_mm=240.0 / size, window_hu=GEOMETRY_WINDOW)
+    radius_mm = 60.0
+    image = to_model(disc_slice(spacing_mm, radius_mm=radius_mm), spacing_mm, grid)
+    expected_diameter = 2 * radius_mm / grid.spacing_mm
+    middle = grid.size // 2
+    # centre row and column, plus the area-equivalent diameter
+    assert half_max_extent(image[middle]) == pytest.approx(expected_diameter, abs=2.0)
+    assert half_max_extent(image[:, middle]) == pytest.approx(expected_diameter, abs=2.0)
+    area_diameter = 2 * np.sqrt((image > image.max() / 2).sum() / np.pi)
+    assert area_diameter == pytest.approx(expected_diameter, abs=0.5)
+
+
+def test_output_dtype_shape_and_range():
+    hu = np.random.default_rng(0).normal(0, 800, (300, 280)).astype(np.float64)
+    image = to_model(hu, (0.8, 0.8), GRID_128)
+    assert image.dtype == np.float32 and image.shape == (128, 128)
+    assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_downsampling_does_not_alias():
+    # stripes with a 2-pixel period at 0.45 mm: far above the 1.875 mm grid's Nyquist limit
+    stripes = np.where(np.arange(512) % 2 == 0, 0.0, 200.0).astype(np.float32)
+    hu = np.tile(stripes, (512, 1))
+    image = to_model(hu, (0.45, 0.45), GRID_128, center=False)
+    interior = image[20:-20, 20:-20]  # away from the field-of-view edge, where air begins
+    assert interior.std() < 0.01
+    assert interior.mean() == pytest.approx(window_to_unit(np.float32(100.0), WINDOW_DEFAULT), abs=0.01)
+
+
+def test_centring_moves_an_off_centre_head_to_the_middle():
+    hu = disc_slice((0.5, 0.5), radius_mm=50.0, center_offset_mm=(40.0, -30.0))
+    grid = Grid(size=128, spacing_mm=1.875, window_hu=GEOMETRY_WINDOW)
+    middle = (grid.size - 1) / 2
+    centred = centroid(to_model(hu, (0.5, 0.5), grid))
+    assert centred == pytest.approx((middle, middle), abs=0.5)
+    # without centring the disc stays 40 mm down and 30 mm left
+    kept = centroid(to_model(hu, (0.5, 0.5), grid, center=False))
+    assert kept == pytest.approx((middle + 40.0 / 1.875, middle - 30.0 / 1.875), abs=0.5)
+
+
+def test_round_trip_within_window_is_accurate():
+    grid = Grid(size=64, spacing_mm=1.0)
+    hu = np.random.default_rng(1).uniform(-50.0, 250.0, (64, 64)).astype(np.float32)
+    back = from_model(to_model(hu, (1.0, 1.0), grid, center=False)[None, None], grid)
+    assert back.shape == (1, 64, 64) and back.dtype == np.float32
+    np.testing.assert_allclose(back[0], hu, atol=0.01)
+
+
+def test_round_trip_clips_outside_the_window():
+    grid = Grid(size=8, spacing_mm=1.0)
+    hu = np.full((8, 8), 40.0, dtype=np.float32)
+    hu[0, 0], hu[7, 7] = -1000.0, 3000.0
+    back = from_model(to_model(hu, (1.0, 1.0), grid, center=False), grid)
+    assert back[0, 0] == pytest.approx(-50.0) and back[7, 7] == pytest.approx(250.0)
+    assert back[3, 3] == pytest.approx(40.0, abs=1e-3)
+
+
+def test_missing_spacing_warns_and_fills_the_grid_with_the_longer_side():
+    hu = np.full((200, 100), DISC_HU, dtype=np.float32)
+    grid = Grid(size=128, spacing_mm=1.875, window_hu=GEOMETRY_WINDOW)
+    with pytest.warns(UserWarning, match="no pixel spacing"):
+        image = to_model(hu, None, grid, center=False)
+    body = image > image.max() / 2
+    assert body.any(axis=1).sum() == 128
+    assert body.any(axis=0).sum() == pytest.approx(64, abs=1)
+
+
+def test_constant_images():
+    # field of view (512 * 0.5 mm) wider than the grid (240 mm): no air enters
+    tissue = to_model(np.full((512, 512), 40.0, np.float32), (0.5, 0.5), GRID_128)
+    np.testing.assert_allclose(tissue, window_to_unit(np.float32(40.0), WINDOW_DEFAULT), atol=1e-5)
+    air = to_model(np.full((512, 512), AIR_HU, np.float32), (0.5, 0.5), GRID_128)
+    assert not air.any()
+
+
+def test_non_finite_values_count_as_air():
+    hu = np.full((64, 64), 40.0, dtype=np.float32)
+    hu[10:20, 10:20] = np.nan
+    hu[30, 30] = np.inf
+    image = to_model(hu, (1.0, 1.0), Grid(size=64, spacing_mm=1.0), center=False)
+    assert np.isfinite(image).all()
+    assert image[15, 15] == 0.0
+
+
+def test_batch_to_model():
+    slices = [
+        SimpleNamespace(hu=disc_slice((0.45, 0.45)), spacing_mm=(0.45, 0.45), path="a.dcm"),
+        SimpleNamespace(hu=disc_slice((0.7, 0.7)), spacing_mm=(0.7, 0.7), path="b.dcm"),
+    ]
+    batch = batch_to_model(slices, GRID_128)
+    assert batch.shape == (2, 1, 128, 128) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0, 0], to_model(slices[0].hu, (0.45, 0.45), GRID_128))
+    assert batch_to_model([], GRID_128).shape == (0, 1, 128, 128)
+    with pytest.warns(UserWarning, match="c.dcm"):
+        batch_to_model([SimpleNamespace(hu=slices[0].hu, spacing_mm=None, path="c.dcm")], GRID_128)
+
+
+def test_no_warning_with_spacing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_model(disc_slice((0.5, 0.5)), (0.5, 0.5), GRID_128)
+
+
+@pytest.mark.parametrize(
+    ("hu", "spacing_mm"),
+    [(np.zeros((4, 4, 4)), (1.0, 1.0)), (np.zeros((0, 4)), (1.0, 1.0)), (np.zeros((4, 4)), (0.0, 1.0)),
+     (np.zeros((4, 4)), (1.0,)), (np.zeros((4, 4)), (float("nan"), 1.0))],
+)
+def test_bad_inputs_raise_input_error(hu, spacing_mm):
+    with pytest.raises(InputError):
+        to_model(hu, spacing_mm, GRID_128)
+
+
+def test_from_model_shapes():
+    grid = Grid(size=16, spacing_mm=1.0)
+    images = np.linspace(0.0, 1.0, 2 * 16 * 16, dtype=np.float32).reshape(2, 1, 16, 16)
+    hu = from_model(images, grid)
+    assert hu.shape == (2, 16, 16) and hu.dtype == np.float32
+    np.testing.assert_array_equal(from_model(images[:, 0], grid), hu)
+    assert from_model(images[0, 0], grid).shape == (16, 16)
+    assert hu.min() == pytest.approx(-50.0) and hu.max() == pytest.approx(250.0)
+    assert from_model(np.full((16, 16), 1.5), grid).max() == pytest.approx(250.0)
+    with pytest.raises(InputError, match="shape"):
+        from_model(np.zeros((2, 1, 8, 8)), grid)
+
+
+def test_window_to_unit():
+    unit = window_to_unit(np.array([-100.0, -50.0, 100.0, 250.0, 400.0]), (-50.0, 250.0))
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, [0.0, 0.0, 0.5, 1.0, 1.0])
+    with pytest.raises(InputError):
+        window_to_unit(np.zeros(3), (10.0, 10.0))
+
+
+def test_grid_card_round_trip_and_validation():
+    grid = Grid(size=128, spacing_mm=1.875, window_hu=(-50, 250))
+    card = grid.to_card()
+    assert card == {"image_size": 128, "spacing_mm": 1.875, "window_hu": [-50.0, 250.0]}
+    assert Grid.from_card({**card, "latent_size": 50}) == grid
+    assert isinstance(grid.window_hu, tuple) and isinstance(grid.spacing_mm, float)
+    with pytest.raises(InputError, match="spacing_mm"):
+        Grid.from_card({"image_size": 128, "window_hu": [-50, 250]})
+    for bad in ({"size": 0}, {"size": 12.5}, {"spacing_mm": -1.0}, {"window_hu": (250.0, -50.0)}):
+        with pytest.raises(InputError):
+            Grid(**bad)
