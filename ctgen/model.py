@@ -1,0 +1,478 @@
+"""Model folders on ONNX Runtime: find, check and run an exported encoder/decoder pair.
+
+A model folder holds ``encoder.onnx`` ("image" -> "mu", "logvar"), ``decoder.onnx`` ("z" -> "image"),
+optionally their fp16 variants for CUDA, and the card ``model.json`` (written by ``python -m export``).
+numpy and onnxruntime only; onnxruntime is imported on first use so that finding and reading a model
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctgen.errors import InputError, ModelError
+
+__all__ = [
+    "CARD_FILE",
+    "CARD_FORMAT",
+    "CARD_VERSION",
+    "DEFAULT_MODEL",
+    "DEVICES",
+    "Model",
+    "incomplete_card_fields",
+    "load_model",
+    "read_card",
+    "resolve_model_dir",
+    "sha256_file",
+]
+
+DEFAULT_MODEL = "default"
+CARD_FILE = "model.json"
+CARD_FORMAT = "ctgen-model"
+CARD_VERSION = 1
+DEVICES = ("auto", "cpu", "cuda")
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+BATCH_SIZE = {CPU: 32, CUDA: 64}  # images per run: the CPU gains nothing from more; 64 fits small GPUs at 256 px
+REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
+# graph -> (default file, input names, output names); the card's "graphs" section may override the file
+GRAPHS = {
+    "encoder": ("encoder.onnx", ("image",), ("mu", "logvar")),
+    "decoder": ("decoder.onnx", ("z",), ("image",)),
+}
+
+# what a complete card documents (dotted paths; see DESIGN.md); "capacity" may be null but must be there
+COMPLETE_CARD_FIELDS = (
+    "name", "image_size", "spacing_mm", "window_hu", "latent_size", "beta", "reconstruction_loss",
+    "architecture.summary", "architecture.parameters.total",
+    "training.data", "training.patients", "training.slices", "training.split", "training.command", "training.epochs",
+    "export.command", "export.exporter", "export.opset", "export.torch", "export.onnx", "export.onnxruntime",
+    "export.parity.max_abs_diff", "export.parity.tolerance",
+    "metrics.kl_per_unit", "metrics.units_by_kl", "metrics.active_units",
+    "graphs.encoder.file", "graphs.decoder.file", "files",
+)
+NULLABLE_CARD_FIELDS = ("capacity",)
+
+_CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
+_PACKAGE_MODELS = Path(__file__).resolve().parent / "_models"
+_preload_lock = threading.Lock()
+_preloaded = False
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
+    """The folder of a model: ``None`` -> "default"; an existing path -> itself; else a name under the
+    checkout's ``models/`` or the installed package's ``ctgen/_models/``. Raises ModelError if none exists.
+    """
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.name != CARD_FILE:
+                raise ModelError(path, f"not a model folder (expected a folder holding {CARD_FILE})")
+            path = path.parent
+        return path
+    name = os.fspath(name_or_path)
+    if not name or name.startswith(".") or "/" in name or os.sep in name:
+        raise ModelError(path, "no such model folder")
+    for root in (_CHECKOUT_MODELS, _PACKAGE_MODELS):
+        if (root / name / CARD_FILE).is_file():
+            return root / name
+    available = sorted({p.parent.name for root in (_CHECKOUT_MODELS, _PACKAGE_MODELS) for p in root.glob(f"*/{CARD_FILE}")})
+    hint = f"available: {', '.join(available)}" if available else "no models are installed"
+    raise ModelError(name, f"no such model under {_CHECKOUT_MODELS} or {_PACKAGE_MODELS} ({hint})")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``model.json`` of a model folder (format, version, required keys, value types).
+
+    Raises ModelError naming the card file.
+    """
+    card_path = Path(model_dir) / CARD_FILE
+    try:
+        text = card_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(card_path, "missing: not a ctgen model folder") from None
+    except OSError as exc:
+        raise ModelError(card_path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(card_path, f"corrupt card: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ModelError(card_path, f"not a ctgen model card (format is not {CARD_FORMAT!r})")
+    version = card.get("card_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelError(card_path, f"bad card_version {version!r}")
+    if version > CARD_VERSION:
+        raise ModelError(card_path, f"card_version {version} is newer than this ctgen reads ({CARD_VERSION}); upgrade ctgen")
+    missing = [key for key in REQUIRED_KEYS if key not in card]
+    if missing:
+        raise ModelError(card_path, f"card lacks {', '.join(missing)}")
+    for key in ("image_size", "latent_size"):
+        if not isinstance(card[key], int) or isinstance(card[key], bool) or card[key] < 1:
+            raise ModelError(card_path, f"{key} must be a positive integer, not {card[key]!r}")
+    from ctgen.preprocess import Grid  # numpy-only; imported here to keep this module's import light
+
+    try:
+        Grid.from_card(card)
+    except InputError as exc:
+        raise ModelError(card_path, exc.reason) from None
+    files = card["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v for v in files.values()):
+        raise ModelError(card_path, 'files must map each graph file to {"sha256": ...}')
+    for graph in GRAPHS:
+        for key in ("file", "fp16_file"):
+            filename = _graph_entry(card, graph).get(key)
+            if filename is not None and filename not in files:
+                raise ModelError(card_path, f"{graph} file {filename} has no checksum under files")
+    return card
+
+
+def incomplete_card_fields(card: dict[str, Any]) -> list[str]:
+    """Documented card fields that are missing or empty, as dotted paths; [] for a complete card."""
+    problems = [key for key in NULLABLE_CARD_FIELDS if key not in card]
+    for dotted in COMPLETE_CARD_FIELDS:
+        value: Any = card
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None or value == "" or value == [] or value == {}:
+            problems.append(dotted)
+    return problems
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str = "auto",
+    verify: bool = True,
+    precision: str = "auto",
+) -> Model:
+    """Load a model folder (see ``resolve_model_dir``) for ONNX Runtime.
+
+    device: "auto" (CUDA when its provider really loads, else the CPU, quietly), "cpu" or "cuda"
+    (ModelError when CUDA cannot be used; checked here, not at the first run). verify: check the
+    graphs' sha256 against the card. precision: "auto" uses the fp16 graphs when the card has them and
+    CUDA is active; "fp32" never does. Raises ModelError (missing/corrupt model) or InputError (options).
+    """
+    if device not in DEVICES:
+        raise InputError(None, f"unknown device {device!r} (choose {', '.join(DEVICES)})")
+    if precision not in ("auto", "fp32"):
+        raise InputError(None, f"unknown precision {precision!r} (choose auto or fp32)")
+    model_dir = resolve_model_dir(name_or_path)
+    card = read_card(model_dir)
+    for filename, entry in card["files"].items():
+        file_path = model_dir / filename
+        if not file_path.is_file():
+            raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
+        if verify:
+            actual = sha256_file(file_path)
+            if actual != entry["sha256"]:
+                raise ModelError(file_path, f"checksum mismatch (card says {entry['sha256']}, file has {actual})")
+    model = Model(model_dir, card, device=device, precision=precision)
+    if device == "cuda":
+        model.provider  # noqa: B018 - builds the first session so that a missing CUDA fails here
+    return model
+
+
+class Model:
+    """An exported β-VAE: ``encode`` images to latents and ``decode`` latents to images on ONNX Runtime.
+
+    Build with ``load_model``. Sessions are created on first use (``provider`` creates one).
+    """
+
+    def __init__(self, path: Path, card: dict[str, Any], *, device: str = "auto", precision: str = "auto"):
+        from ctgen.preprocess import Grid
+
+        self.path = Path(path)
+        self.card = card
+        self.grid = Grid.from_card(card)
+        self.latent_size: int = card["latent_size"]
+        self.device = device
+        self.precision = precision
+        self._lock = threading.Lock()
+        self._provider: str | None = None
+        self._sessions: dict[str, _Session] = {}
+
+    def __repr__(self) -> str:
+        provider = self._provider or "not started"
+        return f"Model({str(self.path)!r}, image_size={self.grid.size}, latent_size={self.latent_size}, provider={provider})"
+
+    @property
+    def image_size(self) -> int:
+        return self.grid.size
+
+    @property
+    def provider(self) -> str:
+        """The execution provider really in use: "CUDAExecutionProvider" or "CPUExecutionProvider"."""
+        if self._provider is None and self.device == "cpu":
+            return CPU
+        if self._provider is None:
+            self._session("decoder")
+        assert self._provider is not None
+        return self._provider
+
+    @property
+    def batch_size(self) -> int:
+        return BATCH_SIZE[self.provider]
+
+    def units_by_kl(self) -> list[int]:
+        """Latent unit indices, most informative (highest KL) first, from the card."""
+        metrics = self.card.get("metrics") or {}
+        ranked = metrics.get("units_by_kl")
+        if ranked is None and metrics.get("kl_per_unit") is not None:
+            kl = [float(value) for value in metrics["kl_per_unit"]]
+            ranked = sorted(range(len(kl)), key=lambda unit: (-kl[unit], unit))
+        if ranked is None:
+            return list(range(self.latent_size))
+        ranked = [int(unit) for unit in ranked]
+        if sorted(ranked) != list(range(self.latent_size)):
+            raise ModelError(self.path / CARD_FILE, f"units_by_kl is not a ranking of {self.latent_size} units")
+        return ranked
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images float32 (N, 1, S, S) in [0, 1] -> (mu, logvar), each float32 (N, L).
+
+        Raises InputError for a wrong shape or non-finite values.
+        """
+        size = self.grid.size
+        images = _as_float32(images, "images")
+        if images.ndim != 4 or images.shape[1:] != (1, size, size):
+            raise InputError(None, f"images have shape {images.shape}; this model takes (N, 1, {size}, {size})")
+        _check_finite(images, "images")
+        count = images.shape[0]
+        mu = np.empty((count, self.latent_size), np.float32)
+        logvar = np.empty((count, self.latent_size), np.float32)
+        session = self._session("encoder")
+        for start in range(0, count, self.batch_size):
+            stop = min(start + self.batch_size, count)
+            mu[start:stop], logvar[start:stop] = session.run({"image": images[start:stop]})
+        return mu, logvar
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Latent vectors float32 (N, L) -> images float32 (N, 1, S, S) in [0, 1].
+
+        Raises InputError for a wrong latent width or non-finite values.
+        """
+        z = _as_float32(z, "latent vectors")
+        if z.ndim != 2:
+            raise InputError(None, f"latent vectors have shape {z.shape}; this model takes (N, {self.latent_size})")
+        if z.shape[1] != self.latent_size:
+            raise InputError(None, f"latent vectors have width {z.shape[1]}; this model's latent size is {self.latent_size}")
+        _check_finite(z, "latent vectors")
+        size = self.grid.size
+        images = np.empty((z.shape[0], 1, size, size), np.float32)
+        session = self._session("decoder")
+        for start in range(0, z.shape[0], self.batch_size):
+            stop = min(start + self.batch_size, z.shape[0])
+            (images[start:stop],) = session.run({"z": z[start:stop]})
+        return images
+
+    def _session(self, graph: str) -> _Session:
+        session = self._sessions.get(graph)
+        if session is not None:
+            return session
+        with self._lock:
+            if graph not in self._sessions:
+                self._sessions[graph] = self._create_session(graph)
+            return self._sessions[graph]
+
+    def _create_session(self, graph: str) -> _Session:
+        entry = _graph_entry(self.card, graph)
+        fp32_path = self.path / entry["file"]
+        fp16_path = self.path / entry["fp16_file"] if entry.get("fp16_file") and self.precision == "auto" else None
+        if self._provider == CPU or self.device == "cpu":
+            session = _Session(fp32_path, entry, CPU)
+        elif self._provider == CUDA:
+            session = _Session(fp16_path or fp32_path, entry, CUDA)
+            if session.provider != CUDA:  # the first graph ran on CUDA; both must
+                raise ModelError(session.path, "the CUDA provider did not load for this graph")
+        else:
+            session = self._probe_cuda(fp16_path or fp32_path, fp32_path, entry)
+        self._provider = session.provider
+        return session
+
+    def _probe_cuda(self, cuda_path: Path, cpu_path: Path, entry: dict[str, Any]) -> _Session:
+        """First session on "auto"/"cuda": CUDA if it really loads, else CPU ("auto") or ModelError ("cuda")."""
+        ort = _onnxruntime()
+        if CUDA not in ort.get_available_providers():
+            reason = "this onnxruntime build has no CUDA provider (install onnxruntime-gpu, e.g. ctgen[cuda])"
+        else:
+            with _quiet_native_output() as captured:
+                _preload_cuda_libraries(ort)
+                try:
+                    session = _Session(cuda_path, entry, CUDA)
+                except ModelError:
+                    session = None
+            if session is not None and session.provider == CUDA:
+                return session
+            if session is not None and cuda_path == cpu_path and self.device == "auto":
+                return session  # ORT already fell back to the CPU with the right graph
+            reason = "the CUDA provider did not load" + _load_failure_hint(captured())
+        if self.device == "cuda":
+            raise ModelError(self.path, f"device cuda: {reason}; use --device auto or cpu")
+        return _Session(cpu_path, entry, CPU)
+
+
+class _Session:
+    """One graph on one ONNX Runtime session; inputs fed by name, IO binding on CUDA."""
+
+    def __init__(self, path: Path, entry: dict[str, Any], provider: str):
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _cpu_count()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: a failed CUDA load is handled, not printed
+        providers: list[Any] = [CPU]
+        if provider == CUDA:
+            # heuristic conv algorithms: exhaustive search re-runs for every new batch size
+            providers = [(CUDA, {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise ModelError(path, f"ONNX Runtime cannot load it ({_first_line(exc)})") from None
+        self.path = path
+        self.provider = CUDA if CUDA in self.session.get_providers() else CPU
+        self.use_io_binding = self.provider == CUDA
+        self.input_names = [arg.name for arg in self.session.get_inputs()]
+        self.output_names = [arg.name for arg in self.session.get_outputs()]
+        expected_inputs, expected_outputs = entry["inputs"], entry["outputs"]
+        if self.input_names != list(expected_inputs):
+            raise ModelError(path, f"inputs {self.input_names} do not match the card ({list(expected_inputs)})")
+        if self.output_names != list(expected_outputs):
+            raise ModelError(path, f"outputs {self.output_names} do not match the card ({list(expected_outputs)})")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        try:
+            if not self.use_io_binding:
+                return self.session.run(self.output_names, feeds)
+            binding = self.session.io_binding()
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            for name in self.output_names:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+        except Exception as exc:
+            raise ModelError(self.path, f"inference failed ({_first_line(exc)})") from None
+
+
+def _graph_entry(card: dict[str, Any], graph: str) -> dict[str, Any]:
+    default_file, inputs, outputs = GRAPHS[graph]
+    entry = dict((card.get("graphs") or {}).get(graph) or {})
+    entry.setdefault("file", default_file)
+    entry.setdefault("inputs", list(inputs))
+    entry.setdefault("outputs", list(outputs))
+    return entry
+
+
+def _as_float32(array: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(None, f"{what} are not numeric arrays ({exc})") from None
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)).ravel()
+        raise InputError(None, f"{what} contain NaN or infinite values (rows {', '.join(map(str, bad[:5]))})")
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelError(None, f"onnxruntime is not installed ({exc})") from None
+    return onnxruntime
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load CUDA/cuDNN from NVIDIA's pip wheels (ctgen[cuda]) once; it prints, so call it quietly."""
+    global _preloaded
+    with _preload_lock:
+        if not _preloaded and hasattr(ort, "preload_dlls"):
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()
+        _preloaded = True
+
+
+def _load_failure_hint(text: str) -> str:
+    for line in text.splitlines():
+        if "with error:" in line:
+            return f" ({line.split('with error:', 1)[1].strip()})"
+    for line in text.splitlines():
+        if "Failed to create CUDAExecutionProvider" in line or "CUDA failure" in line:
+            return f" ({line.split(']', 1)[-1].strip()[:200]})"
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[Any]:
+    """Redirect file descriptors 1 and 2 (and sys.stdout/err) into a temporary file for the block.
+
+    onnxruntime writes CUDA load failures straight to the process's stderr and ``preload_dlls`` prints
+    to stdout; neither must reach the user when "auto" quietly falls back to the CPU. Yields a function
+    returning the captured text. The redirection is process-wide for the duration of the block.
+    """
+    text: list[str] = []
+    python_out = io.StringIO()
+    with tempfile.TemporaryFile() as sink:
+        saved: list[tuple[int, int]] = []
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+            except OSError:
+                pass
+        try:
+            with contextlib.redirect_stdout(python_out), contextlib.redirect_stderr(python_out):
+                yield lambda: "".join(text)
+        finally:
+            with contextlib.suppress(Exception):  # C stdio buffers must drain into the sink, not later
+                ctypes.CDLL(None).fflush(None)
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text.append(sink.read().decode("utf-8", "replace"))
+            text.append(python_out.getvalue())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

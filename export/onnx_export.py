@@ -1,0 +1,588 @@
+"""Checkpoint -> ONNX encoder and decoder graphs, validated against PyTorch, plus the model card.
+
+Each graph is exported from a small wrapper module in eval mode under no_grad with named inputs and
+outputs, a dynamic batch axis "N" and a fixed opset, by ``torch.onnx.export(dynamo=True)`` (the TorchScript
+exporter only if dynamo fails; the card says which). Graphs are single self-contained files with the
+exporter's per-node debug metadata (stack traces, FX names) removed, so they are small and the same
+checkpoint gives the same bytes.
+
+Validation is strict: ``onnx.checker`` (full check) and strict shape inference; input/output names,
+dtypes and shapes exactly as specified; then each graph runs in ONNX Runtime on the CPU on the same inputs
+as PyTorch (random inputs at batch sizes 1, 3 and 16, plus real slices when given) and one ExportError
+lists every output's max |difference| when any exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ctgen.errors import CtgenError, ModelError, OutputError
+from ctgen.model import CARD_FILE
+from ctgen.preprocess import Grid
+from export import card as card_module
+from train.model import BetaVAE, VAEConfig
+
+__all__ = [
+    "BATCH_DIM",
+    "OPSET",
+    "TOLERANCE_FP16",
+    "TOLERANCE_FP32",
+    "VALIDATION_BATCH_SIZES",
+    "DecoderGraph",
+    "EncoderGraph",
+    "ExportError",
+    "GraphSpec",
+    "check_graph",
+    "export_graph",
+    "export_model",
+    "graph_specs",
+    "load_checkpoint",
+    "load_validation_images",
+    "resolve_checkpoint",
+    "validate_parity",
+]
+
+OPSET = 18
+BATCH_DIM = "N"
+TOLERANCE_FP32 = 1e-4  # max |ORT - PyTorch| for fp32 graphs
+TOLERANCE_FP16 = 2e-2  # max |ORT fp16 graph - PyTorch fp32|; images are in [0, 1], latents O(1)
+VALIDATION_BATCH_SIZES = (1, 3, 16)
+MAX_VALIDATION_SLICES = 32
+CHECKPOINT_IN_RUN = "checkpoint_best.pt"
+_ELEM_FLOAT = onnx.TensorProto.FLOAT
+
+
+class ExportError(ModelError):
+    """An export failed or produced graphs that do not pass validation."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Names and shapes of one graph's inputs and outputs; ``BATCH_DIM`` marks the dynamic axis."""
+
+    name: str
+    inputs: dict[str, tuple[int | str, ...]]
+    outputs: dict[str, tuple[int | str, ...]]
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.onnx"
+
+    @property
+    def fp16_filename(self) -> str:
+        return f"{self.name}_fp16.onnx"
+
+
+def graph_specs(image_size: int, latent_size: int) -> dict[str, GraphSpec]:
+    """The encoder and decoder specs of the model folder layout (all tensors float32)."""
+    image = (BATCH_DIM, 1, image_size, image_size)
+    latent = (BATCH_DIM, latent_size)
+    return {
+        "encoder": GraphSpec("encoder", {"image": image}, {"mu": latent, "logvar": latent}),
+        "decoder": GraphSpec("decoder", {"z": latent}, {"image": image}),
+    }
+
+
+class EncoderGraph(nn.Module):
+    """image float32 (N, 1, S, S) -> (mu, logvar) float32 (N, L). ``half``: fp16 inside, fp32 at the boundary."""
+
+    def __init__(self, vae: BetaVAE, *, half: bool = False):
+        super().__init__()
+        self.vae = vae
+        self.half_precision = half
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.half_precision:
+            mu, logvar = self.vae.encode(image.half())
+            return mu.float(), logvar.float()
+        return self.vae.encode(image)
+
+
+class DecoderGraph(nn.Module):
+    """z float32 (N, L) -> image float32 (N, 1, S, S) in [0, 1]. ``half``: fp16 inside, fp32 at the boundary."""
+
+    def __init__(self, vae: BetaVAE, *, half: bool = False):
+        super().__init__()
+        self.vae = vae
+        self.half_precision = half
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.half_precision:
+            return self.vae.decode(z.half()).float()
+        return self.vae.decode(z)
+
+
+def _wrappers(vae: BetaVAE, *, half: bool = False) -> dict[str, nn.Module]:
+    return {"encoder": EncoderGraph(vae, half=half).eval(), "decoder": DecoderGraph(vae, half=half).eval()}
+
+
+# ------------------------------------------------------------------------------------------ checkpoint
+def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(checkpoint file, run folder or None). A folder means its ``checkpoint_best.pt``. Raises ModelError."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        checkpoint = path / CHECKPOINT_IN_RUN
+        if not checkpoint.is_file():
+            raise ModelError(checkpoint, "missing: the run folder has no best checkpoint")
+        return checkpoint, path
+    if not path.is_file():
+        raise ModelError(path, "no such checkpoint or run folder")
+    run_dir = path.parent if (path.parent / "metrics.jsonl").is_file() or (path.parent / "config.json").is_file() else None
+    return path, run_dir
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], BetaVAE]:
+    """(checkpoint dict, BetaVAE in eval mode on the CPU), loaded with ``weights_only=True``. Raises ModelError."""
+    try:
+        # TorchVersion is a str subclass that checkpoints pick up from torch.__version__
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        reason = next((line.split("error:", 1)[1].strip() for line in text.splitlines()
+                       if "WeightsUnpickler error:" in line), _first_line(exc))
+        raise ModelError(path, f"cannot be loaded as a checkpoint ({reason[:300]})") from None
+    missing = [key for key in ("config", "model") if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ModelError(path, f"not a training checkpoint (lacks {', '.join(missing)})")
+    try:
+        vae = BetaVAE.from_checkpoint(checkpoint)
+    except Exception as exc:
+        raise ModelError(path, f"model cannot be rebuilt from the checkpoint ({_first_line(exc)})") from None
+    return checkpoint, vae.float().eval()
+
+
+def checkpoint_grid(checkpoint: dict[str, Any], config: VAEConfig, path: str | os.PathLike | None = None) -> Grid:
+    """The checkpoint's model grid; its size must match the network's. Raises ModelError."""
+    if not checkpoint.get("grid"):
+        raise ModelError(path, "the checkpoint has no grid (image_size, spacing_mm, window_hu)")
+    try:
+        grid = Grid.from_card(checkpoint["grid"])
+    except CtgenError as exc:
+        raise ModelError(path, f"bad grid in the checkpoint ({exc})") from None
+    if grid.size != config.image_size:
+        raise ModelError(path, f"checkpoint grid size {grid.size} != network image_size {config.image_size}")
+    return grid
+
+
+def load_validation_images(source: str | os.PathLike, grid: Grid, *, max_slices: int = MAX_VALIDATION_SLICES) -> np.ndarray:
+    """Real slices for parity checks: up to ``max_slices`` DICOM files spread evenly over ``source`` (sorted),
+    through ``ctgen.preprocess.batch_to_model``. float32 (N, 1, S, S) in [0, 1]. Raises DicomError.
+    """
+    from ctgen.dicom import iter_dicom_files, read_slice
+    from ctgen.errors import DicomError
+    from ctgen.preprocess import batch_to_model
+
+    files = list(iter_dicom_files(source))
+    if not files:
+        raise DicomError(source, "no DICOM files found for validation")
+    if len(files) > max_slices:
+        picks = np.linspace(0, len(files) - 1, max_slices).round().astype(int)
+        files = [files[i] for i in sorted(set(picks.tolist()))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # files without pixel spacing only warn; fine for parity
+        return batch_to_model([read_slice(file) for file in files], grid)
+
+
+# ------------------------------------------------------------------------------------------ export
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, spec: GraphSpec, *, opset: int = OPSET,
+                 dynamo: bool = True) -> str:
+    """Export ``module`` (one input, ``spec``'s outputs) to ``path`` as one self-contained file.
+
+    Returns the exporter used: "dynamo", or "torchscript" when dynamo failed (or ``dynamo=False``),
+    with dynamo's error appended. Raises ExportError when no exporter succeeds.
+    """
+    (input_name,) = spec.inputs
+    output_names = list(spec.outputs)
+    module = module.eval()
+    errors = []
+    if dynamo:
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                batch = torch.export.Dim(BATCH_DIM, min=1, max=1 << 20)
+                program = torch.onnx.export(
+                    module, (example,), None, input_names=[input_name], output_names=output_names,
+                    dynamic_shapes={input_name: {0: batch}}, opset_version=opset, dynamo=True,
+                    external_data=False, optimize=True, verbose=False,
+                )
+            model = program.model_proto
+        except Exception as exc:
+            errors.append(f"dynamo: {_first_line(exc)}")
+        else:
+            _save_graph(model, path, spec)
+            return "dynamo"
+    buffer = io.BytesIO()
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            torch.onnx.export(
+                module, (example,), buffer, input_names=[input_name], output_names=output_names,
+                dynamic_axes={name: {0: BATCH_DIM} for name in (input_name, *output_names)},
+                opset_version=opset, dynamo=False,
+            )
+    except Exception as exc:
+        errors.append(f"torchscript: {_first_line(exc)}")
+        raise ExportError(path, f"export failed ({'; '.join(errors)})") from None
+    _save_graph(onnx.load_from_string(buffer.getvalue()), path, spec)
+    return "torchscript" + (f" (dynamo failed: {errors[0]})" if errors else "")
+
+
+def _save_graph(model: onnx.ModelProto, path: Path, spec: GraphSpec) -> None:
+    """Strip debug metadata, pin the IO shapes the exporter left symbolic, save as one file."""
+    for node in _all_nodes(model.graph):
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        del value.metadata_props[:]
+        value.doc_string = ""
+    del model.metadata_props[:]
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for value, shape in _io_pairs(model, spec):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue  # left for check_graph to report
+        for dim, expected in zip(dims, shape):
+            if isinstance(expected, str):
+                dim.Clear()
+                dim.dim_param = expected
+            elif not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = expected
+    model.graph.name = spec.name
+    onnx.save_model(model, os.fspath(path), save_as_external_data=False)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_nodes(subgraph)
+
+
+def _io_pairs(model: onnx.ModelProto, spec: GraphSpec) -> Iterator[tuple[onnx.ValueInfoProto, tuple]]:
+    for values, expected in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
+        for value in values:
+            if value.name in expected:
+                yield value, expected[value.name]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters print progress to stdout and log/warn about unrelated things; keep our output clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def check_graph(path: str | os.PathLike, spec: GraphSpec, *, opset: int | None = None) -> onnx.ModelProto:
+    """Structural checks of one saved graph; raises one ExportError listing every problem.
+
+    onnx.checker (full), strict shape inference, no external data, the opset, and input/output names,
+    order, float32 dtypes and shapes as in ``spec`` (the batch axis symbolic).
+    """
+    path = Path(path)
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(path, f"not a readable ONNX file ({_first_line(exc)})") from None
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        problems.append(f"onnx.checker: {_first_line(exc)}")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        problems.append(f"shape inference: {_first_line(exc)}")
+        inferred = model
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        problems.append(f"initializers stored outside the file: {', '.join(external[:5])}")
+    default_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and default_opset != opset:
+        problems.append(f"opset {default_opset}, expected {opset}")
+    for kind, values, expected in (("input", inferred.graph.input, spec.inputs),
+                                   ("output", inferred.graph.output, spec.outputs)):
+        names = [value.name for value in values]
+        if names != list(expected):
+            problems.append(f"{kind} names {names}, expected {list(expected)}")
+        for value in values:
+            if value.name not in expected:
+                continue
+            tensor = value.type.tensor_type
+            if tensor.elem_type != _ELEM_FLOAT:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else "unknown"
+                problems.append(f"{kind} {value.name!r} has dtype {dtype}, expected float32")
+            shape = _shape_of(value)
+            wanted = expected[value.name]
+            if not _shape_matches(shape, wanted):
+                problems.append(f"{kind} {value.name!r} has shape {_fmt_shape(shape)}, expected {_fmt_shape(wanted)}")
+    if problems:
+        raise ExportError(path, "invalid graph: " + "; ".join(problems))
+    return model
+
+
+def _shape_of(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    if not value.type.tensor_type.HasField("shape"):
+        return None
+    return tuple(
+        dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+        for dim in value.type.tensor_type.shape.dim
+    )
+
+
+def _shape_matches(shape: tuple | None, wanted: tuple) -> bool:
+    if shape is None or len(shape) != len(wanted):
+        return False
+    for dim, expected in zip(shape, wanted):
+        if isinstance(expected, str):
+            if not isinstance(dim, str):  # the batch axis must stay dynamic
+                return False
+        elif dim != expected:
+            return False
+    return True
+
+
+def _fmt_shape(shape: tuple | None) -> str:
+    return "unknown" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def validate_parity(
+    graphs: dict[str, Path],
+    modules: dict[str, nn.Module],
+    specs: dict[str, GraphSpec],
+    feeds: dict[str, list[np.ndarray]],
+    *,
+    tolerance: float,
+    label: str = "fp32",
+) -> dict[str, dict[str, float]]:
+    """Run each graph in ONNX Runtime (CPU) and its PyTorch module on the same inputs.
+
+    graphs: name -> .onnx file; modules: name -> fp32 reference module (eval); feeds: name -> list of
+    float32 input batches. Returns {graph: {output: max |difference|}}. Raises one ExportError listing
+    every output's figure when any exceeds ``tolerance`` or an output has the wrong shape or dtype.
+    """
+    import onnxruntime as ort
+
+    figures: dict[str, dict[str, float]] = {}
+    problems: list[str] = []
+    for name, path in graphs.items():
+        spec = specs[name]
+        (input_name,) = spec.inputs
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = min(os.cpu_count() or 1, 4)
+        try:
+            session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(path, f"ONNX Runtime cannot load it ({_first_line(exc)})") from None
+        worst = dict.fromkeys(spec.outputs, 0.0)
+        for batch in feeds[name]:
+            with torch.no_grad():
+                reference = modules[name](torch.from_numpy(batch))
+            reference = reference if isinstance(reference, tuple) else (reference,)
+            try:
+                outputs = session.run(list(spec.outputs), {input_name: batch})
+            except Exception as exc:
+                raise ExportError(path, f"ONNX Runtime failed at batch {batch.shape[0]} ({_first_line(exc)})") from None
+            for output_name, expected, actual in zip(spec.outputs, reference, outputs):
+                expected = expected.numpy()
+                if actual.shape != expected.shape or actual.dtype != np.float32:
+                    problems.append(f"{path.name} {output_name}: got {actual.dtype} {actual.shape}, "
+                                    f"PyTorch gives float32 {expected.shape}")
+                    worst[output_name] = float("inf")
+                    continue
+                difference = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
+                if not np.isfinite(difference):
+                    difference = float("inf")
+                worst[output_name] = max(worst[output_name], difference)
+        figures[name] = worst
+    failed = [(graph, output) for graph, outs in figures.items() for output, d in outs.items() if not d <= tolerance]
+    if failed or problems:
+        listing = ", ".join(f"{graphs[g].name} {o} {d:.3g}" for g, outs in figures.items() for o, d in outs.items())
+        detail = "; ".join(problems)
+        raise ExportError(
+            Path(next(iter(graphs.values()))).parent,
+            f"{label} parity check failed (tolerance {tolerance:g}): max |ORT - PyTorch| {listing}"
+            + (f"; {detail}" if detail else ""),
+        )
+    return figures
+
+
+def parity_feeds(vae: BetaVAE, image_size: int, latent_size: int, *, seed: int = 0,
+                 real_images: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
+    """Validation inputs: random images in [0, 1] and N(0, 1) latents at batch sizes 1, 3, 16, plus real
+    slices (in batches of 16) and their PyTorch mu for the decoder. Same seed -> same inputs."""
+    rng = np.random.default_rng(seed)
+    images = [rng.random((n, 1, image_size, image_size), dtype=np.float32) for n in VALIDATION_BATCH_SIZES]
+    latents = [rng.standard_normal((n, latent_size), dtype=np.float32) for n in VALIDATION_BATCH_SIZES]
+    if real_images is not None and len(real_images):
+        for start in range(0, len(real_images), 16):
+            batch = np.ascontiguousarray(real_images[start:start + 16], dtype=np.float32)
+            images.append(batch)
+            with torch.no_grad():
+                latents.append(vae.encode(torch.from_numpy(batch))[0].numpy())
+    return {"encoder": images, "decoder": latents}
+
+
+# ------------------------------------------------------------------------------------------ the folder
+def export_model(
+    checkpoint_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    opset: int = OPSET,
+    fp16: bool = False,
+    force: bool = False,
+    validation_data: str | os.PathLike | None = None,
+    max_validation_slices: int = MAX_VALIDATION_SLICES,
+    tolerance: float = TOLERANCE_FP32,
+    fp16_tolerance: float = TOLERANCE_FP16,
+    seed: int = 0,
+    command: str | None = None,
+    dynamo: bool = True,
+) -> Path:
+    """Export a checkpoint (or a run folder: its ``checkpoint_best.pt``) to a validated model folder.
+
+    Writes encoder.onnx, decoder.onnx (and encoder_fp16.onnx, decoder_fp16.onnx with ``fp16``) and
+    model.json into a temporary folder beside ``out_dir``, validates everything, then renames it into
+    place. Raises OutputError when ``out_dir`` exists and not ``force``, ModelError for a bad checkpoint,
+    ExportError when export or validation fails, DicomError for unreadable validation data.
+    """
+    out_dir = Path(out_dir)
+    if opset < 18:
+        raise ExportError(None, f"opset {opset} is too old: the model folder format needs opset >= 18")
+    if out_dir.exists() and not force:
+        raise OutputError(out_dir, "exists (use --force to replace it)")
+    checkpoint_path, run_dir = resolve_checkpoint(checkpoint_path)
+    checkpoint, vae = load_checkpoint(checkpoint_path)
+    config = vae.config
+    grid = checkpoint_grid(checkpoint, config, checkpoint_path)
+    specs = graph_specs(config.image_size, config.latent_size)
+    real_images = None
+    if validation_data is not None:
+        real_images = load_validation_images(validation_data, grid, max_slices=max_validation_slices)
+    feeds = parity_feeds(vae, config.image_size, config.latent_size, seed=seed, real_images=real_images)
+    examples = {"encoder": torch.from_numpy(feeds["encoder"][2][:2]), "decoder": torch.from_numpy(feeds["decoder"][2][:2])}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        modules = _wrappers(vae)
+        exporters, graphs = {}, {}
+        for graph, spec in specs.items():
+            graphs[graph] = staging / spec.filename
+            exporters[graph] = export_graph(modules[graph], examples[graph], graphs[graph], spec,
+                                            opset=opset, dynamo=dynamo)
+            check_graph(graphs[graph], spec, opset=opset)
+        parity = validate_parity(graphs, modules, specs, feeds, tolerance=tolerance)
+        parity_fp16 = graphs_fp16 = None
+        if fp16:
+            modules_fp16 = _wrappers(copy.deepcopy(vae).half().eval(), half=True)
+            graphs_fp16 = {}
+            for graph, spec in specs.items():
+                graphs_fp16[graph] = staging / spec.fp16_filename
+                exporters[f"{graph}_fp16"] = export_graph(modules_fp16[graph], examples[graph],
+                                                          graphs_fp16[graph], spec, opset=opset, dynamo=dynamo)
+                check_graph(graphs_fp16[graph], spec, opset=opset)
+            parity_fp16 = validate_parity(graphs_fp16, modules, specs, feeds, tolerance=fp16_tolerance, label="fp16")
+        card = card_module.build_card(
+            name=name or out_dir.name,
+            checkpoint=checkpoint,
+            checkpoint_path=checkpoint_path,
+            run_dir=run_dir,
+            vae=vae,
+            grid=grid,
+            specs=specs,
+            graphs=graphs,
+            graphs_fp16=graphs_fp16,
+            exporters=exporters,
+            opset=opset,
+            parity=card_module.parity_section(parity, tolerance, real_images),
+            parity_fp16=None if parity_fp16 is None else card_module.parity_section(parity_fp16, fp16_tolerance, real_images),
+            validation_kl=_validation_kl(vae, feeds["encoder"], real_images),
+            command=command,
+        )
+        card_module.write_card(card, staging / CARD_FILE)
+        _replace_folder(staging, out_dir, force=force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _validation_kl(vae: BetaVAE, random_images: Sequence[np.ndarray], real_images: np.ndarray | None) -> tuple[list[float], str]:
+    """Per-unit KL on the export's own inputs: the fallback when neither checkpoint nor run records it."""
+    from train.model import kl_per_unit
+
+    if real_images is not None and len(real_images):
+        images, source = real_images, f"computed at export on {len(real_images)} validation slices"
+    else:
+        images = np.concatenate(list(random_images[: len(VALIDATION_BATCH_SIZES)]))
+        source = f"computed at export on {len(images)} random images (no validation data; not meaningful)"
+    with torch.no_grad():
+        mu, logvar = vae.encode(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        kl = kl_per_unit(mu, logvar).mean(0)
+    return [float(v) for v in kl], source
+
+
+def _replace_folder(staging: Path, out_dir: Path, *, force: bool) -> None:
+    if out_dir.exists() or out_dir.is_symlink():
+        if not force:
+            raise OutputError(out_dir, "exists (use --force to replace it)")
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _exporter_versions() -> dict[str, str]:
+    import onnxruntime
+
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    with contextlib.suppress(ImportError):
+        import onnxscript
+
+        versions["onnxscript"] = onnxscript.__version__
+    return versions

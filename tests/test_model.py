@@ -1,0 +1,266 @@
+"""ctgen.model: model folders on ONNX Runtime (no PyTorch in this file: references come from the fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ctgen.model as model_module
+from ctgen.errors import InputError, ModelError
+from ctgen.model import Model, incomplete_card_fields, load_model, read_card, resolve_model_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
+
+
+def _cuda_really_works(model_dir: Path) -> bool:
+    return load_model(model_dir).provider == "CUDAExecutionProvider"
+
+
+def _write_card(model_dir: Path, change) -> None:
+    card = json.loads((model_dir / "model.json").read_text())
+    change(card)
+    (model_dir / "model.json").write_text(json.dumps(card))
+
+
+# ------------------------------------------------------------------------------- running
+def test_encode_decode_shapes_and_parity_with_pytorch(tiny_model_dir, tiny_reference):
+    model = load_model(tiny_model_dir, device="cpu")
+    assert (model.latent_size, model.grid.size, model.grid.spacing_mm) == (8, 64, 3.75)
+    assert model.provider == "CPUExecutionProvider"
+    mu, logvar = model.encode(tiny_reference["images"])
+    assert mu.shape == logvar.shape == (5, 8) and mu.dtype == logvar.dtype == np.float32
+    np.testing.assert_allclose(mu, tiny_reference["mu"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logvar, tiny_reference["logvar"], atol=1e-4, rtol=0)
+    images = model.decode(tiny_reference["z"])
+    assert images.shape == (5, 1, 64, 64) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    np.testing.assert_allclose(images, tiny_reference["decoded"], atol=1e-4, rtol=0)
+
+
+def test_batches_internally_and_accepts_other_dtypes(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((model.batch_size * 2 + 5, 8))  # float64, several batches and a remainder
+    images = model.decode(z)
+    assert images.shape == (len(z), 1, 64, 64)
+    np.testing.assert_allclose(images[-3:], model.decode(z[-3:].astype(np.float32)), atol=1e-6)
+    mu, logvar = model.encode(images)
+    assert mu.shape == (len(z), 8)
+    assert model.decode(np.zeros((0, 8), np.float32)).shape == (0, 1, 64, 64)
+    assert model.encode(np.zeros((0, 1, 64, 64), np.float32))[0].shape == (0, 8)
+
+
+def test_io_binding_path_gives_the_same_numbers(tiny_model_dir, tiny_reference):
+    model = load_model(tiny_model_dir, device="cpu")
+    plain = model.decode(tiny_reference["z"])
+    model._session("decoder").use_io_binding = True  # the CUDA path, exercised on the CPU provider
+    np.testing.assert_array_equal(model.decode(tiny_reference["z"]), plain)
+
+
+def test_units_by_kl_come_from_the_card(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    assert model.units_by_kl() == [1, 5, 3, 7, 0, 6, 2, 4]
+    assert model.card["metrics"]["kl_per_unit"][1] == 3.0
+
+
+def test_sessions_are_built_on_first_use(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="auto")
+    assert model._sessions == {} and "not started" in repr(model)
+    model.decode(np.zeros((1, 8), np.float32))
+    assert set(model._sessions) == {"decoder"}
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    ("call", "argument", "message"),
+    [
+        ("decode", np.zeros((2, 5), np.float32), "latent vectors have width 5; this model's latent size is 8"),
+        ("decode", np.zeros(8, np.float32), r"latent vectors have shape \(8,\)"),
+        ("decode", np.array([[0.0] * 7 + [np.nan]], np.float32), "latent vectors contain NaN or infinite values"),
+        ("encode", np.zeros((2, 64, 64), np.float32), r"images have shape \(2, 64, 64\); this model takes \(N, 1, 64, 64\)"),
+        ("encode", np.zeros((1, 1, 32, 32), np.float32), r"images have shape \(1, 1, 32, 32\)"),
+        ("encode", np.full((1, 1, 64, 64), np.inf, np.float32), "images contain NaN or infinite values"),
+        ("encode", [["a"]], "images are not numeric"),
+    ],
+)
+def test_bad_inputs_raise_input_error(tiny_model_dir, call, argument, message):
+    model = load_model(tiny_model_dir, device="cpu")
+    with pytest.raises(InputError, match=message):
+        getattr(model, call)(argument)
+
+
+def test_bad_options_raise_input_error(tiny_model_dir):
+    with pytest.raises(InputError, match="unknown device 'gpu'"):
+        load_model(tiny_model_dir, device="gpu")
+    with pytest.raises(InputError, match="unknown precision"):
+        load_model(tiny_model_dir, precision="int8")
+
+
+# ------------------------------------------------------------------------------- bad models
+def test_checksum_mismatch_is_a_model_error(tiny_model_copy):
+    encoder = tiny_model_copy / "encoder.onnx"
+    data = bytearray(encoder.read_bytes())
+    data[-10] ^= 0xFF
+    encoder.write_bytes(bytes(data))
+    card_sha = json.loads((tiny_model_copy / "model.json").read_text())["files"]["encoder.onnx"]["sha256"]
+    with pytest.raises(ModelError) as info:
+        load_model(tiny_model_copy)
+    assert str(info.value).startswith(f"{encoder}: checksum mismatch (card says {card_sha}")
+    assert load_model(tiny_model_copy, verify=False).card["name"] == "tiny"
+
+
+def test_missing_graph_is_a_model_error(tiny_model_copy):
+    (tiny_model_copy / "decoder.onnx").unlink()
+    with pytest.raises(ModelError, match=r"decoder\.onnx: missing \(listed in model\.json\)"):
+        load_model(tiny_model_copy)
+
+
+def test_unloadable_graph_is_a_model_error_naming_the_file(tiny_model_copy):
+    (tiny_model_copy / "decoder.onnx").write_bytes(b"\x08\x07garbage")
+    model = load_model(tiny_model_copy, verify=False, device="cpu")
+    with pytest.raises(ModelError, match=r"decoder\.onnx: ONNX Runtime cannot load it"):
+        model.decode(np.zeros((1, 8), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda path: (path / "model.json").unlink(), r"model\.json: missing: not a ctgen model folder"),
+        (lambda path: (path / "model.json").write_text("{not json"), r"model\.json: corrupt card: not valid JSON"),
+        (lambda path: _write_card(path, lambda c: c.update(format="other")), "not a ctgen model card"),
+        (lambda path: _write_card(path, lambda c: c.update(card_version=2)), "card_version 2 is newer"),
+        (lambda path: _write_card(path, lambda c: c.pop("latent_size")), "card lacks latent_size"),
+        (lambda path: _write_card(path, lambda c: c.update(window_hu=[250, -50])), "needs lo < hi"),
+        (lambda path: _write_card(path, lambda c: c.update(image_size="64")), "image_size must be a positive integer"),
+        (lambda path: _write_card(path, lambda c: c["files"].pop("encoder.onnx")), "encoder file encoder.onnx has no checksum"),
+    ],
+)
+def test_bad_cards_are_model_errors_naming_the_card(tiny_model_copy, change, message):
+    change(tiny_model_copy)
+    with pytest.raises(ModelError, match=message) as info:
+        load_model(tiny_model_copy)
+    assert str(info.value).startswith(str(tiny_model_copy / "model.json"))
+
+
+def test_graph_inputs_must_match_the_card(tiny_model_copy):
+    _write_card(tiny_model_copy, lambda c: c["graphs"]["decoder"].update(inputs={"latent": ["N", 8]}))
+    model = load_model(tiny_model_copy, device="cpu")
+    with pytest.raises(ModelError, match=r"decoder\.onnx: inputs \['z'\] do not match the card \(\['latent'\]\)"):
+        model.decode(np.zeros((1, 8), np.float32))
+
+
+# ------------------------------------------------------------------------------- devices
+def test_device_cuda_without_cuda_is_a_model_error(tiny_model_dir, capfd):
+    if _cuda_really_works(tiny_model_dir):
+        pytest.skip("CUDA works on this machine")
+    capfd.readouterr()
+    with pytest.raises(ModelError, match="device cuda: .*use --device auto or cpu") as info:
+        load_model(tiny_model_dir, device="cuda")
+    assert "\n" not in str(info.value)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_device_auto_falls_back_to_cpu_silently(tiny_model_dir, capfd):
+    model = load_model(tiny_model_dir, device="auto")
+    model.encode(np.zeros((2, 1, 64, 64), np.float32))
+    model.decode(np.zeros((2, 8), np.float32))
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    if model.provider != "CUDAExecutionProvider":
+        assert model.provider == "CPUExecutionProvider"
+
+
+def test_fp16_graphs_are_never_used_on_the_cpu(tiny_model_copy):
+    shutil.copy(tiny_model_copy / "decoder.onnx", tiny_model_copy / "decoder_fp16.onnx")
+    (tiny_model_copy / "decoder_fp16.onnx").write_bytes(b"would fail to load")
+
+    def add_fp16(card):
+        card["graphs"]["decoder"]["fp16_file"] = "decoder_fp16.onnx"
+        card["files"]["decoder_fp16.onnx"] = {"sha256": model_module.sha256_file(tiny_model_copy / "decoder_fp16.onnx")}
+
+    _write_card(tiny_model_copy, add_fp16)
+    model = load_model(tiny_model_copy, device="auto")
+    if model.provider == "CUDAExecutionProvider":
+        pytest.skip("CUDA works on this machine")
+    assert model.decode(np.zeros((1, 8), np.float32)).shape == (1, 1, 64, 64)
+    assert model._session("decoder").path.name == "decoder.onnx"
+
+
+def test_quiet_native_output_captures_file_descriptors(capfd):
+    with model_module._quiet_native_output() as captured:
+        os.write(1, b"native stdout\n")
+        os.write(2, b"native stderr\n")
+        print("python stdout")
+    assert capfd.readouterr() == ("", "")
+    assert "native stdout" in captured() and "native stderr" in captured() and "python stdout" in captured()
+
+
+def test_runtime_never_imports_torch(tiny_model_dir):
+    script = (
+        "import sys, numpy as np\n"
+        "from ctgen.model import load_model\n"
+        f"model = load_model({str(tiny_model_dir)!r})\n"
+        "mu, logvar = model.encode(np.zeros((3, 1, 64, 64), np.float32))\n"
+        "model.decode(mu)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(model.provider)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert result.stderr == ""
+
+
+# ------------------------------------------------------------------------------- finding models
+def test_resolve_model_dir(tiny_model_dir, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "default")
+    shutil.copytree(tiny_model_dir, models / "tiny")
+    monkeypatch.setattr(model_module, "_CHECKOUT_MODELS", models)
+    monkeypatch.setattr(model_module, "_PACKAGE_MODELS", tmp_path / "nowhere")
+    assert resolve_model_dir(None) == models / "default"
+    assert resolve_model_dir("tiny") == models / "tiny"
+    assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
+    assert resolve_model_dir(tiny_model_dir / "model.json") == tiny_model_dir
+    with pytest.raises(ModelError, match=r"nope: no such model .*\(available: default, tiny\)"):
+        resolve_model_dir("nope")
+    with pytest.raises(ModelError, match="no such model folder"):
+        resolve_model_dir("./missing/folder")
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve_model_dir(tiny_model_dir / "encoder.onnx")
+
+
+def test_installed_package_models_are_found(tiny_model_dir, tmp_path, monkeypatch):
+    package_models = tmp_path / "_models"
+    shutil.copytree(tiny_model_dir, package_models / "default")
+    monkeypatch.setattr(model_module, "_CHECKOUT_MODELS", tmp_path / "no_checkout")
+    monkeypatch.setattr(model_module, "_PACKAGE_MODELS", package_models)
+    assert load_model().path == package_models / "default"
+
+
+# ------------------------------------------------------------------------------- the shipped model
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.json").is_file(), reason="models/default is not there yet")
+def test_default_model_loads_and_its_card_is_complete():
+    card = read_card(DEFAULT_MODEL_DIR)
+    assert incomplete_card_fields(card) == []
+    assert card["latent_size"] == 50
+    parity = card["export"]["parity"]
+    assert parity["tolerance"] <= 1e-4
+    assert max(d for outputs in parity["max_abs_diff"].values() for d in outputs.values()) <= 1e-4
+    assert sum(entry["bytes"] for entry in card["files"].values()) <= 20e6
+    model = load_model(device="cpu")
+    assert isinstance(model, Model) and model.path.resolve() == DEFAULT_MODEL_DIR.resolve()
+    size = card["image_size"]
+    mu, _ = model.encode(np.full((2, 1, size, size), 0.5, np.float32))
+    images = model.decode(mu)
+    assert images.shape == (2, 1, size, size) and np.isfinite(images).all()
+    assert sorted(model.units_by_kl()) == list(range(50))
