@@ -1,0 +1,67 @@
+"""ctgen explore: turn the latent knobs in a local web page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ctgen.commands._options import DeviceOption, ModelOption, SeedOption
+
+
+def explore(
+    slice_path: Annotated[
+        Path | None,
+        typer.Argument(metavar="SLICE.dcm", help="Start from this CT slice (encoded to its mean latent) "
+                       "instead of the prior mean.", exists=True, dir_okay=False, show_default=False),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (0: any free port).")] = 8765,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on. Anything but loopback lets other machines use the "
+                     "explorer (no authentication): a warning is printed."),
+    ] = "127.0.0.1",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a web browser.")] = False,
+    seed: SeedOption = 0,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Explore the latent space in a web page: one slider per latent unit, live decoding.
+
+    Serves a local page (loopback only unless --host is given) and opens it in the browser. Sliders are
+    ordered by KL; start from the prior mean, a seeded random sample or an uploaded DICOM slice, scrub
+    an interpolation between two vectors, and export the image (PNG, DICOM) or the latent (JSON).
+    Stop with Ctrl+C.
+    """
+    import sys
+    import webbrowser
+
+    from ctgen.api import Generator
+    from ctgen.explore import ExploreServer, is_loopback
+    from ctgen.outputs import Run
+
+    with Run("explore") as run:
+        generator = Generator(run.load_model(model, device))
+        start, label = None, "prior mean"
+        if slice_path is not None:
+            start, label = generator.encode(slice_path)[0], slice_path.name
+        try:
+            server = ExploreServer(generator, (host, port), start=start, start_label=label, seed=seed)
+        except OSError as error:
+            reason = f"cannot listen on {host}:{port} ({error.strerror or error}; try another --port)"
+            raise OSError(error.errno, reason) from None
+        scope = "loopback only" if is_loopback(host) else "reachable from other machines"
+        print(f"ctgen: serving on {server.url.rstrip('/')} ({scope}); model {generator.card.get('name')} "
+              f"on {generator.model.provider}; Ctrl+C stops", file=sys.stderr, flush=True)
+        if not is_loopback(host):
+            run.warn(f"--host {host} is not loopback: anyone who can reach this machine can use the explorer "
+                     "and upload files to it (there is no authentication)")
+        if not no_browser:
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("ctgen: stopped", file=sys.stderr, flush=True)
+        finally:
+            server.server_close()

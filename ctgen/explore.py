@@ -1,0 +1,383 @@
+"""The latent explorer behind ``ctgen explore``: a local HTTP server (standard library only) for the page in
+``ctgen/static``.
+
+Endpoints: ``GET /`` (the page) and its static files; ``GET /api/state`` (model summary, units by KL,
+display windows, the start vector); ``POST /api/decode`` {z, window} -> PNG; ``POST /api/encode`` (raw
+DICOM bytes) -> {z}; ``GET /api/sample?seed=N[&temperature=T]`` -> {z}; ``POST /api/export``
+{z, format: png|dcm|json, window} -> a file. Errors are JSON ``{"error": "<one line>"}`` with status 400
+(bad request), 403 (another site's page, or a Host that is not this machine on loopback), 404, 405,
+411 (no length), 413 (upload too large) or 500.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import os
+import socket
+import socketserver
+import tempfile
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from ctgen import __version__
+from ctgen.api import Generator
+from ctgen.errors import CtgenError, InputError
+
+__all__ = ["MAX_UPLOAD_BYTES", "ExploreServer", "is_loopback", "start_server"]
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # one DICOM slice; larger uploads get 413
+MAX_JSON_BYTES = 1024 * 1024  # a latent vector in JSON is a few kB
+_DRAIN_LIMIT = 128 * 1024 * 1024  # read and drop an oversize body up to this, so the client sees the 413
+VISIBLE_UNITS = 10  # sliders shown unfolded; the rest go into a <details>
+_STATIC = {  # URL path -> (file in ctgen/static, content type)
+    "/": ("explore.html", "text/html; charset=utf-8"),
+    "/explore.js": ("explore.js", "text/javascript; charset=utf-8"),
+    "/explore.css": ("explore.css", "text/css; charset=utf-8"),
+}
+_EXPORT_TYPES = {"png": "image/png", "dcm": "application/dicom", "json": "application/json"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ExploreServer(ThreadingHTTPServer):
+    """Serves the explorer for one ``Generator``; requests run on threads, inference one at a time.
+
+    ``start``: the latent (L,) the page starts from (None: the prior mean), described by ``start_label``. ``seed``: the page's first random-sample seed.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, generator: Generator, address: tuple[str, int], *, start: np.ndarray | None = None,
+                 start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.generator = generator
+        self.start = np.zeros(generator.latent_size, np.float32) if start is None else np.asarray(start, np.float32)
+        self.start_label = start_label
+        self.seed = seed
+        self.max_upload_bytes = max_upload_bytes
+        self.inference_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # HTTPServer's version does a reverse DNS lookup (getfqdn)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"http://{host}:{port}/"
+
+    def state(self) -> dict[str, Any]:
+        """What the page needs to build itself (JSON-ready)."""
+        from ctgen.render import WINDOWS
+
+        generator = self.generator
+        kl = generator.kl_per_unit
+        factors = _unit_factors(generator.card, generator.latent_size)
+        units = [{"unit": unit, "rank": rank, "kl": None if kl is None else kl[unit], "factor": factors.get(unit)}
+                 for rank, unit in enumerate(generator.units_by_kl, start=1)]
+        return {
+            "ctgen": __version__,
+            "model": {"name": generator.card.get("name"), "image_size": generator.image_size,
+                      "spacing_mm": generator.grid.spacing_mm, "window_hu": list(generator.grid.window_hu),
+                      "provider": generator.model.provider},
+            "latent_size": generator.latent_size,
+            "units": units,
+            "visible_units": VISIBLE_UNITS,
+            "windows": {name: list(window) for name, window in WINDOWS.items()},
+            "window": "brain",
+            "start": {"z": self.start.tolist(), "label": self.start_label},
+            "seed": self.seed,
+            "max_upload_bytes": self.max_upload_bytes,
+        }
+
+    def decode_hu(self, z: np.ndarray) -> np.ndarray:
+        """One latent (L,) -> HU float32 (S, S)."""
+        with self.inference_lock:
+            return self.generator.decode(z[None])[0]
+
+    def encode_upload(self, data: bytes, name: str) -> np.ndarray:
+        """Raw DICOM bytes -> mu (L,). Raises InputError naming the upload, never the temporary file."""
+        handle, temporary = tempfile.mkstemp(prefix="ctgen-upload-", suffix=".dcm")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            with self.inference_lock:
+                return self.generator.encode(temporary)[0]
+        except CtgenError as error:
+            reason = getattr(error, "reason", None) or str(error)
+            raise InputError(name, reason.replace(temporary, name)) from None
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def start_server(generator: Generator, *, host: str = "127.0.0.1", port: int = 8765, **options: Any) -> ExploreServer:
+    """Bind an ``ExploreServer`` and serve it on a daemon thread; returns it (``shutdown()`` to stop).
+
+    ``port`` 0 picks a free port (see ``server.url``). Options as ``ExploreServer``.
+    """
+    server = ExploreServer(generator, (host, port), **options)
+    threading.Thread(target=server.serve_forever, name="ctgen-explore", daemon=True).start()
+    return server
+
+
+def _unit_factors(card: dict[str, Any], latent_size: int) -> dict[int, str]:
+    """The card's ``metrics.unit_factors`` ({unit: factor} or a list by unit) as {unit: factor name}."""
+    raw = (card.get("metrics") or {}).get("unit_factors")
+    pairs = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    factors = {}
+    for unit, factor in pairs:
+        if isinstance(factor, dict):
+            factor = factor.get("factor") or factor.get("name")
+        try:
+            index = int(unit)
+        except (TypeError, ValueError):
+            continue
+        if factor and 0 <= index < latent_size:
+            factors[index] = str(factor)
+    return factors
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExploreServer
+    server_version = f"ctgen-explore/{__version__}"
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle + delayed ACK would add 40 ms
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the signature is http.server's
+        pass  # a dragged slider makes dozens of requests a second; errors reach the page instead
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch({"/api/state": self._state, "/api/sample": self._sample})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch({"/api/decode": self._decode, "/api/encode": self._encode, "/api/export": self._export})
+
+    def _dispatch(self, routes: dict[str, Any]) -> None:
+        url = urlsplit(self.path)
+        self._body_read = self.command != "POST"
+        try:
+            self._check_site()
+            route = routes.get(url.path)
+            if route is not None:
+                route(parse_qs(url.query))
+            elif self.command == "GET" and url.path in _STATIC:
+                self._static(*_STATIC[url.path])
+            elif url.path in _STATIC or url.path.startswith("/api/"):
+                raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed on {url.path}")
+            else:
+                raise _HttpError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
+        except _HttpError as error:
+            self._fail(error.message, error.status)
+        except CtgenError as error:
+            self._fail(str(error), HTTPStatus.BAD_REQUEST)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as error:  # noqa: BLE001 - one bad request must never stop the server
+            self._fail(f"internal error: {type(error).__name__}: {error}", HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _fail(self, message: str, status: HTTPStatus) -> None:
+        if not self._body_read:
+            self.close_connection = True  # an unread request body would garble the next request
+        self._json({"error": _one_line(message)}, status)
+
+    def _check_site(self) -> None:
+        """Refuse other web sites' pages: a foreign Origin (cross-site requests) and, on loopback, a foreign
+        Host (DNS rebinding: evil.example resolving to 127.0.0.1). Scripts send neither and pass."""
+        host = self.headers.get("Host", "")
+        if is_loopback(str(self.server.server_address[0])) and host and not is_loopback(_hostname(host)):
+            raise _HttpError(HTTPStatus.FORBIDDEN, f"refused: Host {host!r} is not this machine")
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != host:
+            raise _HttpError(HTTPStatus.FORBIDDEN, f"refused: a page from {origin!r} may not use the explorer")
+
+    # ------------------------------------------------------------------------------------ endpoints
+    def _static(self, filename: str, content_type: str) -> None:
+        body = resources.files("ctgen").joinpath("static", filename).read_bytes()
+        self._send(body, content_type, headers={"Cache-Control": "no-cache"})
+
+    def _state(self, query: dict[str, list[str]]) -> None:
+        self._json(self.server.state())
+
+    def _sample(self, query: dict[str, list[str]]) -> None:
+        seed = _query_number(query, "seed", int, self.server.seed)
+        temperature = _query_number(query, "temperature", float, 1.0)
+        z = self.server.generator.latents(1, seed=seed, temperature=temperature)[0]
+        self._json({"z": z.tolist(), "seed": seed, "temperature": temperature})
+
+    def _decode(self, query: dict[str, list[str]]) -> None:
+        request = self._read_json()
+        hu = self.server.decode_hu(self._latent(request))
+        self._send(_png(hu, _window(request)), "image/png")
+
+    def _encode(self, query: dict[str, list[str]]) -> None:
+        name = Path(unquote(self.headers.get("X-Filename") or "")).name or "upload.dcm"  # the page URL-encodes it
+        data = self._read_body(self.server.max_upload_bytes, what="DICOM upload")
+        if not data:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"{name}: empty upload")
+        z = self.server.encode_upload(data, name)
+        self._json({"z": z.tolist(), "label": name})
+
+    def _export(self, query: dict[str, list[str]]) -> None:
+        request = self._read_json()
+        file_format = str(request.get("format", "png")).lower()
+        if file_format not in _EXPORT_TYPES:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"unknown export format {file_format!r} (png, dcm or json)")
+        z = self._latent(request)
+        generator = self.server.generator
+        if file_format == "json":
+            body = json.dumps({"model": generator.card.get("name"), "latent_size": generator.latent_size,
+                               "z": z.tolist(), "ctgen": __version__}, indent=1).encode() + b"\n"
+        else:
+            window = _window(request)
+            hu = self.server.decode_hu(z)
+            body = _png(hu, window) if file_format == "png" else _dicom(generator, hu, window)
+        self._send(body, _EXPORT_TYPES[file_format],
+                   headers={"Content-Disposition": f'attachment; filename="ctgen-explore.{file_format}"'})
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _latent(self, request: dict[str, Any]) -> np.ndarray:
+        size = self.server.generator.latent_size
+        try:
+            z = np.asarray(request.get("z"), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "z must be a list of numbers") from None
+        if z.shape != (size,):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"z must hold {size} numbers, got shape {list(z.shape)}")
+        if not np.isfinite(z).all():
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "z contains NaN or infinite values")
+        return z
+
+    def _read_body(self, limit: int, *, what: str) -> bytes:
+        length_text = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length_text is None:
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, f"{what}: send a Content-Length")
+        try:
+            length = int(length_text)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"{what}: bad Content-Length {length_text!r}")
+        if length > limit:
+            self.close_connection = True
+            if length <= _DRAIN_LIMIT:  # otherwise the client may see a reset instead of the answer
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 1 << 20))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"{what} too large: {int(length_text) / 2**20:.1f} MiB (limit {limit / 2**20:g} MiB)")
+        data = self.rfile.read(length)
+        self._body_read = True
+        if len(data) != length:
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"{what}: connection closed after {len(data)} of {length} bytes")
+        return data
+
+    def _read_json(self) -> dict[str, Any]:
+        data = self._read_body(MAX_JSON_BYTES, what="JSON request")
+        try:
+            request = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({error})") from None
+        if not isinstance(request, dict):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "request must be a JSON object")
+        return request
+
+    def _json(self, payload: dict[str, Any], status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(json.dumps(payload).encode(), "application/json", status)
+
+    def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _query_number(query: dict[str, list[str]], key: str, kind: type, default: Any) -> Any:
+    values = query.get(key)
+    if not values:
+        return default
+    try:
+        return kind(values[-1])
+    except ValueError:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"{key} must be a number, got {values[-1]!r}") from None
+
+
+def _hostname(host: str) -> str:
+    return urlsplit(f"//{host}").hostname or ""
+
+
+def _window(request: dict[str, Any]) -> tuple[float, float]:
+    """The request's display window: a preset name, "C,W", or [center, width]; brain when absent."""
+    from ctgen.render import parse_window
+
+    spec = request.get("window", "brain")
+    if isinstance(spec, list) and len(spec) == 2:
+        spec = f"{spec[0]},{spec[1]}"
+    return parse_window(str(spec))
+
+
+def _png(hu: np.ndarray, window: tuple[float, float]) -> bytes:
+    from PIL import Image
+
+    from ctgen.render import to_uint8
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(hu, window), mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _dicom(generator: Generator, hu: np.ndarray, window: tuple[float, float]) -> bytes:
+    """One derived, de-identified CT image of ``hu`` written by ctgen.dicom, as bytes."""
+    from ctgen.dicom import write_slice
+    from ctgen.outputs import derivation
+
+    spacing = generator.grid.spacing_mm
+    with tempfile.TemporaryDirectory(prefix="ctgen-export-") as folder:
+        path = write_slice(hu, Path(folder) / "export.dcm", spacing_mm=(spacing, spacing),
+                           description="ctgen explore", derivation=derivation(generator.model, "explore"),
+                           window=window)
+        return path.read_bytes()
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 300 else line[:297] + "..."

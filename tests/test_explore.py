@@ -1,0 +1,384 @@
+"""ctgen.api and the explore server (no browser): every endpoint through urllib, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from ctgen.api import Generator, load_generator
+from ctgen.errors import DicomError, InputError
+from ctgen.explore import MAX_UPLOAD_BYTES, is_loopback, start_server
+
+CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZE, LATENT = 64, 8  # of the synthetic model
+
+
+def build_synthetic_model(folder: Path) -> Path:
+    """A model folder whose decoder is sigmoid(z @ W + b): b draws a head (air, skull, brain), each row of
+    W a smooth pattern, so the image responds to every unit. The encoder projects back onto W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ctgen.model import sha256_file
+
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    y, x = (rows - SIZE / 2 + 0.5) / (SIZE / 2), (cols - SIZE / 2 + 0.5) / (SIZE / 2)
+    radius = np.sqrt((x / 0.62) ** 2 + (y / 0.76) ** 2)
+    unit = np.where(radius < 0.9, 0.28, 0.0) + np.where((radius >= 0.9) & (radius < 1.0), 0.99, 0.0)
+    bias = np.log(np.clip(unit, 0.01, 0.99) / (1 - np.clip(unit, 0.01, 0.99)))
+    patterns = [x, y, radius - 0.5, np.cos(np.pi * x) * np.cos(np.pi * y), x * y, np.sin(2 * np.pi * radius),
+                np.cos(3 * x), np.sin(3 * y)]
+    weights = np.stack([0.8 * p * (radius < 1.0) for p in patterns]).reshape(LATENT, -1).astype(np.float32)
+    bias = bias.reshape(-1).astype(np.float32)
+    projection = np.linalg.pinv(weights).astype(np.float32)  # (S*S, L)
+
+    def save(graph, path: Path) -> None:
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="ctgen-tests")
+        model.ir_version = 9
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+
+    shape = numpy_helper.from_array(np.array([-1, 1, SIZE, SIZE], np.int64), "shape")
+    flat = numpy_helper.from_array(np.array([-1, SIZE * SIZE], np.int64), "flat")
+    decoder = helper.make_graph(
+        [helper.make_node("Gemm", ["z", "weights", "bias"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["unit"]),
+         helper.make_node("Reshape", ["unit", "shape"], ["image"])],
+        "decoder", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", LATENT])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias"), shape])
+    encoder = helper.make_graph(
+        [helper.make_node("Reshape", ["image", "flat"], ["pixels"]),
+         helper.make_node("Gemm", ["pixels", "projection", "offset"], ["mu"]),
+         helper.make_node("Gemm", ["pixels", "zeros", "minus_two"], ["logvar"])],
+        "encoder", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("mu", TensorProto.FLOAT, ["N", LATENT]),
+         helper.make_tensor_value_info("logvar", TensorProto.FLOAT, ["N", LATENT])],
+        [numpy_helper.from_array(projection, "projection"),
+         numpy_helper.from_array(-(1 / (1 + np.exp(-bias))) @ projection, "offset"),
+         numpy_helper.from_array(np.zeros((SIZE * SIZE, LATENT), np.float32), "zeros"),
+         numpy_helper.from_array(np.full(LATENT, -2.0, np.float32), "minus_two"), flat])
+    folder.mkdir(parents=True)
+    save(decoder, folder / "decoder.onnx")
+    save(encoder, folder / "encoder.onnx")
+    kl = [2.5, 0.4, 3.1, 0.9, 1.7, 0.05, 0.6, 1.2]
+    card = {"format": "ctgen-model", "card_version": 1, "name": "synthetic-test", "image_size": SIZE,
+            "spacing_mm": 3.75, "window_hu": [-50.0, 250.0], "latent_size": LATENT,
+            "metrics": {"kl_per_unit": kl, "units_by_kl": sorted(range(LATENT), key=lambda u: -kl[u]),
+                        "unit_factors": {"2": "brain_scale", "0": "shift_x"}},
+            "files": {name: {"sha256": sha256_file(folder / name)} for name in ("encoder.onnx", "decoder.onnx")}}
+    (folder / "model.json").write_text(json.dumps(card, indent=1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def synthetic_generator(tmp_path_factory) -> Generator:
+    """The tiny exported VAE is random: its images hardly depend on z. This one visibly does."""
+    pytest.importorskip("onnx")
+    return load_generator(build_synthetic_model(tmp_path_factory.mktemp("synthetic") / "model"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir) -> Generator:
+    return load_generator(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(generator):
+    server = start_server(generator, host="127.0.0.1", port=0, seed=3)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def request(server, path: str, body: bytes | dict | None = None, headers: dict | None = None):
+    """(status, content type, body bytes) of one request; error statuses are returned, not raised."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    call = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers or {},
+                                  method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(call, timeout=30) as response:
+            return response.status, response.headers.get("Content-Type"), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type"), error.read()
+
+
+def decode_png(server, z, window="brain") -> np.ndarray:
+    status, content_type, body = request(server, "/api/decode", {"z": list(map(float, z)), "window": window})
+    assert status == 200, body
+    assert content_type == "image/png"
+    return np.asarray(Image.open(io.BytesIO(body)))
+
+
+# ------------------------------------------------------------------------------------------ Python API
+def test_generator_shapes_and_determinism(generator):
+    size, latent = generator.image_size, generator.latent_size
+    samples = generator.sample(3, seed=7)
+    assert samples.shape == (3, size, size) and samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, generator.sample(3, seed=7))
+    lo, hi = generator.grid.window_hu
+    assert samples.min() >= lo and samples.max() <= hi
+    z = generator.latents(2, seed=1)
+    np.testing.assert_array_equal(generator.decode(z), generator.decode(z))
+    assert generator.decode(z[0]).shape == (1, size, size)
+    assert generator.traverse(None, "top2", offsets=(-2.0, 0.0, 2.0)).shape == (6, size, size)
+    assert generator.traverse(z[0], [0, 3], offsets=(1.0,)).shape == (2, size, size)
+    path = generator.interpolate(z[0], z[1], steps=4, method="lerp")
+    assert path.shape == (4, size, size)
+    np.testing.assert_allclose(path[0], generator.decode(z[0])[0], atol=1e-3)
+    assert generator.interpolate(z[0], z[1], steps=3).shape == (3, size, size)  # slerp by default
+    assert generator.units_by_kl[0] == 1 and len(generator.kl_per_unit) == latent
+
+
+def test_generator_encode_inputs(generator):
+    from ctgen.dicom import read_slice
+
+    mu_path = generator.encode(CT_SMALL)
+    assert mu_path.shape == (1, generator.latent_size) and mu_path.dtype == np.float32
+    np.testing.assert_allclose(generator.encode(read_slice(CT_SMALL)), mu_path, atol=1e-6)
+    np.testing.assert_allclose(generator.encode([str(CT_SMALL), CT_SMALL]), np.repeat(mu_path, 2, axis=0), atol=1e-6)
+    on_grid = generator.sample(2, seed=0)
+    assert generator.encode(on_grid).shape == (2, generator.latent_size)
+    assert generator.reconstruct(on_grid[0]).shape == (1, generator.image_size, generator.image_size)
+    assert generator.encode(np.zeros((100, 90)), spacing_mm=0.5).shape == (1, generator.latent_size)
+
+
+def test_generator_errors(generator, tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a dicom file at all")
+    with pytest.raises(DicomError, match="bad.dcm"):
+        generator.encode(bad)
+    with pytest.raises(InputError, match="spacing_mm"):
+        generator.encode(np.zeros((100, 90)))
+    with pytest.raises(InputError, match="lerp or slerp"):
+        generator.interpolate(np.zeros(8), np.ones(8), method="cubic")
+    with pytest.raises(InputError, match="width"):
+        generator.decode(np.zeros((1, 3)))
+
+
+# ------------------------------------------------------------------------------------------ server
+def test_page_and_static_files(server):
+    status, content_type, body = request(server, "/")
+    assert status == 200 and content_type.startswith("text/html")
+    page = body.decode()
+    for element in ('id="image"', 'id="latency"', 'id="error"', 'id="dicom-file"', 'id="blend"', 'id="export-dcm"'):
+        assert element in page
+    assert "http://" not in page and "https://" not in page  # no CDN: works offline
+    for path, kind in (("/explore.js", "text/javascript"), ("/explore.css", "text/css")):
+        status, content_type, body = request(server, path)
+        assert status == 200 and content_type.startswith(kind) and body
+    assert request(server, "/nope")[0] == 404
+    assert request(server, "/api/state", {"z": []})[0] == 405
+
+
+def test_state(server, generator):
+    status, _, body = request(server, "/api/state")
+    state = json.loads(body)
+    assert status == 200
+    assert state["latent_size"] == 8 and state["model"]["image_size"] == 64
+    assert [unit["unit"] for unit in state["units"]] == generator.units_by_kl
+    assert state["units"][0] == {"unit": 1, "rank": 1, "kl": 3.0, "factor": None}
+    assert state["windows"]["brain"] == [40.0, 80.0] and set(state["windows"]) == {"brain", "subdural", "bone"}
+    assert state["start"] == {"z": [0.0] * 8, "label": "prior mean"} and state["seed"] == 3
+
+
+def test_unit_factors_from_card(tiny_model_copy):
+    card_path = tiny_model_copy / "model.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"]["unit_factors"] = {"1": "brain_scale", "5": "rotation_deg", "99": "ignored"}
+    card_path.write_text(json.dumps(card))
+    server = start_server(load_generator(tiny_model_copy, device="cpu"), port=0)
+    try:
+        units = {unit["unit"]: unit["factor"] for unit in json.loads(request(server, "/api/state")[2])["units"]}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert units[1] == "brain_scale" and units[5] == "rotation_deg" and units[0] is None
+
+
+def test_decode_png_matches_the_api(server, generator):
+    zeros = np.zeros(8)
+    image = decode_png(server, zeros)
+    assert image.shape == (64, 64) and image.dtype == np.uint8
+    from ctgen.render import to_uint8
+
+    np.testing.assert_array_equal(image, to_uint8(generator.decode(zeros)[0], (40, 80)))
+    np.testing.assert_array_equal(decode_png(server, zeros, window=[40, 80]), image)
+    np.testing.assert_array_equal(decode_png(server, zeros, window="75,215"),
+                                  to_uint8(generator.decode(zeros)[0], (75, 215)))
+
+
+def test_decode_png_changes_with_z_and_window(synthetic_generator):
+    server = start_server(synthetic_generator, port=0)
+    try:
+        zeros = np.zeros(LATENT)
+        image = decode_png(server, zeros)
+        moved = zeros.copy()
+        moved[synthetic_generator.units_by_kl[0]] = 1.0
+        assert not np.array_equal(decode_png(server, moved), image)
+        assert not np.array_equal(decode_png(server, zeros, window="bone"), image)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"z": [0.0] * 3}, "8 numbers"),
+    ({"z": ["a"] * 8}, "list of numbers"),
+    ({"z": [0.0] * 7 + [float("nan")]}, "NaN"),
+    ({"z": [0.0] * 8, "window": "lung"}, "bad window"),
+])
+def test_decode_rejects_bad_requests(server, payload, message):
+    status, content_type, body = request(server, "/api/decode", json.dumps(payload).encode())
+    assert status == 400 and content_type == "application/json"
+    assert message in json.loads(body)["error"]
+
+
+def test_sample_is_seeded(server, generator):
+    first = json.loads(request(server, "/api/sample?seed=5")[2])
+    assert first["seed"] == 5
+    np.testing.assert_allclose(first["z"], generator.latents(1, seed=5)[0], atol=1e-6)
+    assert json.loads(request(server, "/api/sample?seed=5")[2])["z"] == first["z"]
+    assert json.loads(request(server, "/api/sample?seed=6")[2])["z"] != first["z"]
+    assert json.loads(request(server, "/api/sample")[2])["seed"] == 3  # the server's --seed
+    assert request(server, "/api/sample?seed=x")[0] == 400
+
+
+def test_encode_upload(server, generator):
+    status, _, body = request(server, "/api/encode", CT_SMALL.read_bytes(), {"X-Filename": "CT%20small.dcm"})
+    assert status == 200, body
+    result = json.loads(body)
+    assert result["label"] == "CT small.dcm"
+    np.testing.assert_allclose(result["z"], generator.encode(CT_SMALL)[0], atol=1e-5)
+
+
+def test_bad_upload_is_400_and_server_keeps_serving(server):
+    status, _, body = request(server, "/api/encode", b"\x00" * 200 + b"garbage", {"X-Filename": "junk.dcm"})
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert error.startswith("junk.dcm: ") and "\n" not in error and "ctgen-upload" not in error
+    status, _, body = request(server, "/api/encode", b"", {"X-Filename": "empty.dcm"})
+    assert status == 400 and "empty" in json.loads(body)["error"]
+    truncated = CT_SMALL.read_bytes()[:3000]
+    assert request(server, "/api/encode", truncated)[0] == 400
+    assert request(server, "/api/state")[0] == 200
+    assert decode_png(server, np.zeros(8)).shape == (64, 64)
+
+
+def test_oversize_upload_is_413(server):
+    status, _, body = request(server, "/api/encode", b"\x00" * (MAX_UPLOAD_BYTES + 1))
+    assert status == 413 and "too large" in json.loads(body)["error"]
+    assert request(server, "/api/state")[0] == 200
+
+
+def test_export_formats(server, generator, tmp_path):
+    z = generator.latents(1, seed=2)[0].tolist()
+    status, content_type, body = request(server, "/api/export", {"z": z, "format": "png", "window": "subdural"})
+    assert status == 200 and content_type == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), decode_png(server, z, "subdural"))
+
+    status, content_type, body = request(server, "/api/export", {"z": z, "format": "json"})
+    assert status == 200 and content_type == "application/json"
+    exported = json.loads(body)
+    assert exported["z"] == pytest.approx(z, abs=1e-6) and exported["latent_size"] == 8
+
+    status, content_type, body = request(server, "/api/export", {"z": z, "format": "dcm", "window": "brain"})
+    assert status == 200 and content_type == "application/dicom"
+    path = tmp_path / "export.dcm"
+    path.write_bytes(body)
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "CT" and "DERIVED" in ds.ImageType and ds.PatientIdentityRemoved == "YES"
+    assert float(ds.WindowCenter) == 40 and float(ds.PixelSpacing[0]) == generator.grid.spacing_mm
+    from ctgen.dicom import read_slice
+
+    np.testing.assert_allclose(read_slice(path).hu, generator.decode(z)[0], atol=0.51)
+
+    status, _, body = request(server, "/api/export", {"z": z, "format": "gif"})
+    assert status == 400 and "png, dcm or json" in json.loads(body)["error"]
+
+
+def test_keep_alive_survives_errors(server):
+    import http.client
+
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        for body in (b"{not json", json.dumps({"z": [0.0] * 8}).encode(), b"[]"):
+            connection.request("POST", "/api/decode", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+        connection.request("GET", "/api/state")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_other_sites_are_refused(server):
+    port = server.server_address[1]
+    for headers in ({"Host": f"evil.example:{port}"}, {"Origin": "http://evil.example"}, {"Origin": "null"}):
+        status, _, body = request(server, "/api/state", headers=headers)
+        assert status == 403 and "refused" in json.loads(body)["error"], headers
+    status, _, _ = request(server, "/api/decode", {"z": [0.0] * 8}, {"Origin": "http://evil.example"})
+    assert status == 403
+    same_site = {"Origin": f"http://127.0.0.1:{port}", "Host": f"127.0.0.1:{port}"}
+    assert request(server, "/api/decode", {"z": [0.0] * 8}, same_site)[0] == 200
+    assert request(server, "/api/state", headers={"Host": f"localhost:{port}"})[0] == 200
+
+
+def test_is_loopback():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "192.168.1.4", "::", "example.org"):
+        assert not is_loopback(host), host
+
+
+# ------------------------------------------------------------------------------------------ command
+def run_command(args: list[str], ready: str = "serving on", timeout: float = 60) -> str:
+    """Start the explore command in a subprocess, wait for ``ready`` on stderr, stop it; its stderr so far."""
+    script = "import typer; from ctgen.commands.explore import explore; typer.run(explore)"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=REPO_ROOT)
+    lines = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if ready in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    return "".join(lines)
+
+
+def test_command_loopback_by_default(tiny_model_dir):
+    text = run_command(["--model", str(tiny_model_dir), "--port", "0", "--no-browser", "--device", "cpu"])
+    assert "serving on http://127.0.0.1:" in text and "(loopback only)" in text
+    assert "warning" not in text
+
+
+def test_command_warns_for_other_hosts(tiny_model_dir):
+    text = run_command(["--model", str(tiny_model_dir), "--port", "0", "--no-browser", "--host", "0.0.0.0",
+                        "--device", "cpu", str(CT_SMALL)], ready="warning")
+    assert "serving on http://0.0.0.0:" in text
+    assert "ctgen: warning: --host 0.0.0.0 is not loopback" in text
