@@ -278,7 +278,8 @@ def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, 
                  orientation=None, patient_id: str = "ANONYMOUS", patient_name: str = "ANONYMOUS",
                  series_number: int = 1, window=(40.0, 80.0), sop_class: str = "ct", force: bool = False,
                  filename_pattern: str = "{index:04d}.dcm", extra_comments: str | None = None,
-                 study_uid: str | None = None, series_uid: str | None = None) -> list[Path]:
+                 study_uid: str | None = None, series_uid: str | None = None,
+                 timestamp: datetime | None = None) -> list[Path]:
     """Write HU, float (N, H, W) or (H, W), as N new single-frame files in out_dir; return the paths.
 
     sop_class: "ct" (CT Image Storage) or "sc" (Secondary Capture, no patient geometry).
@@ -287,7 +288,9 @@ def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, 
     cosines, default axial) at the mean pixel spacing. window: (center, width) in HU.
     filename_pattern gets `index` (0-based) and `number` (1-based, the InstanceNumber).
     Stored as int16 round(HU + 1024), clipped, RescaleIntercept -1024. One new study and series per
-    call unless study_uid / series_uid are given. Over-long descriptions are truncated.
+    call unless study_uid / series_uid are given; with series_uid given, the instance and frame-of-reference
+    UIDs derive from it, so together with `timestamp` (content date/time, default now) the files are
+    byte-reproducible. Over-long descriptions are truncated.
     Raises InputError for bad arrays or options; OutputError when a target exists and not force (all
     are checked before any is written) or cannot be written. Files are renamed into place from
     hidden temporary files beside them.
@@ -302,7 +305,8 @@ def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, 
     make = _planner(volume, out_dir, spacing_mm=spacing_mm, description=description, derivation=derivation,
                     positions_mm=positions_mm, orientation=orientation, patient_id=patient_id,
                     patient_name=patient_name, series_number=series_number, window=window, sop_class=sop_class,
-                    extra_comments=extra_comments, study_uid=study_uid, series_uid=series_uid)
+                    extra_comments=extra_comments, study_uid=study_uid, series_uid=series_uid,
+                    timestamp=timestamp)
     return _write_all([Path(out_dir) / name for name in names], make, force)
 
 
@@ -359,7 +363,8 @@ def _ds(value: float) -> DSfloat:
 
 def _planner(volume: np.ndarray, where, *, spacing_mm, description: str, derivation: str, positions_mm=None,
              orientation=None, patient_id="ANONYMOUS", patient_name="ANONYMOUS", series_number=1,
-             window=(40.0, 80.0), sop_class="ct", extra_comments=None, study_uid=None, series_uid=None):
+             window=(40.0, 80.0), sop_class="ct", extra_comments=None, study_uid=None, series_uid=None,
+             timestamp: datetime | None = None):
     # check every option before any file exists; make(index) builds a dataset from these values only
     if sop_class not in ("ct", "sc"):
         raise InputError(where, f"sop_class must be 'ct' or 'sc', got {sop_class!r}")
@@ -390,18 +395,23 @@ def _planner(volume: np.ndarray, where, *, spacing_mm, description: str, derivat
     label = _clip("".join(" " if c == "\\" or ord(c) < 32 else c for c in texts[2]), 64)
     comments = _clip(texts[3] + ("\n" + texts[4] if texts[4] else ""), 10240)
     study, series = _uid(study_uid, "study_uid", where), _uid(series_uid, "series_uid", where)
-    frame_of_reference, is_ct, unicode = generate_uid(), sop_class == "ct", not all(t.isascii() for t in texts)
-    date, time = datetime.now().strftime("%Y%m%d %H%M%S").split()
+    # A caller that fixes the series UID (a seeded phantom study) gets reproducible files: the other UIDs
+    # derive from it; otherwise every call is a new series with fresh random UIDs.
+    def derived_uid(*parts: str) -> str:
+        return generate_uid() if series_uid is None else generate_uid(entropy_srcs=[series, *parts])
+
+    frame_of_reference, is_ct, unicode = derived_uid("for"), sop_class == "ct", not all(t.isascii() for t in texts)
+    date, time = (timestamp or datetime.now()).strftime("%Y%m%d %H%M%S").split()
 
     def make(index: int) -> Dataset:
         ds = Dataset()
         if unicode:
             ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.SOPClassUID, ds.SOPInstanceUID = (_CT_SOP if is_ct else _SC_SOP), generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = (_CT_SOP if is_ct else _SC_SOP), derived_uid("sop", str(index))
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"] if is_ct else ["DERIVED", "SECONDARY"]
         ds.InstanceCreationDate = ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
         ds.InstanceCreationTime = ds.StudyTime = ds.SeriesTime = ds.ContentTime = time
-        ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID, ds.Laterality = "", "", "", ""
+        ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID, ds.Laterality = "", "", "1", ""
         ds.Modality, ds.Manufacturer, ds.SoftwareVersions = "CT", "ctgen", f"ctgen {__version__}"
         ds.SeriesDescription, ds.ImageComments = label, comments
         ds.DerivationDescription = _clip(f"ctgen {__version__}: {texts[3]}", 1024)

@@ -17,6 +17,9 @@ class _PathError(CtgenError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
+    def __reduce__(self):  # picklable, so errors cross multiprocessing boundaries intact
+        return type(self), (self.path, self.reason)
+
 
 class DicomError(_PathError):
     """A file could not be read as a usable CT slice, or a DICOM file could not be written."""

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,9 @@ def _write_patient(job) -> _PatientResult | _Failure:
         return _Failure(type(exc), getattr(exc, "path", None), getattr(exc, "reason", str(exc)))
 
 
+STUDY_DATE = datetime(2000, 1, 1, 12, 0, 0)
+
+
 def _render_and_write(index, seed_sequence, slices, seed, out, force) -> _PatientResult:
     from ctgen.dicom import write_series
 
@@ -139,6 +143,7 @@ def _render_and_write(index, seed_sequence, slices, seed, out, force) -> _Patien
         patient_id=pid, patient_name=f"PHANTOM^{index + 1:04d}", window=(40.0, 80.0), force=force,
         study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
         series_uid=generate_uid(entropy_srcs=[*entropy, "series"]),
+        timestamp=STUDY_DATE,  # fixed, so the same seed gives byte-identical files
     )
     rows = []
     for slice_index, (level, z) in enumerate(zip(levels, z_mm)):
