@@ -1,0 +1,159 @@
+"""The ``ctgen`` command line.
+
+Only Typer (and Rich, for help) is imported here: ``ctgen --version`` and ``ctgen --help`` must answer
+at once. Every command lives in ``ctgen/commands/`` and imports numpy, ONNX Runtime and pydicom inside
+its body. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from ctgen import __version__
+from ctgen.commands import decode, encode, explore, info, interpolate, reconstruct, sample, traverse
+from ctgen.commands._options import Device
+from ctgen.errors import CtgenError
+
+__all__ = ["app", "main"]
+
+_DEBUG_KEY = "ctgen.debug"
+
+
+def _debug_requested(ctx: typer.Context | None = None) -> bool:
+    if ctx is not None and ctx.meta.get(_DEBUG_KEY):
+        return True
+    return os.environ.get("CTGEN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _fail(message: str) -> None:
+    print(f"ctgen: error: {message}", file=sys.stderr, flush=True)
+
+
+class _Group(TyperGroup):
+    """Turns errors into one line on stderr and an exit code, for ``main`` and the test runner alike."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except CtgenError as error:
+            if _debug_requested(ctx):
+                raise
+            _fail(str(error))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            if _debug_requested(ctx):
+                raise
+            print("ctgen: interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        except OSError as error:
+            if error.errno == errno.EPIPE or _debug_requested(ctx):
+                raise  # a closed pipe is handled by Typer (exit quietly)
+            where = f"{error.filename}: " if error.filename else ""
+            _fail(f"{where}{error.strerror or error}")
+            raise typer.Exit(1) from None
+        except Exception as error:  # noqa: BLE001 - the promise is: no traceback unless --debug
+            if _debug_requested(ctx):
+                raise
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _fail(f"internal error: {type(error).__name__}: {text} (run with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="ctgen",
+    help=(
+        "Generate and explore brain CT slices with a disentangled β-VAE on ONNX Runtime.\n\n"
+        "Data (JSON lines, --json summaries) goes to stdout; progress, tables and errors to stderr. "
+        "Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"ctgen {__version__}")
+        raise typer.Exit()
+
+
+_SHARED = "Common options (before the command: apply to every command that has them)"
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", is_eager=True, callback=_show_version, help="Print the version and exit."),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors (or set CTGEN_DEBUG=1).")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Model name or folder.",
+                                 rich_help_panel=_SHARED, show_default=False)
+    ] = None,
+    device: Annotated[
+        Device | None, typer.Option("--device", help="Where to run.", rich_help_panel=_SHARED, show_default=False)
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.", rich_help_panel=_SHARED)] = False,
+    json_summary: Annotated[
+        bool, typer.Option("--json", help="JSON summary on stdout.", rich_help_panel=_SHARED)
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.", rich_help_panel=_SHARED)] = False,
+    window: Annotated[
+        str | None, typer.Option("--window", "-w", metavar="brain|subdural|bone|C,W", help="Display window.",
+                                 rich_help_panel=_SHARED, show_default=False)
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed.", rich_help_panel=_SHARED, show_default=False)
+    ] = None,
+) -> None:
+    ctx.meta[_DEBUG_KEY] = debug
+    shared = {"model": model, "device": device, "quiet": quiet or None, "json_summary": json_summary or None,
+              "force": force or None, "window": window, "seed": seed}
+    shared = {name: value for name, value in shared.items() if value is not None}
+    if shared:  # defaults for the command's own options (which still win when given after the command)
+        ctx.default_map = {name: shared for name in ctx.command.commands}  # type: ignore[attr-defined]
+
+
+def _register(function: Any, panel: str) -> None:
+    # Rich keeps the docstring's line breaks: join each paragraph into one line and let it wrap.
+    paragraphs = inspect.cleandoc(function.__doc__ or "").split("\n\n")
+    text = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+    app.command(help=text, rich_help_panel=panel)(function)
+
+
+for _function, _panel in (
+    (sample.sample, "Generate images"),
+    (interpolate.interpolate, "Generate images"),
+    (traverse.traverse, "Generate images"),
+    (reconstruct.reconstruct, "Generate images"),
+    (explore.explore, "Generate images"),
+    (encode.encode, "Latent vectors"),
+    (decode.decode, "Latent vectors"),
+    (info.info, "Model"),
+    (info.units, "Model"),
+):
+    _register(_function, _panel)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and exit with its status."""
+    # numpy's matrix products here are small (resampling one slice); BLAS worker threads would only
+    # compete with ONNX Runtime's for the cores and slow the reading pipeline several times over.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    typer.main.get_command(app).main(args=argv, prog_name="ctgen")

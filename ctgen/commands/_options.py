@@ -1,0 +1,94 @@
+"""Options shared by several commands (Annotated aliases; only Typer is imported here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+_COMMON = "Common options"
+_OUTPUT = "Output"
+
+Device = Literal["auto", "cpu", "cuda"]
+FileFormat = Literal["png", "dcm", "npy"]
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="CTGEN_MODEL",
+        metavar="NAME|PATH",
+        help="Model name under models/ or path to a model folder.",
+        rich_help_panel=_COMMON,
+        show_default="default",
+    ),
+]
+DeviceOption = Annotated[
+    Device,
+    typer.Option(
+        "--device",
+        envvar="CTGEN_DEVICE",
+        help="auto: CUDA when it really loads, else CPU; cuda: fail if CUDA cannot be used.",
+        rich_help_panel=_COMMON,
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, notes or tables on stderr.", rich_help_panel=_COMMON)
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print a JSON summary of what was written on stdout.", rich_help_panel=_COMMON),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", "-f", help="Overwrite existing output files.", rich_help_panel=_COMMON)
+]
+WindowOption = Annotated[
+    str,
+    typer.Option(
+        "--window",
+        "-w",
+        metavar="brain|subdural|bone|C,W",
+        help="Display window of PNG/GIF outputs: a preset or CENTER,WIDTH in HU.",
+        rich_help_panel=_COMMON,
+    ),
+]
+SeedOption = Annotated[
+    int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.", rich_help_panel=_COMMON)
+]
+BatchOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Images per inference batch.",
+        rich_help_panel=_COMMON,
+        show_default="16 of 128² on the CPU, fewer for larger images; the model's choice on CUDA",
+    ),
+]
+PerFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--per-file",
+        metavar="DIR",
+        help="Also write one file per image into DIR (see --format).",
+        rich_help_panel=_OUTPUT,
+        file_okay=False,
+    ),
+]
+FormatOption = Annotated[
+    FileFormat,
+    typer.Option(
+        "--format",
+        help="Format of --per-file files: png (windowed 8-bit), dcm (derived CT series), npy (float32 HU).",
+        rich_help_panel=_OUTPUT,
+    ),
+]
+SkipBadOption = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad",
+        help="Report unreadable slices on stderr and go on; exit 1 at the end if any failed.",
+    ),
+]

@@ -1,0 +1,129 @@
+"""ctgen info and ctgen units: what a model is, where it runs, which units carry information."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+
+from ctgen.commands._options import DeviceOption, JsonOption, ModelOption
+
+
+def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary: JsonOption = False) -> None:
+    """The model card in brief, the execution provider actually used and the versions of the stack.
+
+    Starts the sessions (that is how the provider is known). Printed on stdout; --json for scripts.
+    """
+    import numpy
+    import pydicom
+
+    from ctgen import __version__
+    from ctgen.model import load_model
+
+    vae = load_model(model, device=device)
+    provider = vae.provider
+    import onnxruntime
+
+    card = vae.card
+    metrics = card.get("metrics") or {}
+    training = card.get("training") or {}
+    export = card.get("export") or {}
+    summary = {
+        "model": {
+            "name": card.get("name"),
+            "path": str(vae.path),
+            "image_size": vae.grid.size,
+            "spacing_mm": vae.grid.spacing_mm,
+            "window_hu": list(vae.grid.window_hu),
+            "latent_size": vae.latent_size,
+            "beta": card.get("beta"),
+            "capacity": card.get("capacity"),
+            "training": {key: training.get(key) for key in ("data", "patients", "slices", "epochs") if key in training},
+            "metrics": {key: metrics.get(key) for key in ("val_loss", "recon_mae_hu", "active_units") if key in metrics},
+            "export": {key: export.get(key) for key in ("opset", "torch", "onnx", "onnxruntime") if key in export},
+            "files": {name: entry.get("sha256") for name, entry in (card.get("files") or {}).items()},
+        },
+        "device": device,
+        "provider": provider,
+        "versions": {
+            "ctgen": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__,
+            "pydicom": pydicom.__version__,
+            "python": platform.python_version(),
+        },
+        "card": card,
+    }
+    if json_summary:
+        print(json.dumps(summary))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    brief = summary["model"]
+    table.add_row("model", f"{brief['name']}  ({brief['path']})")
+    table.add_row("grid", f"{brief['image_size']}² px at {brief['spacing_mm']:g} mm, "
+                          f"HU window {brief['window_hu'][0]:g}..{brief['window_hu'][1]:g}")
+    table.add_row("latent", f"{brief['latent_size']} units, β {brief['beta']}"
+                            + (f", capacity {brief['capacity']}" if brief["capacity"] else ""))
+    for section in ("training", "metrics", "export"):
+        if brief[section]:
+            table.add_row(section, ", ".join(f"{key} {value}" for key, value in brief[section].items()))
+    for name, sha in brief["files"].items():
+        table.add_row(name, f"sha256 {sha}")
+    table.add_row("provider", f"{provider} (--device {device})")
+    table.add_row("versions", ", ".join(f"{key} {value}" for key, value in summary["versions"].items()))
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
+    """Latent units ranked by KL divergence (nats, from the card's validation metrics).
+
+    Units with high KL carry information; units near 0 are inactive (the prior). Reads only the card.
+    """
+    from ctgen.model import read_card, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    card = read_card(model_dir)
+    latent_size = card["latent_size"]
+    metrics = card.get("metrics") or {}
+    kl = metrics.get("kl_per_unit")
+    if kl is not None and len(kl) != latent_size:
+        kl = None
+    ranking = metrics.get("units_by_kl") or (
+        sorted(range(latent_size), key=lambda unit: (-kl[unit], unit)) if kl else list(range(latent_size))
+    )
+    active = metrics.get("active_units")
+    total = sum(kl) if kl else 0.0
+    rows = [
+        {
+            "rank": rank,
+            "unit": int(unit),
+            "kl": float(kl[unit]) if kl else None,
+            "share": float(kl[unit]) / total if kl and total > 0 else None,
+            "active": (rank <= active) if isinstance(active, int) else None,
+        }
+        for rank, unit in enumerate(ranking, start=1)
+    ]
+    if json_summary:
+        print(json.dumps({"model": card.get("name"), "path": str(model_dir), "active_units": active, "units": rows}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{card.get('name')}: latent units by KL (nats)", title_justify="left")
+    for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"), ("", "left")):
+        table.add_column(name, justify=justify)
+    largest = max((row["kl"] for row in rows if row["kl"] is not None), default=0.0) or 1.0
+    for row in rows:
+        kl_text = "-" if row["kl"] is None else f"{row['kl']:.3f}"
+        share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
+        bar = "█" * round(20 * row["kl"] / largest) if row["kl"] else ""
+        marker = "" if row["active"] is None else (" active" if row["active"] else "")
+        table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share, bar + marker)
+    Console(highlight=False, soft_wrap=True).print(table)
+    if kl is None:
+        print("ctgen: note: the card has no per-unit KL; units listed in index order", file=sys.stderr, flush=True)

@@ -1,0 +1,200 @@
+"""Operations on latent vectors: prior samples, interpolation, traversal, unit and shard specs.
+
+Pure numpy; latents are float32 arrays of shape (N, L) (or (L,) for one vector).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+from ctgen.errors import InputError
+
+__all__ = [
+    "sample_prior",
+    "lerp",
+    "slerp",
+    "offsets",
+    "traverse",
+    "parse_units",
+    "parse_shard",
+    "take_shard",
+    "iter_batches",
+]
+
+T = TypeVar("T")
+
+
+def sample_prior(n: int, latent_size: int, *, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """Draw ``n`` latents from the prior N(0, temperature² I): float32 (n, latent_size).
+
+    Same seed → same values, whatever the caller later does with them (batching, slicing):
+    sample ``i`` of ``sample_prior(n, ...)`` equals sample ``i`` of ``sample_prior(m, ...)``
+    for every ``m > i``. Raises InputError for n < 0 or temperature < 0.
+    """
+    if n < 0:
+        raise InputError("--n", f"must be >= 0, got {n}")
+    if not temperature >= 0 or not np.isfinite(temperature):
+        raise InputError("--temperature", f"must be a finite number >= 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    # Draw in float64 then cast: one row after another from the same stream, so the
+    # prefix property holds and results do not depend on numpy's float32 ziggurat.
+    z = rng.standard_normal((n, latent_size))
+    return (z * temperature).astype(np.float32)
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise InputError(None, f"interpolation needs two vectors of one length, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def _fractions(steps: int) -> np.ndarray:
+    if steps < 2:
+        raise InputError("--steps", f"must be >= 2 (both ends are included), got {steps}")
+    return np.linspace(0.0, 1.0, steps)
+
+
+def lerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Linear interpolation from ``a`` to ``b`` (both (L,)), ends included: float32 (steps, L)."""
+    a, b = _pair(a, b)
+    t = _fractions(steps)[:, None]
+    return ((1.0 - t) * a + t * b).astype(np.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Spherical interpolation from ``a`` to ``b`` (both (L,)), ends included: float32 (steps, L).
+
+    The angle is taken between the directions of ``a`` and ``b`` and the weights applied to the
+    unnormalised vectors, so norms change smoothly between the two ends. Parallel or
+    anti-parallel vectors (no unique great circle) and zero vectors fall back to ``lerp``.
+    """
+    a, b = _pair(a, b)
+    t = _fractions(steps)[:, None]
+    norm_a, norm_b = np.linalg.norm(a), np.linalg.norm(b)
+    if norm_a == 0.0 or norm_b == 0.0:
+        return lerp(a, b, steps)
+    cos = float(np.clip(np.dot(a / norm_a, b / norm_b), -1.0, 1.0))
+    omega = np.arccos(cos)
+    sin = np.sin(omega)
+    if sin < 1e-6:
+        return lerp(a, b, steps)
+    out = (np.sin((1.0 - t) * omega) * a + np.sin(t * omega) * b) / sin
+    return out.astype(np.float32)
+
+
+def offsets(value_range: float, steps: int) -> np.ndarray:
+    """Symmetric offsets from ``-value_range`` to ``+value_range``: float32 (K,), always holding 0.
+
+    ``steps`` odd gives exactly ``steps`` offsets with 0 in the middle; an even ``steps`` is
+    rounded up to the next odd number so that the unchanged latent keeps the middle column.
+    """
+    if steps < 1:
+        raise InputError("--steps", f"must be >= 1, got {steps}")
+    if not value_range > 0 or not np.isfinite(value_range):
+        raise InputError("--range", f"must be a finite number > 0, got {value_range}")
+    steps += 1 - steps % 2
+    values = np.linspace(-value_range, value_range, steps)
+    values[steps // 2] = 0.0
+    return values.astype(np.float32)
+
+
+def traverse(z: np.ndarray, units: Sequence[int], offsets: Sequence[float]) -> np.ndarray:
+    """Latent traversal grid: float32 (len(units) * len(offsets), L), row-major by unit.
+
+    Row ``i * len(offsets) + j`` is ``z`` with ``offsets[j]`` added to unit ``units[i]``
+    (offsets are relative to the value in ``z``; use zeros for the prior mean).
+    """
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 1:
+        raise InputError(None, f"traverse needs one latent vector (L,), got shape {z.shape}")
+    deltas = np.asarray(offsets, dtype=np.float32)
+    grid = np.repeat(z[None, :], len(units) * len(deltas), axis=0)
+    for row, unit in enumerate(units):
+        if not 0 <= unit < z.shape[0]:
+            raise InputError("--units", f"unit {unit} out of range 0-{z.shape[0] - 1}")
+        grid[row * len(deltas) : (row + 1) * len(deltas), unit] += deltas
+    return grid
+
+
+_RANGE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
+_TOP = re.compile(r"^top\s*(\d+)$")
+
+
+def parse_units(spec: str, latent_size: int, units_by_kl: Sequence[int] | None = None) -> list[int]:
+    """Parse a unit selection into a list of unit indices (0-based), in the order given.
+
+    ``"0-4,7"`` (ranges inclusive, duplicates dropped), ``"top5"`` (the five units with the
+    highest KL, from the model card's ranking ``units_by_kl``) or ``"all"``. Raises InputError
+    (path ``--units``) for junk, units outside 0..latent_size-1 or ``topK`` without a ranking.
+    """
+    text = spec.strip().lower()
+    if text == "all":
+        return list(range(latent_size))
+    top = _TOP.match(text)
+    if top:
+        k = int(top.group(1))
+        if not units_by_kl:
+            raise InputError("--units", f"{spec!r}: the model card has no KL ranking; list units instead (e.g. 0-4)")
+        if not 1 <= k <= len(units_by_kl):
+            raise InputError("--units", f"{spec!r}: K must be between 1 and {len(units_by_kl)}")
+        return [int(u) for u in units_by_kl[:k]]
+    units: list[int] = []
+    for part in text.split(","):
+        match = _RANGE.match(part.strip())
+        if not match:
+            raise InputError("--units", f"cannot parse {spec!r}; use a list like 0-4,7 or top5 or all")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise InputError("--units", f"empty range {part.strip()!r} in {spec!r}")
+        for unit in range(first, last + 1):
+            if unit >= latent_size:
+                raise InputError("--units", f"unknown unit {unit}: the model has units 0-{latent_size - 1}")
+            if unit not in units:
+                units.append(unit)
+    return units
+
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """Parse ``"K/N"`` into ``(k, n)``: shard K of N, **1-based** (``1/4`` … ``4/4``).
+
+    Raises InputError (path ``--shard``) unless 1 <= K <= N.
+    """
+    match = _SHARD.match(spec)
+    if not match:
+        raise InputError("--shard", f"cannot parse {spec!r}; use K/N with 1 <= K <= N, e.g. 1/4")
+    k, n = int(match.group(1)), int(match.group(2))
+    if n < 1 or not 1 <= k <= n:
+        raise InputError("--shard", f"{spec!r}: need 1 <= K <= N (shards are numbered from 1)")
+    return k, n
+
+
+def take_shard(items: Sequence[T], k: int, n: int) -> Sequence[T]:
+    """Shard ``k`` of ``n`` (1-based) of ``items``: a contiguous block, sizes differing by at most one.
+
+    Concatenating shards 1..n in order gives back ``items``; sort ``items`` first for
+    a split that is the same on every machine.
+    """
+    if not 1 <= k <= n:
+        raise InputError("--shard", f"{k}/{n}: need 1 <= K <= N")
+    size, extra = divmod(len(items), n)
+    start = (k - 1) * size + min(k - 1, extra)
+    stop = start + size + (1 if k <= extra else 0)
+    return items[start:stop]
+
+
+def iter_batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """Consecutive slices of ``items`` of length ``size`` (the last may be shorter)."""
+    if size < 1:
+        raise InputError("--batch-size", f"must be >= 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
