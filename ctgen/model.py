@@ -45,7 +45,9 @@ CARD_FORMAT = "ctgen-model"
 CARD_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-BATCH_SIZE = {CPU: 32, CUDA: 64}  # images per run: the CPU gains nothing from more; 64 fits small GPUs at 256 px
+# images per run at 128 px, scaled by 1/area for larger images: on the CPU more buys no speed and ORT's
+# working memory grows with the batch (~380 MB at 32 x 128 px); 64 fits small GPUs at 256 px
+BATCH_SIZE = {CPU: 16, CUDA: 256}
 REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
 # graph -> (default file, input names, output names); the card's "graphs" section may override the file
 GRAPHS = {
@@ -235,7 +237,7 @@ class Model:
 
     @property
     def batch_size(self) -> int:
-        return BATCH_SIZE[self.provider]
+        return max(1, BATCH_SIZE[self.provider] * 128 * 128 // (self.image_size * self.image_size))
 
     def units_by_kl(self) -> list[int]:
         """Latent unit indices, most informative (highest KL) first, from the card."""
@@ -346,6 +348,8 @@ class _Session:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: a failed CUDA load is handled, not printed
+        # idle ORT threads must not spin: the CLI reads DICOM in a thread beside inference on few cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = [CPU]
         if provider == CUDA:
             # heuristic conv algorithms: exhaustive search re-runs for every new batch size
