@@ -25,8 +25,11 @@ _EXPORTS = {
     "Grid": "ctgen.preprocess",
     "to_model": "ctgen.preprocess",
     "from_model": "ctgen.preprocess",
+    "batch_to_model": "ctgen.preprocess",
     "Model": "ctgen.model",
     "load_model": "ctgen.model",
+    "Generator": "ctgen.api",
+    "load_generator": "ctgen.api",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -49,4 +52,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from ctgen.dicom import Slice, read_series, read_slice, write_series
     from ctgen.errors import CtgenError, DicomError, InputError, ModelError, OutputError
     from ctgen.model import Model, load_model
-    from ctgen.preprocess import Grid, from_model, to_model
+    from ctgen.api import Generator, load_generator
+    from ctgen.preprocess import Grid, batch_to_model, from_model, to_model
