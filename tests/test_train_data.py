@@ -1,0 +1,137 @@
+"""train.data: slice cache (built once, rebuilt when inputs change), patient split, brain-slice rule."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from ctgen.dicom import read_slice, write_series  # noqa: E402
+from ctgen.errors import InputError  # noqa: E402
+from ctgen.preprocess import Grid, to_model  # noqa: E402
+from train import data  # noqa: E402
+
+
+def synthetic_head(size: int, level: float, rng: np.random.Generator, shift=(0.0, 0.0)) -> np.ndarray:
+    """HU float32 (size, size): skull ring around brain-range tissue, shrinking towards level ±1."""
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    center_row, center_col = size / 2 + shift[0], size / 2 + shift[1]
+    radius = np.hypot((rows - center_row) / (0.42 * size), (cols - center_col) / (0.36 * size))
+    scale = np.sqrt(max(1e-3, 1 - level * level))
+    hu = np.full((size, size), -1000.0, np.float32)
+    hu[radius < scale] = 1200.0  # skull
+    inside = radius < 0.88 * scale
+    hu[inside] = 35.0 + 6.0 * np.sin(cols[inside] / 5.0)  # grey/white texture
+    ventricle = np.hypot(rows - center_row, cols - center_col - 0.1 * size) < 0.06 * size * scale
+    hu[ventricle & inside] = 8.0
+    return hu + rng.normal(0.0, 4.0, hu.shape).astype(np.float32)
+
+
+def write_synthetic_study(out: Path, patients: int = 4, slices: int = 6, size: int = 96, seed: int = 0) -> Path:
+    """out/P000/0000.dcm ...: one CT series per patient (PatientID SYN-0000 ...), 240 mm field of view."""
+    rng = np.random.default_rng(seed)
+    for patient in range(patients):
+        shift = rng.uniform(-0.04 * size, 0.04 * size, 2)
+        levels = np.linspace(-0.8, 0.8, slices)
+        volume = np.stack([synthetic_head(size, level, rng, shift) for level in levels])
+        name = f"SYN-{patient:04d}"
+        write_series(volume, out / f"P{patient:03d}", spacing_mm=240.0 / size, description="synthetic head",
+                     derivation="ctgen tests", patient_id=name, patient_name=name)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    return write_synthetic_study(tmp_path_factory.mktemp("study"), patients=4, slices=5)
+
+
+GRID = Grid(size=64, spacing_mm=240.0 / 64)
+
+
+def test_split_has_no_overlap_and_covers_every_patient():
+    rng = np.random.default_rng(1)
+    for seed in range(20):
+        patients = [f"p{i}" for i in rng.integers(0, 50, size=300)]
+        split = data.split_patients(patients, val_fraction=0.2, seed=seed)
+        train, val = set(split["train_patients"]), set(split["val_patients"])
+        assert not train & val
+        assert train | val == set(patients)
+        assert len(val) == max(1, round(0.2 * len(set(patients))))
+        train_idx, val_idx = data.split_indices(patients, split)
+        assert not {patients[i] for i in train_idx} & {patients[i] for i in val_idx}
+        assert len(train_idx) + len(val_idx) == len(patients)
+
+
+def test_split_is_seeded():
+    patients = [f"p{i}" for i in range(30)]
+    assert data.split_patients(patients, seed=3) == data.split_patients(list(reversed(patients)), seed=3)
+    assert data.split_patients(patients, seed=3) != data.split_patients(patients, seed=4)
+
+
+def test_split_needs_two_patients_for_validation():
+    with pytest.raises(InputError):
+        data.split_patients(["a", "a"], val_fraction=0.2)
+    assert data.split_patients(["a"], val_fraction=0.0)["val_patients"] == []
+
+
+def test_brain_fraction_rule():
+    rng = np.random.default_rng(0)
+    assert data.brain_fraction(synthetic_head(128, 0.0, rng)) > 0.5
+    no_skull = synthetic_head(128, 0.0, rng)
+    no_skull[no_skull > 300] = 40.0  # soft tissue only, like a slice below the skull base
+    assert data.brain_fraction(no_skull) == 0.0
+    assert data.brain_fraction(np.full((32, 32), -1000.0)) == 0.0
+
+
+def test_cache_matches_preprocessing_and_hides_patient_ids(study, tmp_path):
+    cache = data.build_cache([study], tmp_path / "cache", GRID, workers=2)
+    assert cache.images.shape == (20, 64, 64) and cache.images.dtype == np.float16
+    assert cache.info["patients"] == 4 and cache.info["skipped_files"] == 0
+    first = cache.records[0]
+    item = read_slice(first["file"])
+    expected = to_model(item.hu, item.spacing_mm, GRID)
+    np.testing.assert_allclose(cache.images[0].astype(np.float32), expected, atol=1e-3)
+    manifest = (cache.path / "manifest.jsonl").read_text()
+    assert "SYN-" not in manifest and "SYN-" not in (cache.path / "info.json").read_text()
+    assert first["patient"] == data.patient_hash("SYN-0000", "")
+    assert len({r["patient"] for r in cache.records}) == 4
+    assert all(r["position_mm"] is not None for r in cache.records)
+
+
+def test_cache_is_rebuilt_only_when_inputs_or_grid_change(study, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    first = data.build_cache([study], root, GRID, workers=1)
+    calls = []
+    original = data._read_one
+    monkeypatch.setattr(data, "_read_one", lambda job: calls.append(job) or original(job))
+
+    again = data.build_cache([study], root, GRID, workers=1)
+    assert again.path == first.path and calls == []
+
+    other_grid = data.build_cache([study], root, Grid(size=32, spacing_mm=7.5), workers=1)
+    assert other_grid.path != first.path and len(calls) == 20
+
+    touched = next(study.rglob("*.dcm"))
+    stat = touched.stat()
+    try:
+        os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        rebuilt = data.build_cache([study], root, GRID, workers=1)
+        assert rebuilt.path != first.path and len(calls) == 40
+    finally:
+        os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert json.loads((first.path / "info.json").read_text())["slices"] == 20
+
+
+def test_unreadable_files_are_skipped_and_counted(study, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "junk.dcm").write_bytes(b"not dicom at all")
+    cache = data.build_cache([study, broken], tmp_path / "cache", GRID, workers=1)
+    assert cache.info["skipped_files"] == 1 and cache.info["slices"] == 20
+    with pytest.raises(InputError):
+        data.build_cache([broken], tmp_path / "cache", GRID, workers=1)

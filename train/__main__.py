@@ -1,0 +1,96 @@
+"""``python -m train --data DIR [DIR ...] --out runs/x [options]`` (also under ``torchrun --nproc_per_node=N``).
+
+Progress and messages go to stderr; errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import fields
+
+
+def command_line(module: str, argv: list[str] | None = None) -> str:
+    """The command as the user could type it again, torchrun included."""
+    prefix = "python -m"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        prefix = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])} -m"
+    return " ".join([prefix, module, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) -> None:
+    """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
+    from train.train import FIELD_OF_VIEW_MM, TrainConfig
+
+    default = TrainConfig()
+    add = parser.add_argument
+    add("--data", nargs="+", metavar="DIR", default=[], help="DICOM folders or files (searched recursively)")
+    add("--out", required=True, help="run folder")
+    add("--cache", default=default.cache, help="preprocessed slice cache root (shared between runs)")
+    add("--image-size", type=int, default=default.image_size, help="model image size S (multiple of 32)")
+    add("--spacing-mm", type=float, default=None, help=f"model pixel spacing (default {FIELD_OF_VIEW_MM:g} mm / S)")
+    if grid_types:
+        add("--latent", default=str(default.latent), help="latent sizes, comma separated")
+        add("--beta", default=str(default.beta), help="betas, comma separated")
+    else:
+        add("--latent", type=int, default=default.latent, help="latent size L")
+        add("--beta", type=float, default=default.beta, help="KL weight (see train.model for its scale)")
+    add("--width", type=int, default=default.width, help="channels of the first conv stage")
+    add("--capacity-max", type=float, default=None, help="capacity annealing: final C in nats")
+    add("--capacity-steps", type=int, default=default.capacity_steps, help="steps to ramp C from 0")
+    add("--gamma", type=float, default=default.gamma, help="capacity annealing weight")
+    add("--epochs", type=int, default=default.epochs)
+    add("--batch-size", type=int, default=default.batch_size, help="global batch (split across processes)")
+    add("--lr", type=float, default=default.lr)
+    add("--weight-decay", type=float, default=default.weight_decay)
+    add("--seed", type=int, default=default.seed)
+    add("--val-fraction", type=float, default=default.val_fraction, help="share of patients for validation")
+    add("--filter-brain", action="store_true", help="train on slices with brain only (rule in train.data)")
+    add("--brain-threshold", type=float, default=default.brain_threshold)
+    add("--workers", type=int, default=default.workers, help="processes that build the cache")
+    add("--device", choices=["auto", "cpu", "cuda"], default=default.device)
+    add("--precision", choices=["auto", "fp32", "bf16"], default=default.precision,
+        help="autocast dtype; auto: bf16 on CUDA, fp32 on CPU (bf16 pays off with AVX512-BF16/AMX)")  # fmt: skip
+    add("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    add("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt")
+    add("--force", action="store_true", help="start over in a run folder that has checkpoints")
+    add("--quiet", action="store_true", help="no progress display")
+    add("--no-tensorboard", dest="tensorboard", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig from parsed add_arguments options."""
+    from train.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description="Train the ctgen β-VAE on DICOM folders.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.data and not args.resume:
+        parser.error("--data is required (except with --resume)")
+
+    from ctgen.errors import CtgenError
+    from train import ddp
+    from train.train import train
+
+    try:
+        train(config_from_args(args), command=command_line("train", argv))
+    except CtgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        ddp.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

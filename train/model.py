@@ -1,0 +1,192 @@
+"""The β-VAE: configuration, modules and loss.
+
+Architecture (the seed study's, sizes configurable)
+    encoder, 10 convolutions: 5 stages of [conv 3x3 stride 1 -> conv 4x4 stride 2], each followed by
+        BatchNorm + LeakyReLU; channels width, 2w, 4w, 8w, 8w (doubling, capped at 8·width); the image
+        shrinks S -> S/32; flatten -> Linear -> 2L values split into (mu, logvar).
+    decoder, 7 convolutions: Linear -> LeakyReLU -> (8w, S/32, S/32); 5 ConvTranspose2d(4, stride 2,
+        padding 1) with BatchNorm + LeakyReLU back up to S; a conv 3x3 with BatchNorm + LeakyReLU and a
+        final conv 3x3 to one channel (``to_image``, float32 even under autocast); sigmoid, so images are
+        in [0, 1] (the window of ctgen.preprocess).
+    image_size must be divisible by 32 (64, 128, 256, ...).
+
+Loss (see ``vae_loss``), per batch of N images of S×S pixels in [0, 1]:
+    recon = (1/N) Σ_images Σ_pixels (x − x̂)²                  summed over pixels, batch mean
+    KL    = (1/N) Σ_images Σ_units ½(μ² + σ² − 1 − log σ²)    summed over latent units, batch mean
+    loss  = recon + β·KL                                      (β-VAE, Higgins et al. 2017)
+    loss  = recon + γ·|KL − C|, C = C_max·min(1, step/C_steps) (capacity annealing, Burgess et al. 2018)
+Summed squared error is the negative log-likelihood of a Gaussian decoder with σ² = ½ (in window units,
+up to a constant), so β = 1 is the plain ELBO of that model. Because the recon term grows with the number
+of pixels, the same β weighs the KL less at larger image sizes: a codebase that averages the squared error
+over pixels with weight β' is equivalent to β = β'·S² here; Higgins' normalised β is β·L/S².
+Per-unit KL (the KL of each latent unit, averaged over the data) is what the training loop tracks; a unit is
+*active* when its KL exceeds ACTIVE_UNIT_KL = 0.01 nats.
+
+Everything in ``encode``/``decode`` is static in shape and free of data-dependent control flow, so both
+export to ONNX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS"]
+
+ACTIVE_UNIT_KL = 0.01  # nats; a latent unit with mean KL above this carries information
+RECONSTRUCTION_LOSS = "squared error summed over pixels (window units, [0, 1]) per image, mean over the batch"
+STAGES = 5  # each halves the image: S -> S/32
+
+
+@dataclass
+class VAEConfig:
+    image_size: int = 256  # S: images are (1, S, S); divisible by 32
+    latent_size: int = 50  # L
+    width: int = 32  # channels of the first stage; later stages double, capped at 8·width
+    in_channels: int = 1
+    leaky_slope: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.latent_size < 1 or self.width < 1 or self.in_channels < 1:
+            raise ValueError("latent_size, width and in_channels must be positive")
+
+    @property
+    def channels(self) -> list[int]:
+        """Encoder stage channels, e.g. width 32 -> [32, 64, 128, 256, 256]."""
+        return [min(self.width * 2**i, 8 * self.width) for i in range(STAGES)]
+
+    @property
+    def bottleneck(self) -> tuple[int, int, int]:
+        """(C, S/32, S/32): the feature map between the convolutions and the linear layer."""
+        side = self.image_size // 2**STAGES
+        return (self.channels[-1], side, side)
+
+
+def _conv_block(conv: nn.Module, channels: int, slope: float) -> nn.Sequential:
+    return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.LeakyReLU(slope))
+
+
+class BetaVAE(nn.Module):
+    """β-VAE for (N, 1, S, S) images in [0, 1]. Build with ``BetaVAE(VAEConfig(...))``."""
+
+    def __init__(self, config: VAEConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or VAEConfig()
+        slope, chans = cfg.leaky_slope, cfg.channels
+        blocks: list[nn.Module] = []
+        in_ch = cfg.in_channels
+        for out_ch in chans:
+            # conv 3x3 keeps the size, conv 4x4 stride 2 halves it
+            blocks.append(_conv_block(nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False), out_ch, slope))
+            blocks.append(_conv_block(nn.Conv2d(out_ch, out_ch, 4, 2, 1, bias=False), out_ch, slope))
+            in_ch = out_ch
+        self.encoder = nn.Sequential(*blocks)  # (N, 1, S, S) -> (N, 8w, S/32, S/32)
+        flat = cfg.bottleneck[0] * cfg.bottleneck[1] * cfg.bottleneck[2]
+        self.to_latent = nn.Linear(flat, 2 * cfg.latent_size)  # -> (N, 2L)
+
+        self.from_latent = nn.Sequential(nn.Linear(cfg.latent_size, flat), nn.LeakyReLU(slope))
+        up_channels = chans[::-1][1:] + [chans[0]]  # width 32: [256, 128, 64, 32, 32]
+        ups: list[nn.Module] = []
+        in_ch = chans[-1]
+        for out_ch in up_channels:
+            ups.append(_conv_block(nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False), out_ch, slope))
+            in_ch = out_ch
+        ups.append(_conv_block(nn.Conv2d(in_ch, in_ch, 3, 1, 1, bias=False), in_ch, slope))
+        self.decoder = nn.Sequential(*ups)  # (N, 8w, S/32, S/32) -> (N, w, S, S)
+        self.to_image = nn.Conv2d(in_ch, cfg.in_channels, 3, 1, 1)  # -> (N, 1, S, S) logits
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (N, 1, S, S) in [0, 1] -> (mu, logvar), each (N, L)."""
+        features = self.encoder(images)  # (N, 8w, S/32, S/32)
+        stats = self.to_latent(features.flatten(1))  # (N, 2L)
+        mu, logvar = stats.chunk(2, dim=1)  # (N, L) each
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, L) latent -> (N, 1, S, S) images in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.config.bottleneck
+        features = self.from_latent(z).reshape(-1, c, h, w)  # (N, 8w, S/32, S/32)
+        features = self.decoder(features)  # (N, w, S, S)
+        # the output layer runs in float32 even under bf16 autocast: bf16 logits would quantise the image
+        # to ~0.005 of the window (~1.5 HU), coarser than grey/white matter contrast
+        with torch.autocast(features.device.type, enabled=False):
+            return self.to_image(features.float())  # (N, 1, S, S)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample z = mu + σ·ε, decode.
+
+        ε is ``noise`` (N, L) when given (keeps torch.compile graphs whole), else drawn from ``generator``
+        (or the global RNG). Returns (recon (N, 1, S, S) in [0, 1], mu (N, L), logvar (N, L)).
+        """
+        mu, logvar = self.encode(images)
+        if noise is not None:
+            eps = noise.float()
+        elif generator is None:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=torch.float32)
+        else:
+            eps = torch.randn(mu.shape, generator=generator, device=generator.device, dtype=torch.float32)
+            eps = eps.to(mu.device)
+        z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
+        return self.decode(z), mu, logvar
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | PathLike | dict[str, Any], map_location: Any = "cpu") -> BetaVAE:
+        """Rebuild a model from a checkpoint path or an already loaded checkpoint dict; eval mode."""
+        if not isinstance(checkpoint, dict):
+            checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=True)
+        model = cls(VAEConfig(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["model"])
+        return model.eval()
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+@dataclass
+class LossTerms:
+    loss: torch.Tensor  # scalar, what is optimised
+    recon: torch.Tensor  # scalar, summed squared error per image, batch mean
+    kl: torch.Tensor  # scalar, KL summed over units, batch mean
+    kl_units: torch.Tensor  # (L,), per-unit KL, batch mean
+
+
+def kl_per_unit(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per image and unit, (N, L) nats, computed in float32."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
+
+
+def vae_loss(
+    images: torch.Tensor,
+    recon: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    capacity: float | None = None,
+    gamma: float = 100.0,
+) -> LossTerms:
+    """The loss of the module docstring. ``capacity`` (nats, the current C) switches to γ·|KL − C|."""
+    squared = (recon.float() - images.float()).square()
+    recon_term = squared.flatten(1).sum(1).mean()
+    kl_units = kl_per_unit(mu, logvar).mean(0)
+    kl = kl_units.sum()
+    if capacity is None:
+        loss = recon_term + beta * kl
+    else:
+        loss = recon_term + gamma * (kl - capacity).abs()
+    return LossTerms(loss=loss, recon=recon_term, kl=kl, kl_units=kl_units)
