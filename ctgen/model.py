@@ -3,16 +3,14 @@
 A model folder holds ``encoder.onnx`` ("image" -> "mu", "logvar"), ``decoder.onnx`` ("z" -> "image"),
 optionally their fp16 variants for CUDA, and the card ``model.json`` (written by ``python -m export``).
 numpy and onnxruntime only; onnxruntime is imported on first use so that finding and reading a model
-stays cheap.
+stays cheap. Reading and checking the card lives in ``ctgen.card``; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import io
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from ctgen.card import (  # re-exported: callers import the card helpers from here too
+    CARD_FILE,
+    CARD_FORMAT,
+    CARD_VERSION,
+    COMPLETE_CARD_FIELDS,
+    GRAPHS,
+    NULLABLE_CARD_FIELDS,
+    REQUIRED_KEYS,
+    graph_entry,
+    incomplete_card_fields,
+    read_card,
+    sha256_file,
+    verify_files,
+)
 from ctgen.errors import InputError, ModelError
 
 __all__ = [
@@ -40,32 +52,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "default"
-CARD_FILE = "model.json"
-CARD_FORMAT = "ctgen-model"
-CARD_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # images per run at 128 px, scaled by 1/area for larger images: on the CPU more buys no speed and ORT's
 # working memory grows with the batch (~380 MB at 32 x 128 px); 64 fits small GPUs at 256 px
 BATCH_SIZE = {CPU: 16, CUDA: 256}
-REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
-# graph -> (default file, input names, output names); the card's "graphs" section may override the file
-GRAPHS = {
-    "encoder": ("encoder.onnx", ("image",), ("mu", "logvar")),
-    "decoder": ("decoder.onnx", ("z",), ("image",)),
-}
-
-# what a complete card documents (dotted paths; see DESIGN.md); "capacity" may be null but must be there
-COMPLETE_CARD_FIELDS = (
-    "name", "image_size", "spacing_mm", "window_hu", "latent_size", "beta", "reconstruction_loss",
-    "architecture.summary", "architecture.parameters.total",
-    "training.data", "training.patients", "training.slices", "training.split", "training.command", "training.epochs",
-    "export.command", "export.exporter", "export.opset", "export.torch", "export.onnx", "export.onnxruntime",
-    "export.parity.max_abs_diff", "export.parity.tolerance",
-    "metrics.kl_per_unit", "metrics.units_by_kl", "metrics.active_units",
-    "graphs.encoder.file", "graphs.decoder.file", "files",
-)
-NULLABLE_CARD_FIELDS = ("capacity",)
 
 _CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
 _PACKAGE_MODELS = Path(__file__).resolve().parent / "_models"
@@ -97,73 +88,6 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
     raise ModelError(name, f"no such model under {_CHECKOUT_MODELS} or {_PACKAGE_MODELS} ({hint})")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``model.json`` of a model folder (format, version, required keys, value types).
-
-    Raises ModelError naming the card file.
-    """
-    card_path = Path(model_dir) / CARD_FILE
-    try:
-        text = card_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelError(card_path, "missing: not a ctgen model folder") from None
-    except OSError as exc:
-        raise ModelError(card_path, f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        card = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelError(card_path, f"corrupt card: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise ModelError(card_path, f"not a ctgen model card (format is not {CARD_FORMAT!r})")
-    version = card.get("card_version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelError(card_path, f"bad card_version {version!r}")
-    if version > CARD_VERSION:
-        raise ModelError(card_path, f"card_version {version} is newer than this ctgen reads ({CARD_VERSION}); upgrade ctgen")
-    missing = [key for key in REQUIRED_KEYS if key not in card]
-    if missing:
-        raise ModelError(card_path, f"card lacks {', '.join(missing)}")
-    for key in ("image_size", "latent_size"):
-        if not isinstance(card[key], int) or isinstance(card[key], bool) or card[key] < 1:
-            raise ModelError(card_path, f"{key} must be a positive integer, not {card[key]!r}")
-    from ctgen.preprocess import Grid  # numpy-only; imported here to keep this module's import light
-
-    try:
-        Grid.from_card(card)
-    except InputError as exc:
-        raise ModelError(card_path, exc.reason) from None
-    files = card["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v for v in files.values()):
-        raise ModelError(card_path, 'files must map each graph file to {"sha256": ...}')
-    for graph in GRAPHS:
-        for key in ("file", "fp16_file"):
-            filename = _graph_entry(card, graph).get(key)
-            if filename is not None and filename not in files:
-                raise ModelError(card_path, f"{graph} file {filename} has no checksum under files")
-    return card
-
-
-def incomplete_card_fields(card: dict[str, Any]) -> list[str]:
-    """Documented card fields that are missing or empty, as dotted paths; [] for a complete card."""
-    problems = [key for key in NULLABLE_CARD_FIELDS if key not in card]
-    for dotted in COMPLETE_CARD_FIELDS:
-        value: Any = card
-        for key in dotted.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is None or value == "" or value == [] or value == {}:
-            problems.append(dotted)
-    return problems
-
-
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -184,14 +108,7 @@ def load_model(
         raise InputError(None, f"unknown precision {precision!r} (choose auto or fp32)")
     model_dir = resolve_model_dir(name_or_path)
     card = read_card(model_dir)
-    for filename, entry in card["files"].items():
-        file_path = model_dir / filename
-        if not file_path.is_file():
-            raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
-        if verify:
-            actual = sha256_file(file_path)
-            if actual != entry["sha256"]:
-                raise ModelError(file_path, f"checksum mismatch (card says {entry['sha256']}, file has {actual})")
+    verify_files(model_dir, card, verify=verify)
     model = Model(model_dir, card, device=device, precision=precision)
     if device == "cuda":
         model.provider  # noqa: B018 - builds the first session so that a missing CUDA fails here
@@ -301,7 +218,7 @@ class Model:
             return self._sessions[graph]
 
     def _create_session(self, graph: str) -> _Session:
-        entry = _graph_entry(self.card, graph)
+        entry = graph_entry(self.card, graph)
         fp32_path = self.path / entry["file"]
         fp16_path = self.path / entry["fp16_file"] if entry.get("fp16_file") and self.precision == "auto" else None
         if self._provider == CPU or self.device == "cpu":
@@ -383,15 +300,6 @@ class _Session:
             return binding.copy_outputs_to_cpu()
         except Exception as exc:
             raise ModelError(self.path, f"inference failed ({_first_line(exc)})") from None
-
-
-def _graph_entry(card: dict[str, Any], graph: str) -> dict[str, Any]:
-    default_file, inputs, outputs = GRAPHS[graph]
-    entry = dict((card.get("graphs") or {}).get(graph) or {})
-    entry.setdefault("file", default_file)
-    entry.setdefault("inputs", list(inputs))
-    entry.setdefault("outputs", list(outputs))
-    return entry
 
 
 def _as_float32(array: Any, what: str) -> np.ndarray:
