@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from ctgen import __version__
-from ctgen.commands import decode, encode, explore, info, interpolate, reconstruct, sample, traverse
+from ctgen.commands import decode, encode, evaluate, explore, info, interpolate, reconstruct, sample, traverse
 from ctgen.commands._options import Device
 from ctgen.errors import CtgenError
 
@@ -147,6 +147,7 @@ for _function, _panel in (
     (decode.decode, "Latent vectors"),
     (info.info, "Model"),
     (info.units, "Model"),
+    (evaluate.evaluate, "Model"),
 ):
     _register(_function, _panel)
 

@@ -118,8 +118,9 @@ class BetaVAE(nn.Module):
         features = self.decoder(features)  # (N, w, S, S)
         # the output layer runs in float32 even under bf16 autocast: bf16 logits would quantise the image
         # to ~0.005 of the window (~1.5 HU), coarser than grey/white matter contrast
+        # (a model converted with .half() for fp16 export keeps its own dtype)
         with torch.autocast(features.device.type, enabled=False):
-            return self.to_image(features.float())  # (N, 1, S, S)
+            return self.to_image(features.to(self.to_image.weight.dtype))  # (N, 1, S, S)
 
     def forward(
         self,
