@@ -1,0 +1,339 @@
+"""ctgen evaluate: score a model on a DICOM study and write a report folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ctgen.commands._options import DeviceOption, ForceOption, JsonOption, ModelOption, QuietOption, SeedOption
+
+REPORT_FILES = ("metrics.json", "report.md", "kl_per_unit.png", "traversal.png", "samples.png",
+                "reconstructions.png", "real_slices.png")
+TRAVERSAL_OFFSETS = (-3.0, -1.5, 0.0, 1.5, 3.0)
+DIFF_HU = 100.0  # difference panels: ±DIFF_HU is black / white
+
+
+def evaluate(
+    study: Annotated[Path, typer.Argument(metavar="STUDY_DIR", help="Folder of DICOM slices (recursive).",
+                                          show_default=False)],
+    factors: Annotated[
+        Path | None,
+        typer.Option("--factors", metavar="CSV", dir_okay=False, show_default="STUDY_DIR/factors.csv when present",
+                     help="Known factors of variation per slice (a phantom's factors.csv): scores disentanglement."),
+    ] = None,
+    split: Annotated[
+        Path | None,
+        typer.Option("--split", metavar="SPLIT.json", dir_okay=False, show_default=False,
+                     help="A training run's split.json: score held-out patients and check memorisation."),
+    ] = None,
+    max_slices: Annotated[
+        int, typer.Option("--max-slices", min=1, help="Encode at most this many slices (a seeded choice; half "
+                          "held-out when the factors table names the patients).")
+    ] = 2000,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", file_okay=False, help="Report folder (replaced only with --force).",
+                           rich_help_panel="Output")
+    ] = Path("report"),
+    real: Annotated[bool, typer.Option("--real/--no-real", help="Also score the real CT slices pydicom ships.")] = True,
+    seed: SeedOption = 0,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    force: ForceOption = False,
+    json_summary: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Score a model on a study: reconstruction, latent activity, disentanglement, memorisation.
+
+    Encodes the study's slices and writes OUT/metrics.json, report.md (tables with one-line readings) and
+    figures: kl_per_unit.png, traversal.png, samples.png, reconstructions.png and real_slices.png.
+    Reconstruction error is in HU inside the head (PSNR and SSIM at brain window), on the held-out
+    patients of --split (else on every slice). Disentanglement (MIG, β-VAE, FactorVAE, DCI, SAP and the
+    unit that tracks each factor) needs a factors table. The memorisation check needs --split: it
+    compares prior samples with every training slice of the study (read, not encoded).
+    """
+    from ctgen.evaluate import card_metrics, evaluate_model
+    from ctgen.outputs import Run
+
+    with Run("evaluate", quiet=quiet, json_summary=json_summary, force=force) as run:
+        check_out(out, force)
+        vae = run.load_model(model, device)
+        stages = _Stages(run)
+        pictures: dict[str, Any] = {}
+        try:
+            report = evaluate_model(vae, study, factors=factors, split=split, max_slices=max_slices, seed=seed,
+                                    real=real, progress=stages, pictures=pictures)
+        finally:
+            stages.close()
+        report["interpretation"] = interpret(report)
+        figures = draw_figures(vae, report, pictures)
+        write_report(report, figures, out, force)
+        for line in report["interpretation"].values():
+            run.note(line)
+        run.note(f"wrote {out}/ (report.md, metrics.json, {len(figures)} figures)")
+        for name in ["metrics.json", "report.md", *figures]:
+            run.record("json" if name.endswith(".json") else "markdown" if name.endswith(".md") else "png", out / name)
+        run.finish(metrics=card_metrics(report))
+
+
+class _Stages:
+    """``progress(stage, done, total)`` for the library -> one Rich bar per stage and a note when it starts."""
+
+    def __init__(self, run):
+        from contextlib import ExitStack
+
+        self.run, self.stack, self.stage, self.done, self.advance = run, ExitStack(), None, 0, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.stack.close()
+            self.stage, self.done = stage, 0
+            self.run.note(f"{stage} {total} images")
+            self.advance = self.stack.enter_context(self.run.progress(total, stage))
+        self.advance(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
+    """The report's PNGs as PIL images by file name, from ``evaluate_model``'s report and pictures."""
+    import numpy as np
+
+    from ctgen.latent import traverse
+    from ctgen.preprocess import from_model
+    from ctgen.render import WINDOWS, grid_image
+
+    scale, brain = max(1, 128 // model.grid.size), WINDOWS["brain"]  # tiles of 128 px or more, as elsewhere
+    columns = {"col_labels": ["original", "reconstruction", f"diff ±{DIFF_HU:g} HU"], "scale": scale}
+    activity = report["activity"]
+    units = activity["units_by_kl"][: min(5, model.latent_size)]
+    named = (report.get("disentanglement") or {}).get("unit_factors", {})
+    start = np.asarray(pictures["traversal_start"], np.float32)
+    labels = [" ".join(filter(None, [f"u{u} KL {activity['kl_per_unit'][u]:.2f}", named.get(str(u))])) for u in units]
+    offsets = [f"{offset:+g}" if offset else "recon" for offset in TRAVERSAL_OFFSETS]
+    figures = {
+        "kl_per_unit.png": kl_bar_chart(activity["kl_per_unit"], activity["threshold"]),
+        "traversal.png": grid_image(
+            from_model(model.decode(traverse(start, units, TRAVERSAL_OFFSETS)), model.grid), brain, rows=len(units),
+            cols=len(TRAVERSAL_OFFSETS), row_labels=labels, col_labels=offsets, scale=scale,
+            title=f"traversal around {pictures['traversal_label']}, top units by KL"),
+        "samples.png": grid_image(pictures["samples"], brain, rows=4, cols=8, scale=scale,
+                                  title="samples from the prior (seeded)"),
+    }
+    for name, what in (("reconstructions", report["reconstruction"]["set"]), ("real_slices", "pydicom's real CT")):
+        panels = pictures.get(name)
+        if panels is not None and len(panels):
+            figures[f"{name}.png"] = grid_image(
+                panels.reshape(-1, *panels.shape[-2:]), [brain, brain, (0.0, 2 * DIFF_HU)], rows=len(panels), cols=3,
+                row_labels=pictures[f"{name}_labels"], title=f"{what}, brain window", **columns)
+    return figures
+
+
+def kl_bar_chart(kl: Any, threshold: float = 0.01) -> Any:
+    """Per-unit KL (nats, (L,)) as a bar chart: PIL RGB image; active units blue, the threshold red."""
+    import math
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    kl = np.asarray(kl, dtype=np.float64)
+    bar = max(1, min(48, 960 // max(1, len(kl))))
+    step, left, top, plot_h = bar + (1 if bar > 3 else 0), 56, 30, 240
+    width = max(480, left + len(kl) * step + 16)
+    image = Image.new("RGB", (width, top + plot_h + 24), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    peak = max(float(kl.max()) if len(kl) else 0.0, 1.25 * threshold)
+
+    def y(value: float) -> int:
+        return top + plot_h - round(plot_h * min(value, peak) / peak)
+
+    for tick in (0.0, peak / 2, peak):
+        draw.line([(left - 4, y(tick)), (width - 16, y(tick))], fill=(225, 225, 225))
+        draw.text((4, y(tick) - 6), f"{tick:.3g}", fill="black", font=font)
+    label_every = max(1, math.ceil(28 / step))
+    for unit, value in enumerate(kl):
+        x = left + unit * step
+        colour = (40, 90, 170) if value > threshold else (170, 170, 170)
+        draw.rectangle([x, y(value), x + bar - 1, top + plot_h], fill=colour)
+        if unit % label_every == 0:
+            draw.text((x, top + plot_h + 6), str(unit), fill="black", font=font)
+    draw.line([(left, y(threshold)), (width - 16, y(threshold))], fill=(200, 40, 40))
+    active = int(np.sum(kl > threshold))
+    draw.text((left, 8), f"KL per unit (nats): {active} of {len(kl)} above {threshold:g} (red line)", fill="black",
+              font=font)
+    return image
+
+
+def interpret(report: dict) -> dict:
+    """One line per section, computed from the numbers of an ``evaluate_model`` report."""
+    recon, activity, lines = report["reconstruction"], report["activity"], {}
+    mae, ssim = recon["mae_hu"], recon["ssim"]
+    lines["reconstruction"] = (
+        f"Mean error {mae:.1f} HU inside the head, {mae / 10:.1f}x the ~10 HU grey/white-matter contrast "
+        f"({'fine contrast kept' if mae < 5 else 'fine contrast partly lost' if mae < 15 else 'anatomy blurred'}); "
+        f"SSIM {ssim:.2f} at brain window ({'close to' if ssim >= 0.9 else 'short of' if ssim >= 0.6 else 'far from'} "
+        "the original's structure).")
+    kl = sorted(activity["kl_per_unit"], reverse=True)
+    top = min(5, len(kl))
+    share = sum(kl[:top]) / sum(kl) if sum(kl) > 0 else 0.0
+    counts = (activity["active_units"], activity["active_units_by_variance"])
+    differ = "" if counts[0] == counts[1] else ", the counts differ"
+    lines["activity"] = (f"{counts[0]} of {len(kl)} units carry information (KL > {activity['threshold']:g} nats; "
+                         f"{counts[1]} by the variance of mu{differ}); "
+                         f"the top {top} hold {share:.0%} of the {activity['kl_total']:.1f} nats.")
+    scores = report.get("disentanglement") or {}
+    if "mig" in scores:
+        mig = scores["mig"]
+        spread = ("each factor sits mostly in one unit" if mig >= 0.3 else "factors are partly concentrated in "
+                  "single units" if mig >= 0.1 else "factors are spread over several units (entangled)")
+        lines["disentanglement"] = (f"MIG {mig:.2f}: {spread}; DCI disentanglement {scores['dci_disentanglement']:.2f},"
+                                    f" completeness {scores['dci_completeness']:.2f}, linear R² "
+                                    f"{scores['dci_informativeness']:.2f}.")
+        units, margin = scores["units"], scores["unit_factor_min_nmi"]
+        tracked = [name for name, entry in units.items() if entry["nmi"] - entry["chance_nmi"] >= margin]
+        untracked = [name for name in units if name not in tracked]
+        chance = max(entry["chance_nmi"] for entry in units.values())
+        lines["unit_factors"] = (
+            f"{len(tracked)} of {len(units)} factors have a unit whose normalised MI beats chance by {margin:g} or more"
+            f" ({', '.join(tracked) or 'none'})" + (f"; no single unit carries {', '.join(untracked)}" if untracked
+                                                    else "") + f" (chance level up to {chance:.2f} with "
+            f"{scores['n_slices']} slices" + ("; too few slices for these MI figures to mean much)." if chance > 0.5
+                                              else ")."))
+    memo = report["memorisation"]
+    if "median_ratio" in memo:
+        copying = memo["fraction_copied"] > max(0.05, 3 * memo["quantile"]) or memo["median_ratio"] < 0.8
+        lines["memorisation"] = (
+            f"Samples lie {memo['median_ratio']:.2f}x as far from their nearest training slice as held-out slices "
+            f"do (median); {memo['fraction_copied']:.1%} are nearer than the {memo['quantile']:.0%} held-out quantile "
+            f"(about {memo['quantile']:.0%} expected): "
+            f"{'possible copying of training images, inspect samples.png' if copying else 'no sign of copying'}.")
+    real = report.get("real_slices") or {}
+    if real.get("mean_mae_hu") is not None:
+        ratio = real["mean_mae_hu"] / max(mae, 1e-6)
+        lines["real_slices"] = (f"Real slices: mean error {real['mean_mae_hu']:.1f} HU, {ratio:.1f}x the "
+                                f"{mae:.1f} HU on the study's {recon['set']}: "
+                                + ("about the same error as on the study." if ratio < 1.5 else
+                                   "real scans are reproduced clearly worse than the study's images."))
+    return lines
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])
+
+
+def render_markdown(report: dict) -> str:
+    """report.md: one table per section, each followed by its interpretation."""
+    model, study, say = report["model"], report["study"], report["interpretation"]
+    recon, activity = report["reconstruction"], report["activity"]
+    size = len(activity["kl_per_unit"])
+    parts = [f"# Evaluation of model `{model['name']}`",
+             f"Study `{study['path']}`: {study['evaluated']} slices of {study['patients']} patients read "
+             f"({study['heldout_slices']} held out, {study['skipped_files']} unreadable) of {study['files']} files; "
+             f"split `{study['split']}`, factors `{study['factors']}`, seed {study['seed']}. Model: latent "
+             f"{model['latent_size']}, {model['image_size']}² at {model['spacing_mm']} mm, β {model['beta']}.",
+             "## Reconstruction",
+             _table(["set", "slices", "MAE inside head (HU)", "PSNR brain window (dB)", "SSIM brain window"],
+                    [[recon["set"], recon["n_images"], recon["mae_hu"], recon["psnr_db"], recon["ssim"]]]),
+             f"MAE against the {recon['target']}.", say["reconstruction"],
+             "## Latent activity",
+             _table(["definition", "active units", "of"],
+                    [[f"KL > {activity['threshold']:g} nats", activity["active_units"], size],
+                     [f"Var(mu) > {activity['threshold']:g} (Burda et al.)", activity["active_units_by_variance"],
+                      size]]),
+             "Top units by KL (nats): " + ", ".join(f"u{u} {activity['kl_per_unit'][u]:.2f}"
+                                                    for u in activity["units_by_kl"][:10]) + ".", say["activity"]]
+    scores = report.get("disentanglement")
+    if scores is not None and "mig" in scores:
+        names = ["mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+                 "sap"]
+        skipped = ", ".join(f"{name} ({why})" for name, why in scores["factors_skipped"].items()) or "none"
+        parts += ["## Disentanglement", _table(["metric", "value"], [[name, scores[name]] for name in names]),
+                  f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
+                  f"skipped: {skipped}.", say["disentanglement"], "## Unit → factor",
+                  _table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
+                         [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"]]
+                          for name, e in scores["units"].items()]),
+                  "Normalised MI = I(unit; factor) / H(factor), plug-in estimate on 20 quantile bins; chance level: "
+                  "its expected value for an unrelated unit.", say["unit_factors"]]
+    elif scores is not None:
+        parts += ["## Disentanglement", f"Not scored: {scores['skipped']}."]
+    memo = report["memorisation"]
+    parts.append("## Memorisation")
+    if "median_ratio" in memo:
+        rows = [[f"{what} → nearest training slice", *(memo[key][stat] for stat in ("median", "p5", "mean"))]
+                for what, key in (("samples", "sample_to_train"), ("held-out slices", "heldout_to_train"))]
+        parts += [_table(["Euclidean distance", "median", "5th percentile", "mean"], rows),
+                  f"{memo['n_samples']} prior samples against {memo['n_train']} slices of training patients; "
+                  f"{memo['n_heldout']} held-out slices for comparison; images in the {memo['images']}, "
+                  f"{memo['downsample_factor']}x downsampled ({memo['dimensions']} values).", say["memorisation"]]
+    else:
+        parts.append(f"Not checked: {memo['skipped']}.")
+    real = report.get("real_slices")
+    if real is not None:
+        rows = [[row["file"], "x".join(map(str, row.get("matrix") or [])) or "-",
+                 "x".join(map(str, row.get("field_of_view_mm") or [])) or "-", row.get("mae_hu"), row.get("psnr_db"),
+                 row["error"] if "error" in row else row["ssim"]] for row in real["slices"]]
+        parts += ["## Real CT slices (pydicom test files)",
+                  _table(["file", "matrix", "field of view (mm)", "MAE inside head (HU)", "PSNR (dB)", "SSIM"], rows),
+                  say.get("real_slices", "No real slice could be scored.")]
+    with_real = real is not None and real.get("mean_mae_hu") is not None
+    figures = [name for name in REPORT_FILES[2:] if with_real or name != "real_slices.png"]
+    return "\n\n".join(parts + ["## Figures"] + [f"![{name}]({name})" for name in figures]) + "\n"
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Raise OutputError unless ``out`` can take a report: absent, or (with ``force``) an old report."""
+    from ctgen.errors import OutputError
+
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise OutputError(out, "exists and is not a folder")
+    if not force:
+        raise OutputError(out, "already exists (use --force to replace it)")
+    if any(out.iterdir()) and not (out / "metrics.json").is_file():
+        raise OutputError(out, "is not an evaluation report (no metrics.json): refusing to replace it")
+
+
+def write_report(report: dict, figures: dict, out: Path, force: bool) -> None:
+    """metrics.json, report.md and the figures into a temporary sibling folder, renamed into place at the end."""
+    from ctgen.errors import OutputError
+    from ctgen.render import save_png
+
+    check_out(out, force)
+    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    old = None
+    try:
+        staging.mkdir(parents=True)
+        text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)
+        (staging / "metrics.json").write_text(text + "\n", encoding="utf-8")
+        (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        for name, image in figures.items():
+            save_png(image, staging / name)
+        if out.exists() or out.is_symlink():
+            old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
+            os.replace(out, old)
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if old is not None:
+                os.replace(old, out)  # put the previous report back
+                old = None
+            raise
+    except OSError as error:
+        raise OutputError(error.filename or out, error.strerror or str(error)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

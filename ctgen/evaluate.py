@@ -1,0 +1,345 @@
+"""Score an exported model on a CT study: ``evaluate_model`` -> JSON-ready metrics.
+
+Reconstruction in HU on held-out patients, latent activity, disentanglement against a factors table
+(phantom studies), a memorisation check and pydicom's real CT slices. The numbers come from
+``ctgen.metrics``; this module chooses the slices and runs the model; ``ctgen evaluate`` draws the
+figures and writes the report. No slice's patient or file name enters the results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctgen import metrics
+from ctgen.errors import CtgenError, InputError
+from ctgen.latent import sample_prior
+from ctgen.preprocess import Grid, from_model, to_model
+
+__all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors", "patient_key"]
+
+REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # real CT that pydicom ships
+# Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
+# of level that would make every metric punish the unit carrying both)
+NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
+WIDE_HU = (-1024.0, 3072.0)  # originals on the model grid without clipping: head masks and pictures
+UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
+MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
+Progress = Callable[[str, int, int], None]
+
+
+def patient_key(patient_id: str, fallback: str = "") -> str:
+    """The training split's patient key (train/data.py ``patient_hash``): 16 hex digits of sha256."""
+    text = f"id:{patient_id}" if patient_id else f"anon:{fallback}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_factors(path: str | os.PathLike) -> dict:
+    """A factors table (CSV: ``file`` relative to the table's folder, ``patient_id``, one column per factor).
+
+    Returns {"files": [str], "patients": [str], "names": [str], "values": float64 (N, K), "skipped":
+    {column: reason}}. Only continuous factors are kept: NOT_FACTORS, non-numeric, constant and
+    two-valued columns are skipped. Raises InputError.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(path, f"cannot read the factors table: {getattr(error, 'strerror', None) or error}") from None
+    if not rows or "file" not in rows[0]:
+        raise InputError(path, "a factors table needs a 'file' column and at least one row")
+    names, columns, skipped = [], [], {}
+    for name in rows[0]:
+        if name in NOT_FACTORS:
+            if name not in ("file", "patient_id"):
+                skipped[name] = "bookkeeping"
+            continue
+        try:
+            column = np.array([float(row[name]) for row in rows])
+        except (TypeError, ValueError):
+            skipped[name] = "not numeric"
+            continue
+        distinct = len(np.unique(column))
+        if not np.isfinite(column).all() or distinct <= 2:
+            skipped[name] = "not finite" if distinct > 2 else "constant" if distinct == 1 else "binary"
+            continue
+        names.append(name)
+        columns.append(column)
+    values = np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0))
+    return {"files": [row["file"] for row in rows], "patients": [row.get("patient_id") or "" for row in rows],
+            "names": names, "values": values, "skipped": skipped}
+
+
+def _load_split(path: Path) -> set[str]:
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot read the split: {getattr(error, 'strerror', None) or error}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("train_patients"), list):
+        raise InputError(path, "not a split.json (needs a train_patients list)")
+    return {str(patient) for patient in record["train_patients"]}
+
+
+def _choose(count: int, budget: int, rng: np.random.Generator, held: np.ndarray | None) -> np.ndarray:
+    """Sorted indices of at most ``budget`` slices; half from held-out patients when they are known."""
+    if held is None:
+        return np.sort(rng.choice(count, min(count, budget), replace=False))
+    held_idx, train_idx = np.flatnonzero(held), np.flatnonzero(~held)
+    n_held = min(len(held_idx), max(1, budget // 2, budget - len(train_idx)))
+    n_train = min(len(train_idx), budget - n_held)
+    picked = [rng.choice(held_idx, n_held, replace=False), rng.choice(train_idx, n_train, replace=False)]
+    return np.sort(np.concatenate(picked))
+
+
+def _on_grid(ct: Any, grid: Grid) -> np.ndarray:
+    """A Slice -> full-range HU float32 (S, S) on the model grid (for head masks and pictures)."""
+    wide = Grid(size=grid.size, spacing_mm=grid.spacing_mm, window_hu=WIDE_HU)
+    return from_model(to_model(ct.hu, ct.spacing_mm, wide), wide)
+
+
+def _read(files: list[Path], indices: Any, grid: Grid, train_keys: set[str] | None, skipped: list[str],
+          progress: Progress, stage: str):
+    """Yield (index, Slice, model image float32 (S, S), held out?, patient key) per readable file; the
+    reasons of the others go to ``skipped``."""
+    from ctgen.dicom import read_slice
+
+    for done, index in enumerate(indices, 1):
+        progress(stage, done, len(indices))
+        try:
+            ct = read_slice(files[index])
+            image = to_model(ct.hu, ct.spacing_mm, grid)
+        except CtgenError as error:
+            skipped.append(error.reason)  # not the path: file names can name patients
+            continue
+        key = patient_key(ct.patient_id, ct.series_uid or str(Path(files[index]).parent))
+        yield index, ct, image, train_keys is None or not {key, ct.patient_id} & train_keys, key
+
+
+def _chunks(count: int, size: int):
+    return ((start, min(start + size, count)) for start in range(0, count, max(1, size)))
+
+
+def _encode(model, images: np.ndarray, progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    mu, logvar = np.empty((2, len(images), model.latent_size), np.float32)
+    for start, stop in _chunks(len(images), 4 * model.batch_size):
+        mu[start:stop], logvar[start:stop] = model.encode(images[start:stop, None])
+        progress("encoding", stop, len(images))
+    return mu, logvar
+
+
+def _decode(model, z: np.ndarray, progress: Progress, stage: str) -> np.ndarray:
+    """Latents (N, L) -> model images float32 (N, S, S) in [0, 1]."""
+    images = np.empty((len(z), model.grid.size, model.grid.size), np.float32)
+    for start, stop in _chunks(len(z), 4 * model.batch_size):
+        images[start:stop] = model.decode(z[start:stop])[:, 0]
+        progress(stage, stop, len(z))
+    return images
+
+
+def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | os.PathLike | bool | None = None,
+                   split: str | os.PathLike | None = None, max_slices: int = 2000, seed: int = 0, real: bool = True,
+                   progress: Progress | None = None, pictures: dict | None = None) -> dict:
+    """Score ``model`` (a ``ctgen.model.Model``, or a name/path for ``load_model``) on a DICOM study.
+
+    ``factors``: the factors table (None: STUDY/factors.csv when present; False: none). ``split``: a
+    training run's split.json; its validation patients (and any patient it does not list) are held
+    out, and reconstruction and activity are measured on them (on every slice without a split). At most
+    ``max_slices`` slices are encoded, half from held-out patients when the factors table names them;
+    the memorisation check compares samples with every training slice of the study (up to
+    MAX_REFERENCE). ``progress(stage, done, total)`` is called as work advances. ``pictures``: a dict
+    to fill with HU float32 arrays for the figures: "samples" (32, S, S), "reconstructions" and
+    "real_slices" (n, 3, S, S) original | reconstruction | difference, with "..._labels", and the
+    latent (L,) of the first reconstruction, "traversal_start", with its "traversal_label".
+    Same seed, same results. Returns the metrics, JSON-ready. Raises InputError, DicomError, ModelError.
+    """
+    from ctgen.dicom import iter_dicom_files
+    from ctgen.model import load_model
+
+    progress = progress or (lambda stage, done, total: None)
+    study = Path(study_dir)
+    if not study.is_dir():
+        raise InputError(study, "not a folder (give the study's DICOM folder)")
+    if not hasattr(model, "encode"):
+        model = load_model(model)
+    table_path = study / "factors.csv" if factors is None else None if factors is False else Path(factors)
+    table = load_factors(table_path) if table_path is not None and (factors or table_path.is_file()) else None
+    files = [table_path.parent / name for name in table["files"]] if table else list(iter_dicom_files([study]))
+    if not files:
+        raise InputError(study, "no DICOM files found")
+    train_keys = _load_split(Path(split)) if split is not None else None
+    held = None
+    if train_keys is not None and table is not None:
+        held = np.array([patient_key(p) not in train_keys and p not in train_keys for p in table["patients"]])
+        if not held.any():
+            raise InputError(split, "every patient of the study is a training patient: nothing is held out")
+    rng = np.random.default_rng(seed)
+    chosen = _choose(len(files), max_slices, rng, held)
+
+    grid, images, originals, is_held, kept, skipped, patients = model.grid, [], [], [], [], [], set()
+    for index, ct, image, held_out, key in _read(files, chosen, grid, train_keys, skipped, progress, "reading"):
+        patients.add(key)
+        images.append(image)
+        is_held.append(held_out)
+        kept.append(index)
+        if held_out:
+            originals.append(_on_grid(ct, grid))
+    if not images:
+        raise InputError(study, f"none of the {len(chosen)} slices could be read ({skipped[0]})")
+    images, is_held, originals = np.stack(images), np.array(is_held), np.stack(originals) if originals else None
+    if originals is None:
+        raise InputError(split, "every evaluated slice belongs to a training patient: nothing is held out")
+    mu, logvar = _encode(model, images, progress)
+    eval_set = "held-out patients" if train_keys is not None else "all slices"
+    recon = _decode(model, mu[is_held], progress, "decoding")
+    target = from_model(images[is_held], grid)  # what the model sees: the original clipped to its window
+    report: dict[str, Any] = {"format": "ctgen-evaluation", "version": 1, "model": _model_summary(model)}
+    report["study"] = {
+        "path": str(study), "factors": str(table_path) if table is not None else None,
+        "split": str(split) if split is not None else None, "files": len(files), "max_slices": max_slices,
+        "seed": seed, "evaluated": len(images), "heldout_slices": int(is_held.sum()),
+        "train_slices": int((~is_held).sum()), "patients": len(patients)}
+    report["reconstruction"] = {"set": eval_set, **metrics.reconstruction_report(
+        target, from_model(recon, grid), mask=metrics.head_mask(originals)),
+        "target": f"original clipped to the model window {list(grid.window_hu)} HU; MAE inside the head (> -500 HU)"}
+    report["activity"] = {"set": eval_set, "n_images": int(is_held.sum()),
+                          **metrics.latent_activity(mu[is_held], logvar[is_held])}
+    if table is not None:
+        report["disentanglement"] = _disentanglement(mu, table, np.array(kept), seed)
+
+    samples = _decode(model, sample_prior(max(32, min(int(is_held.sum()), 1000)), model.latent_size, seed=seed),
+                      progress, "sampling")
+    report["memorisation"] = {"skipped": "needs --split (the training patients)"}
+    if train_keys is not None:
+        factor = max(1, grid.size // 32)  # memorisation compares 32 x 32 pictures: layout, not noise
+        reference = [metrics.downsample(image, factor) for image in images[~is_held]]
+        others = np.setdiff1d(np.flatnonzero(~held) if held is not None else np.arange(len(files)), kept)
+        others = np.sort(rng.choice(others, min(len(others), max(0, MAX_REFERENCE - len(reference))), replace=False))
+        for _, _, image, held_out, _ in _read(files, others, grid, train_keys, skipped, progress, "reading training"):
+            if not held_out:
+                reference.append(metrics.downsample(image, factor))
+        if reference:
+            scores = metrics.memorisation_report(metrics.downsample(samples, factor), np.stack(reference),
+                                                 metrics.downsample(images[is_held], factor))
+            report["memorisation"] = {**scores, "downsample_factor": factor,
+                                      "images": f"model window {list(grid.window_hu)} HU"}
+        else:
+            report["memorisation"] = {"skipped": "no slice of a training patient could be read"}
+    report["study"]["skipped_files"] = len(skipped)
+    report["study"]["skipped_examples"] = skipped[:5]
+    real_rows, real_panels = _real_slices(model) if real else ([], [])
+    if real:
+        maes = [row["mae_hu"] for row in real_rows if "mae_hu" in row]
+        report["real_slices"] = {"slices": real_rows, "mean_mae_hu": float(np.mean(maes)) if maes else None}
+    if pictures is not None:
+        picks = np.sort(np.random.default_rng([seed, 1]).choice(len(recon), min(6, len(recon)), replace=False))
+        recon_hu = from_model(recon[picks], grid)
+        pictures.update({"samples": from_model(samples[:32], grid), "reconstructions_labels": [f"#{i}" for i in picks],
+                         "traversal_start": mu[is_held][picks[0]], "traversal_label": f"slice #{picks[0]} ({eval_set})",
+                         "reconstructions": np.stack([originals[picks], recon_hu, recon_hu - target[picks]], axis=1),
+                         "real_slices": np.stack(real_panels) if real_panels else None,
+                         "real_slices_labels": [row["file"] for row in real_rows if "mae_hu" in row]})
+    return _json_ready(report)
+
+
+def _model_summary(model) -> dict:
+    card = model.card
+    return {"name": card.get("name"), "path": str(model.path), "latent_size": model.latent_size,
+            "image_size": model.grid.size, "spacing_mm": model.grid.spacing_mm,
+            "window_hu": list(model.grid.window_hu), "beta": card.get("beta"),
+            "encoder_sha256": ((card.get("files") or {}).get("encoder.onnx") or {}).get("sha256")}
+
+
+def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int) -> dict:
+    values, names, skipped = table["values"][rows], list(table["names"]), dict(table["skipped"])
+    keep = [k for k in range(values.shape[1]) if np.ptp(values[:, k]) > 0]
+    skipped.update({names[k]: "constant in the evaluated slices" for k in range(len(names)) if k not in keep})
+    names, values = [names[k] for k in keep], values[:, keep]
+    if not names or len(mu) < 10:
+        return {"skipped": "no continuous factor varies" if not names else "fewer than 10 slices",
+                "factors_skipped": skipped}
+    scores = metrics.disentanglement_report(mu, values, names=names, seed=seed)
+    # plug-in MI of independent variables is ~ (B_z - 1)(B_v - 1) / 2N nats (Miller 1955): the chance level
+    for k, codes in enumerate(metrics.discretize(values).T):
+        p = np.bincount(codes) / len(codes)
+        chance = (min(20, len(mu)) - 1) * (len(p) - 1) / (2 * len(mu)) / -np.sum(p[p > 0] * np.log(p[p > 0]))
+        scores["units"][names[k]]["chance_nmi"] = min(1.0, float(chance))
+    unit_factors: dict[str, str] = {}
+    for name, entry in sorted(scores["units"].items(), key=lambda item: item[1]["chance_nmi"] - item[1]["nmi"]):
+        if entry["nmi"] - entry["chance_nmi"] >= UNIT_FACTOR_MIN_NMI and str(entry["unit"]) not in unit_factors:
+            unit_factors[str(entry["unit"])] = name
+    return {**scores, "unit_factors": unit_factors, "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI,
+            "n_slices": len(mu), "set": "all evaluated slices", "factors_used": names, "factors_skipped": skipped}
+
+
+def _real_slices(model) -> tuple[list[dict], list[np.ndarray]]:
+    """pydicom's real CT slices: per-file scores and (3, S, S) original | recon | diff panels in HU."""
+    from pydicom.data import get_testdata_file
+
+    from ctgen.dicom import read_slice
+
+    rows, panels, grid = [], [], model.grid
+    for name in REAL_SLICES:
+        try:
+            path = get_testdata_file(name, download=False)
+            if path is None:
+                raise InputError(name, "not in this pydicom installation")
+            ct = read_slice(path)
+            image, hu = to_model(ct.hu, ct.spacing_mm, grid), _on_grid(ct, grid)
+            recon = from_model(model.decode(model.encode(image[None, None])[0]), grid)
+            target = from_model(image[None], grid)
+            scores = metrics.reconstruction_report(target, recon, mask=metrics.head_mask(hu[None]))
+        except CtgenError as error:
+            rows.append({"file": name, "error": str(error)})
+            continue
+        spacing = list(ct.spacing_mm) if ct.spacing_mm else None
+        rows.append({"file": name, "matrix": list(ct.hu.shape), "spacing_mm": spacing,
+                     "field_of_view_mm": [round(n * s, 1) for n, s in zip(ct.hu.shape, spacing)] if spacing else None,
+                     **{key: scores[key] for key in ("mae_hu", "psnr_db", "ssim")}})
+        panels.append(np.stack([hu, recon[0], recon[0] - target[0]]))
+    return rows, panels
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def card_metrics(report: dict) -> dict:
+    """The compact figures for a model card's "metrics" from an ``evaluate_model`` report (JSON-ready)."""
+    recon, activity = report["reconstruction"], report["activity"]
+    card = {"recon_mae_hu": recon["mae_hu"], "recon_psnr_db": recon["psnr_db"], "recon_ssim": recon["ssim"],
+            "recon_set": f"{recon['n_images']} slices, {recon['set']}", "kl_per_unit": activity["kl_per_unit"],
+            "units_by_kl": activity["units_by_kl"], "active_units": activity["active_units"],
+            "active_units_by_variance": activity["active_units_by_variance"]}
+    scores = report.get("disentanglement") or {}
+    if "mig" in scores:
+        card["disentanglement"] = {key: scores[key] for key in ("mig", "beta_vae", "factor_vae", "dci_disentanglement",
+                                                                "dci_completeness", "dci_informativeness", "sap")}
+        card["unit_factors"] = dict(scores["unit_factors"])
+    memorisation = report.get("memorisation") or {}
+    if "median_ratio" in memorisation:
+        card["memorisation"] = {key: memorisation[key] for key in ("median_ratio", "fraction_copied", "quantile")}
+    if (report.get("real_slices") or {}).get("mean_mae_hu") is not None:
+        card["real_slices_mae_hu"] = report["real_slices"]["mean_mae_hu"]
+    return card
+
+
+def _json_ready(value: Any) -> Any:
+    """Python floats/ints/lists; NaN and infinity become None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+

@@ -1,0 +1,206 @@
+"""ctgen.evaluate and `ctgen evaluate` on the tiny exported model and a 3-patient phantom study."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctgen.commands.evaluate import REPORT_FILES, kl_bar_chart
+from ctgen.evaluate import card_metrics, evaluate_model, load_factors, patient_key
+from ctgen.model import load_model
+from test_cli_support import invoke, one_error_line, run_ctgen
+
+SECTIONS = ("model", "study", "reconstruction", "activity", "disentanglement", "memorisation", "real_slices",
+            "interpretation")
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Path:
+    """3 phantom patients x 6 slices, with factors.csv."""
+    from train.phantom import generate_study
+
+    folder = tmp_path_factory.mktemp("phantom")
+    generate_study(folder, 3, 6, 0, workers=1, contact_sheet=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def split(study, tmp_path_factory) -> Path:
+    """A training run's split.json (hashed patient ids, as train/data.py writes them): patient 3 held out."""
+    path = tmp_path_factory.mktemp("run") / "split.json"
+    keys = [patient_key(f"PHANTOM-{index:04d}") for index in (1, 2, 3)]
+    path.write_text(json.dumps({"seed": 0, "val_fraction": 0.34, "train_patients": keys[:2], "val_patients": keys[2:]}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def report_dir(tiny_model_dir, study, split, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reports") / "report"
+    result = invoke("evaluate", study, "--split", split, "--model", tiny_model_dir, "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["command"] == "evaluate" and summary["metrics"]["active_units"] >= 0
+    return out
+
+
+def test_report_folder_has_every_file(report_dir):
+    assert sorted(p.name for p in report_dir.iterdir()) == sorted(REPORT_FILES)
+    for name in REPORT_FILES:
+        if name.endswith(".png"):
+            with Image.open(report_dir / name) as image:
+                image.verify()
+                assert image.format == "PNG"
+    assert not [p for p in report_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_metrics_json_sections(report_dir, study):
+    report = json.loads((report_dir / "metrics.json").read_text())
+    for section in SECTIONS:
+        assert section in report, section
+    assert report["study"]["evaluated"] == 18 and report["study"]["heldout_slices"] == 6
+    recon = report["reconstruction"]
+    assert recon["set"] == "held-out patients" and recon["n_images"] == 6
+    assert recon["mae_hu"] > 0 and 0 < recon["psnr_db"] <= 100 and -1 <= recon["ssim"] <= 1
+    activity = report["activity"]
+    assert len(activity["kl_per_unit"]) == 8 and sorted(activity["units_by_kl"]) == list(range(8))
+    assert 0 <= activity["active_units"] <= 8 and 0 <= activity["active_units_by_variance"] <= 8
+    scores = report["disentanglement"]
+    for key in ("mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "sap"):
+        assert np.isfinite(scores[key])
+    used = set(scores["factors_used"])
+    assert {"level", "rotation_deg", "scale_x"} <= used
+    assert not used & {"level_start", "level_end", "slice_index", "z_mm", "contrast", "patient_id", "file"}
+    assert set(scores["units"]) == used
+    memo = report["memorisation"]
+    assert memo["n_train"] == 12 and memo["n_heldout"] == 6 and 0 <= memo["fraction_copied"] <= 1
+    real = report["real_slices"]["slices"]
+    assert [row["file"] for row in real] == ["CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm"]
+    assert all("mae_hu" in row for row in real), real
+    assert "PHANTOM-0001" not in (report_dir / "metrics.json").read_text()  # no patient ids written
+
+
+def test_unit_factors_name_valid_units(report_dir):
+    report = json.loads((report_dir / "metrics.json").read_text())
+    card = card_metrics(report)
+    assert card["recon_mae_hu"] == report["reconstruction"]["mae_hu"] and "disentanglement" in card
+    for unit, factor in card["unit_factors"].items():
+        assert 0 <= int(unit) < 8 and factor in report["disentanglement"]["factors_used"]
+    for entry in report["disentanglement"]["units"].values():
+        assert 0 <= entry["unit"] < 8 and 0 <= entry["nmi"] <= 1 + 1e-9
+    json.dumps(card, allow_nan=False)
+
+
+def test_report_md_has_tables_and_readings(report_dir):
+    text = (report_dir / "report.md").read_text()
+    for heading in ("## Reconstruction", "## Latent activity", "## Disentanglement", "## Unit → factor",
+                    "## Memorisation", "## Real CT slices"):
+        assert heading in text
+    report = json.loads((report_dir / "metrics.json").read_text())
+    assert f"{report['reconstruction']['mae_hu']:.1f} HU" in text  # the readings quote the measured numbers
+    assert "![traversal.png](traversal.png)" in text
+
+
+def test_existing_out_needs_force(report_dir, tiny_model_dir, study, split):
+    before = (report_dir / "metrics.json").read_bytes()
+    result = invoke("evaluate", study, "--split", split, "-m", tiny_model_dir, "--out", report_dir, "--no-real")
+    one_error_line(result, "already exists", "--force")
+    assert (report_dir / "metrics.json").read_bytes() == before
+
+
+def test_force_replaces_report_and_same_seed_same_bytes(tiny_model_dir, study, split, tmp_path):
+    out = tmp_path / "again"
+    args = ["evaluate", study, "--split", split, "-m", tiny_model_dir, "--no-real", "--max-slices", 12, "-q"]
+    assert invoke(*args, "--out", out).exit_code == 0
+    first = (out / "metrics.json").read_bytes()
+    (out / "stale.txt").write_text("old report")
+    result = invoke(*args, "--out", out, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "metrics.json").read_bytes() == first
+    assert not (out / "stale.txt").exists() and not (out / "real_slices.png").exists()
+    assert "real_slices" not in json.loads(first)
+    other = tmp_path / "seed1"
+    assert invoke(*args, "--out", other, "--seed", 1).exit_code == 0
+    assert (other / "metrics.json").read_bytes() != first
+
+
+def test_force_refuses_a_folder_that_is_not_a_report(tiny_model_dir, study, tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("precious")
+    result = invoke("evaluate", study, "-m", tiny_model_dir, "--out", keep, "--force", "--no-real")
+    one_error_line(result, "not an evaluation report")
+    assert (keep / "thesis.tex").read_text() == "precious"
+
+
+def test_without_factors_table_no_disentanglement(tiny_model_dir, study, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(study, bare, ignore=shutil.ignore_patterns("factors.csv"))
+    out = tmp_path / "report"
+    result = invoke("evaluate", bare, "-m", tiny_model_dir, "--out", out, "--no-real", "--max-slices", 12)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert "disentanglement" not in report and report["reconstruction"]["set"] == "all slices"
+    assert report["memorisation"] == {"skipped": "needs --split (the training patients)"}
+    text = (out / "report.md").read_text()
+    assert "## Disentanglement" not in text and "Not checked" in text
+    assert "unit_factors" not in card_metrics(report)
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty"])
+def test_bad_study_dir_is_one_line_error(tiny_model_dir, tmp_path, make):
+    target = tmp_path / "study"
+    if make == "file":
+        target.write_text("not a folder")
+    elif make == "empty":
+        target.mkdir()
+    result = invoke("evaluate", target, "-m", tiny_model_dir, "--out", tmp_path / "out")
+    one_error_line(result, str(target))
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_that_holds_out_nobody_is_an_error(tiny_model_dir, study, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train_patients": [patient_key(f"PHANTOM-{i:04d}") for i in (1, 2, 3)],
+                                 "val_patients": []}))
+    result = invoke("evaluate", study, "--split", split, "-m", tiny_model_dir, "--out", tmp_path / "out")
+    one_error_line(result, "nothing is held out")
+
+
+def test_library_entry_point_and_pictures(tiny_model_dir, study, split):
+    pictures: dict = {}
+    report = evaluate_model(load_model(tiny_model_dir), study, split=split, max_slices=10, real=False, seed=3,
+                            pictures=pictures)
+    assert report["study"]["evaluated"] == 10 and report["study"]["heldout_slices"] == 5  # half held out
+    assert report["memorisation"]["n_train"] == 12  # every training slice, not only the 5 encoded
+    assert pictures["samples"].shape == (32, 64, 64) and pictures["samples"].dtype == np.float32
+    assert pictures["reconstructions"].shape == (5, 3, 64, 64) and len(pictures["reconstructions_labels"]) == 5
+    assert pictures["real_slices"] is None and pictures["traversal_start"].shape == (8,)
+    json.dumps(report, allow_nan=False)
+
+
+def test_load_factors_keeps_continuous_columns(study):
+    table = load_factors(study / "factors.csv")
+    assert len(table["files"]) == 18 and table["values"].shape == (18, len(table["names"]))
+    assert "level" in table["names"] and "contrast" not in table["names"]
+    assert table["skipped"]["level_start"] == "bookkeeping" and table["skipped"]["z_mm"] == "bookkeeping"
+
+
+def test_kl_bar_chart_is_deterministic():
+    kl = [0.5, 3.0, 0.001, 1.2, 0.0, 2.2, 0.02, 0.7]
+    first, second = kl_bar_chart(kl), kl_bar_chart(kl)
+    assert first.mode == "RGB" and first.tobytes() == second.tobytes()
+    pixels = np.asarray(first)
+    assert (pixels == (40, 90, 170)).all(axis=-1).any() and (pixels == (200, 40, 40)).all(axis=-1).any()
+    assert kl_bar_chart(np.zeros(500)).size[0] >= 500
+
+
+def test_cli_subprocess_keeps_torch_out(tiny_model_dir, study, tmp_path):
+    result = run_ctgen(["evaluate", study, "-m", tiny_model_dir, "--no-real", "--max-slices", 10, "--out",
+                        tmp_path / "report"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and "reading 10 images" in result.stderr
