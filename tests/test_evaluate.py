@@ -204,3 +204,22 @@ def test_cli_subprocess_keeps_torch_out(tiny_model_dir, study, tmp_path):
                         tmp_path / "report"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and "reading 10 images" in result.stderr
+
+
+def test_attach_puts_the_figures_into_the_card_and_keeps_checksums(report_dir, tiny_model_copy):
+    from export.attach import main as attach
+
+    assert attach([str(tiny_model_copy), str(report_dir), "--note", "beta=1: the plain ELBO"]) == 0
+    card = json.loads((tiny_model_copy / "model.json").read_text())
+    report = json.loads((report_dir / "metrics.json").read_text())
+    assert card["metrics"]["recon_mae_hu"] == pytest.approx(report["reconstruction"]["mae_hu"])
+    assert card["metrics"]["units_by_kl"] == report["activity"]["units_by_kl"]
+    assert card["evaluation"]["note"] == "beta=1: the plain ELBO"
+    assert load_model(tiny_model_copy).units_by_kl() == report["activity"]["units_by_kl"]  # checksums still hold
+
+
+def test_attach_without_a_report_is_one_line_error(tiny_model_copy, tmp_path, capsys):
+    from export.attach import main as attach
+
+    assert attach([str(tiny_model_copy), str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
