@@ -211,15 +211,15 @@ def _write_all(targets: list[Path], make, force: bool) -> list[Path]:
                 try:
                     with open(temporary, "xb") as fh:
                         pydicom.dcmwrite(fh, ds, enforce_file_format=True)
+                    written.append(target)  # before the rename: an interrupt after it still cleans up
                     os.replace(temporary, target)
                 finally:
                     temporary.unlink(missing_ok=True)
-                written.append(target)
     except BaseException as exc:  # leave no half-written series: remove the files this call created
         for target in written:
             if target not in existing:
                 target.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise OutputError(exc.filename or targets[len(written)], _one_line(exc)) from exc
+            raise OutputError(exc.filename or targets[min(len(written), len(targets) - 1)], _one_line(exc)) from exc
         raise
     return targets

@@ -167,13 +167,14 @@ def atomic_file(path: Path, *, force: bool, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     if path.exists() and not force:
         raise OutputError(path, "already exists (use --force to overwrite)")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # creation inside the try: a Ctrl-C right after the file appears must still remove it
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        handle = open(temp, mode)  # noqa: SIM115 - closed below, before the rename
-    except OSError as exc:
-        raise OutputError(path, exc.strerror or str(exc)) from None
-    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(temp, mode)  # noqa: SIM115 - closed below, before the rename
+        except OSError as exc:
+            raise OutputError(path, exc.strerror or str(exc)) from None
         with handle:
             yield handle
         os.replace(temp, path)

@@ -265,9 +265,10 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], *,
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        # os.open, not mkstemp: the final file should get the usual umask permissions, not 0600
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        # creation inside the try: a Ctrl-C right after the file appears must still remove it
         try:
+            # os.open, not mkstemp: the final file should get the usual umask permissions, not 0600
+            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             with os.fdopen(descriptor, "wb") as handle:
                 write(handle)
             os.replace(temp, path)
