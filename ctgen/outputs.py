@@ -9,15 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from ctgen.atomic import atomic_file
 from ctgen.errors import InputError, OutputError
 
 __all__ = [
@@ -158,30 +158,6 @@ def check_targets(paths: Sequence[Path], *, force: bool) -> None:
                 raise OutputError(path, "is a folder")
             if not force:
                 raise OutputError(path, "already exists (use --force to overwrite)")
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path, *, force: bool, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing and rename it over ``path`` when the block ends
-    without an exception (else delete it). Raises OutputError if ``path`` exists and not ``force``."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise OutputError(path, "already exists (use --force to overwrite)")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # creation inside the try: a Ctrl-C right after the file appears must still remove it
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(temp, mode)  # noqa: SIM115 - closed below, before the rename
-        except OSError as exc:
-            raise OutputError(path, exc.strerror or str(exc)) from None
-        with handle:
-            yield handle
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def save_npy(array: np.ndarray, path: Path, *, force: bool) -> Path:

@@ -6,19 +6,17 @@ metadata are written). Files are written atomically and never overwritten unless
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ctgen.errors import InputError, OutputError
+from ctgen.atomic import atomic_file
+from ctgen.errors import InputError
 
 __all__ = ["WINDOWS", "grid_image", "hconcat", "parse_window", "save_gif", "save_png", "to_uint8"]
 
@@ -156,7 +154,9 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike, *, force:
     """
     clean = _as_image(image).copy()
     clean.info = {}
-    return _write_atomic(path, lambda handle: clean.save(handle, format="PNG", compress_level=6), force=force)
+    with atomic_file(path, force=force) as handle:
+        clean.save(handle, format="PNG", compress_level=6)
+    return Path(path)
 
 
 def save_gif(
@@ -188,12 +188,11 @@ def save_gif(
     if duration_ms <= 0:
         raise InputError(None, f"frame duration must be positive, got {duration_ms} ms")
 
-    def write(handle: BinaryIO) -> None:
+    with atomic_file(path, force=force) as handle:
         images[0].save(
             handle, format="GIF", save_all=True, append_images=images[1:], duration=int(duration_ms), loop=0
         )
-
-    return _write_atomic(path, write, force=force)
+    return Path(path)
 
 
 def _check_window(window) -> tuple[float, float]:
@@ -253,29 +252,3 @@ def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
 def _as_gray_image(image: Image.Image | np.ndarray) -> Image.Image:
     image = _as_image(image)
     return image if image.mode == "L" else image.convert("L")
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, force: bool) -> Path:
-    """Write through ``write(handle)`` into a temporary sibling, then rename it over ``path``."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(path, "is a folder")
-    if path.exists() and not force:
-        raise OutputError(path, "already exists (not overwritten without --force)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        # creation inside the try: a Ctrl-C right after the file appears must still remove it
-        try:
-            # os.open, not mkstemp: the final file should get the usual umask permissions, not 0600
-            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            with os.fdopen(descriptor, "wb") as handle:
-                write(handle)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-    except OSError as exc:
-        raise OutputError(path, exc.strerror or str(exc)) from None
-    return path
