@@ -201,7 +201,11 @@ def _training(checkpoint: dict[str, Any], checkpoint_path: Path, run_dir: Path |
     command = checkpoint.get("command") or run_config.get("command")
     if not command and run_dir is not None and (run_dir / "command.txt").is_file():
         command = (run_dir / "command.txt").read_text(encoding="utf-8").strip()
-    sources = data.get("sources") or train_config.get("data") or []
+    # the folders as the training command named them (relative to where it ran), not this machine's
+    # absolute paths: a published card must not carry a local directory layout
+    sources = train_config.get("data") or data.get("sources") or []
+    if "sources" in data:
+        data["sources"] = list(sources)
     return {
         "data": ", ".join(map(str, sources)) if sources else None,
         "patients": data.get("patients"),
