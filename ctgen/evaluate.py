@@ -252,7 +252,7 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
 
 def _model_summary(model) -> dict:
     card = model.card
-    return {"name": card.get("name"), "path": str(model.path), "latent_size": model.latent_size,
+    return {"name": card.get("name"), "path": _display_path(model.path), "latent_size": model.latent_size,
             "image_size": model.grid.size, "spacing_mm": model.grid.spacing_mm,
             "window_hu": list(model.grid.window_hu), "beta": card.get("beta"),
             "encoder_sha256": ((card.get("files") or {}).get("encoder.onnx") or {}).get("sha256")}
@@ -329,6 +329,14 @@ def card_metrics(report: dict) -> dict:
     if (report.get("real_slices") or {}).get("mean_mae_hu") is not None:
         card["real_slices_mae_hu"] = report["real_slices"]["mean_mae_hu"]
     return card
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working folder when inside it: reports get committed and shared."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _json_ready(value: Any) -> Any:
