@@ -1,0 +1,224 @@
+"""The seed study's report: tables, answers to its claims, and figures, from ``train.study`` rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["line_chart", "write_study_report", "claims"]
+
+SAME_LOSS = 0.02  # runs whose validation loss differs by less than this fraction count as equal
+COLOURS = [(40, 90, 170), (200, 60, 40), (40, 150, 70), (150, 80, 170), (230, 150, 20)]
+SCORES = ("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap")
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_label: str, log_x: bool = True,
+               y_range: tuple[float, float] | None = None, size: tuple[int, int] = (520, 320)) -> Any:
+    """Series of (x, y) points as a PIL RGB line chart with markers, a legend and labelled ticks."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    left, right, top, bottom = 64, 16, 34, 40
+    image = Image.new("RGB", size, "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    xs = sorted({x for points in series.values() for x, _ in points})
+    ys = [y for points in series.values() for _, y in points if y is not None and math.isfinite(y)]
+    lo, hi = y_range or (min(ys), max(ys))
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    pad = 0.0 if y_range else 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    scale_x = (lambda x: math.log10(x)) if log_x else (lambda x: x)
+    x0, x1 = scale_x(xs[0]), scale_x(xs[-1]) if len(xs) > 1 else scale_x(xs[0]) + 1
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (width - left - right) * (scale_x(x) - x0) / max(x1 - x0, 1e-12),
+                top + (height - top - bottom) * (hi - y) / (hi - lo))
+
+    for k in range(5):
+        value = lo + (hi - lo) * k / 4
+        y = at(xs[0], value)[1]
+        draw.line([(left, y), (width - right, y)], fill=(228, 228, 228))
+        draw.text((4, y - 6), f"{value:.4g}", fill="black", font=font)
+    for x in xs:
+        px = at(x, lo)[0]
+        draw.line([(px, height - bottom), (px, height - bottom + 4)], fill="black")
+        draw.text((px - 8, height - bottom + 6), f"{x:g}", fill="black", font=font)
+    draw.text((left, height - 14), x_label + (" (log scale)" if log_x else ""), fill="black", font=font)
+    draw.text((left, 8), title, fill="black", font=font)
+    for index, (name, points) in enumerate(series.items()):
+        colour = COLOURS[index % len(COLOURS)]
+        shown = [at(x, y) for x, y in sorted(points) if y is not None and math.isfinite(y)]
+        if len(shown) > 1:
+            draw.line(shown, fill=colour, width=2)
+        for px, py in shown:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        if len(series) > 1:
+            draw.text((width - right - 150, top + 4 + 12 * index), f"- {name}", fill=colour, font=font)
+    return image
+
+
+def side_by_side(*images: Any) -> Any:
+    from PIL import Image
+
+    out = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    x = 0
+    for image in images:
+        out.paste(image, (x, 0))
+        x += image.width
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
+
+
+def claims(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, list[str]]:
+    """The seed study's claims, each answered from the rows in a few sentences."""
+    at_beta, at_latent = settings["at_beta"], settings["at_latent"]
+    latent_rows = sorted((r for r in rows if r["beta"] == at_beta and r["latent"] in settings["latents"]),
+                         key=lambda r: r["latent"])
+    beta_rows = sorted((r for r in rows if r["latent"] == at_latent and r["beta"] in settings["betas"]),
+                       key=lambda r: r["beta"])
+    answers: dict[str, list[str]] = {}
+    if len(latent_rows) > 1:
+        best = min(latent_rows, key=lambda r: r["val_loss"])
+        lines = [f"Best validation loss at latent size {best['latent']} ({best['val_loss']:.1f}). Relative to it: "
+                 + ", ".join(f"{r['latent']}: {100 * (r['val_loss'] / best['val_loss'] - 1):+.1f}%" for r in latent_rows)
+                 + "."]
+        middle = [r for r in latent_rows if 20 <= r["latent"] <= 100]
+        if len(middle) > 1:
+            spread = max(r["val_loss"] for r in middle) / min(r["val_loss"] for r in middle) - 1
+            verdict = "equal" if spread < SAME_LOSS else "not equal"
+            lines.append(f"Latent sizes 20–100 span {100 * spread:.1f}% of validation loss: {verdict} within "
+                         f"{100 * SAME_LOSS:g}% (the seed study: equal).")
+        reference = min(middle or latent_rows, key=lambda r: r["val_loss"])["val_loss"]
+        for edge in (r for r in latent_rows if r["latent"] in (10, 500)):
+            worse = edge["val_loss"] / reference - 1
+            lines.append(f"Latent size {edge['latent']}: {100 * worse:+.1f}% against the best of 20–100 — "
+                         + ("worse, as the seed study found." if worse >= SAME_LOSS else
+                            "not worse here (the seed study found it worse)."))
+        lines.append("Active units (KL > 0.01 nats): " + ", ".join(f"{r['latent']}: {r['active_units']}"
+                                                                   for r in latent_rows) + ".")
+        answers["Validation loss vs latent size"] = lines
+    if len(beta_rows) > 1:
+        first, last = beta_rows[0], beta_rows[-1]
+        answers["Reconstruction vs β"] = [
+            "Held-out MAE inside the head: " + ", ".join(f"β {r['beta']:g}: {r['mae_hu']:.1f} HU" for r in beta_rows)
+            + f"; SSIM {first['ssim']:.2f} → {last['ssim']:.2f}. Reconstruction "
+            + ("worsens" if last["mae_hu"] > first["mae_hu"] else "does not worsen") + f" as β grows "
+            f"({last['mae_hu'] / first['mae_hu']:.1f}x the error at β {last['beta']:g}).",
+            "Active units: " + ", ".join(f"β {r['beta']:g}: {r['active_units']}" for r in beta_rows) + "."]
+        lines = []
+        for key in SCORES:
+            best = max(beta_rows, key=lambda r: r[key] if r[key] is not None else -1)
+            lines.append(f"{key}: " + ", ".join(f"{_fmt(r[key])}" for r in beta_rows) + f" (best at β {best['beta']:g})")
+        mig = [r["mig"] for r in beta_rows if r["mig"] is not None]
+        trend = ("rises with β" if mig == sorted(mig) else "falls with β" if mig == sorted(mig, reverse=True)
+                 else "is not monotone in β")
+        betas = ", ".join(f"{r['beta']:g}" for r in beta_rows)
+        answers["Disentanglement vs β"] = [f"Over β {betas}: MIG {trend}.", *lines]
+        named = []
+        for r in beta_rows:
+            pairs = ", ".join(f"u{unit} → {factor}" for unit, factor in sorted(r["unit_factors"].items(),
+                                                                              key=lambda item: int(item[0])))
+            named.append(f"β {r['beta']:g}: {pairs or 'no unit tracks one factor clearly'}.")
+        answers["Which units encode which factors"] = named
+    return answers
+
+
+def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], runs: dict[str, Path],
+                       report_dir: Path) -> None:
+    """report.md, study.json and figures into ``report_dir`` (replaced)."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for old in report_dir.glob("*.png"):
+        old.unlink()
+    at_beta, at_latent = settings["at_beta"], settings["at_latent"]
+    latent_rows = sorted((r for r in rows if r["beta"] == at_beta and r["latent"] in settings["latents"]),
+                         key=lambda r: r["latent"])
+    beta_rows = sorted((r for r in rows if r["latent"] == at_latent and r["beta"] in settings["betas"]),
+                       key=lambda r: r["beta"])
+    figures = []
+    if len(latent_rows) > 1:
+        chart = line_chart({"validation loss": [(r["latent"], r["val_loss"]) for r in latent_rows]},
+                           title=f"validation loss (best epoch) vs latent size, beta {at_beta:g}", x_label="latent size")
+        units = line_chart({"active units": [(r["latent"], r["active_units"]) for r in latent_rows]},
+                           title="active units (KL > 0.01 nats) vs latent size", x_label="latent size")
+        side_by_side(chart, units).save(report_dir / "latent_size.png")
+        figures.append("latent_size.png")
+    if len(beta_rows) > 1:
+        recon = line_chart({"MAE (HU)": [(r["beta"], r["mae_hu"]) for r in beta_rows]},
+                           title=f"held-out MAE inside the head (HU) vs beta, latent {at_latent}", x_label="beta")
+        scores = line_chart({key: [(r["beta"], r[key]) for r in beta_rows] for key in SCORES[:3]},
+                            title="disentanglement vs beta", x_label="beta", y_range=(0.0, 1.0))
+        side_by_side(recon, scores).save(report_dir / "beta.png")
+        figures.append("beta.png")
+        for r in beta_rows:
+            for kind in ("traversal", "samples"):
+                source = runs[r["run"]] / "report" / f"{kind}.png"
+                if source.is_file():
+                    name = f"{kind}_beta{r['beta']:g}".replace(".", "p") + ".png"
+                    shutil.copyfile(source, report_dir / name)
+                    figures.append(name)
+    (report_dir / "study.json").write_text(json.dumps({"settings": settings, "runs": rows}, indent=1) + "\n")
+    (report_dir / "report.md").write_text(_markdown(rows, settings, latent_rows, beta_rows, figures))
+
+
+def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
+    size = settings["image_size"]
+    lines = [
+        "# The seed study, reproduced on the phantom",
+        "",
+        f"`{settings['command']}`",
+        "",
+        f"Study `{settings['data']}`; every run {size}² at {240 / size:g} mm, width {settings['width']}, "
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, lr {settings['lr']:g}, seed {settings['seed']}, "
+        f"precision {settings['precision']}; the same patient split for all. Each run is exported and scored with "
+        f"`ctgen evaluate` ({settings['max_slices']} slices, half from held-out patients).",
+        "",
+        f"β multiplies the KL of a loss whose reconstruction term is the squared error summed over the {size}² "
+        f"pixels (window units), so β = 1 is the ELBO and the KL weight per pixel is β / {size * size}.",
+        "",
+        "## All runs",
+        "",
+        *_table(["latent", "β", "epochs", "val loss", "val recon", "val KL", "MAE HU", "PSNR", "SSIM", "active",
+                 "MIG", "DCI D", "FactorVAE", "β-VAE", "SAP", "memorisation", "real MAE HU"],
+                [[r["latent"], r["beta"], r["epochs"], r["val_loss"], r["val_recon"], r["val_kl"], r["mae_hu"],
+                  r["psnr_db"], r["ssim"], r["active_units"], r["mig"], r["dci_disentanglement"], r["factor_vae"],
+                  r["beta_vae"], r["sap"], r["memorisation_ratio"], r["real_mae_hu"]]
+                 for r in sorted(rows, key=lambda r: (r["latent"], r["beta"]))]),
+        "",
+        "Validation terms at the best epoch, in training units (val loss = recon + β·KL); MAE inside the head, "
+        "PSNR/SSIM at brain window on held-out patients; memorisation: median distance of samples to their nearest "
+        "training slice over that of held-out slices (≈ 1 or above: no copying); real: pydicom's real CT slices.",
+        "",
+    ]
+    for title, answer in claims(rows, settings).items():
+        lines += [f"## {title}", "", *(f"- {line}" for line in answer), ""]
+    if beta_rows:
+        factors = sorted({name for r in beta_rows for name in r["factor_units"]})
+        lines += ["### Best unit per factor (normalised MI; chance level in brackets)", "",
+                  *_table(["factor", *(f"β {r['beta']:g}" for r in beta_rows)],
+                          [[name, *(_unit_cell(r["factor_units"].get(name)) for r in beta_rows)] for name in factors]),
+                  ""]
+    lines += ["## Figures", ""] + [line for name in figures for line in (f"![{name}]({name})", "")]
+    return "\n".join(lines)
+
+
+def _unit_cell(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    return f"u{entry['unit']} {entry['nmi']:.2f} ({entry['chance']:.2f})"
