@@ -74,3 +74,19 @@ def test_tiny_study_end_to_end(tmp_path):
     again = run_study(base, str(study), report, **options)  # finished runs are read, not trained or scored again
     assert checkpoint.stat().st_mtime_ns == stamp and again == rows
     assert Path(report / "report.md").read_text() == text
+
+
+def _scored(beta, mae, scores, ratio):
+    return {"beta": beta, "mae_hu": mae, "memorisation_ratio": ratio,
+            **dict(zip(("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap"), scores))}
+
+
+def test_choose_beta_needs_usable_reconstruction_then_separation_then_realism():
+    from train.study_report import choose_beta
+
+    rows = [_scored(1.0, 10.0, [0.1] * 5, 2.0), _scored(2.0, 12.0, [0.2] * 5, 1.8),
+            _scored(4.0, 12.4, [0.205] * 5, 1.2), _scored(8.0, 13.0, [0.5] * 5, 1.0)]
+    chosen, why = choose_beta(rows)
+    assert chosen["beta"] == 4.0  # 8 reconstructs too badly; 2 and 4 tie on separation, 4 has realer samples
+    assert "β 8 excluded" in why and "tied within 0.01 with β 2" in why
+    assert choose_beta(rows[:2])[0]["beta"] == 2.0

@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["line_chart", "write_study_report", "claims"]
+__all__ = ["choose_beta", "claims", "line_chart", "write_study_report"]
 
 SAME_LOSS = 0.02  # runs whose validation loss differs by less than this fraction count as equal
+MAE_TOLERANCE = 1.25  # choose_beta: reconstruction may be at most this much worse than at the smallest β
+SCORE_TIE = 0.01  # choose_beta: mean disentanglement scores closer than this count as a tie
 COLOURS = [(40, 90, 170), (200, 60, 40), (40, 150, 70), (150, 80, 170), (230, 150, 20)]
 SCORES = ("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap")
 
@@ -139,6 +141,34 @@ def claims(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, li
     return answers
 
 
+def choose_beta(beta_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The β for a model to ship, by a rule fixed before the sweep's results were seen, and why.
+
+    Eligible: held-out MAE at most MAE_TOLERANCE x that of the smallest β (reconstruction stays usable).
+    Among them, the highest mean of the five disentanglement scores (units separate); within SCORE_TIE
+    of the best, the lowest memorisation ratio (samples lie nearest real slices: more realistic).
+    """
+    base = min(beta_rows, key=lambda r: r["beta"])
+    eligible = [r for r in beta_rows if r["mae_hu"] <= MAE_TOLERANCE * base["mae_hu"]]
+
+    def mean_score(row: dict[str, Any]) -> float:
+        return sum(row[key] or 0.0 for key in SCORES) / len(SCORES)
+
+    top = max(mean_score(r) for r in eligible)
+    tied = [r for r in eligible if mean_score(r) >= top - SCORE_TIE]
+    chosen = min(tied, key=lambda r: r["memorisation_ratio"] if r["memorisation_ratio"] is not None else math.inf)
+    excluded = [f"{r['beta']:g}" for r in beta_rows if r not in eligible]
+    others = [f"{r['beta']:g}" for r in tied if r is not chosen]
+    why = (f"β {chosen['beta']:g}: mean disentanglement score {mean_score(chosen):.3f} ("
+           + ", ".join(f"β {r['beta']:g}: {mean_score(r):.3f}" for r in beta_rows) + ")"
+           + (f"; β {', '.join(excluded)} excluded, MAE above {MAE_TOLERANCE:g}x that of β {base['beta']:g}"
+              if excluded else "")
+           + (f"; tied within {SCORE_TIE:g} with β {', '.join(others)}, chosen for the lower memorisation ratio "
+              f"{chosen['memorisation_ratio']:.2f}" if others else "")
+           + ".")
+    return chosen, why
+
+
 def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], runs: dict[str, Path],
                        report_dir: Path) -> None:
     """report.md, study.json and figures into ``report_dir`` (replaced)."""
@@ -208,6 +238,11 @@ def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
     ]
     for title, answer in claims(rows, settings).items():
         lines += [f"## {title}", "", *(f"- {line}" for line in answer), ""]
+    if len(beta_rows) > 1:
+        chosen, why = choose_beta(beta_rows)
+        lines += ["## Choice of β", "", f"By the rule of `train.study_report.choose_beta` (reconstruction within "
+                  f"{MAE_TOLERANCE:g}x of the smallest β, then the best mean of MIG, DCI D, FactorVAE, β-VAE and SAP, "
+                  f"then the more realistic samples): {why}", ""]
     if beta_rows:
         factors = sorted({name for r in beta_rows for name in r["factor_units"]})
         lines += ["### Best unit per factor (normalised MI; chance level in brackets)", "",
