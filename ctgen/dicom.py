@@ -37,6 +37,7 @@ AIR_HU = -1000.0  # what PixelPaddingValue pixels of a CT become
 _MODALITY_BY_SOP = {_CT_SOP: "CT", _CT_SOP + ".1": "CT", _CT_SOP + ".2": "CT",  # CT, enhanced, legacy
                     "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.4.1": "MR"}
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+_NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
 
 
@@ -188,7 +189,9 @@ def _decode(ds: Dataset, path, index: int | None) -> np.ndarray:
     """Stored values (frames, H, W), signedness fixed by pydicom, nothing rescaled."""
     syntax = ds.file_meta.TransferSyntaxUID
     try:
-        stored = pixel_array(ds, index=index)
+        stored = _native_16bit(ds, index)
+        if stored is None:
+            stored = pixel_array(ds, index=index)
     except _FATAL:
         raise
     except BaseException as exc:  # pyo3's PanicException is not an Exception
@@ -199,43 +202,81 @@ def _decode(ds: Dataset, path, index: int | None) -> np.ndarray:
     return stored.reshape(-1, int(ds.Rows), int(ds.Columns))
 
 
+def _native_16bit(ds: Dataset, index: int | None) -> np.ndarray | None:
+    """Little-endian native 16-bit pixel data straight from its bytes, decoded as pydicom decodes it.
+
+    The common CT case, at a fraction of pydicom's cost per file. Bits above BitsStored are
+    cleared (unsigned) or sign-extended from the stored high bit (signed). Returns None for any other
+    encoding; the caller then asks pydicom.
+    """
+    if ds.file_meta.TransferSyntaxUID not in _NATIVE_LE or ds.get("BitsAllocated") != 16:
+        return None
+    rows, cols, frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames") or 1)
+    bits, signed = int(ds.get("BitsStored") or 16), ds.get("PixelRepresentation") == 1
+    data = ds.PixelData
+    if not 1 <= bits <= 16 or not isinstance(data, bytes) or len(data) < rows * cols * frames * 2:
+        return None
+    stored = np.frombuffer(data, "<i2" if signed else "<u2", count=rows * cols * frames).reshape(frames, rows, cols)
+    if index is not None:
+        stored = stored[index : index + 1]
+    if bits < 16:
+        unused = np.int16(16 - bits) if signed else None
+        stored = (stored << unused) >> unused if signed else stored & np.uint16((1 << bits) - 1)
+    return stored
+
+
 def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> Slice:
-    transform = _attr(ds, frame, "PixelValueTransformationSequence")
+    groups = _functional_groups(ds, frame)
+    transform = _attr(ds, groups, "PixelValueTransformationSequence")
     source = transform if transform is not None and "RescaleIntercept" in transform else ds
-    if "RescaleIntercept" in source and "ModalityLUTSequence" not in source:
-        # pydicom ignores functional groups and skips a rescale without slope: hand it the values
-        source, rescale = Dataset(), source
-        source.RescaleIntercept = rescale.RescaleIntercept
-        source.RescaleSlope = rescale.get("RescaleSlope") or 1
-    hu = np.array(apply_modality_lut(stored, source), dtype=np.float32)
+    if "ModalityLUTSequence" in source:
+        hu = np.array(apply_modality_lut(stored, source), dtype=np.float32)
+    else:  # the linear rescale, in float32 and in place (pydicom would ignore functional groups,
+        # skip a rescale without slope, and go through float64)
+        hu = stored.astype(np.float32)
+        slope = float(source.get("RescaleSlope") or 1) if "RescaleIntercept" in source else 1.0
+        intercept = float(source.get("RescaleIntercept") or 0) if "RescaleIntercept" in source else 0.0
+        if slope != 1.0:
+            hu *= np.float32(slope)
+        if intercept != 0.0:
+            hu += np.float32(intercept)
     if ds.get("PixelPaddingValue") is not None:
         lo = hi = _stored_value(ds, ds.PixelPaddingValue)
         if ds.get("PixelPaddingRangeLimit") is not None:
             lo, hi = sorted((lo, _stored_value(ds, ds.PixelPaddingRangeLimit)))
         hu[(stored >= lo) & (stored <= hi)] = AIR_HU if modality == "CT" else 0.0
-    thickness = _floats(_attr(ds, frame, "PixelMeasuresSequence", "SliceThickness"), 1, positive=True)
-    center = _floats(_attr(ds, frame, "FrameVOILUTSequence", "WindowCenter"))
-    width = _floats(_attr(ds, frame, "FrameVOILUTSequence", "WindowWidth"), positive=True)
+    thickness = _floats(_attr(ds, groups, "PixelMeasuresSequence", "SliceThickness"), 1, positive=True)
+    center = _floats(_attr(ds, groups, "FrameVOILUTSequence", "WindowCenter"))
+    width = _floats(_attr(ds, groups, "FrameVOILUTSequence", "WindowWidth"), positive=True)
     number = _floats(ds.get("InstanceNumber"), 1)
     return Slice(
-        hu=hu, spacing_mm=_floats(_attr(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2, positive=True),
+        hu=hu, spacing_mm=_floats(_attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing"), 2, positive=True),
         path=str(path), modality=modality, patient_id=str(ds.get("PatientID") or ""),
         series_uid=str(ds.get("SeriesInstanceUID") or ""),
-        position_mm=_floats(_attr(ds, frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
-        orientation=_floats(_attr(ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+        position_mm=_floats(_attr(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
+        orientation=_floats(_attr(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
         instance_number=int(number[0]) if number else None,
         slice_thickness_mm=thickness[0] if thickness else None,
         window=(center[0], width[0]) if center and width else None)
 
 
-def _attr(ds: Dataset, frame: int, sequence: str, keyword: str | None = None):
-    """`keyword` from the frame's functional group, else the shared one, else the top level.
+def _functional_groups(ds: Dataset, frame: int) -> list[Dataset]:
+    """The frame's and the shared functional group items of an enhanced multi-frame file (none otherwise)."""
+    items = []
+    for groups, index in ((ds.get("PerFrameFunctionalGroupsSequence"), frame),
+                          (ds.get("SharedFunctionalGroupsSequence"), 0)):
+        if groups and index < len(groups):
+            items.append(groups[index])
+    return items
+
+
+def _attr(ds: Dataset, groups: list[Dataset], sequence: str, keyword: str | None = None):
+    """`keyword` from the frame's functional group, else the shared one (``groups``), else the top level.
 
     Without keyword: the first item of `sequence` in the frame's or the shared group, or None.
     """
-    for groups, index in ((ds.get("PerFrameFunctionalGroupsSequence"), frame),
-                          (ds.get("SharedFunctionalGroupsSequence"), 0)):
-        items = groups[index].get(sequence) if groups and index < len(groups) else None
+    for group in groups:
+        items = group.get(sequence)
         if items and (keyword is None or items[0].get(keyword) is not None):
             return items[0] if keyword is None else items[0].get(keyword)
     return None if keyword is None else ds.get(keyword)

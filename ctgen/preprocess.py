@@ -142,9 +142,8 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim != 2 or hu.size == 0:
         raise InputError(source, f"expected a 2-D HU image, got shape {hu.shape}")
-    finite = np.isfinite(hu)
-    if not finite.all():
-        hu = np.where(finite, hu, np.float32(AIR_HU))
+    if not np.isfinite(hu.sum()):  # one pass; a NaN or inf anywhere makes the sum non-finite
+        hu = np.where(np.isfinite(hu), hu, np.float32(AIR_HU))
     rows, cols = hu.shape
 
     if spacing_mm is None:
@@ -164,27 +163,40 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
         step_rows, step_cols = grid.spacing_mm / row_mm, grid.spacing_mm / col_mm
 
     center_row, center_col = _body_centroid(hu) if center else ((rows - 1) / 2, (cols - 1) / 2)
-    weights_rows = _axis_weights(rows, step_rows, grid.size, center_row)  # (S, H)
-    weights_cols = _axis_weights(cols, step_cols, grid.size, center_col)  # (S, W)
+    taps_rows, band_rows = _axis_band(rows, step_rows, grid.size, center_row)  # (S, T) each
+    taps_cols, band_cols = _axis_band(cols, step_cols, grid.size, center_col)
 
-    # Resample HU + 1000 so the region outside the input (weight 0) reads as air.
-    above_air = hu - np.float32(AIR_HU)
-    if cols <= rows:  # the cheaper association order
-        resampled = (weights_rows @ above_air) @ weights_cols.T
-    else:
-        resampled = weights_rows @ (above_air @ weights_cols.T)
-    resampled += np.float32(AIR_HU)
+    # Each output pixel reads a few taps per axis: gather them instead of multiplying dense (S, H)
+    # matrices (about 70x fewer operations from 512 to 128 pixels). Resampling HU + 1000 makes the
+    # region outside the input (weight 0) read as air; by linearity that is the HU resampling plus
+    # 1000 x (row weight sum x column weight sum) - 1000.
+    resampled = _along_rows(hu, taps_rows, band_rows)  # (S, W)
+    resampled = resampled @ _dense(taps_cols, band_cols, cols).T  # (S, S): no transposed copy needed
+    coverage = band_rows.sum(axis=1, dtype=np.float32)[:, None] * band_cols.sum(axis=1, dtype=np.float32)[None, :]
+    resampled += np.float32(-AIR_HU) * (coverage - np.float32(1.0))
     return window_to_unit(resampled, grid.window_hu)
+
+
+def _along_rows(image: np.ndarray, taps: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """float32 (n_out, W): output row k = sum over t of band[k, t] * image[taps[k, t]] (whole rows gathered)."""
+    return (band[:, None, :] @ image[taps])[:, 0]
+
+
+def _dense(taps: np.ndarray, band: np.ndarray, n_in: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of a band (taps outside the input carry weight 0, so adding them is harmless)."""
+    weights = np.zeros((taps.shape[0], n_in), dtype=np.float32)
+    np.add.at(weights, (np.arange(taps.shape[0])[:, None], taps), band)
+    return weights
 
 
 def _body_centroid(hu: np.ndarray) -> tuple[float, float]:
     """(row, col) centroid in pixel indices of HU > BODY_THRESHOLD_HU; the image centre if there is none."""
-    mask = hu > np.float32(BODY_THRESHOLD_HU)
-    per_row = mask.sum(axis=1, dtype=np.float64)
-    count = per_row.sum()
+    mask = (hu > np.float32(BODY_THRESHOLD_HU)).view(np.uint8)  # integer sums are twice as fast as bool ones
+    per_row = mask.sum(axis=1, dtype=np.int32)
+    count = int(per_row.sum())
     if count == 0:
         return (hu.shape[0] - 1) / 2, (hu.shape[1] - 1) / 2
-    per_col = mask.sum(axis=0, dtype=np.float64)
+    per_col = mask.sum(axis=0, dtype=np.int32)
     return float(per_row @ np.arange(hu.shape[0]) / count), float(per_col @ np.arange(hu.shape[1]) / count)
 
 
@@ -194,18 +206,18 @@ def _triangle_integral(u: np.ndarray) -> np.ndarray:
     return np.where(u < 0.0, 0.5 * (u + 1.0) ** 2, 1.0 - 0.5 * (1.0 - u) ** 2)
 
 
-def _axis_weights(n_in: int, step: float, n_out: int, center_in: float) -> np.ndarray:
-    """float32 (n_out, n_in) resampling matrix along one axis.
+def _axis_band(n_in: int, step: float, n_out: int, center_in: float) -> tuple[np.ndarray, np.ndarray]:
+    """One axis's resampling as taps: int64 (n_out, T) input indices and float32 (n_out, T) weights.
 
     Output pixel k sits at input coordinate ``center_in + (k - (n_out - 1) / 2) * step`` (in input pixels).
     Upsampling (step <= 1) is plain linear interpolation; downsampling averages the linear interpolant
-    over a box of the output pixel's width ``step``. Weights of samples outside the input are dropped,
-    which the caller turns into air.
+    over a box of the output pixel's width ``step``. Taps outside the input get weight 0 (and a valid
+    index), which the caller turns into air.
     """
     positions = center_in + (np.arange(n_out) - (n_out - 1) / 2) * step
     reach = 1.0 + (step / 2 if step > 1.0 else 0.0)  # kernel half-support in input pixels
     first = np.floor(positions - reach).astype(np.int64) + 1
-    taps = first[:, None] + np.arange(int(math.ceil(2 * reach)) + 1)  # (n_out, taps): every input that can contribute
+    taps = first[:, None] + np.arange(int(math.ceil(2 * reach)) + 1)  # (n_out, T): every input that can contribute
     offsets = positions[:, None] - taps
     if step <= 1.0:
         band = np.maximum(0.0, 1.0 - np.abs(offsets))
@@ -213,6 +225,4 @@ def _axis_weights(n_in: int, step: float, n_out: int, center_in: float) -> np.nd
         half = step / 2
         band = (_triangle_integral(offsets + half) - _triangle_integral(offsets - half)) / step
     inside = (taps >= 0) & (taps < n_in)
-    weights = np.zeros((n_out, n_in), dtype=np.float32)
-    weights[np.nonzero(inside)[0], taps[inside]] = band[inside]
-    return weights
+    return np.where(inside, taps, 0), np.where(inside, band, 0.0).astype(np.float32)

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
+    DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
     JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless, UID, generate_uid,
 )
 
@@ -549,3 +549,19 @@ def test_unwritable_target_raises_output_error(tmp_path):
     (tmp_path / "folder.dcm").mkdir()
     with pytest.raises(OutputError, match="is a folder"):
         write_slice(np.zeros((4, 4)), tmp_path / "folder.dcm", force=True, **WRITE)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("bits_stored", [9, 12, 15, 16])
+@pytest.mark.parametrize("signed", [False, True])
+def test_native_16bit_reading_matches_pydicom_including_unused_high_bits(tmp_path, syntax, bits_stored, signed):
+    # random bytes put garbage above the stored high bit: pydicom clears (unsigned) or sign-extends (signed) it
+    raw = np.random.default_rng(bits_stored).integers(0, 1 << 16, (3, 6, 5), dtype=np.uint16)
+    ds = _ct(raw.view(np.int16) if signed else raw, RescaleSlope=0.5)
+    ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = _save(ds, tmp_path / "native.dcm")
+    expected = pydicom.pixels.pixel_array(pydicom.dcmread(path)).astype(np.float64) * 0.5 - 1024
+    frames = read_frames(path)
+    np.testing.assert_array_equal(np.stack([f.hu for f in frames]), expected.astype(np.float32))
+    np.testing.assert_array_equal(read_slice(path, frame=2).hu, frames[2].hu)

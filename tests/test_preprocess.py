@@ -186,3 +186,32 @@ def test_grid_card_round_trip_and_validation():
     for bad in ({"size": 0}, {"size": 12.5}, {"spacing_mm": -1.0}, {"window_hu": (250.0, -50.0)}):
         with pytest.raises(InputError):
             Grid(**bad)
+
+
+def _dense_reference(hu, spacing_mm, grid, center):
+    """to_model written the plain way: full (S, H) and (S, W) matrices, HU + 1000 resampled, then windowed."""
+    from ctgen.preprocess import _axis_band, _body_centroid
+
+    def matrix(n_in, step, center_in):
+        taps, band = _axis_band(n_in, step, grid.size, center_in)
+        weights = np.zeros((grid.size, n_in))
+        for k in range(grid.size):
+            for tap, weight in zip(taps[k], band[k]):
+                weights[k, tap] += weight
+        return weights
+
+    rows, cols = hu.shape
+    center_row, center_col = _body_centroid(hu) if center else ((rows - 1) / 2, (cols - 1) / 2)
+    resampled = (matrix(rows, grid.spacing_mm / spacing_mm[0], center_row) @ (hu.astype(np.float64) - AIR_HU)
+                 @ matrix(cols, grid.spacing_mm / spacing_mm[1], center_col).T) + AIR_HU
+    return np.clip((resampled - grid.window_hu[0]) / (grid.window_hu[1] - grid.window_hu[0]), 0, 1)
+
+
+@pytest.mark.parametrize("shape, spacing_mm, size", [((512, 512), (0.45, 0.45), 128), ((300, 420), (0.8, 0.5), 256),
+                                                     ((64, 48), (3.0, 3.0), 128), ((7, 900), (0.3, 0.25), 32)])
+@pytest.mark.parametrize("center", [True, False])
+def test_banded_resampling_equals_the_dense_matrices(shape, spacing_mm, size, center):
+    hu = np.random.default_rng(size).normal(0, 500, shape).astype(np.float32)
+    grid = Grid(size=size, spacing_mm=1.875, window_hu=(-1024.0, 3072.0))
+    np.testing.assert_allclose(to_model(hu, spacing_mm, grid, center=center),
+                               _dense_reference(hu, spacing_mm, grid, center), atol=2e-6)
