@@ -98,7 +98,8 @@ def study_row(run: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: list[float], at_beta: float,
-              at_latent: int, max_slices: int, command: str, rescore: bool = False) -> list[dict[str, Any]]:
+              at_latent: int, max_slices: int, command: str, rescore: bool = False,
+              title: str = "The seed study, reproduced on the phantom") -> list[dict[str, Any]]:
     """Train, export and score every grid point, then write the study report; returns the rows."""
     from train.study_report import write_study_report
 
@@ -107,7 +108,7 @@ def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: l
         run = train_point(base, latent, beta, command)
         rows.append(study_row(run, score_run(run, data, max_slices=max_slices, seed=base.seed, rescore=rescore)))
         print(f"study: {run.name} scored", file=sys.stderr, flush=True)
-    settings = {"command": command, "data": data, "image_size": base.image_size, "width": base.width,
+    settings = {"title": title, "command": command, "data": data, "image_size": base.image_size, "width": base.width,
                 "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "seed": base.seed,
                 "precision": base.precision, "latents": latents, "betas": betas, "at_beta": at_beta,
                 "at_latent": at_latent, "max_slices": max_slices}
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at-latent", type=int, default=50, help="latent size of the β sweep")
     parser.add_argument("--max-slices", type=int, default=1000, help="slices each evaluation encodes")
     parser.add_argument("--rescore", action="store_true", help="export and evaluate every run again")
+    parser.add_argument("--title", default="The seed study, reproduced on the phantom", help="the report's title")
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("--data is required")
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         base = config_from_args(args)
         run_study(base, args.data[0], args.report, latents=latents, betas=betas, at_beta=args.at_beta,
                   at_latent=args.at_latent, max_slices=args.max_slices, command=command_line("train.study", argv),
-                  rescore=args.rescore)
+                  rescore=args.rescore, title=args.title)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -210,7 +210,7 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
 def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
     size = settings["image_size"]
     lines = [
-        "# The seed study, reproduced on the phantom",
+        f"# {settings.get('title', 'The seed study, reproduced on the phantom')}",
         "",
         f"`{settings['command']}`",
         "",
