@@ -67,16 +67,21 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     table.add_row("model", f"{brief['name']}  ({brief['path']})")
     table.add_row("grid", f"{brief['image_size']}² px at {brief['spacing_mm']:g} mm, "
                           f"HU window {brief['window_hu'][0]:g}..{brief['window_hu'][1]:g}")
-    table.add_row("latent", f"{brief['latent_size']} units, β {brief['beta']}"
+    table.add_row("latent", f"{brief['latent_size']} units, β {_shown(brief['beta'])}"
                             + (f", capacity {brief['capacity']}" if brief["capacity"] else ""))
     for section in ("training", "metrics", "export"):
         if brief[section]:
-            table.add_row(section, ", ".join(f"{key} {value}" for key, value in brief[section].items()))
+            table.add_row(section, ", ".join(f"{key} {_shown(value)}" for key, value in brief[section].items()))
     for name, sha in brief["files"].items():
         table.add_row(name, f"sha256 {sha}")
     table.add_row("provider", f"{provider} (--device {device})")
     table.add_row("versions", ", ".join(f"{key} {value}" for key, value in summary["versions"].items()))
     Console(highlight=False, soft_wrap=True).print(table)
+
+
+def _shown(value):
+    """Card values for reading: floats to 4 significant digits (--json keeps them whole)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:

@@ -1,7 +1,7 @@
 """Runtime benchmarks of the ctgen command line (ONNX Runtime) against PyTorch eager. Not collected by pytest.
 
     python tests/bench/bench_runtime.py                      # random default-config model (128², L 50, width 32)
-    python tests/bench/bench_runtime.py --model models/default --checkpoint runs/default/checkpoint_best.pt
+    python tests/bench/bench_runtime.py --model models/default --checkpoint runs/beta2_24/checkpoint_best.pt
 
 Needs the train extra (torch) for the PyTorch side. Prints every figure and the ratios against the targets
 of issue 6: ORT >= 2x eager at batch 16, `ctgen sample --n 16` >= 3x faster than a PyTorch script,
