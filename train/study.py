@@ -84,6 +84,7 @@ def study_row(run: Path, report: dict[str, Any]) -> dict[str, Any]:
         "run": run.name, "latent": config["latent"], "beta": config["beta"], "epochs": len(lines),
         "best_epoch": best["epoch"], "val_loss": best["val_loss"], "val_recon": best["val_recon"],
         "val_kl": best["val_kl"], "neg_elbo": best["val_recon"] + best["val_kl"],
+        "val_loss_jitter": _jitter([m["val_loss"] for m in lines[-3:]]),
         "mae_hu": recon["mae_hu"], "psnr_db": recon["psnr_db"], "ssim": recon["ssim"],
         "active_units": activity["active_units"], "total_kl": float(sum(activity["kl_per_unit"])),
         **{key: scores.get(key) for key in ("mig", "beta_vae", "factor_vae", "dci_disentanglement",
@@ -95,6 +96,11 @@ def study_row(run: Path, report: dict[str, Any]) -> dict[str, Any]:
         "real_mae_hu": (report.get("real_slices") or {}).get("mean_mae_hu"),
         "train_seconds": sum(m.get("seconds", 0.0) for m in lines),
     }  # fmt: skip
+
+
+def _jitter(values: list[float]) -> float:
+    """(max - min) / min: how much the validation loss moves between the last epochs, a yardstick for noise."""
+    return (max(values) - min(values)) / min(values) if values and min(values) > 0 else 0.0
 
 
 def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: list[float], at_beta: float,

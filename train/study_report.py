@@ -112,6 +112,9 @@ def claims(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, li
             lines.append(f"Latent size {edge['latent']}: {100 * worse:+.1f}% against the best of 20–100 — "
                          + ("worse, as the seed study found." if worse >= SAME_LOSS else
                             "not worse here (the seed study found it worse)."))
+        jitter = sorted(r.get("val_loss_jitter", 0.0) for r in latent_rows)[len(latent_rows) // 2]
+        lines.append(f"Yardstick: within one run the validation loss of the last three epochs moves by "
+                     f"{100 * jitter:.1f}% (median over these runs); smaller differences between runs are noise.")
         lines.append("Active units (KL > 0.01 nats): " + ", ".join(f"{r['latent']}: {r['active_units']}"
                                                                    for r in latent_rows) + ".")
         answers["Validation loss vs latent size"] = lines
