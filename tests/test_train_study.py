@@ -35,10 +35,10 @@ def test_claims_are_answered_from_the_numbers():
     answers = claims(rows, SETTINGS)
     latent = " ".join(answers["Validation loss vs latent size"])
     assert "Best validation loss at latent size 50" in latent
-    assert "equal within 2%" in latent and "not equal" not in latent
+    assert "span 1.0% of validation loss: equal" in latent
     assert "Latent size 10: +30.0%" in latent and "worse, as the seed study found" in latent
-    assert "Latent size 500: +0.4%" in latent and "not worse here" in latent
-    assert "last three epochs moves by 5.0% (median over these runs)" in latent
+    assert "Latent size 500: +0.4%" in latent and "not distinguishably worse here" in latent
+    assert "last three epochs moves by 5.0% (median over these runs); runs closer than 5.0%" in latent
     recon = " ".join(answers["Reconstruction vs β"])
     assert "β 200: 60.0 HU" in recon and "worsens" in recon and "6.0x" in recon
     disentangle = " ".join(answers["Disentanglement vs β"])

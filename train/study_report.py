@@ -32,7 +32,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_la
     if hi - lo < 1e-12:
         lo, hi = lo - 1, hi + 1
     pad = 0.0 if y_range else 0.08 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
+    lo, hi = (lo - pad if lo < 0 else max(0.0, lo - pad)), hi + pad  # an axis of counts never dips below 0
     scale_x = (lambda x: math.log10(x)) if log_x else (lambda x: x)
     x0, x1 = scale_x(xs[0]), scale_x(xs[-1]) if len(xs) > 1 else scale_x(xs[0]) + 1
 
@@ -100,21 +100,23 @@ def claims(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, li
         lines = [f"Best validation loss at latent size {best['latent']} ({best['val_loss']:.1f}). Relative to it: "
                  + ", ".join(f"{r['latent']}: {100 * (r['val_loss'] / best['val_loss'] - 1):+.1f}%" for r in latent_rows)
                  + "."]
+        # the loss's own movement between a run's last epochs: differences between runs below it are noise
+        jitter = sorted(r.get("val_loss_jitter", 0.0) for r in latent_rows)[len(latent_rows) // 2]
+        same = max(SAME_LOSS, jitter)
+        lines.append(f"Yardstick: within one run the validation loss of the last three epochs moves by "
+                     f"{100 * jitter:.1f}% (median over these runs); runs closer than {100 * same:.1f}% count as equal.")
         middle = [r for r in latent_rows if 20 <= r["latent"] <= 100]
         if len(middle) > 1:
             spread = max(r["val_loss"] for r in middle) / min(r["val_loss"] for r in middle) - 1
-            verdict = "equal" if spread < SAME_LOSS else "not equal"
-            lines.append(f"Latent sizes 20–100 span {100 * spread:.1f}% of validation loss: {verdict} within "
-                         f"{100 * SAME_LOSS:g}% (the seed study: equal).")
+            verdict = "equal" if spread < same else "not equal"
+            lines.append(f"Latent sizes 20–100 span {100 * spread:.1f}% of validation loss: {verdict} "
+                         f"(the seed study: equal).")
         reference = min(middle or latent_rows, key=lambda r: r["val_loss"])["val_loss"]
         for edge in (r for r in latent_rows if r["latent"] in (10, 500)):
             worse = edge["val_loss"] / reference - 1
             lines.append(f"Latent size {edge['latent']}: {100 * worse:+.1f}% against the best of 20–100 — "
-                         + ("worse, as the seed study found." if worse >= SAME_LOSS else
-                            "not worse here (the seed study found it worse)."))
-        jitter = sorted(r.get("val_loss_jitter", 0.0) for r in latent_rows)[len(latent_rows) // 2]
-        lines.append(f"Yardstick: within one run the validation loss of the last three epochs moves by "
-                     f"{100 * jitter:.1f}% (median over these runs); smaller differences between runs are noise.")
+                         + ("worse, as the seed study found." if worse >= same else
+                            "not distinguishably worse here (the seed study found it worse)."))
         lines.append("Active units (KL > 0.01 nats): " + ", ".join(f"{r['latent']}: {r['active_units']}"
                                                                    for r in latent_rows) + ".")
         answers["Validation loss vs latent size"] = lines
