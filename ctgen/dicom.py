@@ -219,9 +219,10 @@ def _native_16bit(ds: Dataset, index: int | None) -> np.ndarray | None:
     stored = np.frombuffer(data, "<i2" if signed else "<u2", count=rows * cols * frames).reshape(frames, rows, cols)
     if index is not None:
         stored = stored[index : index + 1]
-    if bits < 16:
-        unused = np.int16(16 - bits) if signed else None
-        stored = (stored << unused) >> unused if signed else stored & np.uint16((1 << bits) - 1)
+    if bits < 16 and signed:
+        stored = (stored << np.int16(16 - bits)) >> np.int16(16 - bits)  # sign-extend from the high bit
+    elif bits < 16:
+        stored = stored & np.uint16((1 << bits) - 1)
     return stored
 
 
@@ -234,8 +235,9 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
     else:  # the linear rescale, in float32 and in place (pydicom would ignore functional groups,
         # skip a rescale without slope, and go through float64)
         hu = stored.astype(np.float32)
-        slope = float(source.get("RescaleSlope") or 1) if "RescaleIntercept" in source else 1.0
-        intercept = float(source.get("RescaleIntercept") or 0) if "RescaleIntercept" in source else 0.0
+        slope, intercept = 1.0, 0.0
+        if "RescaleIntercept" in source:
+            slope, intercept = float(source.get("RescaleSlope") or 1), float(source.RescaleIntercept or 0)
         if slope != 1.0:
             hu *= np.float32(slope)
         if intercept != 0.0:
