@@ -29,10 +29,6 @@ def grid_points(latents: list[int], betas: list[float], at_beta: float, at_laten
     return list(dict.fromkeys(points))
 
 
-def run_name(latent: int, beta: float) -> str:
-    return f"latent{latent}_beta{beta:g}".replace(".", "p")  # as train.sweep names its runs
-
-
 def _metrics_lines(run: Path) -> list[dict[str, Any]]:
     path = run / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
@@ -40,6 +36,7 @@ def _metrics_lines(run: Path) -> list[dict[str, Any]]:
 
 def train_point(base, latent: int, beta: float, command: str) -> Path:
     """Train one grid point under ``base.out`` unless its metrics already hold ``base.epochs`` epochs."""
+    from train.sweep import run_name
     from train.train import train
 
     run = Path(base.out) / run_name(latent, beta)
@@ -52,8 +49,7 @@ def train_point(base, latent: int, beta: float, command: str) -> Path:
 
 def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool = False) -> dict[str, Any]:
     """Export ``run`` to RUN/model and evaluate it into RUN/report (both redone when the checkpoint is newer)."""
-    from ctgen.commands.evaluate import draw_figures, interpret, write_report
-    from ctgen.evaluate import evaluate_model
+    from ctgen.commands.evaluate import report_folder
     from ctgen.model import load_model
     from export.onnx_export import export_model
 
@@ -64,12 +60,8 @@ def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool
                      command=f"python -m export {run} --out {model_dir} --force")
     metrics_path = report_dir / "metrics.json"
     if rescore or not metrics_path.is_file() or metrics_path.stat().st_mtime < card.stat().st_mtime:
-        vae = load_model(model_dir, device="cpu")
-        pictures: dict[str, Any] = {}
-        report = evaluate_model(vae, data, split=run / "split.json", max_slices=max_slices, seed=seed, real=True,
-                                pictures=pictures)
-        report["interpretation"] = interpret(report)
-        write_report(report, draw_figures(vae, report, pictures), report_dir, force=True)
+        return report_folder(load_model(model_dir, device="cpu"), data, report_dir, force=True,
+                             split=run / "split.json", max_slices=max_slices, seed=seed, real=True)[0]
     return json.loads(metrics_path.read_text())
 
 

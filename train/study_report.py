@@ -74,26 +74,22 @@ def side_by_side(*images: Any) -> Any:
     return out
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
+def _sweeps(rows: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """The latent sweep's rows (at settings' β) by latent size, and the β sweep's (at its latent size) by β."""
+    latent_rows = sorted((r for r in rows if r["beta"] == settings["at_beta"] and r["latent"] in settings["latents"]),
+                         key=lambda r: r["latent"])
+    beta_rows = sorted((r for r in rows if r["latent"] == settings["at_latent"] and r["beta"] in settings["betas"]),
+                       key=lambda r: r["beta"])
+    return latent_rows, beta_rows
 
 
 def claims(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, list[str]]:
     """The seed study's claims, each answered from the rows in a few sentences."""
-    at_beta, at_latent = settings["at_beta"], settings["at_latent"]
-    latent_rows = sorted((r for r in rows if r["beta"] == at_beta and r["latent"] in settings["latents"]),
-                         key=lambda r: r["latent"])
-    beta_rows = sorted((r for r in rows if r["latent"] == at_latent and r["beta"] in settings["betas"]),
-                       key=lambda r: r["beta"])
+    latent_rows, beta_rows = _sweeps(rows, settings)
     answers: dict[str, list[str]] = {}
     if len(latent_rows) > 1:
         best = min(latent_rows, key=lambda r: r["val_loss"])
@@ -182,10 +178,7 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
     for old in report_dir.glob("*.png"):
         old.unlink()
     at_beta, at_latent = settings["at_beta"], settings["at_latent"]
-    latent_rows = sorted((r for r in rows if r["beta"] == at_beta and r["latent"] in settings["latents"]),
-                         key=lambda r: r["latent"])
-    beta_rows = sorted((r for r in rows if r["latent"] == at_latent and r["beta"] in settings["betas"]),
-                       key=lambda r: r["beta"])
+    latent_rows, beta_rows = _sweeps(rows, settings)
     figures = []
     if len(latent_rows) > 1:
         chart = line_chart({"validation loss": [(r["latent"], r["val_loss"]) for r in latent_rows]},
@@ -209,10 +202,13 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
                     shutil.copyfile(source, report_dir / name)
                     figures.append(name)
     (report_dir / "study.json").write_text(json.dumps({"settings": settings, "runs": rows}, indent=1) + "\n")
-    (report_dir / "report.md").write_text(_markdown(rows, settings, latent_rows, beta_rows, figures))
+    (report_dir / "report.md").write_text(_markdown(rows, settings, figures))
 
 
-def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
+def _markdown(rows, settings, figures) -> str:
+    from ctgen.commands.evaluate import markdown_table
+
+    latent_rows, beta_rows = _sweeps(rows, settings)
     size = settings["image_size"]
     lines = [
         f"# {settings.get('title', 'The seed study, reproduced on the phantom')}",
@@ -229,7 +225,7 @@ def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
         "",
         "## All runs",
         "",
-        *_table(["latent", "β", "epochs", "val loss", "val recon", "val KL", "MAE HU", "PSNR", "SSIM", "active",
+        markdown_table(["latent", "β", "epochs", "val loss", "val recon", "val KL", "MAE HU", "PSNR", "SSIM", "active",
                  "MIG", "DCI D", "FactorVAE", "β-VAE", "SAP", "memorisation", "real MAE HU"],
                 [[r["latent"], r["beta"], r["epochs"], r["val_loss"], r["val_recon"], r["val_kl"], r["mae_hu"],
                   r["psnr_db"], r["ssim"], r["active_units"], r["mig"], r["dci_disentanglement"], r["factor_vae"],
@@ -251,7 +247,7 @@ def _markdown(rows, settings, latent_rows, beta_rows, figures) -> str:
     if beta_rows:
         factors = sorted({name for r in beta_rows for name in r["factor_units"]})
         lines += ["### Best unit per factor (normalised MI; chance level in brackets)", "",
-                  *_table(["factor", *(f"β {r['beta']:g}" for r in beta_rows)],
+                  markdown_table(["factor", *(f"β {r['beta']:g}" for r in beta_rows)],
                           [[name, *(_unit_cell(r["factor_units"].get(name)) for r in beta_rows)] for name in factors]),
                   ""]
     lines += ["## Figures", ""] + [line for name in figures for line in (f"![{name}]({name})", "")]

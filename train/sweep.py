@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_sweep", "parse_list", "COLUMNS"]
+__all__ = ["run_sweep", "run_name", "parse_list", "COLUMNS"]
 
 COLUMNS = [
     "latent", "beta", "capacity_max", "best_epoch", "val_loss", "val_recon", "recon_mae_hu", "val_kl",
@@ -42,8 +42,9 @@ def _best_row(run: Path) -> dict[str, Any]:
     return min(lines, key=lambda m: m.get("val_loss", m["train_loss"]))
 
 
-def _label(value: float) -> str:
-    return f"{value:g}".replace(".", "p")
+def run_name(latent: int, beta: float) -> str:
+    """The run folder of one grid point: latent50_beta2, latent50_beta0p5."""
+    return f"latent{latent}_beta{beta:g}".replace(".", "p")
 
 
 def run_sweep(base, latents: list[int], betas: list[float], *, command: str = "") -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ def run_sweep(base, latents: list[int], betas: list[float], *, command: str = ""
     rows = []
     for latent in latents:
         for beta in betas:
-            run = out / f"latent{latent}_beta{_label(beta)}"
+            run = out / run_name(latent, beta)
             cfg = replace(base, latent=latent, beta=beta, out=str(run))
             train(cfg, command=f"{command}  # grid point latent={latent} beta={beta:g}")
             best = _best_row(run)

@@ -57,28 +57,40 @@ def evaluate(
     unit that tracks each factor) needs a factors table. The memorisation check needs --split: it
     compares prior samples with every training slice of the study (read, not encoded).
     """
-    from ctgen.evaluate import card_metrics, evaluate_model
+    from ctgen.evaluate import card_metrics
     from ctgen.outputs import Run
 
     with Run("evaluate", quiet=quiet, json_summary=json_summary, force=force) as run:
         check_out(out, force)
         vae = run.load_model(model, device)
         stages = _Stages(run)
-        pictures: dict[str, Any] = {}
         try:
-            report = evaluate_model(vae, study, factors=factors, split=split, max_slices=max_slices, seed=seed,
-                                    real=real, progress=stages, pictures=pictures)
+            report, figures = report_folder(vae, study, out, force=force, factors=factors, split=split,
+                                            max_slices=max_slices, seed=seed, real=real, progress=stages)
         finally:
             stages.close()
-        report["interpretation"] = interpret(report)
-        figures = draw_figures(vae, report, pictures)
-        write_report(report, figures, out, force)
         for line in report["interpretation"].values():
             run.note(line)
         run.note(f"wrote {out}/ (report.md, metrics.json, {len(figures)} figures)")
         for name in ["metrics.json", "report.md", *figures]:
             run.record("json" if name.endswith(".json") else "markdown" if name.endswith(".md") else "png", out / name)
         run.finish(metrics=card_metrics(report))
+
+
+def report_folder(model, study, out: Path, *, force: bool, **options: Any) -> tuple[dict, list[str]]:
+    """``evaluate_model(model, study, **options)`` with its interpretation, figures and report written to ``out``.
+
+    Returns the report (metrics.json's content) and the figures' file names. Raises what evaluate_model
+    and write_report raise.
+    """
+    from ctgen.evaluate import evaluate_model
+
+    pictures: dict[str, Any] = {}
+    report = evaluate_model(model, study, pictures=pictures, **options)
+    report["interpretation"] = interpret(report)
+    figures = draw_figures(model, report, pictures)
+    write_report(report, figures, out, force)
+    return report, list(figures)
 
 
 class _Stages:
@@ -224,7 +236,8 @@ def interpret(report: dict) -> dict:
     return lines
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table; floats to 3 significant digits, None as '-'."""
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -243,11 +256,11 @@ def render_markdown(report: dict) -> str:
              f"split `{study['split']}`, factors `{study['factors']}`, seed {study['seed']}. Model: latent "
              f"{model['latent_size']}, {model['image_size']}² at {model['spacing_mm']} mm, β {model['beta']}.",
              "## Reconstruction",
-             _table(["set", "slices", "MAE inside head (HU)", "PSNR brain window (dB)", "SSIM brain window"],
+             markdown_table(["set", "slices", "MAE inside head (HU)", "PSNR brain window (dB)", "SSIM brain window"],
                     [[recon["set"], recon["n_images"], recon["mae_hu"], recon["psnr_db"], recon["ssim"]]]),
              f"MAE against the {recon['target']}.", say["reconstruction"],
              "## Latent activity",
-             _table(["definition", "active units", "of"],
+             markdown_table(["definition", "active units", "of"],
                     [[f"KL > {activity['threshold']:g} nats", activity["active_units"], size],
                      [f"Var(mu) > {activity['threshold']:g} (Burda et al.)", activity["active_units_by_variance"],
                       size]]),
@@ -258,10 +271,10 @@ def render_markdown(report: dict) -> str:
         names = ["mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness",
                  "sap"]
         skipped = ", ".join(f"{name} ({why})" for name, why in scores["factors_skipped"].items()) or "none"
-        parts += ["## Disentanglement", _table(["metric", "value"], [[name, scores[name]] for name in names]),
+        parts += ["## Disentanglement", markdown_table(["metric", "value"], [[name, scores[name]] for name in names]),
                   f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
                   f"skipped: {skipped}.", say["disentanglement"], "## Unit → factor",
-                  _table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
+                  markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
                          [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"]]
                           for name, e in scores["units"].items()]),
                   "Normalised MI = I(unit; factor) / H(factor), plug-in estimate on 20 quantile bins; chance level: "
@@ -273,7 +286,7 @@ def render_markdown(report: dict) -> str:
     if "median_ratio" in memo:
         rows = [[f"{what} → nearest training slice", *(memo[key][stat] for stat in ("median", "p5", "mean"))]
                 for what, key in (("samples", "sample_to_train"), ("held-out slices", "heldout_to_train"))]
-        parts += [_table(["Euclidean distance", "median", "5th percentile", "mean"], rows),
+        parts += [markdown_table(["Euclidean distance", "median", "5th percentile", "mean"], rows),
                   f"{memo['n_samples']} prior samples against {memo['n_train']} slices of training patients; "
                   f"{memo['n_heldout']} held-out slices for comparison; images in the {memo['images']}, "
                   f"{memo['downsample_factor']}x downsampled ({memo['dimensions']} values).", say["memorisation"]]
@@ -285,7 +298,7 @@ def render_markdown(report: dict) -> str:
                  "x".join(map(str, row.get("field_of_view_mm") or [])) or "-", row.get("mae_hu"), row.get("psnr_db"),
                  row["error"] if "error" in row else row["ssim"]] for row in real["slices"]]
         parts += ["## Real CT slices (pydicom test files)",
-                  _table(["file", "matrix", "field of view (mm)", "MAE inside head (HU)", "PSNR (dB)", "SSIM"], rows),
+                  markdown_table(["file", "matrix", "field of view (mm)", "MAE inside head (HU)", "PSNR (dB)", "SSIM"], rows),
                   say.get("real_slices", "No real slice could be scored.")]
     with_real = real is not None and real.get("mean_mae_hu") is not None
     figures = [name for name in REPORT_FILES[2:] if with_real or name != "real_slices.png"]
