@@ -126,3 +126,16 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes extra threads spin.
+
+    Imports torch only in the modules that ask for it, so ctgen's torch-free checks stay honest.
+    """
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

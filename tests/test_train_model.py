@@ -14,13 +14,7 @@ from train.model import ACTIVE_UNIT_KL, BetaVAE, VAEConfig, kl_per_unit, vae_los
 TINY = {"width": 8, "latent_size": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU makes extra threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])
