@@ -8,7 +8,6 @@ serves the same object. Every image is HU, float32 (N, S, S) on the model grid (
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +19,6 @@ from ctgen.preprocess import from_model, to_model
 
 __all__ = ["Generator", "load_generator"]
 
-# ctgen.dicom silences pydicom inside warnings.catch_warnings, which is not thread-safe: one reader at a time
-_READ_LOCK = threading.Lock()
 _INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
 
 
@@ -127,8 +124,7 @@ class Generator:
         if isinstance(item, (str, os.PathLike)):
             from ctgen.dicom import read_slice
 
-            with _READ_LOCK:
-                item = read_slice(item)
+            item = read_slice(item)
         if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
             return to_model(item.hu, item.spacing_mm, self.grid)
         hu = np.asarray(item, dtype=np.float32)

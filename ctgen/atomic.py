@@ -1,5 +1,5 @@
 """Atomic, no-overwrite file writing: the one primitive behind every file ctgen writes but DICOM series
-(which roll back whole series in ctgen.dicom_write)."""
+(which roll back whole series in ctgen.dicom.write)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ figures and writes the report. No slice's patient or file name enters the result
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -20,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from ctgen import metrics
+from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.latent import sample_prior
 from ctgen.preprocess import Grid, from_model, to_model
 
-__all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors", "patient_key"]
+__all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
 
 REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # real CT that pydicom ships
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
@@ -34,12 +34,6 @@ WIDE_HU = (-1024.0, 3072.0)  # originals on the model grid without clipping: hea
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
 Progress = Callable[[str, int, int], None]
-
-
-def patient_key(patient_id: str, fallback: str = "") -> str:
-    """The training split's patient key (train/data.py ``patient_hash``): 16 hex digits of sha256."""
-    text = f"id:{patient_id}" if patient_id else f"anon:{fallback}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_factors(path: str | os.PathLike) -> dict:

@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import nn
 
+from ctgen.card import GRAPHS
 from ctgen.errors import ModelError
 from ctgen.preprocess import Grid
 from train.model import BetaVAE
@@ -67,13 +68,12 @@ class GraphSpec:
 
 
 def graph_specs(image_size: int, latent_size: int) -> dict[str, GraphSpec]:
-    """The encoder and decoder specs of the model folder layout (all tensors float32)."""
-    image = (BATCH_DIM, 1, image_size, image_size)
-    latent = (BATCH_DIM, latent_size)
-    return {
-        "encoder": GraphSpec("encoder", {"image": image}, {"mu": latent, "logvar": latent}),
-        "decoder": GraphSpec("decoder", {"z": latent}, {"image": image}),
-    }
+    """The encoder and decoder specs of the model folder layout (all tensors float32): the names of
+    ``ctgen.card.GRAPHS``, the one graph contract that the runtime reads too."""
+    shapes = {"image": (BATCH_DIM, 1, image_size, image_size), "z": (BATCH_DIM, latent_size),
+              "mu": (BATCH_DIM, latent_size), "logvar": (BATCH_DIM, latent_size)}
+    return {graph: GraphSpec(graph, {name: shapes[name] for name in inputs}, {name: shapes[name] for name in outputs})
+            for graph, (_, inputs, outputs) in GRAPHS.items()}
 
 
 def load_validation_images(source: str | os.PathLike, grid: Grid, *, max_slices: int = MAX_VALIDATION_SLICES) -> np.ndarray:

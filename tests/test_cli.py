@@ -1,4 +1,4 @@
-"""Every command through Typer's runner on the tiny exported model (see tests/test_cli_support.py)."""
+"""Every command through Typer's runner on the tiny exported model (see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from ctgen import __version__
 from ctgen.dicom import read_slice
-from test_cli_support import CT_SMALL, files_under, heads, invoke, model, one_error_line, workdir  # noqa: F401
+from conftest import CT_SMALL, files_under, invoke, one_error_line
 
 
 def png(path) -> np.ndarray:
@@ -279,7 +279,7 @@ def test_common_options_before_the_command(model, workdir):
 def any_model(request, tiny_model_dir) -> str:
     if request.param == "tiny":
         return str(tiny_model_dir)
-    from test_cli_support import DEFAULT_MODEL
+    from conftest import DEFAULT_MODEL
 
     if not (DEFAULT_MODEL / "model.json").is_file():
         pytest.skip("models/default is not built")

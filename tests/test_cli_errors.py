@@ -7,18 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from test_cli_support import (  # noqa: F401
-    CT_SMALL,
-    MR_SMALL,
-    colour_file,
-    files_under,
-    heads,
-    invoke,
-    model,
-    not_dicom,
-    one_error_line,
-    workdir,
-)
+from conftest import CT_SMALL, MR_SMALL, colour_file, files_under, invoke, not_dicom, one_error_line
 
 
 @pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate", "traverse"])

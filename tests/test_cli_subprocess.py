@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from test_cli_support import CT_SMALL, DEFAULT_MODEL, REPO_ROOT, files_under, heads, run_ctgen  # noqa: F401
+from conftest import CT_SMALL, DEFAULT_MODEL, REPO_ROOT, files_under, run_ctgen
 
 
 def test_version_and_help_start_fast(tmp_path):
@@ -104,7 +104,7 @@ def test_mission_commands_on_the_shipped_model(tmp_path):
     """The three commands of the mission, exactly as typed, with models/default found by name."""
     slice_a = tmp_path / "a.dcm"
     slice_b = tmp_path / "b.dcm"
-    from test_cli_support import write_heads
+    from conftest import write_heads
 
     for path, written in zip((slice_a, slice_b), write_heads(tmp_path / "heads", 2, size=256, spacing_mm=0.9)):
         written.rename(path)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctgen.commands.evaluate import REPORT_FILES, kl_bar_chart
-from ctgen.evaluate import card_metrics, evaluate_model, load_factors, patient_key
+from ctgen.report import REPORT_FILES, kl_bar_chart
+from ctgen.dicom import patient_key
+from ctgen.evaluate import card_metrics, evaluate_model, load_factors
 from ctgen.model import load_model
-from test_cli_support import invoke, one_error_line, run_ctgen
+from conftest import invoke, one_error_line, run_ctgen
 
 SECTIONS = ("model", "study", "reconstruction", "activity", "disentanglement", "memorisation", "real_slices",
             "interpretation")

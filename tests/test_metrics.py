@@ -32,7 +32,7 @@ from ctgen.metrics import (
     units_by_kl,
     window_unit,
 )
-from ctgen.metrics_fit import fit_logistic, lasso, predict_logistic, standardize
+from ctgen.metrics.fit import fit_logistic, lasso, predict_logistic, standardize
 
 # --- reconstruction -------------------------------------------------------------------------------
 

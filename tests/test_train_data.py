@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from ctgen.dicom import read_slice, write_series  # noqa: E402
+from ctgen.dicom import patient_key, read_slice, write_series  # noqa: E402
 from ctgen.errors import InputError  # noqa: E402
 from ctgen.preprocess import Grid, to_model  # noqa: E402
 from train import data  # noqa: E402
@@ -98,7 +98,7 @@ def test_cache_matches_preprocessing_and_hides_patient_ids(study, tmp_path):
     np.testing.assert_allclose(cache.images[0].astype(np.float32), expected, atol=1e-3)
     manifest = (cache.path / "manifest.jsonl").read_text()
     assert "SYN-" not in manifest and "SYN-" not in (cache.path / "info.json").read_text()
-    assert first["patient"] == data.patient_hash("SYN-0000", "")
+    assert first["patient"] == patient_key("SYN-0000", "")
     assert len({r["patient"] for r in cache.records}) == 4
     assert all(r["position_mm"] is not None for r in cache.records)
 

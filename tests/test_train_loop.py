@@ -1,4 +1,4 @@
-"""train.train / python -m train / train.sweep on a tiny study: loss falls, exact resume, run files, DDP."""
+"""train.train / python -m train / studies.sweep on a tiny study: loss falls, exact resume, run files, DDP."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_command_line_writes_tensorboard_events(study, cache_root, tmp_path):
 
 
 def test_sweep_table(study, cache_root, tmp_path):
-    from train.sweep import COLUMNS, run_sweep
+    from studies.sweep import COLUMNS, run_sweep
 
     rows = run_sweep(tiny(study, cache_root, tmp_path / "sweep", epochs=1), [4, 8], [1.0, 20.0])
     assert [(row["latent"], row["beta"]) for row in rows] == [(4, 1.0), (4, 20.0), (8, 1.0), (8, 20.0)]

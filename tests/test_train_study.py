@@ -1,4 +1,4 @@
-"""train.study / train.study_report: the seed-study grid, its answers, and a tiny study end to end."""
+"""studies.study / studies.report: the seed-study grid, its answers, and a tiny study end to end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
-from train.study import grid_points, run_study  # noqa: E402
-from train.study_report import claims, line_chart  # noqa: E402
+from studies.study import grid_points, run_study  # noqa: E402
+from studies.report import claims, line_chart  # noqa: E402
 
 SETTINGS = {"latents": [10, 20, 50, 100, 500], "betas": [1.0, 20.0, 50.0, 200.0], "at_beta": 1.0, "at_latent": 50}
 
@@ -83,7 +83,7 @@ def _scored(beta, mae, scores, ratio):
 
 
 def test_choose_beta_needs_usable_reconstruction_then_separation_then_realism():
-    from train.study_report import choose_beta
+    from studies.report import choose_beta
 
     rows = [_scored(1.0, 10.0, [0.1] * 5, 2.0), _scored(2.0, 12.0, [0.2] * 5, 1.8),
             _scored(4.0, 12.4, [0.205] * 5, 1.2), _scored(8.0, 13.0, [0.5] * 5, 1.0)]

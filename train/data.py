@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ctgen.dicom.common import patient_key
 from ctgen.errors import InputError, OutputError
 from ctgen.preprocess import Grid
 
@@ -45,8 +46,7 @@ __all__ = [
     "cache_key",
     "list_inputs",
     "open_cache",
-    "patient_hash",
-    "split_patients",
+        "split_patients",
     "split_indices",
 ]
 
@@ -55,12 +55,6 @@ BRAIN_HU = (0.0, 80.0)
 HEAD_HU_MIN = -500.0
 BONE_HU_MIN = 300.0
 BRAIN_FRACTION_MIN = 0.1
-
-
-def patient_hash(patient_id: str, fallback: str) -> str:
-    """16 hex digits of sha256 of the PatientID; ``fallback`` (series UID or folder) when the ID is empty."""
-    text = f"id:{patient_id}" if patient_id else f"anon:{fallback}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def brain_fraction(hu: np.ndarray) -> float:
@@ -166,7 +160,7 @@ def _read_one(job: tuple[str, Grid]) -> tuple[str, list[dict[str, Any]], list[by
                 {
                     "file": path,
                     "frame": frame,
-                    "patient": patient_hash(item.patient_id, fallback),
+                    "patient": patient_key(item.patient_id, fallback),
                     "position_mm": list(item.position_mm) if item.position_mm is not None else None,
                     "instance_number": item.instance_number,
                     "brain_fraction": round(brain_fraction(item.hu), 6),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ctgen.errors import InputError
-from ctgen.metrics_fit import fit_logistic, lasso, predict_logistic, split_indices, standardize
+from ctgen.metrics.fit import fit_logistic, lasso, predict_logistic, split_indices, standardize
 
 __all__ = ["discretize", "mig", "beta_vae_score", "factor_vae_score", "dci", "sap", "disentanglement_report"]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import (
+from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -54,10 +54,10 @@ def reconstruct(
     """
     import numpy as np
 
-    from ctgen.commands._slices import iter_on_grid
+    from ctgen.cli.commands._slices import iter_on_grid
     from ctgen.dicom import iter_dicom_files
     from ctgen.errors import CtgenError, InputError
-    from ctgen.commands._images import PerFile, batch_size_for, tile_scale
+    from ctgen.cli.commands._images import PerFile, batch_size_for, tile_scale
     from ctgen.outputs import Run, check_targets, unique_names
     from ctgen.preprocess import from_model
     from ctgen.render import grid_image, parse_window, save_png

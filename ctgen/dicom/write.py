@@ -1,7 +1,7 @@
 """Writing new de-identified CT series: HU arrays in, DICOM files out (``write_series``, ``write_slice``).
 
 Each file is built from values passed explicitly; the writer never sees an input dataset, so no input
-attribute can leak. ``ctgen.dicom`` re-exports the public names next to the readers.
+attribute can leak. ``ctgen.dicom`` re-exports the public names next to the readers'.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pydicom.uid import RE_VALID_UID, generate_uid
 from pydicom.valuerep import DSfloat
 
 from ctgen import __version__
-from ctgen._dicom_common import CT_SOP as _CT_SOP
-from ctgen._dicom_common import SC_SOP as _SC_SOP
-from ctgen._dicom_common import one_line as _one_line
+from ctgen.dicom.common import CT_SOP as _CT_SOP
+from ctgen.dicom.common import SC_SOP as _SC_SOP
+from ctgen.dicom.common import one_line as _one_line
 from ctgen.errors import InputError, OutputError
 
 __all__ = ["write_series", "write_slice", "STORED_OFFSET"]

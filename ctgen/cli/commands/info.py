@@ -6,7 +6,7 @@ import json
 import platform
 import sys
 
-from ctgen.commands._options import DeviceOption, JsonOption, ModelOption
+from ctgen.cli.options import DeviceOption, JsonOption, ModelOption
 
 
 def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary: JsonOption = False) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import (
+from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -53,9 +53,9 @@ def encode(
     """
     import numpy as np
 
-    from ctgen.commands._images import batch_size_for
-    from ctgen.commands._latent_files import LATENT_SUFFIXES, json_line, write_latents
-    from ctgen.commands._slices import iter_on_grid
+    from ctgen.cli.commands._images import batch_size_for
+    from ctgen.cli.commands._latent_files import LATENT_SUFFIXES, json_line, write_latents
+    from ctgen.cli.commands._slices import iter_on_grid
     from ctgen.dicom import iter_dicom_files
     from ctgen.errors import CtgenError, InputError
     from ctgen.latent import parse_shard, take_shard

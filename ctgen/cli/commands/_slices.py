@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,8 +15,6 @@ from ctgen.errors import CtgenError, DicomError
 from ctgen.preprocess import Grid, from_model, to_model
 
 DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the model grid, for pictures and masks
-# ctgen.dicom silences pydicom inside warnings.catch_warnings, which is not thread-safe: one reader at a time
-_READ_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -33,8 +30,7 @@ def load_on_grid(path: Path, grid: Grid, *, with_hu: bool = True) -> GridSlice:
     """Read a CT slice and bring it to the model grid. Raises DicomError / InputError."""
     from ctgen.dicom import read_slice
 
-    with _READ_LOCK:
-        ct = read_slice(path)
+    ct = read_slice(path)
     return _to_grid(ct, path, grid, with_hu)
 
 

@@ -1,7 +1,7 @@
 """Small numpy learners behind the disentanglement metrics: a seeded split, standardisation,
 multinomial logistic regression (accelerated gradient descent) and the Lasso (coordinate descent).
 
-Private to ``ctgen.metrics``: no scikit-learn, so ctgen's runtime stays light. Inputs are float64
+Private to ``ctgen.metrics.disentangle``: no scikit-learn, so ctgen's runtime stays light. Inputs are float64
 2-D arrays; every routine is deterministic (the only randomness is the split's Generator).
 """
 

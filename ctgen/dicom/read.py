@@ -1,10 +1,7 @@
-"""DICOM in and out: CT slices as Hounsfield units, and new de-identified CT series.
+"""Reading CT slices as Hounsfield units.
 
 Reading decodes what pydicom's plugins decode (gdcm: JPEG and JPEG-LS; openjpeg: JPEG 2000; rle;
-deflate and big endian natively) and raises every failure as DicomError. Writing lives in
-``ctgen.dicom_write``: it builds each file from values passed explicitly and never sees an input
-dataset, so no input attribute can leak; ``write_series``, ``write_slice`` and ``STORED_OFFSET`` are
-re-exported here.
+deflate and big endian natively) and raises every failure as DicomError.
 """
 
 from __future__ import annotations
@@ -12,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,19 +23,20 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGExtended12Bit
 
-from ctgen._dicom_common import CT_SOP as _CT_SOP
-from ctgen._dicom_common import one_line as _one_line
-from ctgen.dicom_write import STORED_OFFSET, write_series, write_slice  # re-exported: the writer's public names
+from ctgen.dicom.common import CT_SOP as _CT_SOP
+from ctgen.dicom.common import one_line as _one_line
 from ctgen.errors import DicomError
 
-__all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "write_series",
-           "write_slice", "AIR_HU", "STORED_OFFSET"]
+__all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "AIR_HU"]
 
 AIR_HU = -1000.0  # what PixelPaddingValue pixels of a CT become
 _MODALITY_BY_SOP = {_CT_SOP: "CT", _CT_SOP + ".1": "CT", _CT_SOP + ".2": "CT",  # CT, enhanced, legacy
                     "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.4.1": "MR"}
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# warnings.catch_warnings (how _guard silences pydicom) swaps process-wide state and is not thread-safe:
+# one reader at a time, whichever thread reads
+_READ_LOCK = threading.RLock()
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
 
 
@@ -130,7 +129,7 @@ def _looks_like_dicom(path: Path) -> bool:
 @contextlib.contextmanager
 def _guard(path, allow_mr: bool):
     # pydicom warns instead of raising on damaged files: record (silence) warnings, convert errors
-    with warnings.catch_warnings(record=True) as caught:
+    with _READ_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = _open(Path(path))

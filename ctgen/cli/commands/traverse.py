@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import (
+from ctgen.cli.options import (
     DeviceOption,
     ForceOption,
     FormatOption,
@@ -64,10 +64,10 @@ def traverse(
     """
     import numpy as np
 
-    from ctgen.commands._slices import encode_one, frames_loop, kl_per_unit, load_on_grid
+    from ctgen.cli.commands._slices import encode_one, frames_loop, kl_per_unit, load_on_grid
     from ctgen.latent import offsets, parse_units
     from ctgen.latent import traverse as traverse_grid
-    from ctgen.commands._images import PerFile, tile_scale
+    from ctgen.cli.commands._images import PerFile, tile_scale
     from ctgen.outputs import Run, check_targets, resolve_out
     from ctgen.preprocess import from_model
     from ctgen.render import grid_image, parse_window, save_gif, save_png

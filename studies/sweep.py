@@ -1,4 +1,4 @@
-"""Grid of training runs: ``python -m train.sweep --data DIR --out runs/sweep --latent 10,20,50,100,500 --beta 1``.
+"""Grid of training runs: ``python -m studies.sweep --data DIR --out runs/sweep --latent 10,20,50,100,500 --beta 1``.
 
 Every (latent, beta) pair trains as ``<out>/latent<L>_beta<β>/`` with the other options shared, one after
 the other, all reading the same slice cache. ``<out>/sweep.csv`` and ``<out>/sweep.md`` list each run's best
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from train import ddp
     from train.__main__ import add_arguments, command_line, config_from_args
 
-    parser = argparse.ArgumentParser(prog="python -m train.sweep", description="Train a grid of latent sizes and βs.")
+    parser = argparse.ArgumentParser(prog="python -m studies.sweep", description="Train a grid of latent sizes and βs.")
     add_arguments(parser, grid_types=True)
     args = parser.parse_args(argv)
     if not args.data:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         latents, betas = parse_list(args.latent, int), parse_list(args.beta, float)
         args.latent, args.beta = latents[0], betas[0]
-        rows = run_sweep(config_from_args(args), latents, betas, command=command_line("train.sweep", argv))
+        rows = run_sweep(config_from_args(args), latents, betas, command=command_line("studies.sweep", argv))
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

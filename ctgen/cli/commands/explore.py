@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import DeviceOption, ModelOption, SeedOption
+from ctgen.cli.options import DeviceOption, ModelOption, SeedOption
 
 
 def explore(

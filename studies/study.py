@@ -1,6 +1,6 @@
 """The seed study, reproduced: latent-size and β sweeps, every run exported and scored, one report.
 
-    python -m train.study --data data/phantom --out runs/study --report reports/seed_study \\
+    python -m studies.study --data data/phantom --out runs/study --report reports/seed_study \\
         --image-size 64 --width 16 --epochs 12 --precision bf16
 
 Trains latent sizes --latent (10,20,50,100,500) at β = --at-beta (1) and βs --beta (1,20,50,200) at
@@ -36,7 +36,7 @@ def _metrics_lines(run: Path) -> list[dict[str, Any]]:
 
 def train_point(base, latent: int, beta: float, command: str) -> Path:
     """Train one grid point under ``base.out`` unless its metrics already hold ``base.epochs`` epochs."""
-    from train.sweep import run_name
+    from studies.sweep import run_name
     from train.train import train
 
     run = Path(base.out) / run_name(latent, beta)
@@ -49,7 +49,7 @@ def train_point(base, latent: int, beta: float, command: str) -> Path:
 
 def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool = False) -> dict[str, Any]:
     """Export ``run`` to RUN/model and evaluate it into RUN/report (both redone when the checkpoint is newer)."""
-    from ctgen.commands.evaluate import report_folder
+    from ctgen.report import report_folder
     from ctgen.model import load_model
     from export.onnx_export import export_model
 
@@ -99,7 +99,7 @@ def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: l
               at_latent: int, max_slices: int, command: str, rescore: bool = False,
               title: str = "The seed study, reproduced on the phantom") -> list[dict[str, Any]]:
     """Train, export and score every grid point, then write the study report; returns the rows."""
-    from train.study_report import write_study_report
+    from studies.report import write_study_report
 
     rows = []
     for latent, beta in grid_points(latents, betas, at_beta, at_latent):
@@ -118,9 +118,9 @@ def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: l
 def main(argv: list[str] | None = None) -> int:
     from ctgen.errors import CtgenError
     from train.__main__ import add_arguments, command_line, config_from_args
-    from train.sweep import parse_list
+    from studies.sweep import parse_list
 
-    parser = argparse.ArgumentParser(prog="python -m train.study", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.study", description=__doc__.splitlines()[0])
     add_arguments(parser, grid_types=True)
     parser.add_argument("--report", type=Path, default=Path("reports/seed_study"), help="study report folder")
     parser.set_defaults(latent="10,20,50,100,500", beta="1,20,50,200")  # --latent / --beta: the two sweeps
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latent, args.beta = args.at_latent, args.at_beta
         base = config_from_args(args)
         run_study(base, args.data[0], args.report, latents=latents, betas=betas, at_beta=args.at_beta,
-                  at_latent=args.at_latent, max_slices=args.max_slices, command=command_line("train.study", argv),
+                  at_latent=args.at_latent, max_slices=args.max_slices, command=command_line("studies.study", argv),
                   rescore=args.rescore, title=args.title)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""ctgen evaluate: score a model on a DICOM study and write a report folder."""
+"""The evaluation report: ``report_folder`` runs ``ctgen.evaluate.evaluate_model``, reads its numbers in one
+line each (``interpret``), draws the figures and writes ``metrics.json``, ``report.md`` and the PNGs into a
+folder atomically. Library code: ``ctgen evaluate`` and ``studies.study`` both call it.
+"""
 
 from __future__ import annotations
 
@@ -7,74 +10,15 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from ctgen.commands._options import DeviceOption, ForceOption, JsonOption, ModelOption, QuietOption, SeedOption
+__all__ = ["REPORT_FILES", "check_out", "draw_figures", "interpret", "kl_bar_chart", "markdown_table",
+           "render_markdown", "report_folder", "write_report"]
 
 REPORT_FILES = ("metrics.json", "report.md", "kl_per_unit.png", "traversal.png", "samples.png",
                 "reconstructions.png", "real_slices.png")
 TRAVERSAL_OFFSETS = (-3.0, -1.5, 0.0, 1.5, 3.0)
 DIFF_HU = 100.0  # difference panels: ±DIFF_HU is black / white
-
-
-def evaluate(
-    study: Annotated[Path, typer.Argument(metavar="STUDY_DIR", help="Folder of DICOM slices (recursive).",
-                                          show_default=False)],
-    factors: Annotated[
-        Path | None,
-        typer.Option("--factors", metavar="CSV", dir_okay=False, show_default="STUDY_DIR/factors.csv when present",
-                     help="Known factors of variation per slice (a phantom's factors.csv): scores disentanglement."),
-    ] = None,
-    split: Annotated[
-        Path | None,
-        typer.Option("--split", metavar="SPLIT.json", dir_okay=False, show_default=False,
-                     help="A training run's split.json: score held-out patients and check memorisation."),
-    ] = None,
-    max_slices: Annotated[
-        int, typer.Option("--max-slices", min=1, help="Encode at most this many slices (a seeded choice; half "
-                          "held-out when the factors table names the patients).")
-    ] = 2000,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", file_okay=False, help="Report folder (replaced only with --force).",
-                           rich_help_panel="Output")
-    ] = Path("report"),
-    real: Annotated[bool, typer.Option("--real/--no-real", help="Also score the real CT slices pydicom ships.")] = True,
-    seed: SeedOption = 0,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    force: ForceOption = False,
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
-    """Score a model on a study: reconstruction, latent activity, disentanglement, memorisation.
-
-    Encodes the study's slices and writes OUT/metrics.json, report.md (tables with one-line readings) and
-    figures: kl_per_unit.png, traversal.png, samples.png, reconstructions.png and real_slices.png.
-    Reconstruction error is in HU inside the head (PSNR and SSIM at brain window), on the held-out
-    patients of --split (else on every slice). Disentanglement (MIG, β-VAE, FactorVAE, DCI, SAP and the
-    unit that tracks each factor) needs a factors table. The memorisation check needs --split: it
-    compares prior samples with every training slice of the study (read, not encoded).
-    """
-    from ctgen.evaluate import card_metrics
-    from ctgen.outputs import Run
-
-    with Run("evaluate", quiet=quiet, json_summary=json_summary, force=force) as run:
-        check_out(out, force)
-        vae = run.load_model(model, device)
-        stages = _Stages(run)
-        try:
-            report, figures = report_folder(vae, study, out, force=force, factors=factors, split=split,
-                                            max_slices=max_slices, seed=seed, real=real, progress=stages)
-        finally:
-            stages.close()
-        for line in report["interpretation"].values():
-            run.note(line)
-        run.note(f"wrote {out}/ (report.md, metrics.json, {len(figures)} figures)")
-        for name in ["metrics.json", "report.md", *figures]:
-            run.record("json" if name.endswith(".json") else "markdown" if name.endswith(".md") else "png", out / name)
-        run.finish(metrics=card_metrics(report))
 
 
 def report_folder(model, study, out: Path, *, force: bool, **options: Any) -> tuple[dict, list[str]]:
@@ -91,27 +35,6 @@ def report_folder(model, study, out: Path, *, force: bool, **options: Any) -> tu
     figures = draw_figures(model, report, pictures)
     write_report(report, figures, out, force)
     return report, list(figures)
-
-
-class _Stages:
-    """``progress(stage, done, total)`` for the library -> one Rich bar per stage and a note when it starts."""
-
-    def __init__(self, run):
-        from contextlib import ExitStack
-
-        self.run, self.stack, self.stage, self.done, self.advance = run, ExitStack(), None, 0, None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
-            self.stack.close()
-            self.stage, self.done = stage, 0
-            self.run.note(f"{stage} {total} images")
-            self.advance = self.stack.enter_context(self.run.progress(total, stage))
-        self.advance(done - self.done)
-        self.done = done
-
-    def close(self) -> None:
-        self.stack.close()
 
 
 def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:

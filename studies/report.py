@@ -1,4 +1,4 @@
-"""The seed study's report: tables, answers to its claims, and figures, from ``train.study`` rows."""
+"""The seed study's report: tables, answers to its claims, and figures, from ``studies.study`` rows."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
 
 
 def _markdown(rows, settings, figures) -> str:
-    from ctgen.commands.evaluate import markdown_table
+    from ctgen.report import markdown_table
 
     latent_rows, beta_rows = _sweeps(rows, settings)
     size = settings["image_size"]
@@ -241,7 +241,7 @@ def _markdown(rows, settings, figures) -> str:
         lines += [f"## {title}", "", *(f"- {line}" for line in answer), ""]
     if len(beta_rows) > 1:
         chosen, why = choose_beta(beta_rows)
-        lines += ["## Choice of β", "", f"By the rule of `train.study_report.choose_beta` (reconstruction within "
+        lines += ["## Choice of β", "", f"By the rule of `studies.report.choose_beta` (reconstruction within "
                   f"{MAE_TOLERANCE:g}x of the smallest β, then the best mean of MIG, DCI D, FactorVAE, β-VAE and SAP, "
                   f"then the more realistic samples): {why}", ""]
     if beta_rows:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import (
+from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -47,8 +47,8 @@ def decode(
     Every vector must have the model's latent size and finite values; per-file outputs are named
     decoded_00000.png, … in input order. Pipes: ctgen encode scans/ | ctgen decode - -o recon.png
     """
-    from ctgen.commands._latent_files import check_latents, read_latents
-    from ctgen.commands._images import ImageOutputs, stream_decode
+    from ctgen.cli.commands._latent_files import check_latents, read_latents
+    from ctgen.cli.commands._images import ImageOutputs, stream_decode
     from ctgen.outputs import Run, check_targets
     from ctgen.render import parse_window
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.commands._options import (
+from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -55,7 +55,7 @@ def sample(
     The same --seed gives byte-identical files.
     """
     from ctgen.latent import sample_prior
-    from ctgen.commands._images import ImageOutputs, stream_decode
+    from ctgen.cli.commands._images import ImageOutputs, stream_decode
     from ctgen.outputs import Run, check_targets
     from ctgen.render import parse_window
 

@@ -1,7 +1,7 @@
 """The ``ctgen`` command line.
 
 Only Typer (and Rich, for help) is imported here: ``ctgen --version`` and ``ctgen --help`` must answer
-at once. Every command lives in ``ctgen/commands/`` and imports numpy, ONNX Runtime and pydicom inside
+at once. Every command lives in ``ctgen/cli/commands/`` and imports numpy, ONNX Runtime and pydicom inside
 its body. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted.
 """
 
@@ -17,8 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 from ctgen import __version__
-from ctgen.commands import decode, encode, evaluate, explore, info, interpolate, reconstruct, sample, traverse
-from ctgen.commands._options import Device
+from ctgen.cli.commands import decode, encode, evaluate, explore, info, interpolate, reconstruct, sample, traverse
+from ctgen.cli.options import Device
 from ctgen.errors import CtgenError
 
 __all__ = ["app", "main"]
