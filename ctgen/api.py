@@ -1,25 +1,44 @@
-"""The notebook API: a loaded model with sample / encode / decode / traverse / interpolate in Hounsfield units.
+"""The one pipeline: a loaded model behind numpy calls in Hounsfield units.
 
-Built on ``ctgen.model`` (ONNX Runtime), ``ctgen.latent`` and ``ctgen.preprocess``; ``ctgen explore``
-serves the same object. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``,
-``spacing_mm`` per pixel); every latent is float32 (N, L).
+``Generator`` is the only place that reads slices onto the model grid, batches, encodes, decodes, samples,
+interpolates and traverses; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
+write and print. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``, ``spacing_mm``
+per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, ``iter_encode``,
+``iter_decode``) keep memory flat over archives of any size.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctgen.errors import InputError
-from ctgen.latent import lerp, parse_units, sample_prior, slerp, traverse
-from ctgen.preprocess import from_model, to_model
+from ctgen.errors import ArgumentError, CtgenError, DicomError, InputError
+from ctgen.latent import (
+    DEFAULT_INTERPOLATION,
+    DEFAULT_INTERPOLATION_STEPS,
+    DEFAULT_TRAVERSE_UNITS,
+    interpolate,
+    parse_units,
+    sample_prior,
+)
+from ctgen.latent import offsets as traverse_offsets
+from ctgen.latent import traverse as traverse_codes
+from ctgen.preprocess import Grid, from_model, to_model
 
-__all__ = ["Generator", "load_generator"]
+__all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "gather_files",
+           "load_generator"]
 
-_INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
+DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the model grid, for pictures and masks
+HEAD_THRESHOLD_HU = -500.0  # reconstruction errors are measured where the original is above this
+ErrorHandler = Callable[[Any, CtgenError], None]
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str = "auto") -> Generator:
@@ -32,16 +51,68 @@ def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str
     return Generator(load_model(name_or_path, device=device))
 
 
+@dataclass(frozen=True)
+class GridSlice:
+    """One input slice on the model grid: ``image`` float32 (S, S) in model units (the encoder's input) and,
+    when asked for, ``hu`` float32 (S, S): the same geometry over the whole CT range, for pictures and masks."""
+
+    source: str
+    image: np.ndarray
+    hu: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One batch of ``iter_encode``: the sources, their posterior means and log-variances float32 (B, L)."""
+
+    sources: list[str]
+    mu: np.ndarray
+    logvar: np.ndarray
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One slice of ``iter_reconstruct``: the input, decode(encode(input)) in HU (S, S), the target the model
+    can reach (the input through the model's HU map) and the errors inside the head (None without head)."""
+
+    slice: GridSlice
+    recon_hu: np.ndarray
+    target_hu: np.ndarray
+    mae_hu: float | None
+    rmse_hu: float | None
+    head_pixels: int
+
+
+def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None) -> list[Path]:
+    """The DICOM files of ``inputs`` (files, folders searched recursively), unique and sorted by path.
+
+    A missing input raises DicomError, or is handed to ``on_error(input, error)`` when given.
+    """
+    from ctgen.dicom import iter_dicom_files
+
+    files: set[Path] = set()
+    for item in inputs:
+        try:
+            files.update(iter_dicom_files([item]))
+        except CtgenError as error:
+            if on_error is None:
+                raise
+            on_error(item, error)
+    return sorted(files, key=str)
+
+
 class Generator:
     """A loaded β-VAE (``ctgen.model.Model``) behind numpy calls in HU.
 
-    ``model``, ``grid``, ``latent_size`` and ``image_size`` describe it; ``units_by_kl`` ranks the
-    latent units (most informative first) and ``kl_per_unit`` holds their KL in nats (None if unknown).
+    ``model``, ``card`` (a ``ctgen.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
+    ``units_by_kl`` ranks the latent units (most informative first), ``kl_per_unit`` holds their KL in nats
+    (None if unknown) and ``unit_labels`` the factor the card names for a unit.
     """
 
     def __init__(self, model: Any):
         self.model = model
-        self.grid = model.grid
+        self.card = model.card
+        self.grid: Grid = model.grid
         self.latent_size: int = model.latent_size
         self.image_size: int = model.grid.size
 
@@ -49,20 +120,90 @@ class Generator:
         return f"Generator({self.model!r})"
 
     @property
-    def card(self) -> dict[str, Any]:
-        return self.model.card
-
-    @property
     def units_by_kl(self) -> list[int]:
-        return self.model.units_by_kl()
+        return self.card.units_by_kl
 
     @property
     def kl_per_unit(self) -> list[float] | None:
-        values = (self.card.get("metrics") or {}).get("kl_per_unit")
-        if not values or len(values) != self.latent_size:
-            return None
-        return [float(value) for value in values]
+        return self.card.kl_per_unit
 
+    @property
+    def unit_labels(self) -> dict[int, str]:
+        return self.card.unit_labels
+
+    @property
+    def batch_size(self) -> int:
+        """Images per inference call: 16 of 128² on the CPU (fewer for larger images), more on CUDA."""
+        return self.model.batch_size
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def load(self, item: Any, *, spacing_mm: tuple[float, float] | float | None = None,
+             with_hu: bool = False) -> GridSlice:
+        """One slice onto the model grid: a DICOM path, a ``ctgen.dicom.Slice`` or an HU array (H, W).
+
+        Arrays use ``spacing_mm`` ((row, column) or one number, in mm); without it they must already be on
+        the model grid (S, S). Resampled, centred and mapped by ``ctgen.preprocess.to_model``. ``with_hu``
+        also fills ``hu``. Raises DicomError (unreadable file) or InputError (bad array or spacing).
+        """
+        source = "array"
+        if isinstance(item, (str, os.PathLike)):
+            from ctgen.dicom import read_slice
+
+            source, item = str(item), read_slice(item)
+        if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
+            source = item.path or source
+            hu, spacing = item.hu, item.spacing_mm
+        else:
+            hu = np.asarray(item, dtype=np.float32)
+            if hu.ndim != 2:
+                raise InputError(None, f"expected an HU slice (H, W), got shape {hu.shape}")
+            if spacing_mm is None and hu.shape != (self.image_size, self.image_size):
+                raise ArgumentError("spacing_mm", f"an HU array of shape {hu.shape} needs a pixel spacing (only "
+                                                  f"({self.image_size}, {self.image_size}) is taken as the model grid)")
+            spacing = self.grid.spacing_mm if spacing_mm is None else spacing_mm
+            spacing = (float(spacing), float(spacing)) if np.ndim(spacing) == 0 else spacing  # type: ignore[arg-type]
+        wide = None
+        if with_hu:
+            display = Grid(size=self.grid.size, spacing_mm=self.grid.spacing_mm, window_hu=DISPLAY_WINDOW_HU)
+            wide = from_model(to_model(hu, spacing, display), display)
+        return GridSlice(source, to_model(hu, spacing, self.grid), wide)
+
+    def iter_load(self, paths: Sequence[str | os.PathLike], *, with_hu: bool = False, lookahead: int = 64,
+                  workers: int | None = None) -> Iterator[tuple[str, GridSlice | CtgenError]]:
+        """(path, slice on the grid or the error that stopped it), in the order of ``paths``.
+
+        Reading and preprocessing run ``lookahead`` files ahead on background threads (one on the CPU, where
+        ONNX Runtime needs the cores; four on CUDA), overlapping with inference on the caller's thread.
+        """
+        if workers is None:
+            workers = 1 if self.model.provider == "CPUExecutionProvider" else 4
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctgen-read") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+            upcoming = iter(paths)
+
+            def submit(count: int) -> None:
+                for path in islice(upcoming, count):
+                    pending.append((str(path), pool.submit(self._load_or_error, path, with_hu)))
+
+            submit(lookahead)
+            try:
+                while pending:
+                    path, future = pending.popleft()
+                    submit(1)
+                    yield path, future.result()
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def _load_or_error(self, path: str | os.PathLike, with_hu: bool) -> GridSlice | CtgenError:
+        try:
+            return self.load(path, with_hu=with_hu)
+        except CtgenError as error:
+            return error
+        except Exception as error:  # noqa: BLE001 - an unexpected failure on one file must not hide which file
+            return DicomError(path, f"cannot read: {type(error).__name__}: {error}")
+
+    # ---- latents -----------------------------------------------------------------------------------
     def latents(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
         """``n`` latents from the prior N(0, temperature²): float32 (n, L); same seed, same values."""
         return sample_prior(n, self.latent_size, seed=seed, temperature=temperature)
@@ -74,74 +215,130 @@ class Generator:
     def encode(self, slices: Any, *, spacing_mm: tuple[float, float] | float | None = None) -> np.ndarray:
         """Posterior means mu, float32 (N, L), of CT slices.
 
-        ``slices``: one item or a sequence of items, each a DICOM path, a ``ctgen.dicom.Slice``, or an
-        HU array (H, W); an HU array (N, H, W) is N slices. Arrays use ``spacing_mm`` ((row, column) or
-        one number, in mm); without it they must already be on the model grid (S, S). Every slice is
-        resampled, centred and windowed by ``ctgen.preprocess.to_model``.
+        ``slices``: one item or a sequence of items, each a DICOM path, a ``ctgen.dicom.Slice``, an HU array
+        (H, W) or a ``GridSlice``; an HU array (N, H, W) is N slices (see ``load`` for ``spacing_mm``).
         Raises DicomError (unreadable file) or InputError (bad array or spacing).
         """
-        images = np.stack([self._to_model(item, spacing_mm) for item in _items(slices)])
-        mu, _ = self.model.encode(images[:, None])
-        return mu
+        images = np.stack([self._image(item, spacing_mm) for item in _items(slices)])
+        return self.encode_images(images)[0]
+
+    def encode_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-unit images float32 (N, S, S) -> (mu, logvar), each float32 (N, L)."""
+        return self.model.encode(np.asarray(images, dtype=np.float32)[:, None])
+
+    def iter_encode(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
+                    on_error: ErrorHandler | None = None) -> Iterator[Encoded]:
+        """Encode files in batches, reading ahead on background threads; ``Encoded`` batches in input order.
+
+        An unreadable file raises its DicomError, or is handed to ``on_error(path, error)`` and skipped.
+        """
+        step = batch_size or self.batch_size
+        sources: list[str] = []
+        images: list[np.ndarray] = []
+        for path, loaded in self.iter_load(paths, lookahead=max(64, 2 * step)):
+            if isinstance(loaded, CtgenError):
+                _handle(on_error, path, loaded)
+                continue
+            sources.append(path)
+            images.append(loaded.image)
+            if len(images) == step:
+                yield Encoded(sources, *self.encode_images(np.stack(images)))
+                sources, images = [], []
+        if images:
+            yield Encoded(sources, *self.encode_images(np.stack(images)))
 
     def decode(self, z: Any) -> np.ndarray:
         """Latents float (N, L), or one (L,), to slices: HU float32 (N, S, S). Raises InputError."""
         z = np.asarray(z, dtype=np.float32)
-        if z.ndim == 1:
-            z = z[None]
-        return from_model(self.model.decode(z), self.grid)
+        return from_model(self.model.decode(z[None] if z.ndim == 1 else z), self.grid)
+
+    def iter_decode(self, z: np.ndarray, *, batch_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, HU float32 (B, S, S)) for consecutive batches of latents (N, L): flat memory for any N."""
+        step = batch_size or self.batch_size
+        if step < 1:
+            raise ArgumentError("batch_size", f"must be >= 1, got {step}")
+        for start in range(0, len(z), step):
+            yield start, self.decode(z[start : start + step])
 
     def reconstruct(self, slices: Any, *, spacing_mm: tuple[float, float] | float | None = None) -> np.ndarray:
         """``decode(encode(slices))``: HU float32 (N, S, S)."""
         return self.decode(self.encode(slices, spacing_mm=spacing_mm))
 
-    def traverse(self, z: Any = None, units: str | Sequence[int] = "top5",
-                 offsets: Sequence[float] = (-3.0, -1.5, 0.0, 1.5, 3.0)) -> np.ndarray:
+    def iter_reconstruct(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
+                         on_error: ErrorHandler | None = None) -> Iterator[Reconstruction]:
+        """Reconstruct files one ``Reconstruction`` at a time, with MAE and RMSE in HU inside the head
+        (original > -500 HU) against what the model can reach: the original through its HU map."""
+        step = batch_size or self.batch_size
+        batch: list[GridSlice] = []
+
+        def flush() -> Iterator[Reconstruction]:
+            images = np.stack([item.image for item in batch])
+            recon = self.decode(self.encode_images(images)[0])
+            target = from_model(images, self.grid)
+            for item, recon_hu, target_hu in zip(batch, recon, target):
+                head = item.hu > HEAD_THRESHOLD_HU
+                difference = recon_hu[head] - target_hu[head]
+                mae = float(np.abs(difference).mean()) if head.any() else None
+                rmse = float(np.sqrt(np.square(difference).mean())) if head.any() else None
+                yield Reconstruction(item, recon_hu, target_hu, mae, rmse, int(head.sum()))
+            batch.clear()
+
+        for path, loaded in self.iter_load(paths, with_hu=True, lookahead=max(64, 2 * step)):
+            if isinstance(loaded, CtgenError):
+                _handle(on_error, path, loaded)
+                continue
+            batch.append(loaded)
+            if len(batch) == step:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+    # ---- exploring ---------------------------------------------------------------------------------
+    def units(self, spec: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS) -> list[int]:
+        """Unit indices from a spec ("0-4,7", "top5", "all") or a list, checked against the latent size."""
+        if isinstance(spec, str):
+            return parse_units(spec, self.latent_size, self.units_by_kl)
+        chosen = [int(unit) for unit in spec]
+        if any(not 0 <= unit < self.latent_size for unit in chosen):
+            raise ArgumentError("units", f"units must lie in 0-{self.latent_size - 1}, got {chosen}")
+        return chosen
+
+    def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
+                 offsets: Sequence[float] | None = None) -> np.ndarray:
         """Latent traversal: HU float32 (len(units) * len(offsets), S, S), row-major by unit.
 
         ``z``: the start latent (L,) (None: the prior mean, zeros). ``units``: indices or a spec such as
-        "top5", "0-4,7", "all". Image ``i * len(offsets) + j`` is ``z`` with ``offsets[j]`` added to unit
-        ``units[i]``. Raises InputError.
+        "top5" (the default), "0-4,7", "all". ``offsets``: added to one unit at a time (default -3 … +3 in
+        7 steps). Image ``i * len(offsets) + j`` is ``z`` with ``offsets[j]`` added to unit ``units[i]``.
+        Raises InputError.
         """
         start = np.zeros(self.latent_size, np.float32) if z is None else np.asarray(z, dtype=np.float32)
         if start.shape != (self.latent_size,):
-            raise InputError(None, f"traverse needs one latent vector ({self.latent_size},), got shape {start.shape}")
-        if isinstance(units, str):
-            units = parse_units(units, self.latent_size, self.units_by_kl)
-        return self.decode(traverse(start, [int(unit) for unit in units], offsets))
+            raise ArgumentError("z", f"traverse needs one latent vector ({self.latent_size},), got shape {start.shape}")
+        deltas = traverse_offsets() if offsets is None else offsets
+        return self.decode(traverse_codes(start, self.units(units), deltas))
 
-    def interpolate(self, a: Any, b: Any, steps: int = 8, method: str = "slerp") -> np.ndarray:
+    def interpolate(self, a: Any, b: Any, steps: int = DEFAULT_INTERPOLATION_STEPS,
+                    method: str = DEFAULT_INTERPOLATION) -> np.ndarray:
         """Slices along the path from latent ``a`` to ``b`` (each (L,)), ends included: HU float32 (steps, S, S).
 
-        method: "slerp" (spherical, keeps norms typical of the prior) or "lerp". Raises InputError.
+        method: "slerp" (the default: spherical, keeps norms typical of the prior) or "lerp".
+        Raises InputError.
         """
-        interpolation = _INTERPOLATIONS.get(method)
-        if interpolation is None:
-            raise InputError("--method", f"unknown interpolation {method!r} (choose lerp or slerp)")
-        return self.decode(interpolation(np.asarray(a), np.asarray(b), steps))
+        return self.decode(interpolate(np.asarray(a), np.asarray(b), steps, method))
 
-    def _to_model(self, item: Any, spacing_mm: tuple[float, float] | float | None) -> np.ndarray:
-        if isinstance(item, (str, os.PathLike)):
-            from ctgen.dicom import read_slice
+    def _image(self, item: Any, spacing_mm) -> np.ndarray:
+        return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
 
-            item = read_slice(item)
-        if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
-            return to_model(item.hu, item.spacing_mm, self.grid)
-        hu = np.asarray(item, dtype=np.float32)
-        if hu.ndim != 2:
-            raise InputError(None, f"expected an HU slice (H, W), got shape {hu.shape}")
-        if spacing_mm is None:
-            if hu.shape != (self.image_size, self.image_size):
-                raise InputError(None, f"an HU array of shape {hu.shape} needs spacing_mm "
-                                       f"(only ({self.image_size}, {self.image_size}) is taken as the model grid)")
-            spacing_mm = self.grid.spacing_mm
-        if np.ndim(spacing_mm) == 0:
-            spacing_mm = (float(spacing_mm), float(spacing_mm))  # type: ignore[arg-type]
-        return to_model(hu, spacing_mm, self.grid)  # type: ignore[arg-type]
+
+def _handle(on_error: ErrorHandler | None, path: Any, error: CtgenError) -> None:
+    if on_error is None:
+        raise error
+    on_error(path, error)
 
 
 def _items(slices: Any) -> list[Any]:
-    if isinstance(slices, (str, os.PathLike)) or hasattr(slices, "hu"):
+    if isinstance(slices, (str, os.PathLike, GridSlice)) or hasattr(slices, "hu"):
         return [slices]
     if isinstance(slices, np.ndarray):
         if slices.ndim == 2:

@@ -14,6 +14,7 @@ from typing import Any
 from ctgen.errors import InputError, ModelError
 
 __all__ = [
+    "ModelCard",
     "CARD_FILE",
     "CARD_FORMAT",
     "CARD_VERSION",
@@ -57,7 +58,79 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
+class ModelCard(dict):
+    """A checked card (``read_card``): the JSON object itself, plus typed views of the values that the runtime
+    and its commands derive from it, computed in one place.
+    """
+
+    @property
+    def name(self) -> str:
+        return str(self.get("name") or "")
+
+    @property
+    def latent_size(self) -> int:
+        return int(self["latent_size"])
+
+    @property
+    def encoder_sha256(self) -> str:
+        return str(((self.get("files") or {}).get(graph_entry(self, "encoder")["file"]) or {}).get("sha256", "unknown"))
+
+    @property
+    def kl_per_unit(self) -> list[float] | None:
+        """Per-unit KL in nats (validation data), or None when the card has none of the right length."""
+        values = (self.get("metrics") or {}).get("kl_per_unit")
+        if not isinstance(values, list) or len(values) != self.latent_size:
+            return None
+        try:
+            return [float(value) for value in values]
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def units_by_kl(self) -> list[int]:
+        """Unit indices, most informative (highest KL) first; index order when the card has no KL.
+
+        Raises ModelError when the card's ranking is not a permutation of the units.
+        """
+        ranked = (self.get("metrics") or {}).get("units_by_kl")
+        kl = self.kl_per_unit
+        if ranked is None and kl is not None:
+            ranked = sorted(range(len(kl)), key=lambda unit: (-kl[unit], unit))
+        if ranked is None:
+            return list(range(self.latent_size))
+        try:
+            ranked = [int(unit) for unit in ranked]
+        except (TypeError, ValueError):
+            ranked = []
+        if sorted(ranked) != list(range(self.latent_size)):
+            raise ModelError(CARD_FILE, f"units_by_kl is not a ranking of {self.latent_size} units")
+        return ranked
+
+    @property
+    def unit_labels(self) -> dict[int, str]:
+        """{unit: the factor it carries} from ``metrics.unit_factors`` ({unit: name}, or a list by unit)."""
+        raw = (self.get("metrics") or {}).get("unit_factors")
+        pairs = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+        labels = {}
+        for unit, factor in pairs:
+            if isinstance(factor, dict):
+                factor = factor.get("factor") or factor.get("name")
+            try:
+                index = int(unit)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(factor, str) and factor and 0 <= index < self.latent_size:
+                labels[index] = factor
+        return labels
+
+    def unit_label(self, unit: int) -> str:
+        """"u3", with the KL and the factor the card names for it when known: "u3 level (KL 1.20)"."""
+        kl, factor = self.kl_per_unit, self.unit_labels.get(unit)
+        text = f"u{unit}" + (f" {factor}" if factor else "")
+        return text + (f" (KL {kl[unit]:.2f})" if kl is not None else "")
+
+
+def read_card(model_dir: str | os.PathLike) -> ModelCard:
     """Read and check ``model.json`` of a model folder (format, version, required keys, value types).
 
     Raises ModelError naming the card file.
@@ -100,7 +173,7 @@ def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
             filename = graph_entry(card, graph).get(key)
             if filename is not None and filename not in files:
                 raise ModelError(card_path, f"{graph} file {filename} has no checksum under files")
-    return card
+    return ModelCard(card)
 
 
 def verify_files(model_dir: str | os.PathLike, card: dict[str, Any], *, verify: bool = True) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["CtgenError", "DicomError", "ModelError", "InputError", "OutputError"]
+__all__ = ["CtgenError", "DicomError", "ModelError", "InputError", "ArgumentError", "OutputError"]
 
 
 class CtgenError(Exception):
@@ -31,6 +31,22 @@ class ModelError(_PathError):
 
 class InputError(_PathError):
     """Bad user input other than DICOM: latent files, unit lists, shard specs, options."""
+
+
+class ArgumentError(InputError):
+    """A bad value for a function argument (in Python) or a command-line option (on the CLI, which names the
+    option and exits 2, as for any usage error). ``argument`` is the Python parameter name, e.g. "units"."""
+
+    def __init__(self, argument: str, reason: str):
+        self.argument = argument
+        super().__init__(None, reason)
+        self.args = (f"argument {argument!r}: {reason}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return type(self), (self.argument, self.reason)
 
 
 class OutputError(_PathError):

@@ -66,20 +66,23 @@ class _HttpError(Exception):
 class ExploreServer(ThreadingHTTPServer):
     """Serves the explorer for one ``Generator``; requests run on threads, inference one at a time.
 
-    ``start``: the latent (L,) the page starts from (None: the prior mean), described by ``start_label``. ``seed``: the page's first random-sample seed.
+    ``start``: the latent (L,) the page starts from (None: the prior mean), described by ``start_label``.
+    ``seed``: the page's first random-sample seed. ``window``: the first display window (center, width) in HU.
     """
 
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, generator: Generator, address: tuple[str, int], *, start: np.ndarray | None = None,
-                 start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+                 start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                 window: tuple[float, float] = (40.0, 80.0)):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.generator = generator
         self.start = np.zeros(generator.latent_size, np.float32) if start is None else np.asarray(start, np.float32)
         self.start_label = start_label
         self.seed = seed
+        self.window = (float(window[0]), float(window[1]))
         self.max_upload_bytes = max_upload_bytes
         self.inference_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -100,7 +103,10 @@ class ExploreServer(ThreadingHTTPServer):
 
         generator = self.generator
         kl = generator.kl_per_unit
-        factors = _unit_factors(generator.card, generator.latent_size)
+        factors = generator.unit_labels
+        windows = {name: list(window) for name, window in WINDOWS.items()}
+        if self.window not in WINDOWS.values():
+            windows["start"] = list(self.window)
         units = [{"unit": unit, "rank": rank, "kl": None if kl is None else kl[unit], "factor": factors.get(unit)}
                  for rank, unit in enumerate(generator.units_by_kl, start=1)]
         return {
@@ -111,8 +117,8 @@ class ExploreServer(ThreadingHTTPServer):
             "latent_size": generator.latent_size,
             "units": units,
             "visible_units": VISIBLE_UNITS,
-            "windows": {name: list(window) for name, window in WINDOWS.items()},
-            "window": "brain",
+            "windows": windows,
+            "window": next(name for name, window in windows.items() if tuple(window) == self.window),
             "start": {"z": self.start.tolist(), "label": self.start_label},
             "seed": self.seed,
             "max_upload_bytes": self.max_upload_bytes,
@@ -146,23 +152,6 @@ def start_server(generator: Generator, *, host: str = "127.0.0.1", port: int = 8
     server = ExploreServer(generator, (host, port), **options)
     threading.Thread(target=server.serve_forever, name="ctgen-explore", daemon=True).start()
     return server
-
-
-def _unit_factors(card: dict[str, Any], latent_size: int) -> dict[int, str]:
-    """The card's ``metrics.unit_factors`` ({unit: factor} or a list by unit) as {unit: factor name}."""
-    raw = (card.get("metrics") or {}).get("unit_factors")
-    pairs = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
-    factors = {}
-    for unit, factor in pairs:
-        if isinstance(factor, dict):
-            factor = factor.get("factor") or factor.get("name")
-        try:
-            index = int(unit)
-        except (TypeError, ValueError):
-            continue
-        if factor and 0 <= index < latent_size:
-            factors[index] = str(factor)
-    return factors
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -366,16 +355,28 @@ def _png(hu: np.ndarray, window: tuple[float, float]) -> bytes:
 
 
 def _dicom(generator: Generator, hu: np.ndarray, window: tuple[float, float]) -> bytes:
-    """One derived, de-identified CT image of ``hu`` written by ctgen.dicom, as bytes."""
-    from ctgen.dicom import write_slice
-    from ctgen.outputs import derivation
+    """One derived, de-identified CT image of ``hu`` (ctgen.dicom's writer), as bytes; the same image gives
+    the same bytes (UIDs derive from the model and the pixels, the date from ``output_timestamp``)."""
+    import hashlib
+    import warnings
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from ctgen.dicom import SeriesWriter
+    from ctgen.writers import derivation, output_timestamp
 
     spacing = generator.grid.spacing_mm
-    with tempfile.TemporaryDirectory(prefix="ctgen-export-") as folder:
-        path = write_slice(hu, Path(folder) / "export.dcm", spacing_mm=(spacing, spacing),
-                           description="ctgen explore", derivation=derivation(generator.model, "explore"),
-                           window=window)
-        return path.read_bytes()
+    entropy = ["ctgen explore", generator.card.encoder_sha256, hashlib.sha256(hu.tobytes()).hexdigest(), str(window)]
+    writer = SeriesWriter((1, *hu.shape), "explore export", spacing_mm=(spacing, spacing), window=window,
+                          description="ctgen explore", derivation=derivation(generator.card, "explore"),
+                          study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
+                          series_uid=generate_uid(entropy_srcs=[*entropy, "series"]), timestamp=output_timestamp())
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pydicom.dcmwrite(buffer, writer.dataset(0, hu), enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _one_line(text: str) -> str:

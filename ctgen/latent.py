@@ -11,9 +11,23 @@ from typing import TypeVar
 
 import numpy as np
 
-from ctgen.errors import InputError
+from ctgen.defaults import (
+    DEFAULT_INTERPOLATION,
+    DEFAULT_INTERPOLATION_STEPS,
+    DEFAULT_TRAVERSE_RANGE,
+    DEFAULT_TRAVERSE_STEPS,
+    DEFAULT_TRAVERSE_UNITS,
+)
+from ctgen.errors import ArgumentError, InputError
 
 __all__ = [
+    "INTERPOLATIONS",
+    "DEFAULT_INTERPOLATION",
+    "DEFAULT_INTERPOLATION_STEPS",
+    "DEFAULT_TRAVERSE_UNITS",
+    "DEFAULT_TRAVERSE_RANGE",
+    "DEFAULT_TRAVERSE_STEPS",
+    "interpolate",
     "sample_prior",
     "lerp",
     "slerp",
@@ -28,6 +42,7 @@ __all__ = [
 T = TypeVar("T")
 
 
+
 def sample_prior(n: int, latent_size: int, *, seed: int, temperature: float = 1.0) -> np.ndarray:
     """Draw ``n`` latents from the prior N(0, temperature² I): float32 (n, latent_size).
 
@@ -36,9 +51,9 @@ def sample_prior(n: int, latent_size: int, *, seed: int, temperature: float = 1.
     for every ``m > i``. Raises InputError for n < 0 or temperature < 0.
     """
     if n < 0:
-        raise InputError("--n", f"must be >= 0, got {n}")
+        raise ArgumentError("n", f"must be >= 0, got {n}")
     if not temperature >= 0 or not np.isfinite(temperature):
-        raise InputError("--temperature", f"must be a finite number >= 0, got {temperature}")
+        raise ArgumentError("temperature", f"must be a finite number >= 0, got {temperature}")
     rng = np.random.default_rng(seed)
     # Draw in float64 then cast: one row after another from the same stream, so the
     # prefix property holds and results do not depend on numpy's float32 ziggurat.
@@ -56,7 +71,7 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _fractions(steps: int) -> np.ndarray:
     if steps < 2:
-        raise InputError("--steps", f"must be >= 2 (both ends are included), got {steps}")
+        raise ArgumentError("steps", f"must be >= 2 (both ends are included), got {steps}")
     return np.linspace(0.0, 1.0, steps)
 
 
@@ -88,16 +103,28 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def offsets(value_range: float, steps: int) -> np.ndarray:
+INTERPOLATIONS = {"lerp": lerp, "slerp": slerp}
+
+
+def interpolate(a: np.ndarray, b: np.ndarray, steps: int = DEFAULT_INTERPOLATION_STEPS,
+                method: str = DEFAULT_INTERPOLATION) -> np.ndarray:
+    """``lerp`` or ``slerp`` from ``a`` to ``b`` (both (L,)) by name: float32 (steps, L). Raises ArgumentError."""
+    function = INTERPOLATIONS.get(method)
+    if function is None:
+        raise ArgumentError("method", f"unknown interpolation {method!r} (choose {' or '.join(INTERPOLATIONS)})")
+    return function(a, b, steps)
+
+
+def offsets(value_range: float = DEFAULT_TRAVERSE_RANGE, steps: int = DEFAULT_TRAVERSE_STEPS) -> np.ndarray:
     """Symmetric offsets from ``-value_range`` to ``+value_range``: float32 (K,), always holding 0.
 
     ``steps`` odd gives exactly ``steps`` offsets with 0 in the middle; an even ``steps`` is
     rounded up to the next odd number so that the unchanged latent keeps the middle column.
     """
     if steps < 1:
-        raise InputError("--steps", f"must be >= 1, got {steps}")
+        raise ArgumentError("steps", f"must be >= 1, got {steps}")
     if not value_range > 0 or not np.isfinite(value_range):
-        raise InputError("--range", f"must be a finite number > 0, got {value_range}")
+        raise ArgumentError("value_range", f"must be a finite number > 0, got {value_range}")
     steps += 1 - steps % 2
     values = np.linspace(-value_range, value_range, steps)
     values[steps // 2] = 0.0
@@ -117,7 +144,7 @@ def traverse(z: np.ndarray, units: Sequence[int], offsets: Sequence[float]) -> n
     grid = np.repeat(z[None, :], len(units) * len(deltas), axis=0)
     for row, unit in enumerate(units):
         if not 0 <= unit < z.shape[0]:
-            raise InputError("--units", f"unit {unit} out of range 0-{z.shape[0] - 1}")
+            raise ArgumentError("units", f"unit {unit} out of range 0-{z.shape[0] - 1}")
         grid[row * len(deltas) : (row + 1) * len(deltas), unit] += deltas
     return grid
 
@@ -140,22 +167,22 @@ def parse_units(spec: str, latent_size: int, units_by_kl: Sequence[int] | None =
     if top:
         k = int(top.group(1))
         if not units_by_kl:
-            raise InputError("--units", f"{spec!r}: the model card has no KL ranking; list units instead (e.g. 0-4)")
+            raise ArgumentError("units", f"{spec!r}: the model card has no KL ranking; list units instead (e.g. 0-4)")
         if not 1 <= k <= len(units_by_kl):
-            raise InputError("--units", f"{spec!r}: K must be between 1 and {len(units_by_kl)}")
+            raise ArgumentError("units", f"{spec!r}: K must be between 1 and {len(units_by_kl)}")
         return [int(u) for u in units_by_kl[:k]]
     units: list[int] = []
     for part in text.split(","):
         match = _RANGE.match(part.strip())
         if not match:
-            raise InputError("--units", f"cannot parse {spec!r}; use a list like 0-4,7 or top5 or all")
+            raise ArgumentError("units", f"cannot parse {spec!r}; use a list like 0-4,7 or top5 or all")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
-            raise InputError("--units", f"empty range {part.strip()!r} in {spec!r}")
+            raise ArgumentError("units", f"empty range {part.strip()!r} in {spec!r}")
         for unit in range(first, last + 1):
             if unit >= latent_size:
-                raise InputError("--units", f"unknown unit {unit}: the model has units 0-{latent_size - 1}")
+                raise ArgumentError("units", f"unknown unit {unit}: the model has units 0-{latent_size - 1}")
             if unit not in units:
                 units.append(unit)
     return units
@@ -171,10 +198,10 @@ def parse_shard(spec: str) -> tuple[int, int]:
     """
     match = _SHARD.match(spec)
     if not match:
-        raise InputError("--shard", f"cannot parse {spec!r}; use K/N with 1 <= K <= N, e.g. 1/4")
+        raise ArgumentError("shard", f"cannot parse {spec!r}; use K/N with 1 <= K <= N, e.g. 1/4")
     k, n = int(match.group(1)), int(match.group(2))
     if n < 1 or not 1 <= k <= n:
-        raise InputError("--shard", f"{spec!r}: need 1 <= K <= N (shards are numbered from 1)")
+        raise ArgumentError("shard", f"{spec!r}: need 1 <= K <= N (shards are numbered from 1)")
     return k, n
 
 
@@ -185,7 +212,7 @@ def take_shard(items: Sequence[T], k: int, n: int) -> Sequence[T]:
     a split that is the same on every machine.
     """
     if not 1 <= k <= n:
-        raise InputError("--shard", f"{k}/{n}: need 1 <= K <= N")
+        raise ArgumentError("shard", f"{k}/{n}: need 1 <= K <= N")
     size, extra = divmod(len(items), n)
     start = (k - 1) * size + min(k - 1, extra)
     stop = start + size + (1 if k <= extra else 0)
@@ -195,6 +222,6 @@ def take_shard(items: Sequence[T], k: int, n: int) -> Sequence[T]:
 def iter_batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     """Consecutive slices of ``items`` of length ``size`` (the last may be shorter)."""
     if size < 1:
-        raise InputError("--batch-size", f"must be >= 1, got {size}")
+        raise ArgumentError("batch_size", f"must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -28,6 +28,7 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     COMPLETE_CARD_FIELDS,
     GRAPHS,
     NULLABLE_CARD_FIELDS,
+    ModelCard,
     REQUIRED_KEYS,
     graph_entry,
     incomplete_card_fields,
@@ -125,7 +126,7 @@ class Model:
         from ctgen.preprocess import Grid
 
         self.path = Path(path)
-        self.card = card
+        self.card = card if isinstance(card, ModelCard) else ModelCard(card)
         self.grid = Grid.from_card(card)
         self.latent_size: int = card["latent_size"]
         self.device = device
@@ -155,20 +156,6 @@ class Model:
     @property
     def batch_size(self) -> int:
         return max(1, BATCH_SIZE[self.provider] * 128 * 128 // (self.image_size * self.image_size))
-
-    def units_by_kl(self) -> list[int]:
-        """Latent unit indices, most informative (highest KL) first, from the card."""
-        metrics = self.card.get("metrics") or {}
-        ranked = metrics.get("units_by_kl")
-        if ranked is None and metrics.get("kl_per_unit") is not None:
-            kl = [float(value) for value in metrics["kl_per_unit"]]
-            ranked = sorted(range(len(kl)), key=lambda unit: (-kl[unit], unit))
-        if ranked is None:
-            return list(range(self.latent_size))
-        ranked = [int(unit) for unit in ranked]
-        if sorted(ranked) != list(range(self.latent_size)):
-            raise ModelError(self.path / CARD_FILE, f"units_by_kl is not a ranking of {self.latent_size} units")
-        return ranked
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images float32 (N, 1, S, S) in [0, 1] -> (mu, logvar), each float32 (N, L).
@@ -250,7 +237,8 @@ class Model:
                 return session  # ORT already fell back to the CPU with the right graph
             reason = "the CUDA provider did not load" + _load_failure_hint(captured())
         if self.device == "cuda":
-            raise ModelError(self.path, f"device cuda: {reason}; use --device auto or cpu")
+            raise ModelError(self.path, f"device cuda: {reason}; install the CUDA and cuDNN libraries with "
+                                        "pip install 'ctgen[cuda]', or use --device auto or cpu")
         return _Session(cpu_path, entry, CPU)
 
 

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ctgen.atomic import atomic_file
-from ctgen.errors import InputError
+from ctgen.errors import ArgumentError, InputError
 
-__all__ = ["WINDOWS", "grid_image", "hconcat", "parse_window", "save_gif", "save_png", "to_uint8"]
+__all__ = ["WINDOWS", "frames_loop", "grid_image", "hconcat", "parse_window", "save_gif", "save_png", "to_uint8"]
 
 WINDOWS: dict[str, tuple[float, float]] = {  # (center, width) in HU
     "brain": (40.0, 80.0),
@@ -50,7 +50,7 @@ def parse_window(spec: str) -> tuple[float, float]:
             if math.isfinite(center) and math.isfinite(width) and width > 0:
                 return center, width
     names = ", ".join(WINDOWS)
-    raise InputError(None, f"bad window {spec!r}: use {names} or CENTER,WIDTH in HU with WIDTH > 0")
+    raise ArgumentError("window", f"bad window {spec!r}: use {names} or CENTER,WIDTH in HU with WIDTH > 0")
 
 
 def to_uint8(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -193,6 +193,12 @@ def save_gif(
             handle, format="GIF", save_all=True, append_images=images[1:], duration=int(duration_ms), loop=0
         )
     return Path(path)
+
+
+def frames_loop(frames: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Frames forward then back (without repeating the ends), for a GIF that loops smoothly."""
+    frames = list(frames)
+    return frames + frames[-2:0:-1]
 
 
 def _check_window(window) -> tuple[float, float]:

@@ -6,9 +6,6 @@ folder atomically. Library code: ``ctgen evaluate`` and ``studies.study`` both c
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -243,33 +240,16 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def write_report(report: dict, figures: dict, out: Path, force: bool) -> None:
-    """metrics.json, report.md and the figures into a temporary sibling folder, renamed into place at the end."""
-    from ctgen.errors import OutputError
+    """metrics.json, report.md and the figures into a temporary sibling folder, renamed into place at the end
+    (``ctgen.atomic.atomic_folder``); with ``force`` an earlier report is replaced."""
+    from ctgen.atomic import atomic_file, atomic_folder
     from ctgen.render import save_png
 
     check_out(out, force)
-    staging = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    old = None
-    try:
-        staging.mkdir(parents=True)
-        text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)
-        (staging / "metrics.json").write_text(text + "\n", encoding="utf-8")
-        (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    with atomic_folder(out, force=force) as staging:
+        with atomic_file(staging / "metrics.json", force=False, mode="w") as handle:
+            handle.write(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+        with atomic_file(staging / "report.md", force=False, mode="w") as handle:
+            handle.write(render_markdown(report))
         for name, image in figures.items():
             save_png(image, staging / name)
-        if out.exists() or out.is_symlink():
-            old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
-            os.replace(out, old)
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if old is not None:
-                os.replace(old, out)  # put the previous report back
-                old = None
-            raise
-    except OSError as error:
-        raise OutputError(error.filename or out, error.strerror or str(error)) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -223,15 +223,20 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def one_error_line(result, *fragments: str) -> str:
-    """Assert exit 1 with exactly one 'ctgen: error:' line on stderr that holds every fragment."""
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+def one_error_line(result, *fragments: str, exit_code: int = 1) -> str:
+    """Assert ``exit_code`` (1: bad input) with exactly one 'ctgen: error:' line on stderr holding every fragment."""
+    assert result.exit_code == exit_code, (result.exit_code, result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ctgen: error: "), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def one_usage_line(result, *fragments: str) -> str:
+    """Assert a usage error (exit 2) reported as one 'ctgen: error: --option: reason' line."""
+    return one_error_line(result, *fragments, exit_code=2)
 
 
 def files_under(folder: Path) -> list[str]:

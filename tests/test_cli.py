@@ -11,7 +11,7 @@ from PIL import Image
 
 from ctgen import __version__
 from ctgen.dicom import read_slice
-from conftest import CT_SMALL, files_under, invoke, one_error_line
+from conftest import CT_SMALL, files_under, invoke, one_error_line, one_usage_line
 
 
 def png(path) -> np.ndarray:
@@ -72,7 +72,10 @@ def test_sample_dicom_is_derived_and_names_the_model(model, workdir, tiny_model_
     sha = json.loads((tiny_model_dir / "model.json").read_text())["files"]["encoder.onnx"]["sha256"]
     assert "DERIVED" in ds.ImageType and ds.PatientIdentityRemoved == "YES"
     assert "tiny" in ds.DerivationDescription and sha in ds.ImageComments
-    assert ds.InstanceNumber == 2 and len({pydicom.dcmread(p).SeriesInstanceUID for p in paths}) == 1
+    # prior samples are unrelated images: each is its own series of one study, never a fake stacked volume
+    datasets = [pydicom.dcmread(p) for p in paths]
+    assert [d.SeriesNumber for d in datasets] == [1, 2, 3] and all(d.InstanceNumber == 1 for d in datasets)
+    assert len({d.SeriesInstanceUID for d in datasets}) == 3 and len({d.StudyInstanceUID for d in datasets}) == 1
     hu = read_slice(paths[0]).hu
     npy = invoke("sample", "--n", 1, "-m", model, "-o", "one.npy")
     assert npy.exit_code == 0
@@ -94,8 +97,8 @@ def test_sample_out_folder_and_grid_limit(model, workdir):
     (workdir / "pictures").mkdir()
     assert invoke("sample", "--n", 2, "-m", model, "-o", "pictures").exit_code == 0
     assert (workdir / "pictures" / "samples.png").is_file()
-    one_error_line(invoke("sample", "--n", 1025, "-m", model), "at most 1024")
-    one_error_line(invoke("sample", "-m", model, "-o", "x.jpg"), "unsupported file type .jpg")
+    one_usage_line(invoke("sample", "--n", 1025, "-m", model), "--out", "at most 1024")
+    one_usage_line(invoke("sample", "-m", model, "-o", "x.jpg"), "--out", "unsupported file type .jpg")
 
 
 # ------------------------------------------------------------------------------------------ interpolate
@@ -240,7 +243,7 @@ def test_reconstruct_panels_and_metrics(model, workdir, heads):
     assert "MAE" in result.stderr and "RMSE" in result.stderr  # the table goes to stderr
     assert png(workdir / "reconstructions" / "0000.png").shape[1] > 3 * 128
     assert invoke("reconstruct", heads[0], "-m", model, "-o", "one.png", "-q").exit_code == 0
-    one_error_line(invoke("reconstruct", *heads[:2], "-m", model, "-o", "two.png"), "one PNG holds one slice")
+    one_usage_line(invoke("reconstruct", *heads[:2], "-m", model, "-o", "two.png"), "--out", "one PNG holds one slice")
 
 
 # ----------------------------------------------------------------------------------------- info, units
@@ -260,9 +263,9 @@ def test_info_and_units(model):
 
 def test_debug_shows_the_exception(model, workdir):
     result = invoke("--debug", "traverse", "-m", model, "--units", "99")
-    assert result.exit_code == 1 and type(result.exception).__name__ == "InputError"
+    assert result.exit_code == 1 and type(result.exception).__name__ == "ArgumentError"
     result = invoke("traverse", "-m", model, "--units", "99", env={"CTGEN_DEBUG": "1"})
-    assert type(result.exception).__name__ == "InputError"
+    assert type(result.exception).__name__ == "ArgumentError"
 
 
 def test_common_options_before_the_command(model, workdir):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import CT_SMALL, MR_SMALL, colour_file, files_under, invoke, not_dicom, one_error_line
+from conftest import CT_SMALL, MR_SMALL, colour_file, files_under, invoke, not_dicom, one_error_line, one_usage_line
 
 
 @pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate", "traverse"])
@@ -74,20 +74,20 @@ def test_missing_and_corrupt_models(workdir, tiny_model_copy):
 @pytest.mark.parametrize("spec, fragment", [("12", "unknown unit 12"), ("0-99", "unknown unit 8"),
                                             ("top0", "between 1 and 8"), ("x", "cannot parse")])
 def test_unknown_units(model, workdir, spec, fragment):
-    line = one_error_line(invoke("traverse", "-m", model, "--units", spec), fragment)
+    line = one_usage_line(invoke("traverse", "-m", model, "--units", spec), fragment)
     assert line.startswith("ctgen: error: --units: ")
 
 
 @pytest.mark.parametrize("spec", ["0/4", "5/4", "1/0", "half", "1-4"])
 def test_bad_shard(model, workdir, heads, spec):
-    one_error_line(invoke("encode", heads[0], "-m", model, "--shard", spec), "--shard")
+    one_usage_line(invoke("encode", heads[0], "-m", model, "--shard", spec), "--shard")
 
 
 def test_other_bad_options(model, workdir, heads):
-    one_error_line(invoke("sample", "-m", model, "-w", "lung"), "bad window 'lung'")
-    one_error_line(invoke("encode", heads[0], "-m", model, "--json"), "--json", "needs --out")
-    one_error_line(invoke("encode", heads[0], "-m", model, "-o", "z.npy", "--logvar"), "--logvar")
-    one_error_line(invoke("traverse", "-m", model, "--range", "0"), "--range")
+    one_usage_line(invoke("sample", "-m", model, "-w", "lung"), "--window", "bad window 'lung'")
+    one_usage_line(invoke("encode", heads[0], "-m", model, "--json"), "--json", "needs --out")
+    one_usage_line(invoke("encode", heads[0], "-m", model, "-o", "z.npy", "--logvar"), "--logvar")
+    one_usage_line(invoke("traverse", "-m", model, "--range", "0"), "--range")
     one_error_line(invoke("encode", workdir, "-m", model), "no DICOM files found")
     assert files_under(workdir) == []
 

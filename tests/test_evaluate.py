@@ -216,7 +216,7 @@ def test_attach_puts_the_figures_into_the_card_and_keeps_checksums(report_dir, t
     assert card["metrics"]["recon_mae_hu"] == pytest.approx(report["reconstruction"]["mae_hu"])
     assert card["metrics"]["units_by_kl"] == report["activity"]["units_by_kl"]
     assert card["evaluation"]["note"] == "beta=1: the plain ELBO"
-    assert load_model(tiny_model_copy).units_by_kl() == report["activity"]["units_by_kl"]  # checksums still hold
+    assert load_model(tiny_model_copy).card.units_by_kl == report["activity"]["units_by_kl"]  # checksums still hold
 
 
 def test_attach_without_a_report_is_one_line_error(tiny_model_copy, tmp_path, capsys):

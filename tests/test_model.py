@@ -67,7 +67,7 @@ def test_io_binding_path_gives_the_same_numbers(tiny_model_dir, tiny_reference):
 
 def test_units_by_kl_come_from_the_card(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    assert model.units_by_kl() == [1, 5, 3, 7, 0, 6, 2, 4]
+    assert model.card.units_by_kl == [1, 5, 3, 7, 0, 6, 2, 4]
     assert model.card["metrics"]["kl_per_unit"][1] == 3.0
 
 
@@ -263,4 +263,4 @@ def test_default_model_loads_and_its_card_is_complete():
     mu, _ = model.encode(np.full((2, 1, size, size), 0.5, np.float32))
     images = model.decode(mu)
     assert images.shape == (2, 1, size, size) and np.isfinite(images).all()
-    assert sorted(model.units_by_kl()) == list(range(50))
+    assert sorted(model.card.units_by_kl) == list(range(50))

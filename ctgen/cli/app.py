@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -17,9 +18,20 @@ import typer
 from typer.core import TyperGroup
 
 from ctgen import __version__
-from ctgen.cli.commands import decode, encode, evaluate, explore, info, interpolate, reconstruct, sample, traverse
+from ctgen.cli.commands import (
+    decode,
+    encode,
+    evaluate,
+    example,
+    explore,
+    info,
+    interpolate,
+    reconstruct,
+    sample,
+    traverse,
+)
 from ctgen.cli.options import Device
-from ctgen.errors import CtgenError
+from ctgen.errors import ArgumentError, CtgenError
 
 __all__ = ["app", "main"]
 
@@ -30,6 +42,16 @@ def _debug_requested(ctx: typer.Context | None = None) -> bool:
     if ctx is not None and ctx.meta.get(_DEBUG_KEY):
         return True
     return os.environ.get("CTGEN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# Python argument names whose command-line option is not simply --name-with-dashes
+_FLAGS = {"value_range": "--range", "file_format": "--format", "json_summary": "--json", "slice_path": "SLICE",
+          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME"}
+
+
+def _flag(argument: str) -> str:
+    """The command-line spelling of a Python argument named in an ArgumentError."""
+    return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
 
 
 def _fail(message: str) -> None:
@@ -44,6 +66,11 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
+        except ArgumentError as error:  # a bad option value is a usage error, named by its flag
+            if _debug_requested(ctx):
+                raise
+            _fail(f"{_flag(error.argument)}: {error.reason}")
+            raise typer.Exit(2) from None
         except CtgenError as error:
             if _debug_requested(ctx):
                 raise
@@ -148,6 +175,7 @@ for _function, _panel in (
     (info.info, "Model"),
     (info.units, "Model"),
     (evaluate.evaluate, "Model"),
+    (example.example, "Model"),
 ):
     _register(_function, _panel)
 
@@ -157,4 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     # numpy's matrix products here are small (resampling one slice); BLAS worker threads would only
     # compete with ONNX Runtime's for the cores and slow the reading pipeline several times over.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # SIGTERM (a batch system's kill, `timeout`) unwinds like Ctrl-C, so that no half-written output stays
+    signal.signal(signal.SIGTERM, _interrupt)
     typer.main.get_command(app).main(args=argv, prog_name="ctgen")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -7,7 +7,6 @@ attribute can leak. ``ctgen.dicom`` re-exports the public names next to the read
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -21,10 +20,11 @@ from pydicom.valuerep import DSfloat
 from ctgen import __version__
 from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import SC_SOP as _SC_SOP
+from ctgen.atomic import Claims, atomic_file
 from ctgen.dicom.common import one_line as _one_line
 from ctgen.errors import InputError, OutputError
 
-__all__ = ["write_series", "write_slice", "STORED_OFFSET"]
+__all__ = ["SeriesWriter", "write_series", "write_slice", "STORED_OFFSET"]
 
 STORED_OFFSET = 1024  # written files store round(HU + 1024) as int16, RescaleIntercept -1024
 
@@ -47,8 +47,7 @@ def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, 
     UIDs derive from it, so together with `timestamp` (content date/time, default now) the files are
     byte-reproducible. Over-long descriptions are truncated.
     Raises InputError for bad arrays or options; OutputError when a target exists and not force (all
-    are checked before any is written) or cannot be written. Files are renamed into place from
-    hidden temporary files beside them.
+    are checked before any is written) or cannot be written; a failed call removes the files it made.
     """
     volume = _volume(hu, out_dir)
     try:
@@ -57,12 +56,27 @@ def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, 
         raise InputError(out_dir, f"bad filename pattern {filename_pattern!r}: {_one_line(exc)}") from exc
     if len(set(names)) != len(names) or any(Path(n).name != n or n in (".", "..") for n in names):
         raise InputError(out_dir, f"filename pattern {filename_pattern!r} must give distinct plain file names")
-    make = _planner(volume, out_dir, spacing_mm=spacing_mm, description=description, derivation=derivation,
-                    positions_mm=positions_mm, orientation=orientation, patient_id=patient_id,
-                    patient_name=patient_name, series_number=series_number, window=window, sop_class=sop_class,
-                    extra_comments=extra_comments, study_uid=study_uid, series_uid=series_uid,
-                    timestamp=timestamp)
-    return _write_all([Path(out_dir) / name for name in names], make, force)
+    writer = SeriesWriter(volume.shape, out_dir, spacing_mm=spacing_mm, description=description,
+                          derivation=derivation, positions_mm=positions_mm, orientation=orientation,
+                          patient_id=patient_id, patient_name=patient_name, series_number=series_number,
+                          window=window, sop_class=sop_class, extra_comments=extra_comments, study_uid=study_uid,
+                          series_uid=series_uid, timestamp=timestamp)
+    targets = [Path(out_dir) / name for name in names]
+    existing = [t for t in targets if os.path.lexists(t)]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputError(existing[0], f"already exists{more}; pass force to overwrite")
+    if folders := [t for t in existing if t.is_dir()]:
+        raise OutputError(folders[0], "is a folder")
+    claims = Claims()
+    try:
+        for index, target in enumerate(targets):
+            writer.write(index, volume[index], target, force=force)
+            claims.add(target)
+    except BaseException:  # leave no half-written series
+        claims.rollback()
+        raise
+    return targets
 
 
 def write_slice(hu, path, **options) -> Path:
@@ -70,7 +84,39 @@ def write_slice(hu, path, **options) -> Path:
     force = options.pop("force", False)
     if np.ndim(hu) != 2:
         raise InputError(path, f"expected HU of shape (H, W), got {np.shape(hu)}")
-    return _write_all([Path(path)], _planner(_volume(hu, path), path, **options), force)[0]
+    volume = _volume(hu, path)
+    return SeriesWriter(volume.shape, path, **options).write(0, volume[0], Path(path), force=force)
+
+
+class SeriesWriter:
+    """One de-identified series written file by file, for outputs that stream: every option of
+    ``write_series`` is checked once here, before any file exists; ``write(index, hu, path)`` then writes
+    instance ``index`` (0-based) of ``shape[0]`` atomically (``ctgen.atomic``; exclusive unless ``force``).
+
+    ``shape``: (N, H, W) of the whole series; ``where`` names it in errors. Raises InputError / OutputError.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], where, **options):
+        self.shape = tuple(int(n) for n in shape)
+        self.where = where
+        self._make = _planner(self.shape, where, **options)
+
+    def dataset(self, index: int, hu) -> Dataset:
+        """Instance ``index`` of the series holding ``hu`` (HU, (H, W), finite) as a pydicom Dataset."""
+        image = np.asarray(hu, dtype=np.float32)
+        if image.shape != self.shape[1:] or not 0 <= index < self.shape[0]:
+            raise InputError(self.where, f"instance {index} of {self.shape} cannot hold an image of {image.shape}")
+        if not np.isfinite(image).all():
+            raise InputError(self.where, "HU contains NaN or infinite values")
+        return self._make(index, image)
+
+    def write(self, index: int, hu, path: Path, *, force: bool = False) -> Path:
+        ds = self.dataset(index, hu)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with atomic_file(path, force=force) as handle:
+                pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        return Path(path)
 
 
 def _volume(hu, where) -> np.ndarray:
@@ -116,14 +162,14 @@ def _ds(value: float) -> DSfloat:
     return DSfloat(float(value), auto_format=True)  # fits the 16-character limit of DS
 
 
-def _planner(volume: np.ndarray, where, *, spacing_mm, description: str, derivation: str, positions_mm=None,
+def _planner(shape: tuple[int, int, int], where, *, spacing_mm, description: str, derivation: str, positions_mm=None,
              orientation=None, patient_id="ANONYMOUS", patient_name="ANONYMOUS", series_number=1,
              window=(40.0, 80.0), sop_class="ct", extra_comments=None, study_uid=None, series_uid=None,
              timestamp: datetime | None = None):
     # check every option before any file exists; make(index) builds a dataset from these values only
     if sop_class not in ("ct", "sc"):
         raise InputError(where, f"sop_class must be 'ct' or 'sc', got {sop_class!r}")
-    count, rows, cols = volume.shape
+    count, rows, cols = shape
     spacing = _vector(np.resize(spacing_mm, 2) if np.size(spacing_mm) == 1 else spacing_mm, 2, "spacing_mm",
                       where)
     if (spacing <= 0).any():
@@ -158,7 +204,7 @@ def _planner(volume: np.ndarray, where, *, spacing_mm, description: str, derivat
     frame_of_reference, is_ct, unicode = derived_uid("for"), sop_class == "ct", not all(t.isascii() for t in texts)
     date, time = (timestamp or datetime.now()).strftime("%Y%m%d %H%M%S").split()
 
-    def make(index: int) -> Dataset:
+    def make(index: int, image: np.ndarray) -> Dataset:
         ds = Dataset()
         if unicode:
             ds.SpecificCharacterSet = "ISO_IR 192"
@@ -184,42 +230,10 @@ def _planner(volume: np.ndarray, where, *, spacing_mm, description: str, derivat
             ds.SliceThickness, ds.SliceLocation = _ds(thickness), _ds(positions[index] @ normal)
         else:
             ds.ConversionType, ds.PatientOrientation = "SYN", ""
-        stored = np.clip(np.rint(volume[index].astype(np.float64) + STORED_OFFSET), -32768, 32767)
+        stored = np.clip(np.rint(image.astype(np.float64) + STORED_OFFSET), -32768, 32767)
         ds.set_pixel_data(stored.astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -STORED_OFFSET, 1, "HU"
         ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
         return ds  # dcmwrite(enforce_file_format=True) derives the file meta from it
 
     return make
-
-
-def _write_all(targets: list[Path], make, force: bool) -> list[Path]:
-    existing = [t for t in targets if t.exists() or t.is_symlink()]
-    if existing and not force:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise OutputError(existing[0], f"already exists{more}; pass force to overwrite")
-    if folders := [t for t in existing if t.is_dir()]:
-        raise OutputError(folders[0], "is a folder")
-    written: list[Path] = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for index, target in enumerate(targets):
-                ds = make(index)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                temporary = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-                try:
-                    with open(temporary, "xb") as fh:
-                        pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-                    written.append(target)  # before the rename: an interrupt after it still cleans up
-                    os.replace(temporary, target)
-                finally:
-                    temporary.unlink(missing_ok=True)
-    except BaseException as exc:  # leave no half-written series: remove the files this call created
-        for target in written:
-            if target not in existing:
-                target.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(exc.filename or targets[min(len(written), len(targets) - 1)], _one_line(exc)) from exc
-        raise
-    return targets

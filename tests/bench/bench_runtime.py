@@ -200,9 +200,7 @@ def encode_gap(model_dir: Path, work: Path, count: int) -> dict:
     start = time.perf_counter()
     images = np.stack([to_model(ct.hu, ct.spacing_mm, model.grid) for ct in map(read_slice, files)])[:, None]
     read_rate = len(files) / (time.perf_counter() - start)
-    from ctgen.cli.commands._images import batch_size_for
-
-    step = batch_size_for(model, None)  # what ctgen encode feeds ONNX Runtime at a time
+    step = model.batch_size  # what ctgen encode feeds ONNX Runtime at a time
 
     def encode_all() -> None:
         for start in range(0, len(images), step):

@@ -27,10 +27,10 @@ def decode(
                        "or - for JSON lines/CSV on stdin.", show_default=False),
     ],
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Labelled grid .png (up to 1024 images), .npy stack in HU (N, S, S), or "
-                     "a folder. Without --out and --per-file: decoded.png.", show_default=False,
-                     rich_help_panel="Output"),
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
+                     help="Labelled grid .png (up to 1024 images), .npy stack in HU (N, S, S), or a folder (DIR/ "
+                          "gets decoded.png). Without --out and --per-file: decoded.png."),
     ] = None,
     per_file: PerFileOption = None,
     file_format: FormatOption = "png",
@@ -45,26 +45,29 @@ def decode(
     """Decode latent vectors to CT slices: a grid PNG (decoded.png) and/or one file per vector.
 
     Every vector must have the model's latent size and finite values; per-file outputs are named
-    decoded_00000.png, … in input order. Pipes: ctgen encode scans/ | ctgen decode - -o recon.png
+    decoded_00000.png, … in input order (as DICOM, each its own series). Pipes:
+    ctgen encode scans/ | ctgen decode - -o recon.png
     """
-    from ctgen.cli.commands._latent_files import check_latents, read_latents
-    from ctgen.cli.commands._images import ImageOutputs, stream_decode
-    from ctgen.outputs import Run, check_targets
+    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.latent_io import check_latents, read_latents
     from ctgen.render import parse_window
+    from ctgen.writers import ImageOutputs
 
     with Run("decode", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
+        target = resolve_out(out, "decoded.png", (".png", ".npy")) if out is not None or per_file is None else None
         vectors = read_latents(latents)
         source = "<stdin>" if latents == "-" else latents
-        vae = run.load_model(model, device)
-        check_latents(vectors, vae.latent_size, source)
+        generator = run.load_generator(model, device)
+        check_latents(vectors, generator.latent_size, source)
         width = max(5, len(str(len(vectors) - 1)))
-        names = [f"decoded_{index:0{width}d}" for index in range(len(vectors))]
-        outputs = ImageOutputs(run, vae, out=out, per_file=per_file, file_format=file_format,
-                               default_name="decoded.png", names=names, window=display,
-                               action=f"decode {Path(source).name}")
+        outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
+                               names=[f"decoded_{index:0{width}d}" for index in range(len(vectors))],
+                               window=display, action=f"decode {Path(source).name}", force=force)
         check_targets(outputs.targets, force=force)
-        with outputs:
-            stream_decode(run, vae, vectors, [outputs], batch_size=batch_size)
-        outputs.finish(title=f"decoded {Path(source).name} · {vae.card.get('name')}", what="images")
+        with outputs, run.progress(len(vectors), "decoding") as advance:
+            for start, hu in generator.iter_decode(vectors, batch_size=batch_size):
+                outputs.write(start, hu)
+                advance(len(hu))
+        run.wrote(outputs.finish(title=f"decoded {Path(source).name} · {generator.card.name}"), "images")
         run.finish(count=len(vectors), source=source)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,10 +25,10 @@ def encode(
                        show_default=False),
     ],
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of "
-                     "JSON lines on stdout; a folder gets latents.npz.", show_default=False,
-                     rich_help_panel="Output"),
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
+                     help="Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on "
+                          "stdout; a folder (DIR/) gets latents.npz."),
     ] = None,
     logvar: Annotated[bool, typer.Option("--logvar", help="Also write the posterior log-variances.")] = False,
     shard: Annotated[
@@ -53,99 +52,52 @@ def encode(
     """
     import numpy as np
 
-    from ctgen.cli.commands._images import batch_size_for
-    from ctgen.cli.commands._latent_files import LATENT_SUFFIXES, json_line, write_latents
-    from ctgen.cli.commands._slices import iter_on_grid
-    from ctgen.dicom import iter_dicom_files
-    from ctgen.errors import CtgenError, InputError
+    from ctgen.api import gather_files
+    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.errors import ArgumentError, InputError
     from ctgen.latent import parse_shard, take_shard
-    from ctgen.outputs import Run, check_targets, resolve_out
+    from ctgen.latent_io import LATENT_SUFFIXES, json_line, write_latents
 
     with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
         k, n = parse_shard(shard) if shard is not None else (1, 1)
         target = resolve_out(out, "latents.npz", LATENT_SUFFIXES) if out is not None else None
         if target is None and json_summary:
-            raise InputError("--json", "needs --out: without it stdout carries the JSON lines")
+            raise ArgumentError("json_summary", "needs --out: without it stdout carries the JSON lines")
         if target is not None and target.suffix.lower() == ".npy" and logvar:
-            raise InputError("--logvar", f"{target}: .npy holds mu only; use .npz, .csv or .jsonl")
-        failures: list[str] = []
-
-        def bad(path, error: CtgenError) -> None:
-            if not skip_bad:
-                raise error
-            reason = getattr(error, "reason", str(error))
-            print(f"ctgen: skipped {path}: {reason}", file=sys.stderr, flush=True)
-            failures.append(str(path))
-
-        files: set[Path] = set()
-        for item in _expand_stdin(inputs):
-            try:
-                files.update(iter_dicom_files([item]))
-            except CtgenError as error:
-                bad(item, error)
-        if not files and not failures:
+            raise ArgumentError("logvar", f"{target}: .npy holds mu only; use .npz, .csv or .jsonl")
+        on_error = run.on_error(skip_bad)
+        files = gather_files(_expand_stdin(inputs), on_error=on_error)
+        if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
-        ordered = take_shard(sorted(files, key=str), k, n)
+        ordered = take_shard(files, k, n)
         if target is not None:
             check_targets([target], force=force)
-        vae = run.load_model(model, device)
+        generator = run.load_generator(model, device)
 
-        step = batch_size_for(vae, batch_size)
-        stream = target is None and skip_bad  # stream lines as they come; otherwise all or nothing
-        done_files: list[str] = []
-        mus: list[np.ndarray] = []
-        logvars: list[np.ndarray] = []
-        batch_paths: list[str] = []
-        batch_images: list[np.ndarray] = []
-
-        def flush() -> None:
-            if not batch_images:
-                return
-            mu, log_variance = vae.encode(np.stack(batch_images)[:, None])
-            if stream:
-                lines = [json_line(f, mu[i], log_variance[i] if logvar else None) for i, f in enumerate(batch_paths)]
-                sys.stdout.write("\n".join(lines) + "\n")
-                sys.stdout.flush()
-            else:
-                mus.append(mu)
-                logvars.append(log_variance)
-            done_files.extend(batch_paths)
-            advance(len(batch_paths))
-            batch_paths.clear()
-            batch_images.clear()
-
+        stream = target is None and skip_bad  # lines as they come; otherwise all or nothing
+        batches, encoded = [], 0
         with run.progress(len(ordered), f"encoding shard {k}/{n}" if n > 1 else "encoding") as advance:
-            readers = 1 if vae.provider == "CPUExecutionProvider" else 4  # on the CPU, ORT needs the cores
-            for path, loaded in iter_on_grid(ordered, vae.grid, lookahead=max(64, 2 * step), workers=readers):
-                if isinstance(loaded, CtgenError):
-                    bad(path, loaded)
-                    advance(1)
-                    continue
-                batch_paths.append(str(path))
-                batch_images.append(loaded.image)
-                if len(batch_images) == step:
-                    flush()
-            flush()
-
+            for batch in generator.iter_encode(ordered, batch_size=batch_size, on_error=on_error):
+                if stream:
+                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, json_line)
+                else:
+                    batches.append(batch)
+                encoded += len(batch.sources)
+                advance(len(batch.sources))
+        done = [source for batch in batches for source in batch.sources]
         if not stream:
-            width = vae.latent_size
-            mu_all = np.concatenate(mus) if mus else np.empty((0, width), np.float32)
-            logvar_all = (np.concatenate(logvars) if logvars else np.empty((0, width), np.float32)) if logvar else None
+            empty = np.empty((0, generator.latent_size), np.float32)
+            mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
+            log_variance = (np.concatenate([batch.logvar for batch in batches]) if batches else empty) if logvar else None
             if target is None:
-                for index, file in enumerate(done_files):
-                    sys.stdout.write(json_line(file, mu_all[index], None if logvar_all is None else logvar_all[index])
-                                     + "\n")
-                sys.stdout.flush()
+                _print_lines(done, mu, log_variance, json_line)
             else:
-                write_latents(target, done_files, mu_all, logvar_all, force=force, model_name=vae.card.get("name"))
-                run.record(f"latents_{target.suffix.lower().lstrip('.')}", target, count=len(done_files),
-                           logvar=logvar)
-                run.note(f"wrote {len(done_files)} latent vectors to {target}")
-        run.finish(encoded=len(done_files), failed=failures, shard=[k, n], files_in_shard=len(ordered))
-        if failures:
-            print(f"ctgen: {len(failures)} of {len(ordered) + _outside(failures, ordered)} inputs failed "
-                  f"and were skipped", file=sys.stderr, flush=True)
-            raise typer.Exit(1)
+                write_latents(target, done, mu, log_variance, force=force, model_name=generator.card.name)
+                run.wrote([{"kind": f"latents_{target.suffix.lower().lstrip('.')}", "path": str(target),
+                            "count": len(done), "logvar": logvar}], "latent vectors")
+        run.finish(encoded=encoded, failed=run.failures, shard=[k, n], files_in_shard=len(ordered))
+        listed = set(map(str, ordered))
+        run.exit_if_skipped(len(ordered) + sum(failure not in listed for failure in run.failures))
 
 
 def _expand_stdin(inputs: list[str]) -> list[str]:
@@ -159,7 +111,8 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
     return items
 
 
-def _outside(failures: list[str], ordered) -> int:
-    """Failures that never made it into the file list (missing paths)."""
-    listed = {str(path) for path in ordered}
-    return sum(1 for failure in failures if failure not in listed)
+def _print_lines(files, mu, logvar, json_line) -> None:
+    if len(files):
+        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i]) + "\n"
+                                 for i, f in enumerate(files)))
+        sys.stdout.flush()

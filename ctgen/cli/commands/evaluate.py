@@ -49,12 +49,12 @@ def evaluate(
     compares prior samples with every training slice of the study (read, not encoded).
     """
     from ctgen.evaluate import card_metrics
-    from ctgen.outputs import Run
+    from ctgen.cli.run import Run
     from ctgen.report import check_out, report_folder
 
     with Run("evaluate", quiet=quiet, json_summary=json_summary, force=force) as run:
         check_out(out, force)
-        vae = run.load_model(model, device)
+        vae = run.load_generator(model, device).model
         stages = _Stages(run)
         try:
             report, figures = report_folder(vae, study, out, force=force, factors=factors, split=split,

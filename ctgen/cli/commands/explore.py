@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ctgen.cli.options import DeviceOption, ModelOption, SeedOption
+from ctgen.cli.options import DeviceOption, JsonOption, ModelOption, QuietOption, SeedOption, WindowOption
 
 
 def explore(
     slice_path: Annotated[
-        Path | None,
+        str | None,
         typer.Argument(metavar="SLICE.dcm", help="Start from this CT slice (encoded to its mean latent) "
-                       "instead of the prior mean.", exists=True, dir_okay=False, show_default=False),
+                       "instead of the prior mean.", show_default=False),
     ] = None,
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (0: any free port).")] = 8765,
     host: Annotated[
@@ -24,39 +23,46 @@ def explore(
     ] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a web browser.")] = False,
     seed: SeedOption = 0,
+    window: WindowOption = "brain",
     model: ModelOption = None,
     device: DeviceOption = "auto",
+    json_summary: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Explore the latent space in a web page: one slider per latent unit, live decoding.
 
     Serves a local page (loopback only unless --host is given) and opens it in the browser. Sliders are
-    ordered by KL; start from the prior mean, a seeded random sample or an uploaded DICOM slice, scrub
-    an interpolation between two vectors, and export the image (PNG, DICOM) or the latent (JSON).
-    Stop with Ctrl+C.
+    ordered by KL and named by the factor each unit carries when the card knows it; start from the prior
+    mean, a seeded random sample or an uploaded DICOM slice, scrub an interpolation between two vectors,
+    and export the image (PNG, DICOM) or the latent (JSON). --window sets the page's first display
+    window; --json prints {"url": …} on stdout once the server listens. Stop with Ctrl+C.
     """
     import sys
     import webbrowser
+    from pathlib import Path
 
-    from ctgen.api import Generator
+    from ctgen.cli.run import Run
     from ctgen.explore import ExploreServer, is_loopback
-    from ctgen.outputs import Run
+    from ctgen.render import parse_window
 
-    with Run("explore") as run:
-        generator = Generator(run.load_model(model, device))
+    with Run("explore", quiet=quiet, json_summary=json_summary) as run:
+        display = parse_window(window)
+        generator = run.load_generator(model, device)
         start, label = None, "prior mean"
         if slice_path is not None:
-            start, label = generator.encode(slice_path)[0], slice_path.name
+            start, label = generator.encode(slice_path)[0], Path(slice_path).name
         try:
-            server = ExploreServer(generator, (host, port), start=start, start_label=label, seed=seed)
+            server = ExploreServer(generator, (host, port), start=start, start_label=label, seed=seed, window=display)
         except OSError as error:
-            reason = f"cannot listen on {host}:{port} ({error.strerror or error}; try another --port)"
-            raise OSError(error.errno, reason) from None
+            raise OSError(error.errno, f"cannot listen on {host}:{port} ({error.strerror or error}; try another "
+                                       "--port)") from None
         scope = "loopback only" if is_loopback(host) else "reachable from other machines"
-        print(f"ctgen: serving on {server.url.rstrip('/')} ({scope}); model {generator.card.get('name')} "
-              f"on {generator.model.provider}; Ctrl+C stops", file=sys.stderr, flush=True)
+        run.note(f"ctgen: serving on {server.url.rstrip('/')} ({scope}); model {generator.card.name} on "
+                 f"{generator.model.provider}; Ctrl+C stops")
         if not is_loopback(host):
             run.warn(f"--host {host} is not loopback: anyone who can reach this machine can use the explorer "
                      "and upload files to it (there is no authentication)")
+        run.finish(url=server.url, host=host, port=server.server_address[1])
         if not no_browser:
             webbrowser.open(server.url)
         try:

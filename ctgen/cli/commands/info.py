@@ -85,7 +85,8 @@ def _shown(value):
 
 
 def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
-    """Latent units ranked by KL divergence (nats, from the card's validation metrics).
+    """Latent units ranked by KL divergence (nats, from the card's validation metrics), with the factor each
+    carries when the card names one.
 
     Units with high KL carry information; units near 0 are inactive (the prior). Reads only the card.
     """
@@ -93,34 +94,22 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
 
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
-    latent_size = card["latent_size"]
-    metrics = card.get("metrics") or {}
-    kl = metrics.get("kl_per_unit")
-    if kl is not None and len(kl) != latent_size:
-        kl = None
-    ranking = metrics.get("units_by_kl") or (
-        sorted(range(latent_size), key=lambda unit: (-kl[unit], unit)) if kl else list(range(latent_size))
-    )
-    active = metrics.get("active_units")
+    kl, labels = card.kl_per_unit, card.unit_labels
+    active = (card.get("metrics") or {}).get("active_units")
     total = sum(kl) if kl else 0.0
-    rows = [
-        {
-            "rank": rank,
-            "unit": int(unit),
-            "kl": float(kl[unit]) if kl else None,
-            "share": float(kl[unit]) / total if kl and total > 0 else None,
-            "active": (rank <= active) if isinstance(active, int) else None,
-        }
-        for rank, unit in enumerate(ranking, start=1)
-    ]
+    rows = [{"rank": rank, "unit": unit, "kl": kl[unit] if kl else None,
+             "share": kl[unit] / total if kl and total > 0 else None,
+             "active": (rank <= active) if isinstance(active, int) else None, "factor": labels.get(unit)}
+            for rank, unit in enumerate(card.units_by_kl, start=1)]
     if json_summary:
-        print(json.dumps({"model": card.get("name"), "path": str(model_dir), "active_units": active, "units": rows}))
+        print(json.dumps({"model": card.name, "path": str(model_dir), "active_units": active, "units": rows}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{card.get('name')}: latent units by KL (nats)", title_justify="left")
-    for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"), ("", "left")):
+    table = Table(title=f"{card.name}: latent units by KL (nats)", title_justify="left")
+    for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"),
+                          ("factor", "left"), ("", "left")):
         table.add_column(name, justify=justify)
     largest = max((row["kl"] for row in rows if row["kl"] is not None), default=0.0) or 1.0
     for row in rows:
@@ -128,7 +117,7 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
         bar = "█" * round(20 * row["kl"] / largest) if row["kl"] else ""
         marker = "" if row["active"] is None else (" active" if row["active"] else "")
-        table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share, bar + marker)
+        table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share, row["factor"] or "", bar + marker)
     Console(highlight=False, soft_wrap=True).print(table)
     if kl is None:
         print("ctgen: note: the card has no per-unit KL; units listed in index order", file=sys.stderr, flush=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -17,18 +16,22 @@ from ctgen.cli.options import (
     QuietOption,
     WindowOption,
 )
+from ctgen.defaults import DEFAULT_INTERPOLATION, DEFAULT_INTERPOLATION_STEPS
 
 
 def interpolate(
-    first: Annotated[Path, typer.Argument(metavar="A.dcm", help="Slice at the start.", show_default=False)],
-    second: Annotated[Path, typer.Argument(metavar="B.dcm", help="Slice at the end.", show_default=False)],
-    steps: Annotated[int, typer.Option("--steps", "-s", min=2, help="Images in the strip, both ends included.")] = 8,
+    first: Annotated[str, typer.Argument(metavar="A.dcm", help="Slice at the start.", show_default=False)],
+    second: Annotated[str, typer.Argument(metavar="B.dcm", help="Slice at the end.", show_default=False)],
+    steps: Annotated[
+        int, typer.Option("--steps", "-s", min=2, help="Images in the strip, both ends included.")
+    ] = DEFAULT_INTERPOLATION_STEPS,
     method: Annotated[
-        Literal["lerp", "slerp"], typer.Option("--method", help="Straight line or great circle between the means.")
-    ] = "lerp",
+        Literal["slerp", "lerp"],
+        typer.Option("--method", help="Great circle (keeps norms typical of the prior) or straight line."),
+    ] = DEFAULT_INTERPOLATION,
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Strip .png, or a folder.",
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", help="Strip .png, or a folder (DIR/ gets interpolation.png).",
                      show_default="interpolation.png", rich_help_panel="Output"),
     ] = None,
     gif: Annotated[
@@ -51,52 +54,51 @@ def interpolate(
     """Encode two slices (their means), interpolate between them and decode.
 
     Writes a strip PNG (interpolation.png) whose ends are the two reconstructions; --gif adds an
-    animation (interpolation.gif), --with-originals the inputs, --per-file one file per step.
+    animation (interpolation.gif), --with-originals the inputs, --per-file one file per step (as DICOM,
+    one ordered series that says what it is).
     """
+    from pathlib import Path
+
     import numpy as np
 
-    from ctgen.cli.commands._slices import encode_one, frames_loop, load_on_grid
-    from ctgen.latent import lerp, slerp
-    from ctgen.cli.commands._images import PerFile, tile_scale
-    from ctgen.outputs import Run, check_targets, resolve_out
-    from ctgen.preprocess import from_model
-    from ctgen.render import grid_image, parse_window, save_gif, save_png
+    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.render import frames_loop, grid_image, parse_window, save_gif, save_png
+    from ctgen.writers import PerFile, tile_scale
 
     with Run("interpolate", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
         strip_path = resolve_out(out, "interpolation.png", (".png",))
         gif_path = strip_path.with_suffix(".gif") if gif else None
-        vae = run.load_model(model, device)
+        generator = run.load_generator(model, device)
+        names = (Path(first).name, Path(second).name)
+        times = np.linspace(0.0, 1.0, steps)
         files = None
         if per_file is not None:
-            names = [f"interpolation_{index:03d}" for index in range(steps)]
-            files = PerFile(per_file, names, file_format, window=display, model=vae, force=force,
-                            action=f"interpolate {method} {first.name} -> {second.name}")
-        check_targets([strip_path] + ([gif_path] if gif_path else []) + (files.paths if files else []), force=force)
+            action = f"interpolate: {method} from {names[0]} to {names[1]}, {steps} steps"
+            files = PerFile(per_file, [f"interpolation_{index:03d}" for index in range(steps)], file_format,
+                            window=display, card=generator.card, grid=generator.grid, action=action, force=force,
+                            groups=[0] * steps, descriptions=[f"ctgen {method} path (not anatomy)"],
+                            comments=[f"step {i + 1} of {steps}, t = {t:.3f}" for i, t in enumerate(times)])
+        check_targets([strip_path, *([gif_path] if gif_path else []), *(files.paths if files else [])], force=force)
 
-        ends = [load_on_grid(path, vae.grid, with_hu=with_originals) for path in (first, second)]
-        mu_first, mu_second = (encode_one(vae, item) for item in ends)
-        path = (slerp if method == "slerp" else lerp)(mu_first, mu_second, steps)
-        frames = from_model(vae.decode(path), vae.grid)
+        ends = [generator.load(path, with_hu=with_originals) for path in (first, second)]
+        mu = generator.encode(ends)
+        frames = generator.interpolate(mu[0], mu[1], steps, method)
 
         tiles = list(frames)
-        labels = ["A"] + [f"t={t:.2f}" for t in np.linspace(0, 1, steps)[1:-1]] + ["B"]
+        labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
         if with_originals:
-            tiles = [ends[0].hu, *tiles, ends[1].hu]
-            labels = ["A input", *labels, "B input"]
-        title = f"{first.name} to {second.name} · {method} · {vae.card.get('name')}"
-        strip = grid_image(np.stack(tiles), display, rows=1, cols=len(tiles), col_labels=labels, title=title,
-                           scale=tile_scale(vae.grid.size))
-        save_png(strip, strip_path, force=force)
-        run.record("strip_png", strip_path, steps=steps)
-        run.note(f"wrote {steps}-step {method} strip to {strip_path}")
+            tiles, labels = [ends[0].hu, *tiles, ends[1].hu], ["A input", *labels, "B input"]
+        title = f"{names[0]} to {names[1]} · {method} · {generator.card.name}"
+        save_png(grid_image(np.stack(tiles), display, rows=1, cols=len(tiles), col_labels=labels, title=title,
+                            scale=tile_scale(generator.image_size)), strip_path, force=force)
+        run.wrote([{"kind": "strip_png", "path": str(strip_path), "count": steps}], "images")
         if gif_path is not None:
             save_gif(frames_loop(frames), gif_path, window=display, force=force)
-            run.record("gif", gif_path, frames=2 * steps - 2)
-            run.note(f"wrote animation to {gif_path}")
+            run.wrote([{"kind": "gif", "path": str(gif_path), "count": 2 * steps - 2}], "frames")
         if files is not None:
-            files.write(0, frames)
-            files.close()
-            run.record(f"per_file_{file_format}", per_file, count=steps, files=[str(p) for p in files.paths])
-            run.note(f"wrote {steps} .{file_format} files to {per_file}")
-        run.finish(method=method, steps=steps, inputs=[str(first), str(second)])
+            with files:
+                files.write(0, frames)
+            run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": steps,
+                        "files": [str(p) for p in files.paths]}], "files")
+        run.finish(method=method, steps=steps, inputs=[first, second])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,16 +20,14 @@ from ctgen.cli.options import (
     WindowOption,
 )
 
-HEAD_THRESHOLD_HU = -500.0  # pixels of the original above this count as head for the error figures
-
 
 def reconstruct(
-    inputs: Annotated[list[Path], typer.Argument(metavar="FILES/DIRS", help="DICOM files or folders (recursive).",
-                                                 show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(metavar="FILES/DIRS", help="DICOM files or folders (recursive).",
+                                                show_default=False)],
     out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for one panel PNG per slice (<name>.png), or a .png file for a "
-                     "single input.", show_default="reconstructions/", rich_help_panel="Output"),
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", show_default="reconstructions/", rich_help_panel="Output",
+                     help="Folder for one panel PNG per slice (<name>.png), or a .png file for a single input."),
     ] = None,
     diff_range: Annotated[
         float, typer.Option("--diff-range", min=1.0, help="HU difference shown as black/white in the difference panel.")
@@ -48,115 +45,78 @@ def reconstruct(
 ) -> None:
     """Encode and decode slices: original | reconstruction | difference panels, one PNG per slice.
 
-    Errors per slice (MAE and RMSE in HU, inside the head: original > -500 HU) are computed against the
-    original clipped to the model's HU window, shown as a table on stderr and in --json. --per-file also
-    writes the reconstructions themselves (npy in HU by default).
+    Errors per slice (MAE and RMSE in HU, inside the head: original > -500 HU) are computed against what
+    the model can reach (the original through its HU map), shown as a table on stderr and in --json.
+    --per-file also writes the reconstructions themselves (npy in HU by default).
     """
+    from contextlib import nullcontext
+
     import numpy as np
 
-    from ctgen.cli.commands._slices import iter_on_grid
-    from ctgen.dicom import iter_dicom_files
-    from ctgen.errors import CtgenError, InputError
-    from ctgen.cli.commands._images import PerFile, batch_size_for, tile_scale
-    from ctgen.outputs import Run, check_targets, unique_names
-    from ctgen.preprocess import from_model
+    from ctgen.api import gather_files
+    from ctgen.cli.run import Run, check_targets, is_folder
+    from ctgen.errors import ArgumentError, InputError
     from ctgen.render import grid_image, parse_window, save_png
+    from ctgen.writers import PerFile, tile_scale, unique_names
 
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
-        failures: list[str] = []
-
-        def bad(path, error: CtgenError) -> None:
-            if not skip_bad:
-                raise error
-            print(f"ctgen: skipped {path}: {getattr(error, 'reason', error)}", file=sys.stderr, flush=True)
-            failures.append(str(path))
-
-        files: set[Path] = set()
-        for item in inputs:
-            try:
-                files.update(iter_dicom_files([item]))
-            except CtgenError as error:
-                bad(item, error)
-        if not files and not failures:
-            raise InputError(None, f"no DICOM files found in {' '.join(map(str, inputs))}")
-        vae = run.load_model(model, device)
-        slices = []
-        with run.progress(len(files), "reading") as advance:
-            for path, loaded in iter_on_grid(sorted(files, key=str), vae.grid, with_hu=True):
-                advance(1)
-                if isinstance(loaded, CtgenError):
-                    bad(path, loaded)
-                else:
-                    slices.append(loaded)
-
-        names = unique_names([item.path for item in slices])
-        if out is not None and out.suffix.lower() == ".png" and not out.is_dir():
-            if len(slices) != 1:
-                raise InputError("--out", f"{out}: one PNG holds one slice; give a folder for {len(slices)} slices")
-            panel_paths = [out]
-        else:
-            folder = out if out is not None else Path("reconstructions")
-            panel_paths = [folder / f"{name}.png" for name in names]
+        on_error = run.on_error(skip_bad)
+        files = gather_files(inputs, on_error=on_error)
+        if not files and not run.failures:
+            raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
+        names = unique_names(files)
+        single = out is not None and not is_folder(out)
+        if single and Path(out).suffix.lower() != ".png":
+            raise ArgumentError("out", f"{out}: unsupported file type {Path(out).suffix}; use .png or a folder")
+        if single and len(files) != 1:
+            raise ArgumentError("out", f"{out}: one PNG holds one slice; give a folder for {len(files)} slices")
+        panels = [Path(out)] if single else [Path(out or "reconstructions") / f"{name}.png" for name in names]
+        generator = run.load_generator(model, device)
         recon_files = None
         if per_file is not None:
-            recon_files = PerFile(per_file, names, file_format, window=display, model=vae, force=force,
-                                  action="reconstruct (encode mu, decode)")
-        check_targets(panel_paths + (recon_files.paths if recon_files else []), force=force)
+            recon_files = PerFile(per_file, names, file_format, window=display, card=generator.card,
+                                  grid=generator.grid, force=force, action="reconstruct: encode mu, decode")
+        check_targets(panels + (recon_files.paths if recon_files else []), force=force)
 
-        rows = []
-        step = batch_size_for(vae, batch_size)
+        index = {str(path): position for position, path in enumerate(files)}
         windows = [display, display, (0.0, 2.0 * diff_range)]
         labels = ["original", "reconstruction", f"diff ±{diff_range:g} HU"]
-        with run.progress(len(slices), "reconstructing") as advance:
-            for start in range(0, len(slices), step):
-                batch = slices[start : start + step]
-                images = np.stack([item.image for item in batch])[:, None]
-                mu, _ = vae.encode(images)
-                recon = from_model(vae.decode(mu), vae.grid)
-                target = from_model(images, vae.grid)  # the original as the model sees it (window-clipped)
-                for offset, item in enumerate(batch):
-                    index = start + offset
-                    difference = recon[offset] - target[offset]
-                    head = item.hu > HEAD_THRESHOLD_HU
-                    mae = float(np.abs(difference[head]).mean()) if head.any() else None
-                    rmse = float(np.sqrt(np.square(difference[head]).mean())) if head.any() else None
-                    figures = f"MAE {mae:.1f} HU · RMSE {rmse:.1f} HU" if mae is not None else "no head found"
-                    panel = grid_image(np.stack([item.hu, recon[offset], difference]), windows, rows=1, cols=3,
-                                       col_labels=labels, title=f"{item.path.name} · {figures}",
-                                       scale=tile_scale(vae.grid.size))
-                    save_png(panel, panel_paths[index], force=force)
-                    rows.append({"file": str(item.path), "png": str(panel_paths[index]), "mae_hu": mae,
-                                 "rmse_hu": rmse, "head_pixels": int(head.sum())})
+        rows = []
+        with (recon_files or nullcontext()), run.progress(len(files), "reconstructing") as advance:
+            for item in generator.iter_reconstruct(files, batch_size=batch_size, on_error=on_error):
+                position = index[item.slice.source]
+                figures = f"MAE {item.mae_hu:.1f} HU · RMSE {item.rmse_hu:.1f} HU" if item.mae_hu is not None \
+                    else "no head found"
+                panel = grid_image(np.stack([item.slice.hu, item.recon_hu, item.recon_hu - item.target_hu]), windows,
+                                   rows=1, cols=3, col_labels=labels, scale=tile_scale(generator.image_size),
+                                   title=f"{Path(item.slice.source).name} · {figures}")
+                save_png(panel, panels[position], force=force)
+                run.wrote([{"kind": "panel_png", "path": str(panels[position]), "file": item.slice.source}], "panel",
+                          note=False)
                 if recon_files is not None:
-                    recon_files.write(start, recon)
-                advance(len(batch))
+                    recon_files.write(position, item.recon_hu[None])
+                rows.append({"file": item.slice.source, "png": str(panels[position]), "mae_hu": item.mae_hu,
+                             "rmse_hu": item.rmse_hu, "head_pixels": item.head_pixels})
+                advance(1)
+        run.table(_table(rows))
         if recon_files is not None:
-            recon_files.close()
-
-        _print_table(run, rows)
-        for row in rows:
-            run.record("panel_png", row["png"], file=row["file"])
-        if recon_files is not None:
-            run.record(f"per_file_{file_format}", per_file, count=len(rows), files=[str(p) for p in recon_files.paths])
+            written = [str(recon_files.paths[index[row["file"]]]) for row in rows]
+            run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": len(rows),
+                        "files": written}], "reconstructions")
         maes = [row["mae_hu"] for row in rows if row["mae_hu"] is not None]
         rmses = [row["rmse_hu"] for row in rows if row["rmse_hu"] is not None]
-        run.finish(slices=rows, failed=failures,
-                   mean_mae_hu=float(np.mean(maes)) if maes else None,
+        run.finish(slices=rows, failed=run.failures, mean_mae_hu=float(np.mean(maes)) if maes else None,
                    mean_rmse_hu=float(np.mean(rmses)) if rmses else None)
-        if failures:
-            print(f"ctgen: {len(failures)} inputs failed and were skipped", file=sys.stderr, flush=True)
-            raise typer.Exit(1)
+        run.exit_if_skipped(len(files) + sum(failure not in index for failure in run.failures))
 
 
-def _print_table(run, rows: list[dict]) -> None:
+def _table(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="reconstruction error inside the head (HU)", title_justify="left")
-    table.add_column("file", overflow="fold")
-    table.add_column("MAE", justify="right")
-    table.add_column("RMSE", justify="right")
-    table.add_column("head px", justify="right")
+    for name, justify in (("file", "left"), ("MAE", "right"), ("RMSE", "right"), ("head px", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
 
     def cell(value):
         return "-" if value is None else f"{value:.1f}"
@@ -168,4 +128,4 @@ def _print_table(run, rows: list[dict]) -> None:
     if len(rows) > 1 and maes:
         table.add_section()
         table.add_row("mean", cell(sum(maes) / len(maes)), cell(sum(rmses) / len(rmses)), "")
-    run.table(table)
+    return table

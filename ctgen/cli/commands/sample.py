@@ -27,15 +27,10 @@ def sample(
         float, typer.Option("--temperature", "-t", min=0.0, help="Prior standard deviation T (lower: more typical).")
     ] = 1.0,
     out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Labelled grid .png (up to 1024 samples), .npy stack of all samples in HU (N, S, S), or a folder. "
-            "Without --out and --per-file: samples.png.",
-            show_default=False,
-            rich_help_panel="Output",
-        ),
+        str | None,
+        typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
+                     help="Labelled grid .png (up to 1024 samples), .npy stack of all samples in HU (N, S, S), or a "
+                          "folder (DIR/ gets samples.png). Without --out and --per-file: samples.png."),
     ] = None,
     per_file: PerFileOption = None,
     file_format: FormatOption = "png",
@@ -51,25 +46,26 @@ def sample(
     """Draw N latents from the prior N(0, T²) and decode them to CT slices.
 
     Writes a labelled grid PNG (samples.png) and/or one file per sample with --per-file
-    (sample_00000.png, …). Decodes in batches: --n 10000 --per-file runs in flat memory.
-    The same --seed gives byte-identical files.
+    (sample_00000.png, …; as DICOM each sample is its own series). Decodes in batches: --n 10000
+    --per-file runs in flat memory. The same --seed gives byte-identical files.
     """
-    from ctgen.latent import sample_prior
-    from ctgen.cli.commands._images import ImageOutputs, stream_decode
-    from ctgen.outputs import Run, check_targets
+    from ctgen.cli.run import Run, check_targets, resolve_out
     from ctgen.render import parse_window
+    from ctgen.writers import ImageOutputs
 
     with Run("sample", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
-        vae = run.load_model(model, device)
+        target = resolve_out(out, "samples.png", (".png", ".npy")) if out is not None or per_file is None else None
+        generator = run.load_generator(model, device)
         width = max(5, len(str(n - 1)))
-        names = [f"sample_{index:0{width}d}" for index in range(n)]
-        outputs = ImageOutputs(run, vae, out=out, per_file=per_file, file_format=file_format,
-                               default_name="samples.png", names=names, window=display,
-                               action=f"sample (prior, seed {seed}, temperature {temperature:g})")
+        outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
+                               names=[f"sample_{index:0{width}d}" for index in range(n)], window=display,
+                               action=f"sample: prior, seed {seed}, temperature {temperature:g}, n {n}", force=force)
         check_targets(outputs.targets, force=force)
-        latents = sample_prior(n, vae.latent_size, seed=seed, temperature=temperature)
-        with outputs:
-            stream_decode(run, vae, latents, [outputs], batch_size=batch_size, description="sampling")
-        outputs.finish(title=f"{vae.card.get('name')} · seed {seed} · T {temperature:g}", what="samples")
+        with outputs, run.progress(n, "sampling") as advance:
+            for start, hu in generator.iter_decode(generator.latents(n, seed=seed, temperature=temperature),
+                                                   batch_size=batch_size):
+                outputs.write(start, hu)
+                advance(len(hu))
+        run.wrote(outputs.finish(title=f"{generator.card.name} · seed {seed} · T {temperature:g}"), "samples")
         run.finish(n=n, seed=seed, temperature=temperature)

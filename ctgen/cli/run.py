@@ -1,7 +1,8 @@
-"""What the commands share: stderr reporting and progress, output targets, atomic writes.
+"""What the commands share: one ``Run`` per command (stderr notes, warnings and progress, --skip-bad
+reporting, the --json summary) and the output targets (``resolve_out``, ``check_targets``).
 
-Every command checks *all* its targets (``check_targets``) before it writes the first byte, and writes
-each file atomically (temporary sibling + rename), so a failed run leaves no half-written output.
+Every command checks *all* its targets before it computes anything, and the writers (``ctgen.writers``,
+``ctgen.atomic``) commit each file exclusively, so a failed run leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -15,21 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ctgen.atomic import Claims
+from ctgen.errors import ArgumentError, CtgenError, OutputError
 
-from ctgen.atomic import atomic_file
-from ctgen.errors import InputError, OutputError
-
-__all__ = [
-    "Run",
-    "atomic_file",
-    "check_targets",
-    "derivation",
-    "NpyStack",
-    "resolve_out",
-    "save_npy",
-    "unique_names",
-]
+__all__ = ["Run", "check_targets", "is_folder", "resolve_out"]
 
 
 class Run:
@@ -44,6 +34,9 @@ class Run:
         self.force = force
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.summary: dict[str, Any] = {"command": command, "outputs": []}
+        self.failures: list[str] = []
+        self.claims = Claims()  # single files this run committed: taken back if the run fails before finish()
+        self._finished = False
         self._warnings: contextlib.AbstractContextManager | None = None
 
     def __enter__(self) -> Run:
@@ -56,6 +49,8 @@ class Run:
     def __exit__(self, *exc_info: Any) -> None:
         assert self._warnings is not None
         self._warnings.__exit__(*exc_info)
+        if exc_info[0] is not None and not self._finished:
+            self.claims.rollback()
 
     def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         self.warn(str(message))
@@ -94,42 +89,79 @@ class Run:
             task = bar.add_task(description, total=total)
             yield lambda count=1: bar.advance(task, count)
 
-    def load_model(self, name_or_path: str | None, device: str):
-        """Load the model (ctgen.model.load_model) and put it, with the provider really used, in the summary."""
+    def load_generator(self, name_or_path: str | None, device: str):
+        """Load the model as a ``ctgen.api.Generator`` and put it, with the provider really used, in the summary."""
+        from ctgen.api import Generator
         from ctgen.model import load_model
 
         model = load_model(name_or_path, device=device)
-        self.summary["model"] = {
-            "name": model.card.get("name"),
-            "path": str(model.path),
-            "provider": model.provider,
-            "latent_size": model.latent_size,
-            "image_size": model.grid.size,
-        }
-        return model
+        self.summary["model"] = {"name": model.card.name, "path": str(model.path), "provider": model.provider,
+                                 "latent_size": model.latent_size, "image_size": model.grid.size}
+        return Generator(model)
+
+    def on_error(self, skip_bad: bool) -> Callable[[Any, CtgenError], None] | None:
+        """The pipeline's error handler for --skip-bad: report "ctgen: skipped FILE: reason" and go on (None:
+        the first bad input stops the run)."""
+        if not skip_bad:
+            return None
+
+        def skipped(path: Any, error: CtgenError) -> None:
+            print(f"ctgen: skipped {path}: {getattr(error, 'reason', error)}", file=sys.stderr, flush=True)
+            self.failures.append(str(path))
+
+        return skipped
+
+    def exit_if_skipped(self, total: int) -> None:
+        """After --skip-bad: a summary line on stderr and exit 1 when any input was skipped."""
+        if self.failures:
+            import typer
+
+            print(f"ctgen: {len(self.failures)} of {total} inputs failed and were skipped", file=sys.stderr,
+                  flush=True)
+            raise typer.Exit(1)
 
     def record(self, kind: str, path: Path | str, **extra: Any) -> None:
         self.summary["outputs"].append({"kind": kind, "path": str(path), **extra})
 
+    def wrote(self, records: list[dict[str, Any]], what: str, *, claim: bool = True, note: bool = True) -> None:
+        """Record ``ctgen.writers`` output records, say on stderr what was written where, and (``claim``) take
+        the single files back should the run fail later."""
+        for record in records:
+            if claim:
+                for path in record.get("files") or [record["path"]]:
+                    self.claims.add(Path(path))
+            self.summary["outputs"].append(record)
+            if note:
+                self.note(f"wrote {record.get('count', 1)} {what} to {record['path']}")
+
     def finish(self, **extra: Any) -> None:
         """Print the --json summary (one JSON object on stdout)."""
+        self._finished = True
         self.summary.update(extra)
         if self.json_summary:
             print(json.dumps(self.summary), flush=True)
 
 
-def resolve_out(out: Path | None, default_name: str, suffixes: Sequence[str], *, option: str = "--out") -> Path:
-    """The output file for ``--out``: ``default_name`` in the working folder when omitted, inside ``out``
-    when it is a folder (existing, or written with a trailing slash); else ``out`` itself, whose suffix
-    must be one of ``suffixes``. Raises InputError otherwise."""
+def resolve_out(out: str | os.PathLike | None, default_name: str, suffixes: Sequence[str]) -> Path:
+    """The output file of ``--out``: ``default_name`` in the working folder when omitted, and inside ``out`` when
+    it names a folder (an existing one, a path written with a trailing slash, or one without a file suffix:
+    ``--out newdir/``, ``--out newdir``); else ``out`` itself, whose suffix must be one of ``suffixes``.
+    Raises ArgumentError ("out") otherwise."""
     if out is None:
         return Path(default_name)
-    if out.is_dir() or str(out).endswith(("/", os.sep)):
-        return out / default_name
-    if out.suffix.lower() not in suffixes:
-        wanted = " or ".join(suffixes)
-        raise InputError(option, f"{out}: unsupported file type {out.suffix or '(none)'}; use {wanted} or a folder")
-    return out
+    if is_folder(out):
+        return Path(out) / default_name
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise ArgumentError("out", f"{os.fspath(out)}: unsupported file type {path.suffix}; use "
+                                   f"{' or '.join(suffixes)}, or a folder")
+    return path
+
+
+def is_folder(out: str | os.PathLike) -> bool:
+    """Whether ``--out`` names a folder: it exists as one, ends with a slash, or has no file suffix."""
+    text = os.fspath(out)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir() or not Path(text).suffix
 
 
 def check_targets(paths: Sequence[Path], *, force: bool) -> None:
@@ -159,54 +191,3 @@ def check_targets(paths: Sequence[Path], *, force: bool) -> None:
             if not force:
                 raise OutputError(path, "already exists (use --force to overwrite)")
 
-
-def save_npy(array: np.ndarray, path: Path, *, force: bool) -> Path:
-    """Write one array as .npy, atomically."""
-    with atomic_file(path, force=force) as handle:
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-    return Path(path)
-
-
-class NpyStack:
-    """A float32 (N, H, W) .npy written batch by batch through a memory map, then renamed into place:
-    memory stays flat however large N is. Use as a context manager; ``write(start, batch)``."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...], *, force: bool):
-        self.path = Path(path)
-        self.shape = shape
-        self.force = force
-
-    def __enter__(self) -> NpyStack:
-        self._context = atomic_file(self.path, force=self.force)
-        handle = self._context.__enter__()
-        self._array = np.lib.format.open_memmap(handle.name, mode="w+", dtype=np.float32, shape=self.shape)
-        return self
-
-    def write(self, start: int, batch: np.ndarray) -> None:
-        self._array[start : start + len(batch)] = batch
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._array.flush()
-        del self._array
-        self._context.__exit__(*exc_info)
-
-
-def derivation(model, action: str) -> str:
-    """Provenance text for DICOM outputs (write_series adds the ctgen version): what was done, the model
-    and its encoder checksum."""
-    files = model.card.get("files") or {}
-    sha = (files.get("encoder.onnx") or {}).get("sha256", "unknown")
-    return f"{action}; model {model.card.get('name')} (encoder.onnx sha256 {sha})"
-
-
-def unique_names(paths: Sequence[Path]) -> list[str]:
-    """Short output names for input files: their stems, or paths joined with "_" where stems collide."""
-    stems = [Path(p).stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    absolute = [Path(os.path.abspath(p)) for p in paths]
-    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-    names = ["_".join(p.relative_to(root).with_suffix("").parts) for p in absolute]
-    if len(set(names)) == len(names):
-        return names
-    return [f"{index:05d}_{stem}" for index, stem in enumerate(stems)]

@@ -1,4 +1,4 @@
-"""Latent vectors in files: .npy, .npz, .csv and JSON lines, written by ``encode`` and read by ``decode``."""
+"""Latent vectors in files: .npy, .npz, .csv and JSON lines, written by ``ctgen encode`` and read by ``ctgen decode``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ctgen.errors import InputError
-from ctgen.outputs import atomic_file
+from ctgen.atomic import atomic_file
 
 LATENT_SUFFIXES = (".npz", ".npy", ".csv", ".jsonl", ".ndjson")
 _KEYS = ("mu", "z")  # what a vector is called in a file, in order of preference

@@ -1,0 +1,8 @@
+"""The defaults that the command line and the Python API share (one set; standard library only, so the CLI
+can name them without importing numpy): chosen for what a user sees first."""
+
+DEFAULT_INTERPOLATION = "slerp"  # keeps the path's norms typical of the prior; lerp dips through the centre
+DEFAULT_INTERPOLATION_STEPS = 8
+DEFAULT_TRAVERSE_UNITS = "top5"  # the five units with the most KL: the ones that move the image
+DEFAULT_TRAVERSE_RANGE = 3.0  # offsets up to 3 prior standard deviations
+DEFAULT_TRAVERSE_STEPS = 7

@@ -1,0 +1,281 @@
+"""Image outputs: labelled grid PNGs, .npy stacks and one file per image (PNG, DICOM, NPY), all atomic.
+
+Every file goes through ``ctgen.atomic`` (temporary sibling, fsync, exclusive commit unless ``force``), and a
+``PerFile`` run takes back every file it committed when it fails or is interrupted, so no run leaves half an
+output behind or overwrites what another run wrote meanwhile. DICOM outputs are reproducible: their UIDs
+derive from the model's checksum, the action (which names the seed) and the image's index, and their dates
+from ``SOURCE_DATE_EPOCH`` (or 1970-01-01): the same command gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries
+from ctgen.errors import ArgumentError, InputError
+
+__all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "output_timestamp",
+           "save_npy", "tile_scale", "unique_names"]
+
+MAX_GRID_IMAGES = 1024  # a labelled grid of more tiles is unreadable (and large): use --per-file
+
+
+def tile_scale(size: int) -> int:
+    """Enlargement of grid tiles so that small models still give readable pictures (tiles >= 128 px)."""
+    return max(1, 128 // int(size))
+
+
+def derivation(card, action: str) -> str:
+    """Provenance text for DICOM outputs (the writer adds the ctgen version): what was done, the model and
+    its encoder checksum."""
+    return f"{action}; model {card.name} (encoder sha256 {card.encoder_sha256})"
+
+
+def output_timestamp() -> datetime:
+    """The date and time written into DICOM outputs: ``SOURCE_DATE_EPOCH`` when set, else 1970-01-01 00:00."""
+    try:
+        seconds = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    except ValueError:
+        seconds = 0
+    return datetime.fromtimestamp(max(0, seconds), tz=timezone.utc).replace(tzinfo=None)
+
+
+def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short output names for input files: their stems, or paths joined with "_" where stems collide."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    names = ["_".join(p.relative_to(root).with_suffix("").parts) for p in absolute]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{index:05d}_{stem}" for index, stem in enumerate(stems)]
+
+
+def save_npy(array: np.ndarray, path: Path, *, force: bool) -> Path:
+    """Write one array as .npy, atomically."""
+    with atomic_file(path, force=force) as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    return Path(path)
+
+
+class NpyStack:
+    """A float32 (N, H, W) .npy written batch by batch, in order, to a temporary file that is committed at the
+    end: memory stays flat however large N is, and a full disk is an error, never a half file. Use as a
+    context manager; ``write(start, batch)`` with ``start`` the number of images written so far."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], *, force: bool):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.force = force
+        self._written = 0
+
+    def __enter__(self) -> NpyStack:
+        self._context = atomic_file(self.path, force=self.force)
+        self._handle = self._context.__enter__()
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self._handle, header)
+        return self
+
+    def write(self, start: int, batch: np.ndarray) -> None:
+        if start != self._written or start + len(batch) > self.shape[0]:
+            raise InputError(self.path, f"images {start}.. arrive out of order (expected {self._written})")
+        self._handle.write(np.ascontiguousarray(batch, dtype="<f4").tobytes())
+        self._written += len(batch)
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None and self._written != self.shape[0]:
+            error = InputError(self.path, f"{self._written} of {self.shape[0]} images written")
+            self._context.__exit__(InputError, error, None)  # removes the temporary file
+            raise error
+        self._context.__exit__(kind, value, traceback)
+
+
+class GridTiles:
+    """Collects decoded HU images for a labelled grid PNG of at most MAX_GRID_IMAGES tiles."""
+
+    def __init__(self, path: Path, count: int):
+        if count > MAX_GRID_IMAGES:
+            raise ArgumentError("out", f"a grid PNG holds at most {MAX_GRID_IMAGES} images, not {count}; "
+                                       "write .npy or use --per-file")
+        self.path = Path(path)
+        self.count = count
+        self._batches: list[np.ndarray] = []
+
+    def write(self, start: int, hu: np.ndarray) -> None:
+        self._batches.append(hu)
+
+    def save(self, window, *, title: str, force: bool, label: str = "#") -> None:
+        """Square-ish grid, rows labelled with the index of their first image; empty cells are air."""
+        from ctgen.render import grid_image, save_png
+
+        tiles = np.concatenate(self._batches)
+        cols = math.ceil(math.sqrt(len(tiles)))
+        rows = math.ceil(len(tiles) / cols)
+        if rows * cols > len(tiles):
+            air = np.full((rows * cols - len(tiles), *tiles.shape[1:]), -1000.0, dtype=np.float32)
+            tiles = np.concatenate([tiles, air])
+        labels = [f"{label}{row * cols}" for row in range(rows)]
+        picture = grid_image(tiles, window, rows=rows, cols=cols, row_labels=labels, title=title,
+                             scale=tile_scale(tiles.shape[-1]))
+        save_png(picture, self.path, force=force)
+
+
+class PerFile:
+    """HU images written one file each into a folder, batch by batch: ``<name>.png|.dcm|.npy``.
+
+    PNG: windowed 8-bit; NPY: float32 HU (S, S); DCM: derived, de-identified CT images (``ctgen.dicom``), one
+    study per run. ``groups`` puts images into series (group g -> series g + 1, ordered by index, described
+    by ``descriptions[g]``); by default every image is its own series, so unrelated images (prior samples)
+    are never stacked into a fake volume. ``comments`` go into each file's ImageComments.
+    Use as a context manager: on an exception every file this run committed is removed again.
+    """
+
+    def __init__(self, folder: Path, names: Sequence[str], file_format: str, *, window, card, grid, action: str,
+                 force: bool, groups: Sequence[int] | None = None, descriptions: Sequence[str] | None = None,
+                 comments: Sequence[str] | None = None):
+        self.folder = Path(folder)
+        self.format = file_format
+        self.window = window
+        self.force = force
+        self.paths = [self.folder / f"{name}.{file_format}" for name in names]
+        self.claims = Claims()
+        self._dicom = None
+        if file_format == "dcm":
+            self._dicom = _DicomSeries(len(names), card, grid, action, window, groups, descriptions, comments)
+        remove_dead_temporaries(self.folder)
+
+    def __enter__(self) -> PerFile:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.claims.rollback()
+
+    def write(self, start: int, hu: np.ndarray) -> None:
+        """Write images ``start .. start + len(hu)``: HU float32 (B, S, S)."""
+        from ctgen.render import save_png, to_uint8
+
+        for offset, image in enumerate(hu):
+            index = start + offset
+            path = self.paths[index]
+            if self._dicom is not None:
+                self._dicom.write(index, image, path, force=self.force)
+            elif self.format == "png":
+                save_png(to_uint8(image, self.window), path, force=self.force)
+            else:
+                save_npy(image.astype(np.float32), path, force=self.force)
+            self.claims.add(path)
+
+
+class _DicomSeries:
+    """The series plan of a per-file DICOM run: deterministic UIDs, one SeriesWriter per group."""
+
+    def __init__(self, count: int, card, grid, action: str, window, groups, descriptions, comments):
+        from pydicom.uid import generate_uid
+
+        self.groups = list(range(count)) if groups is None else [int(g) for g in groups]
+        if len(self.groups) != count:
+            raise InputError(None, f"{len(self.groups)} series groups for {count} images")
+        self.positions = {}  # image index -> (group, index within the group)
+        sizes: dict[int, int] = {}
+        for index, group in enumerate(self.groups):
+            self.positions[index] = (group, sizes.get(group, 0))
+            sizes[group] = sizes.get(group, 0) + 1
+        self.sizes, self.card, self.grid, self.action, self.window = sizes, card, grid, action, window
+        self.descriptions, self.comments = descriptions, comments
+        self.entropy = ["ctgen", card.encoder_sha256, action]
+        self.study = generate_uid(entropy_srcs=[*self.entropy, "study"])
+        self.timestamp = output_timestamp()
+        self.writers: dict[int, Any] = {}
+
+    def write(self, index: int, hu: np.ndarray, path: Path, *, force: bool) -> None:
+        from pydicom.uid import generate_uid
+
+        from ctgen.dicom import SeriesWriter
+
+        group, position = self.positions[index]
+        writer = self.writers.get(group)
+        if writer is None:
+            if len(self.writers) > 64:  # groups arrive in order: keep few writers alive
+                self.writers.clear()
+            description = self.descriptions[group] if self.descriptions else f"ctgen {self.action}"[:64]
+            comment = self.comments[index] if self.comments else None
+            spacing = self.grid.spacing_mm
+            writer = SeriesWriter((self.sizes[group], *hu.shape), path, spacing_mm=(spacing, spacing),
+                                  description=description, derivation=derivation(self.card, self.action),
+                                  series_number=group + 1, window=tuple(self.window), study_uid=self.study,
+                                  series_uid=generate_uid(entropy_srcs=[*self.entropy, "series", str(group)]),
+                                  timestamp=self.timestamp, extra_comments=comment)
+            if self.comments is None:
+                self.writers[group] = writer
+        writer.write(position, hu, path, force=force)
+
+
+class ImageOutputs:
+    """The image outputs of ``sample`` and ``decode``: ``out`` (grid .png, .npy stack) and ``per_file`` (a
+    folder, see ``PerFile``). Check ``targets``, then ``with outputs:`` write batches, then ``finish``.
+    """
+
+    def __init__(self, generator, *, out: Path | None, per_file: Path | None, file_format: str, names: Sequence[str],
+                 window, action: str, force: bool):
+        self.count, self.window, self.force = len(names), window, force
+        self.grid: GridTiles | None = None
+        self.stack: NpyStack | None = None
+        self.files: PerFile | None = None
+        if out is not None and out.suffix.lower() == ".png":
+            self.grid = GridTiles(out, self.count)
+        elif out is not None:
+            size = generator.image_size
+            self.stack = NpyStack(out, (self.count, size, size), force=force)
+        if per_file is not None:
+            self.files = PerFile(per_file, names, file_format, window=window, card=generator.card,
+                                 grid=generator.grid, action=action, force=force)
+
+    @property
+    def targets(self) -> list[Path]:
+        single = [item.path for item in (self.grid, self.stack) if item is not None]
+        return single + (self.files.paths if self.files else [])
+
+    def __enter__(self) -> ImageOutputs:
+        if self.stack is not None:
+            self.stack.__enter__()
+        if self.files is not None:
+            self.files.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            if self.stack is not None:
+                self.stack.__exit__(*exc_info)
+        finally:
+            if self.files is not None:
+                self.files.__exit__(*exc_info)
+
+    def write(self, start: int, hu: np.ndarray) -> None:
+        for sink in (self.grid, self.stack, self.files):
+            if sink is not None:
+                sink.write(start, hu)
+
+    def finish(self, *, title: str) -> list[dict[str, Any]]:
+        """Save the grid (after the ``with`` block); return a record of every output for the summary."""
+        records = []
+        if self.grid is not None:
+            self.grid.save(self.window, title=title, force=self.force)
+            records.append({"kind": "grid_png", "path": str(self.grid.path), "count": self.count})
+        if self.stack is not None:
+            records.append({"kind": "npy_stack", "path": str(self.stack.path), "count": self.count,
+                            "shape": list(self.stack.shape)})
+        if self.files is not None:
+            records.append({"kind": f"per_file_{self.files.format}", "path": str(self.files.folder),
+                            "count": self.count, "files": [str(p) for p in self.files.paths]})
+        return records
