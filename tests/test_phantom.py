@@ -14,17 +14,19 @@ pytest.importorskip("nibabel")
 pytest.importorskip("scipy")
 
 from ctgen.dicom import read_series  # noqa: E402
-from ctgen.errors import OutputError  # noqa: E402
+from ctgen.errors import InputError, OutputError  # noqa: E402
 from train.phantom import (  # noqa: E402
     CSV_COLUMNS,
     FACTORS,
     PIXEL_MM,
     generate_study,
     level_to_z_mm,
+    patient_id,
     render_patient,
     render_slice,
     render_tissues,
     sample_patient,
+    slice_levels,
 )
 
 NEUTRAL = {
@@ -91,6 +93,31 @@ def test_sampled_factors_stay_in_their_ranges():
     assert strength[contrast == 1].min() >= 150.0 and strength[contrast == 1].max() <= 400.0
     for draw in draws:
         assert 0.0 <= draw["level_start"] <= 0.06 and 0.94 <= draw["level_end"] <= 1.0
+
+
+def test_random_levels_are_sorted_within_the_patients_range_and_reproducible():
+    patient = sample_patient(np.random.default_rng(5))
+    even = slice_levels(patient, 6)
+    drawn = slice_levels(patient, 6, np.random.default_rng(8))
+    assert drawn.shape == (6,) and np.all(np.diff(drawn) > 0)
+    assert patient["level_start"] <= drawn.min() and drawn.max() <= patient["level_end"]
+    assert not np.allclose(drawn, even)
+    assert np.array_equal(drawn, slice_levels(patient, 6, np.random.default_rng(8)))
+    assert not np.array_equal(drawn, slice_levels(patient, 6, np.random.default_rng(9)))
+    many = slice_levels(patient, 2000, np.random.default_rng(1))
+    width = patient["level_end"] - patient["level_start"]
+    assert np.histogram(many, bins=4)[0].min() > 400  # uniform over the whole range, not bunched
+    assert many.min() < patient["level_start"] + 0.01 * width and many.max() > patient["level_end"] - 0.01 * width
+
+
+def test_patient_streams_are_the_spawned_children_of_the_seed():
+    children = np.random.SeedSequence(0).spawn(351)
+    for index in (0, 1, 349, 350):
+        direct = np.random.SeedSequence(0, spawn_key=(index,))
+        assert direct.spawn_key == children[index].spawn_key == (index,)
+        assert np.array_equal(direct.generate_state(8), children[index].generate_state(8))
+    assert [patient_id(i) for i in (0, 349, 9998, 10000, 20000)] == [
+        "PHANTOM-0001", "PHANTOM-0350", "PHANTOM-9999", "PHANTOM-10001", "PHANTOM-20001"]
 
 
 # ------------------------------------------------------------------------- visible in images
@@ -208,10 +235,19 @@ def test_hu_per_tissue_class_on_noise_free_renders():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
-    table = generate_study(root / "a", patients=2, slices=3, seed=11, workers=1)
-    generate_study(root / "b", patients=2, slices=3, seed=11, workers=2)
+    table = generate_study(root / "a", patients=2, slices=3, seed=11, levels="even", first_patient=1, workers=1)
+    generate_study(root / "b", patients=2, slices=3, seed=11, workers=2)  # default arguments
     generate_study(root / "c", patients=2, slices=3, seed=12, workers=1, contact_sheet=False)
+    generate_study(root / "second", patients=1, slices=3, seed=11, first_patient=2, workers=1)
+    generate_study(root / "random", patients=2, slices=3, seed=11, levels="random", workers=2, contact_sheet=False)
+    generate_study(root / "random_second", patients=1, slices=3, seed=11, levels="random", first_patient=2,
+                   workers=1, contact_sheet=False)
     return table.parent
+
+
+def read_rows(folder, patient=None):
+    with open(folder / "factors.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if patient in (None, row["patient_id"])]
 
 
 def file_bytes(folder):
@@ -224,6 +260,46 @@ def test_same_seed_gives_the_same_bytes_whatever_the_workers(study):
     assert file_bytes(study) == file_bytes(other)  # whole files: pixels, UIDs and dates
     assert (study / "contact_sheet.png").read_bytes() == (other / "contact_sheet.png").read_bytes()
     assert (study / "factors.csv").read_bytes() != (study.parent / "c" / "factors.csv").read_bytes()
+
+
+def test_default_levels_are_the_ones_the_seed_always_gave(study):
+    # values written by the code before --levels and --first-patient existed (commit 240b5e7)
+    rows = read_rows(study.parent / "b", "PHANTOM-0002")
+    assert [row["level"] for row in rows] == ["0.013195", "0.493274", "0.973352"]
+    assert [row["z_mm"] for row in rows] == ["-47.125349", "4.615280", "56.355909"]
+    assert (rows[0]["scale_x"], rows[0]["contrast_hu"], rows[0]["noise_hu"]) == ("1.005251", "195.040057", "5.584338")
+
+
+@pytest.mark.parametrize(("full", "alone"), [("a", "second"), ("random", "random_second")], ids=["even", "random"])
+def test_a_patient_is_the_same_whichever_patient_the_run_starts_from(study, full, alone):
+    full, alone = study.parent / full, study.parent / alone
+    assert sorted(path.name for path in alone.iterdir() if path.is_dir()) == ["PHANTOM-0002"]
+    assert file_bytes(alone) == file_bytes(full / "PHANTOM-0002")
+    assert read_rows(alone) == read_rows(full, "PHANTOM-0002")
+
+
+def test_random_levels_in_a_study(study):
+    even, drawn = read_rows(study), read_rows(study.parent / "random")
+    assert [row["file"] for row in drawn] == [row["file"] for row in even]
+    for patient in ("PHANTOM-0001", "PHANTOM-0002"):
+        rows = [row for row in drawn if row["patient_id"] == patient]
+        levels = [float(row["level"]) for row in rows]
+        assert levels == sorted(levels) and len(set(levels)) == 3
+        assert all(float(rows[0]["level_start"]) <= level <= float(rows[0]["level_end"]) for level in levels)
+        assert levels != [float(row["level"]) for row in even if row["patient_id"] == patient]
+        # the levels are drawn after the factors, so a patient keeps its factors
+        factor_names = CSV_COLUMNS[5:]
+        expected = next(row for row in even if row["patient_id"] == patient)
+        assert all(row[name] == expected[name] for row in rows for name in factor_names)
+        series = read_series(study.parent / "random" / patient)
+        z = [one.position_mm[2] for one in series]
+        assert np.allclose(z, [float(row["z_mm"]) for row in rows], atol=1e-3)
+    _, levels, hu = render_patient(np.random.SeedSequence(11, spawn_key=(1,)), 3, "random")
+    assert [f"{level:.6f}" for level in levels] == [row["level"] for row in drawn[3:]]
+    assert np.abs(read_series(study.parent / "random" / "PHANTOM-0002")[2].hu - hu[2]).max() <= 0.5
+    uids = [pydicom.dcmread(folder / "PHANTOM-0001" / "0000.dcm").SeriesInstanceUID
+            for folder in (study, study.parent / "random")]
+    assert uids[0] != uids[1]  # other pixels, another series
 
 
 def test_uids_derive_from_the_seed(study):
@@ -257,7 +333,8 @@ def test_series_reads_back_with_its_geometry(study):
     patient = {name: float(value) for name, value in rows[0].items() if name in NEUTRAL}
     assert z[1] == pytest.approx(level_to_z_mm({**patient, "level": float(rows[1]["level"])}), abs=1e-3)
     seeds = np.random.SeedSequence(11).spawn(2)
-    _, expected = render_patient(seeds[1], 3)
+    _, levels, expected = render_patient(seeds[1], 3)
+    assert np.allclose(levels, [float(row["level"]) for row in rows], atol=1e-6)
     for one, hu in zip(slices, expected):
         assert one.hu.shape == (512, 512) and one.modality == "CT"
         assert one.spacing_mm == pytest.approx((0.45, 0.45))
@@ -274,6 +351,14 @@ def test_existing_study_is_not_overwritten(study):
         generate_study(study, patients=1, slices=1, seed=11)
 
 
+def test_bad_level_mode_or_first_patient_is_refused(tmp_path):
+    with pytest.raises(InputError, match="levels"):
+        generate_study(tmp_path, patients=1, slices=1, seed=1, levels="uniform")
+    with pytest.raises(InputError, match="first_patient"):
+        generate_study(tmp_path, patients=1, slices=1, seed=1, first_patient=0)
+    assert not any(tmp_path.iterdir())
+
+
 def test_worker_errors_reach_the_caller(tmp_path):
     (tmp_path / "PHANTOM-0002").mkdir()
     (tmp_path / "PHANTOM-0002" / "0000.dcm").write_bytes(b"not ours")
@@ -286,7 +371,8 @@ def test_worker_errors_reach_the_caller(tmp_path):
 def test_command_line_writes_a_small_study(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "train.phantom", "--patients", "2", "--slices", "2", "--out", str(tmp_path / "s"),
-         "--seed", "3"], capture_output=True, text=True, timeout=300)
+         "--seed", "3", "--levels", "random", "--first-patient", "5"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "s" / "factors.csv")
     assert len(list((tmp_path / "s").rglob("*.dcm"))) == 4
+    assert sorted(path.name for path in (tmp_path / "s").iterdir() if path.is_dir()) == ["PHANTOM-0005", "PHANTOM-0006"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -18,6 +18,11 @@ def main(
     patients: Annotated[int, typer.Option(min=1, help="Number of synthetic patients (one series each).")] = 350,
     slices: Annotated[int, typer.Option(min=1, help="Axial slices per patient, skull base to vertex.")] = 28,
     seed: Annotated[int, typer.Option(min=0, help="Master seed: same seed, same pixels and table.")] = 0,
+    levels: Annotated[Literal["even", "random"], typer.Option(
+        help="Slice levels: evenly spaced, or drawn uniformly per patient (then sorted).")] = "even",
+    first_patient: Annotated[int, typer.Option(
+        min=1, help="Number (1-based) of the first patient in the seed's stream; past another run's last "
+                    "patient, the patients are new to it.")] = 1,
     workers: Annotated[int, typer.Option(min=1, help="Processes rendering patients in parallel.")] = 2,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing study.")] = False,
 ) -> None:
@@ -35,7 +40,8 @@ def main(
     try:
         with bar.Progress(*columns, console=console) as progress:
             task = progress.add_task("phantom", total=patients)
-            table = generate_study(out, patients, slices, seed, workers=workers, force=force,
+            table = generate_study(out, patients, slices, seed, levels=levels, first_patient=first_patient,
+                                   workers=workers, force=force,
                                    on_patient=lambda done: progress.update(task, completed=done))
     except CtgenError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False)

@@ -64,7 +64,8 @@ class Factor:
 
 
 FACTORS: tuple[Factor, ...] = (
-    Factor("level", 0.0, 1.0, "evenly spaced from level_start ~ U(0, 0.06) to level_end ~ U(0.94, 1)", "slice", "",
+    Factor("level", 0.0, 1.0, "from level_start ~ U(0, 0.06) to level_end ~ U(0.94, 1): evenly spaced, or "
+           "U(level_start, level_end) sorted", "slice", "",
            f"axial slice position: 0 = z_MNI {LEVEL_RANGE_MNI[0]:g} mm (pons, 4th ventricle, sphenoid sinus), "
            f"1 = z_MNI {LEVEL_RANGE_MNI[1]:g} mm (vertex), scaled with the head; pitch tilts the head, not the "
            "plane (z_mm in factors.csv is ImagePositionPatient z)"),
@@ -103,8 +104,13 @@ def sample_patient(rng: np.random.Generator) -> dict[str, float]:
     return values
 
 
-def slice_levels(patient: Mapping[str, float], slices: int) -> np.ndarray:
-    """Levels (0..1), float64 (slices,), evenly spaced from the patient's level_start to level_end."""
+def slice_levels(patient: Mapping[str, float], slices: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Levels (0..1), float64 (slices,), lowest first, from the patient's level_start to level_end.
+
+    Evenly spaced (one slice: the middle); with ``rng``, drawn uniformly from ``rng`` and sorted.
+    """
+    if rng is not None:
+        return np.sort(rng.uniform(patient["level_start"], patient["level_end"], slices))
     if slices == 1:
         return np.array([(patient["level_start"] + patient["level_end"]) / 2])
     return np.linspace(patient["level_start"], patient["level_end"], slices)
