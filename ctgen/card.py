@@ -28,7 +28,7 @@ __all__ = [
 
 CARD_FILE = "model.json"
 CARD_FORMAT = "ctgen-model"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: the HU map ("hu_map"); cards of version 1 have a plain "window_hu"
 REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
 # graph -> (default file, input names, output names); the card's "graphs" section may override the file
 GRAPHS = {

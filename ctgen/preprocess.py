@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "AIR_HU",
+    "CT_MAP",
+    "HUMap",
     "BODY_THRESHOLD_HU",
     "WINDOW_DEFAULT",
     "Grid",
@@ -37,15 +39,96 @@ BODY_THRESHOLD_HU = -500.0  # HU above this count as head (and anything else in 
 
 
 @dataclass(frozen=True)
-class Grid:
-    """The model's image grid: ``size`` x ``size`` pixels of ``spacing_mm`` mm, HU ``window_hu`` -> [0, 1].
+class HUMap:
+    """An invertible, monotone piecewise-linear map between Hounsfield units and the model's units [0, 1].
 
-    Raises InputError for a non-positive size or spacing or an empty window (lo >= hi).
+    ``hu`` and ``unit``: the knots, both strictly increasing, ``unit`` from 0 to 1. HU outside
+    ``[hu[0], hu[-1]]`` are clipped. ``HUMap.window(lo, hi)`` is the plain window of cards before version 2;
+    ``CT_MAP`` keeps the whole CT range while the brain range keeps most of the resolution (and of the loss).
+    Raises InputError for knots that are not increasing, finite, or do not span [0, 1].
+    """
+
+    hu: tuple[float, ...]
+    unit: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            hu = tuple(float(v) for v in self.hu)
+            unit = tuple(float(v) for v in self.unit)
+        except (TypeError, ValueError) as exc:
+            raise InputError(None, f"bad HU map {self!r}: {exc}") from None
+        ok = (len(hu) == len(unit) >= 2 and all(math.isfinite(v) for v in hu + unit)
+              and all(a < b for a, b in zip(hu, hu[1:])) and all(a < b for a, b in zip(unit, unit[1:]))
+              and unit[0] == 0.0 and unit[-1] == 1.0)
+        if not ok:
+            raise InputError(None, f"bad HU map: knots {hu} -> {unit} must increase, from 0 to 1 in model units")
+        object.__setattr__(self, "hu", hu)
+        object.__setattr__(self, "unit", unit)
+
+    @classmethod
+    def window(cls, lo: float, hi: float) -> HUMap:
+        """The linear window ``lo`` -> 0, ``hi`` -> 1 (everything outside clipped)."""
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi)) and float(lo) < float(hi)):
+            raise InputError(None, f"bad model grid: HU window ({lo}, {hi}) needs lo < hi")
+        return cls((float(lo), float(hi)), (0.0, 1.0))
+
+    @property
+    def range_hu(self) -> tuple[float, float]:
+        return self.hu[0], self.hu[-1]
+
+    @property
+    def is_window(self) -> bool:
+        return len(self.hu) == 2
+
+    def to_unit(self, hu: np.ndarray) -> np.ndarray:
+        """HU (any shape) -> float32 of the same shape in [0, 1]."""
+        hu = np.asarray(hu, dtype=np.float32)
+        if self.is_window:  # one multiply-add instead of a search: the common case of old cards
+            return window_to_unit(hu, self.range_hu)
+        return np.interp(hu, self.hu, self.unit).astype(np.float32)
+
+    def to_hu(self, unit: np.ndarray) -> np.ndarray:
+        """Model units (any shape; clipped to [0, 1]) -> float32 HU of the same shape."""
+        unit = np.clip(np.asarray(unit, dtype=np.float32), 0.0, 1.0)
+        if self.is_window:
+            lo, hi = self.range_hu
+            hu = unit * np.float32(hi - lo)
+            hu += np.float32(lo)
+            return hu
+        return np.interp(unit, self.unit, self.hu).astype(np.float32)
+
+    def to_card(self) -> dict:
+        return {"kind": "piecewise-linear", "version": HU_MAP_VERSION, "hu": list(self.hu), "unit": list(self.unit)}
+
+    @classmethod
+    def from_card(cls, entry: dict) -> HUMap:
+        """From a card's ``hu_map``; InputError for an unknown kind or version."""
+        if not isinstance(entry, dict) or entry.get("kind") != "piecewise-linear":
+            raise InputError(None, f"unknown HU map {entry!r} (this ctgen reads piecewise-linear maps)")
+        if entry.get("version") != HU_MAP_VERSION:
+            raise InputError(None, f"HU map version {entry.get('version')!r} is not {HU_MAP_VERSION}; upgrade ctgen")
+        return cls(tuple(entry.get("hu") or ()), tuple(entry.get("unit") or ()))
+
+
+HU_MAP_VERSION = 1
+# Air, fat and fluid (-1024 .. -50 HU) share 5 % of the range, the brain range (-50 .. 250 HU) 88 % (1.14x the
+# window of version-1 cards per HU), bone and metal (250 .. 3072 HU) 7 %: every CT value comes back, dense
+# bone included, while the loss still looks mostly at the brain.
+CT_MAP = HUMap((-1024.0, -50.0, 250.0, 3072.0), (0.0, 0.05, 0.93, 1.0))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The model's image grid: ``size`` x ``size`` pixels of ``spacing_mm`` mm; ``hu_map`` maps HU to [0, 1].
+
+    ``window_hu`` (lo, hi) alone gives the linear window of version-1 cards; with ``hu_map`` it is the map's
+    HU range. Raises InputError for a non-positive size or spacing, an empty window or a bad map.
     """
 
     size: int = 256
     spacing_mm: float = 0.9375
     window_hu: tuple[float, float] = WINDOW_DEFAULT
+    hu_map: HUMap | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -58,23 +141,35 @@ class Grid:
             raise InputError(None, f"bad model grid: image size {size} must be positive")
         if not (math.isfinite(spacing_mm) and spacing_mm > 0):
             raise InputError(None, f"bad model grid: spacing {spacing_mm} mm must be positive")
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise InputError(None, f"bad model grid: HU window ({lo}, {hi}) needs lo < hi")
+        hu_map = self.hu_map if self.hu_map is not None else HUMap.window(lo, hi)
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "spacing_mm", spacing_mm)
-        object.__setattr__(self, "window_hu", (lo, hi))
+        object.__setattr__(self, "hu_map", hu_map)
+        object.__setattr__(self, "window_hu", hu_map.range_hu)
 
     @classmethod
     def from_card(cls, card: dict) -> Grid:
-        """Grid from a model card's ``image_size``, ``spacing_mm`` and ``window_hu``; InputError if any is missing."""
-        missing = [key for key in ("image_size", "spacing_mm", "window_hu") if key not in card]
+        """Grid from a model card's ``image_size``, ``spacing_mm`` and ``hu_map`` (card version 2) or
+        ``window_hu`` (version 1); InputError if they are missing or bad."""
+        missing = [key for key in ("image_size", "spacing_mm") if key not in card]
+        if "hu_map" not in card and "window_hu" not in card:
+            missing.append("hu_map")
         if missing:
             raise InputError(None, f"model card lacks {', '.join(missing)}")
-        return cls(size=card["image_size"], spacing_mm=card["spacing_mm"], window_hu=tuple(card["window_hu"]))
+        if card.get("hu_map") is not None:
+            return cls(size=card["image_size"], spacing_mm=card["spacing_mm"], hu_map=HUMap.from_card(card["hu_map"]))
+        try:
+            window = tuple(card["window_hu"])
+        except TypeError:
+            raise InputError(None, f"bad window_hu {card['window_hu']!r}") from None
+        return cls(size=card["image_size"], spacing_mm=card["spacing_mm"], window_hu=window)
 
     def to_card(self) -> dict:
-        """The card keys for this grid (JSON-ready: the window is a list)."""
-        return {"image_size": self.size, "spacing_mm": self.spacing_mm, "window_hu": list(self.window_hu)}
+        """The card keys for this grid (JSON-ready); ``hu_map`` only for maps that are not a plain window."""
+        keys = {"image_size": self.size, "spacing_mm": self.spacing_mm, "window_hu": list(self.window_hu)}
+        if not self.hu_map.is_window:
+            keys["hu_map"] = self.hu_map.to_card()
+        return keys
 
 
 def window_to_unit(hu: np.ndarray, window_hu: tuple[float, float]) -> np.ndarray:
@@ -123,19 +218,16 @@ def from_model(images: np.ndarray, grid: Grid) -> np.ndarray:
     """Model images -> HU.
 
     ``images``: float (N, 1, S, S), (N, S, S) or (S, S), nominally in [0, 1] (clipped to it).
-    Returns float32 HU (N, S, S), or (S, S) for a single image: 0 -> ``lo``, 1 -> ``hi`` of
-    ``grid.window_hu``. HU outside the window was clipped by ``to_model``, so pixels at 0 or 1 mean
-    "at or beyond the window edge", not an exact value. Raises InputError for other shapes.
+    Returns float32 HU (N, S, S), or (S, S) for a single image, through the inverse of ``grid.hu_map``.
+    HU outside the map's range were clipped by ``to_model``: with a plain window (version-1 cards) pixels
+    at 0 or 1 mean "at or beyond the window edge", not an exact value. Raises InputError for other shapes.
     """
     unit = np.asarray(images, dtype=np.float32)
     if unit.ndim == 4 and unit.shape[1] == 1:
         unit = unit[:, 0]
     if unit.ndim not in (2, 3) or unit.shape[-2:] != (grid.size, grid.size):
         raise InputError(None, f"expected model images (N, 1, {grid.size}, {grid.size}), got shape {unit.shape}")
-    lo, hi = grid.window_hu
-    hu = np.clip(unit, 0.0, 1.0) * np.float32(hi - lo)
-    hu += np.float32(lo)
-    return hu
+    return grid.hu_map.to_hu(unit)
 
 
 def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -> np.ndarray:
@@ -174,7 +266,7 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
     resampled = resampled @ _dense(taps_cols, band_cols, cols).T  # (S, S): no transposed copy needed
     coverage = band_rows.sum(axis=1, dtype=np.float32)[:, None] * band_cols.sum(axis=1, dtype=np.float32)[None, :]
     resampled += np.float32(-AIR_HU) * (coverage - np.float32(1.0))
-    return window_to_unit(resampled, grid.window_hu)
+    return grid.hu_map.to_unit(resampled)
 
 
 def _along_rows(image: np.ndarray, taps: np.ndarray, band: np.ndarray) -> np.ndarray:

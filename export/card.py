@@ -92,7 +92,7 @@ def build_card(
         }
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
-        "card_version": CARD_VERSION,
+        "card_version": CARD_VERSION if not grid.hu_map.is_window else 1,  # old ctgen reads window cards
         "name": name,
         **grid.to_card(),
         "latent_size": config.latent_size,

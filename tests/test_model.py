@@ -136,7 +136,7 @@ def test_unloadable_graph_is_a_model_error_naming_the_file(tiny_model_copy):
         (lambda path: (path / "model.json").unlink(), r"model\.json: missing: not a ctgen model folder"),
         (lambda path: (path / "model.json").write_text("{not json"), r"model\.json: corrupt card: not valid JSON"),
         (lambda path: _write_card(path, lambda c: c.update(format="other")), "not a ctgen model card"),
-        (lambda path: _write_card(path, lambda c: c.update(card_version=2)), "card_version 2 is newer"),
+        (lambda path: _write_card(path, lambda c: c.update(card_version=3)), "card_version 3 is newer"),
         (lambda path: _write_card(path, lambda c: c.pop("latent_size")), "card lacks latent_size"),
         (lambda path: _write_card(path, lambda c: c.update(window_hu=[250, -50])), "needs lo < hi"),
         (lambda path: _write_card(path, lambda c: c.update(image_size="64")), "image_size must be a positive integer"),

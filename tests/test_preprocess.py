@@ -215,3 +215,41 @@ def test_banded_resampling_equals_the_dense_matrices(shape, spacing_mm, size, ce
     grid = Grid(size=size, spacing_mm=1.875, window_hu=(-1024.0, 3072.0))
     np.testing.assert_allclose(to_model(hu, spacing_mm, grid, center=center),
                                _dense_reference(hu, spacing_mm, grid, center), atol=2e-6)
+
+
+# ----------------------------------------------------------------------------------------- the HU map
+def test_ct_map_round_trips_the_whole_ct_range():
+    from ctgen.preprocess import CT_MAP
+
+    hu = np.linspace(-1024, 3072, 4097, dtype=np.float32)
+    unit = CT_MAP.to_unit(hu)
+    assert unit.dtype == np.float32 and unit[0] == 0.0 and unit[-1] == 1.0 and np.all(np.diff(unit) > 0)
+    assert np.abs(CT_MAP.to_hu(unit) - hu).max() < 0.05
+    brain = (hu >= -50) & (hu <= 250)
+    assert np.ptp(unit[brain]) > 0.85  # the brain range keeps most of the model's range
+    assert CT_MAP.to_hu(np.array([0.0, 1.0, 2.0, -1.0])).tolist() == [-1024.0, 3072.0, 3072.0, -1024.0]
+
+
+def test_window_cards_keep_their_plain_window():
+    from ctgen.preprocess import HUMap
+
+    grid = Grid.from_card({"image_size": 64, "spacing_mm": 3.75, "window_hu": [-50, 250]})
+    assert grid.hu_map == HUMap.window(-50, 250) and grid.to_card() == {"image_size": 64, "spacing_mm": 3.75,
+                                                                         "window_hu": [-50.0, 250.0]}
+    hu = np.array([[-1000.0, 100.0, 1600.0]], np.float32)
+    unit = grid.hu_map.to_unit(hu)
+    assert unit.tolist() == [[0.0, 0.5, 1.0]] and grid.hu_map.to_hu(unit).tolist() == [[-50.0, 100.0, 250.0]]
+
+
+def test_hu_map_cards_round_trip_and_bad_maps_are_refused():
+    from ctgen.preprocess import CT_MAP, HUMap
+
+    grid = Grid(size=64, spacing_mm=3.75, hu_map=CT_MAP)
+    card = grid.to_card()
+    assert card["window_hu"] == [-1024.0, 3072.0] and card["hu_map"]["kind"] == "piecewise-linear"
+    assert Grid.from_card(card) == grid
+    for knots in [((0.0, 1.0), (0.0, 0.5)), ((1.0, 0.0), (0.0, 1.0)), ((0.0, 5.0, 2.0), (0.0, 0.5, 1.0))]:
+        with pytest.raises(InputError, match="bad HU map"):
+            HUMap(*knots)
+    with pytest.raises(InputError, match="unknown HU map"):
+        Grid.from_card({**card, "hu_map": {"kind": "spline"}})

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ctgen.errors import CtgenError, InputError, OutputError
-from ctgen.preprocess import Grid
+from ctgen.preprocess import CT_MAP, Grid, HUMap, WINDOW_DEFAULT
 from train import ddp
 from train.data import BRAIN_FRACTION_MIN, build_cache, open_cache, split_indices, split_patients
 from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSS, BetaVAE, VAEConfig, vae_loss
@@ -34,6 +34,7 @@ from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSS, BetaVAE, VAEConfig,
 __all__ = ["TrainConfig", "train", "FIELD_OF_VIEW_MM"]
 
 FIELD_OF_VIEW_MM = 240.0  # default grid: 240 mm across, whatever the image size
+HU_MAPS = {"window": HUMap.window(*WINDOW_DEFAULT), "ct": CT_MAP}  # --hu-map
 # options a --resume takes from the command line; the rest come from the checkpoint (--data only when given)
 RESUMABLE = ("out", "epochs", "device", "precision", "compile", "quiet", "workers", "tensorboard")
 
@@ -45,6 +46,7 @@ class TrainConfig:
     cache: str = "cache"
     image_size: int = 128
     spacing_mm: float | None = None  # None: FIELD_OF_VIEW_MM / image_size
+    hu_map: str = "window"  # "window": HU -50..250 clipped (version-1 cards); "ct": ctgen.preprocess.CT_MAP
     latent: int = 50
     width: int = 32
     beta: float = 4.0
@@ -71,7 +73,9 @@ class TrainConfig:
     @property
     def grid(self) -> Grid:
         spacing = self.spacing_mm if self.spacing_mm is not None else FIELD_OF_VIEW_MM / self.image_size
-        return Grid(size=self.image_size, spacing_mm=spacing)
+        if self.hu_map not in HU_MAPS:
+            raise InputError(None, f"--hu-map must be one of {', '.join(HU_MAPS)}, not {self.hu_map!r}")
+        return Grid(size=self.image_size, spacing_mm=spacing, hu_map=HU_MAPS[self.hu_map])
 
     @property
     def model_config(self) -> VAEConfig:
@@ -110,7 +114,7 @@ def _save_grid_png(
         from ctgen.preprocess import from_model
         from ctgen.render import grid_image, save_png
 
-        lo, hi = grid.window_hu
+        lo, hi = WINDOW_DEFAULT  # the brain range, whatever the HU map: pictures stay comparable across runs
         picture = grid_image(
             from_model(images, grid), ((lo + hi) / 2, hi - lo), rows=rows, cols=cols, row_labels=row_labels
         )

@@ -65,8 +65,10 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     table.add_column(overflow="fold")
     brief = summary["model"]
     table.add_row("model", f"{brief['name']}  ({brief['path']})")
-    table.add_row("grid", f"{brief['image_size']}² px at {brief['spacing_mm']:g} mm, "
-                          f"HU window {brief['window_hu'][0]:g}..{brief['window_hu'][1]:g}")
+    hu_map = vae.grid.hu_map
+    mapping = (f"HU window {hu_map.hu[0]:g}..{hu_map.hu[-1]:g} (clipped)" if hu_map.is_window else
+               "HU map " + ", ".join(f"{hu:g}->{unit:g}" for hu, unit in zip(hu_map.hu, hu_map.unit)))
+    table.add_row("grid", f"{brief['image_size']}² px at {brief['spacing_mm']:g} mm, {mapping}")
     table.add_row("latent", f"{brief['latent_size']} units, β {_shown(brief['beta'])}"
                             + (f", capacity {brief['capacity']}" if brief["capacity"] else ""))
     for section in ("training", "metrics", "export"):
