@@ -32,6 +32,7 @@ from ctgen.latent import (
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
 from ctgen.preprocess import Grid, from_model, to_model
+from ctgen.prior import PRIORS
 
 __all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "gather_files",
            "load_generator"]
@@ -204,13 +205,29 @@ class Generator:
             return DicomError(path, f"cannot read: {type(error).__name__}: {error}")
 
     # ---- latents -----------------------------------------------------------------------------------
-    def latents(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
-        """``n`` latents from the prior N(0, temperature²): float32 (n, L); same seed, same values."""
+    @property
+    def has_fitted_prior(self) -> bool:
+        return self.model.prior is not None
+
+    def latents(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto") -> np.ndarray:
+        """``n`` latents from a prior: float32 (n, L); same seed, same values.
+
+        prior: "fitted" (the mixture fitted to the training slices' codes, ``ctgen.prior``), "standard"
+        (N(0, I)) or "auto" (fitted when the model has one). ``temperature`` scales the spread: N(0, T²) for
+        the standard prior, each component's covariance by T² for the fitted one. Raises ArgumentError.
+        """
+        if prior not in PRIORS:
+            raise ArgumentError("prior", f"unknown prior {prior!r} (choose {', '.join(PRIORS)})")
+        fitted = self.model.prior if prior != "standard" else None
+        if prior == "fitted" and fitted is None:
+            raise ArgumentError("prior", f"model {self.card.name} has no fitted prior (export.prior adds one)")
+        if fitted is not None:
+            return fitted.sample(n, seed=seed, temperature=temperature)
         return sample_prior(n, self.latent_size, seed=seed, temperature=temperature)
 
-    def sample(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
-        """``n`` random slices from the prior: HU float32 (n, S, S). Same seed, same images."""
-        return self.decode(self.latents(n, seed=seed, temperature=temperature))
+    def sample(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto") -> np.ndarray:
+        """``n`` random slices from a prior (see ``latents``): HU float32 (n, S, S). Same seed, same images."""
+        return self.decode(self.latents(n, seed=seed, temperature=temperature, prior=prior))
 
     def encode(self, slices: Any, *, spacing_mm: tuple[float, float] | float | None = None) -> np.ndarray:
         """Posterior means mu, float32 (N, L), of CT slices.

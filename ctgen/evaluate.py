@@ -22,7 +22,7 @@ from ctgen import metrics
 from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.latent import sample_prior
-from ctgen.preprocess import Grid, from_model, to_model
+from ctgen.preprocess import WINDOW_DEFAULT, Grid, from_model, to_model
 
 __all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
 
@@ -32,6 +32,7 @@ REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # r
 NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
 WIDE_HU = (-1024.0, 3072.0)  # originals on the model grid without clipping: head masks and pictures
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
+SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
 Progress = Callable[[str, int, int], None]
 
@@ -201,16 +202,28 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
         "split": str(split) if split is not None else None, "files": len(files), "max_slices": max_slices,
         "seed": seed, "evaluated": len(images), "heldout_slices": int(is_held.sum()),
         "train_slices": int((~is_held).sum()), "patients": len(patients)}
-    report["reconstruction"] = {"set": eval_set, **metrics.reconstruction_report(
-        target, from_model(recon, grid), mask=metrics.head_mask(originals)),
-        "target": f"original clipped to the model window {list(grid.window_hu)} HU; MAE inside the head (> -500 HU)"}
+    recon_hu, head = from_model(recon, grid), metrics.head_mask(originals)
+    report["reconstruction"] = {"set": eval_set, **metrics.reconstruction_report(target, recon_hu, mask=head),
+                                "mae_hu_window": metrics.mae_hu(*(np.clip(x, *WINDOW_DEFAULT) for x in (originals,
+                                                                                                      recon_hu)), head),
+                                "mae_hu_full": metrics.mae_hu(originals, recon_hu, head),
+                                "target": f"the original through the model's HU map ({_map_text(grid)}); MAE inside "
+                                          "the head (> -500 HU)",
+                                "mae_definitions": {"mae_hu_window": "both clipped to -50..250 HU (the window of "
+                                                    "version-1 cards): comparable across HU maps",
+                                                    "mae_hu_full": "against the original's full HU range"}}
     report["activity"] = {"set": eval_set, "n_images": int(is_held.sum()),
                           **metrics.latent_activity(mu[is_held], logvar[is_held])}
     if table is not None:
         report["disentanglement"] = _disentanglement(mu, table, np.array(kept), seed)
 
-    samples = _decode(model, sample_prior(max(32, min(int(is_held.sum()), 1000)), model.latent_size, seed=seed),
-                      progress, "sampling")
+    priors = {"standard": sample_prior(SAMPLES, model.latent_size, seed=seed)}
+    if model.prior is not None:
+        priors["fitted"] = model.prior.sample(SAMPLES, seed=seed)
+    decoded = {name: _decode(model, z, progress, f"sampling ({name} prior)") for name, z in priors.items()}
+    samples = decoded["fitted" if "fitted" in decoded else "standard"]  # what `ctgen sample` draws
+    report["realism"] = _realism(originals, recon_hu, {name: from_model(images, grid) for name, images in
+                                                       decoded.items()})
     report["memorisation"] = {"skipped": "needs --split (the training patients)"}
     if train_keys is not None:
         factor = max(1, grid.size // 32)  # memorisation compares 32 x 32 pictures: layout, not noise
@@ -223,8 +236,8 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
         if reference:
             scores = metrics.memorisation_report(metrics.downsample(samples, factor), np.stack(reference),
                                                  metrics.downsample(images[is_held], factor))
-            report["memorisation"] = {**scores, "downsample_factor": factor,
-                                      "images": f"model window {list(grid.window_hu)} HU"}
+            report["memorisation"] = {**scores, "downsample_factor": factor, "prior": next(reversed(decoded)),
+                                      "images": f"model units ({_map_text(grid)})"}
         else:
             report["memorisation"] = {"skipped": "no slice of a training patient could be read"}
     report["study"]["skipped_files"] = len(skipped)
@@ -235,13 +248,44 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
         report["real_slices"] = {"slices": real_rows, "mean_mae_hu": float(np.mean(maes)) if maes else None}
     if pictures is not None:
         picks = np.sort(np.random.default_rng([seed, 1]).choice(len(recon), min(6, len(recon)), replace=False))
-        recon_hu = from_model(recon[picks], grid)
+        recon_hu = recon_hu[picks]
         pictures.update({"samples": from_model(samples[:32], grid), "reconstructions_labels": [f"#{i}" for i in picks],
                          "traversal_start": mu[is_held][picks[0]], "traversal_label": f"slice #{picks[0]} ({eval_set})",
                          "reconstructions": np.stack([originals[picks], recon_hu, recon_hu - target[picks]], axis=1),
                          "real_slices": np.stack(real_panels) if real_panels else None,
                          "real_slices_labels": [row["file"] for row in real_rows if "mae_hu" in row]})
     return _json_ready(report)
+
+
+def _map_text(grid: Grid) -> str:
+    hu_map = grid.hu_map
+    if hu_map.is_window:
+        return f"window {hu_map.hu[0]:g}..{hu_map.hu[1]:g} HU, clipped"
+    return "HU map " + ", ".join(f"{hu:g}->{unit:g}" for hu, unit in zip(hu_map.hu, hu_map.unit))
+
+
+def _realism(real_hu: np.ndarray, recon_hu: np.ndarray, samples_hu: dict[str, np.ndarray]) -> dict:
+    """Precision and recall (``ctgen.metrics.realism``) of reconstructions and of each prior's samples against
+    half the held-out slices (A); the other half (B) against A is the yardstick. Plus the anatomical check."""
+    from ctgen.metrics import realism
+
+    section: dict[str, Any] = {"feature_space": realism.__doc__.split("The feature space, fixed before any model "
+                                                                      "was scored: ")[1].split(". Precision")[0]}
+    if len(real_hu) < 2 * (realism.NEIGHBOURS + 2):
+        return {**section, "skipped": f"needs at least {2 * (realism.NEIGHBOURS + 2)} held-out slices"}
+    space = realism.FeatureSpace(realism.realism_features(real_hu[0::2]))
+
+    def features(hu: np.ndarray) -> np.ndarray:
+        return space.transform(realism.realism_features(hu))
+
+    reference = features(real_hu[0::2])
+    section["heldout_b"] = realism.precision_recall(reference, features(real_hu[1::2]))
+    section["reconstructions"] = realism.precision_recall(reference, features(recon_hu[1::2]))
+    for name, hu in samples_hu.items():
+        section[f"samples_{name}"] = realism.precision_recall(reference, features(hu))
+    section["anatomy"] = {name: {k: v for k, v in realism.anatomy_check(hu).items() if k != "passed"}
+                          for name, hu in {"heldout": real_hu, **{f"samples_{n}": h for n, h in samples_hu.items()}}.items()}
+    return section
 
 
 def _model_summary(model) -> dict:
@@ -322,6 +366,14 @@ def card_metrics(report: dict) -> dict:
         card["memorisation"] = {key: memorisation[key] for key in ("median_ratio", "fraction_copied", "quantile")}
     if (report.get("real_slices") or {}).get("mean_mae_hu") is not None:
         card["real_slices_mae_hu"] = report["real_slices"]["mean_mae_hu"]
+    for key in ("mae_hu_window", "mae_hu_full"):
+        if key in recon:
+            card[f"recon_{key}"] = recon[key]
+    realism = report.get("realism") or {}
+    if "heldout_b" in realism:
+        card["realism"] = {name: {"precision": entry["precision"], "recall": entry["recall"]}
+                           for name, entry in realism.items() if isinstance(entry, dict) and "precision" in entry}
+        card["realism"]["anatomy_fail_share"] = {name: entry["fail_share"] for name, entry in realism["anatomy"].items()}
     return card
 
 

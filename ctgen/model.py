@@ -134,6 +134,7 @@ class Model:
         self._lock = threading.Lock()
         self._provider: str | None = None
         self._sessions: dict[str, _Session] = {}
+        self._prior = None
 
     def __repr__(self) -> str:
         provider = self._provider or "not started"
@@ -142,6 +143,21 @@ class Model:
     @property
     def image_size(self) -> int:
         return self.grid.size
+
+    @property
+    def prior(self):
+        """The fitted sampling prior (``ctgen.prior.MixturePrior``) when the card lists one, else None."""
+        entry = self.card.get("prior")
+        if not entry:
+            return None
+        if self._prior is None:
+            from ctgen.prior import load_prior
+
+            filename = entry.get("file") if isinstance(entry, dict) else None
+            if not isinstance(filename, str) or filename not in self.card["files"]:
+                raise ModelError(self.path / CARD_FILE, "the prior's file is not listed (with its checksum) under files")
+            self._prior = load_prior(self.path / filename, self.latent_size)
+        return self._prior
 
     @property
     def provider(self) -> str:

@@ -138,6 +138,16 @@ def interpret(report: dict) -> dict:
                                                     else "") + f" (chance level up to {chance:.2f} with "
             f"{scores['n_slices']} slices" + ("; too few slices for these MI figures to mean much)." if chance > 0.5
                                               else ")."))
+    realism = report.get("realism") or {}
+    if "heldout_b" in realism:
+        anatomy = realism["anatomy"]
+        samples = [name[len("samples_"):] for name in realism if name.startswith("samples_")]
+        figures = "; ".join(f"{name} prior: precision {realism['samples_' + name]['precision']:.2f}, "
+                            f"{anatomy['samples_' + name]['fail_share']:.1%} fail the anatomical check" for name in samples)
+        lines["realism"] = (f"Realism against held-out slices (precision of a second held-out half "
+                            f"{realism['heldout_b']['precision']:.2f}, of reconstructions "
+                            f"{realism['reconstructions']['precision']:.2f}): {figures}; held-out slices fail the "
+                            f"check {anatomy['heldout']['fail_share']:.1%} of the time.")
     memo = report["memorisation"]
     if "median_ratio" in memo:
         copying = memo["fraction_copied"] > max(0.05, 3 * memo["quantile"]) or memo["median_ratio"] < 0.8
@@ -201,6 +211,21 @@ def render_markdown(report: dict) -> str:
                   "its expected value for an unrelated unit.", say["unit_factors"]]
     elif scores is not None:
         parts += ["## Disentanglement", f"Not scored: {scores['skipped']}."]
+    realism = report.get("realism") or {}
+    if "heldout_b" in realism:
+        rows = [[name.replace("_", " "), realism[name]["precision"], realism[name]["recall"],
+                 realism[name]["n_generated"]] for name in realism if isinstance(realism[name], dict)
+                and "precision" in realism[name]]
+        checks = [[name.replace("_", " "), entry["fail_share"], entry["skull_open"], entry["no_brain_inside"],
+                   entry["n_images"]] for name, entry in realism["anatomy"].items()]
+        parts += ["## Realism", markdown_table(["images", "precision", "recall", "n"], rows),
+                  f"Improved precision and recall (Kynkäänniemi et al. 2019, k = {realism['heldout_b']['k']}) against "
+                  f"{realism['heldout_b']['n_real']} held-out slices; feature space: {realism['feature_space']}. "
+                  "'heldout b' is the other half of the held-out slices: what real images score.",
+                  markdown_table(["images", "fail the anatomical check", "skull ring open", "no brain inside", "n"],
+                                 checks),
+                  "The check: bone >= 150 HU (gaps of one 3.75 mm pixel bridged) must enclose at least 5 % of the "
+                  "head, and at least half of what it encloses must be 0..80 HU.", say["realism"]]
     memo = report["memorisation"]
     parts.append("## Memorisation")
     if "median_ratio" in memo:

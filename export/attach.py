@@ -20,7 +20,7 @@ from typing import Any
 from ctgen.card import CARD_FILE, read_card
 from ctgen.errors import CtgenError, InputError
 from ctgen.evaluate import card_metrics
-from export.card import dumps_card
+from export.card import update_card
 
 
 def attach_evaluation(model_dir: str | os.PathLike, report_dir: str | os.PathLike, *,
@@ -30,13 +30,12 @@ def attach_evaluation(model_dir: str | os.PathLike, report_dir: str | os.PathLik
     Raises ModelError for a missing or corrupt card, InputError for a missing or unreadable report.
     """
     model_dir, report_path = Path(model_dir), Path(report_dir) / "metrics.json"
-    card = read_card(model_dir)
+    read_card(model_dir)  # a missing or corrupt card fails before the report is read
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(report_path, f"cannot read the evaluation report ({exc.__class__.__name__})") from None
     figures = card_metrics(report)
-    card["metrics"] = {**(card.get("metrics") or {}), **figures}
     study = report.get("study") or {}
     evaluation = {
         "study": {key: study.get(key) for key in ("path", "factors", "split", "max_slices", "seed", "evaluated",
@@ -47,12 +46,12 @@ def attach_evaluation(model_dir: str | os.PathLike, report_dir: str | os.PathLik
     }
     if note:
         evaluation["note"] = note
-    card["evaluation"] = evaluation
-    target = model_dir / CARD_FILE
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_text(dumps_card(card) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
-    return card
+
+    def attach(card: dict[str, Any]) -> None:
+        card["metrics"] = {**(card.get("metrics") or {}), **figures}
+        card["evaluation"] = evaluation
+
+    return update_card(model_dir, attach)
 
 
 def main(argv: list[str] | None = None) -> int:

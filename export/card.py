@@ -23,7 +23,7 @@ from ctgen.model import CARD_FORMAT, CARD_VERSION, sha256_file
 from ctgen.preprocess import Grid
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 
-__all__ = ["build_card", "dumps_card", "json_safe", "parity_section", "write_card"]
+__all__ = ["build_card", "dumps_card", "json_safe", "parity_section", "update_card", "write_card"]
 
 
 def build_card(
@@ -128,6 +128,19 @@ def write_card(card: dict[str, Any], path: Path) -> None:
     No timestamps: the same export gives the same bytes.
     """
     path.write_text(dumps_card(card) + "\n", encoding="utf-8")
+
+
+def update_card(model_dir: str | os.PathLike, change) -> dict[str, Any]:
+    """Read MODEL_DIR/model.json, apply ``change(card)`` (in place) and write it back atomically; the graphs
+    and their checksums stay as the export wrote them. Returns the new card. Raises ModelError."""
+    from ctgen.atomic import atomic_file
+    from ctgen.card import CARD_FILE, read_card
+
+    card = dict(read_card(model_dir))
+    change(card)
+    with atomic_file(Path(model_dir) / CARD_FILE, force=True, mode="w") as handle:
+        handle.write(dumps_card(card) + "\n")
+    return card
 
 
 def dumps_card(value: Any, indent: int = 0) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,6 +26,11 @@ def sample(
     temperature: Annotated[
         float, typer.Option("--temperature", "-t", min=0.0, help="Prior standard deviation T (lower: more typical).")
     ] = 1.0,
+    prior: Annotated[
+        Literal["auto", "fitted", "standard"],
+        typer.Option("--prior", help="fitted: the mixture fitted to the training slices' codes (samples that look "
+                     "like heads); standard: N(0, I); auto: fitted when the model has one."),
+    ] = "auto",
     out: Annotated[
         str | None,
         typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
@@ -43,7 +48,7 @@ def sample(
     json_summary: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Draw N latents from the prior N(0, T²) and decode them to CT slices.
+    """Draw N latents from the prior (the fitted mixture, or N(0, T²)) and decode them to CT slices.
 
     Writes a labelled grid PNG (samples.png) and/or one file per sample with --per-file
     (sample_00000.png, …; as DICOM each sample is its own series). Decodes in batches: --n 10000
@@ -57,15 +62,18 @@ def sample(
         display = parse_window(window)
         target = resolve_out(out, "samples.png", (".png", ".npy")) if out is not None or per_file is None else None
         generator = run.load_generator(model, device)
+        prior = prior if prior != "auto" else "fitted" if generator.has_fitted_prior else "standard"
+        latents = generator.latents(n, seed=seed, temperature=temperature, prior=prior)
         width = max(5, len(str(n - 1)))
         outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
                                names=[f"sample_{index:0{width}d}" for index in range(n)], window=display,
-                               action=f"sample: prior, seed {seed}, temperature {temperature:g}, n {n}", force=force)
+                               action=f"sample: {prior} prior, seed {seed}, temperature {temperature:g}, n {n}",
+                               force=force)
         check_targets(outputs.targets, force=force)
         with outputs, run.progress(n, "sampling") as advance:
-            for start, hu in generator.iter_decode(generator.latents(n, seed=seed, temperature=temperature),
-                                                   batch_size=batch_size):
+            for start, hu in generator.iter_decode(latents, batch_size=batch_size):
                 outputs.write(start, hu)
                 advance(len(hu))
-        run.wrote(outputs.finish(title=f"{generator.card.name} · seed {seed} · T {temperature:g}"), "samples")
-        run.finish(n=n, seed=seed, temperature=temperature)
+        run.wrote(outputs.finish(title=f"{generator.card.name} · {prior} prior · seed {seed} · T {temperature:g}"),
+                  "samples")
+        run.finish(n=n, seed=seed, temperature=temperature, prior=prior)
