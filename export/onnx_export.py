@@ -48,6 +48,7 @@ from export.validate import (  # re-exported: the graph contract and its checks 
     parity_feeds,
     validate_parity,
 )
+from train.checkpoint import load_checkpoint_verified
 from train.model import BetaVAE, VAEConfig
 
 __all__ = [
@@ -123,19 +124,9 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> tuple[Path, Path
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], BetaVAE]:
-    """(checkpoint dict, BetaVAE in eval mode on the CPU), loaded with ``weights_only=True``. Raises ModelError."""
-    try:
-        # TorchVersion is a str subclass that checkpoints pick up from torch.__version__
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc)
-        reason = next((line.split("error:", 1)[1].strip() for line in text.splitlines()
-                       if "WeightsUnpickler error:" in line), _first_line(exc))
-        raise ModelError(path, f"cannot be loaded as a checkpoint ({reason[:300]})") from None
-    missing = [key for key in ("config", "model") if not isinstance(checkpoint, dict) or key not in checkpoint]
-    if missing:
-        raise ModelError(path, f"not a training checkpoint (lacks {', '.join(missing)})")
+    """(checkpoint dict, BetaVAE in eval mode on the CPU), loaded with ``weights_only=True`` after its sha256
+    sidecar (when it has one) is checked (``train.checkpoint.load_checkpoint_verified``). Raises ModelError."""
+    checkpoint = load_checkpoint_verified(path)
     try:
         vae = BetaVAE.from_checkpoint(checkpoint)
     except Exception as exc:

@@ -22,6 +22,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) -> None:
     """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
+    from train.objectives import OBJECTIVES
     from train.train import FIELD_OF_VIEW_MM, TrainConfig
 
     default = TrainConfig()
@@ -38,11 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
         add("--beta", default=str(default.beta), help="betas, comma separated")
     else:
         add("--latent", type=int, default=default.latent, help="latent size L")
-        add("--beta", type=float, default=default.beta, help="KL weight (see train.model for its scale)")
+        add("--beta", type=float, default=default.beta, help="KL weight of betavae and pairs (see train.model)")
     add("--width", type=int, default=default.width, help="channels of the first conv stage")
-    add("--capacity-max", type=float, default=None, help="capacity annealing: final C in nats")
+    add("--objective", choices=OBJECTIVES, default=default.objective,
+        help="betavae: recon + β·KL; tcvae: β-TCVAE; factorvae: FactorVAE; pairs: Ada-GVAE on slice pairs "
+             "of one patient (see train.objectives)")  # fmt: skip
+    add("--capacity-max", type=float, default=None, help="capacity annealing (betavae): final C in nats")
     add("--capacity-steps", type=int, default=default.capacity_steps, help="steps to ramp C from 0")
     add("--gamma", type=float, default=default.gamma, help="capacity annealing weight")
+    add("--tc-alpha", type=float, default=default.tc_alpha, help="tcvae: weight of index-code mutual information")
+    add("--tc-beta", type=float, default=default.tc_beta, help="tcvae: weight of total correlation")
+    add("--tc-gamma", type=float, default=default.tc_gamma, help="tcvae: weight of dimension-wise KL")
+    add("--factor-gamma", type=float, default=default.factor_gamma, help="factorvae: weight of the TC estimate")
+    add("--factor-hidden", type=int, default=default.factor_hidden, help="factorvae: discriminator layer width")
+    add("--factor-lr", type=float, default=default.factor_lr, help="factorvae: discriminator learning rate")
+    add("--pair-adjacent", action="store_true", help="pairs: pair each slice with a neighbouring slice")
     add("--epochs", type=int, default=default.epochs)
     add("--batch-size", type=int, default=default.batch_size, help="global batch (split across processes)")
     add("--lr", type=float, default=default.lr)

@@ -44,9 +44,10 @@ __all__ = [
     "brain_fraction",
     "build_cache",
     "cache_key",
+    "derived_seed",
     "list_inputs",
     "open_cache",
-        "split_patients",
+    "split_patients",
     "split_indices",
 ]
 
@@ -267,6 +268,12 @@ def build_cache(
     except OSError:  # another process finished the same cache first
         shutil.rmtree(staging, ignore_errors=True)
     return open_cache(final)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts, e.g. (seed, "noise", epoch, rank): randomness derived rather than carried,
+    so a resumed run draws exactly what the uninterrupted run drew."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def split_patients(patients: Iterable[str], *, val_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:

@@ -7,13 +7,14 @@ either way. gloo on CPU, NCCL on CUDA.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "init", "barrier", "all_reduce_sum", "broadcast_object", "shutdown"]
+__all__ = ["Dist", "init", "barrier", "all_reduce_sum", "average_gradients", "broadcast_object", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,20 @@ def all_reduce_sum(ctx: Dist, tensor: torch.Tensor) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def average_gradients(ctx: Dist, parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``parameters`` over processes, in place (for modules outside DDP)."""
+    if not ctx.enabled:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 def broadcast_object(ctx: Dist, value: Any) -> Any:

@@ -28,7 +28,8 @@ export to ONNX.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
 
@@ -127,13 +128,18 @@ class BetaVAE(nn.Module):
         images: torch.Tensor,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        posterior: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, sample z = mu + σ·ε, decode.
 
         ε is ``noise`` (N, L) when given (keeps torch.compile graphs whole), else drawn from ``generator``
-        (or the global RNG). Returns (recon (N, 1, S, S) in [0, 1], mu (N, L), logvar (N, L)).
+        (or the global RNG). ``posterior`` maps the encoder's (mu, logvar) to the ones sampled from (the
+        pairs objective averages shared units there; it runs inside forward so DDP sees one call).
+        Returns (recon (N, 1, S, S) in [0, 1], mu (N, L), logvar (N, L)), mu and logvar as sampled from.
         """
         mu, logvar = self.encode(images)
+        if posterior is not None:
+            mu, logvar = posterior(mu, logvar)
         if noise is not None:
             eps = noise.float()
         elif generator is None:
@@ -163,6 +169,7 @@ class LossTerms:
     recon: torch.Tensor  # scalar, summed squared error per image, batch mean
     kl: torch.Tensor  # scalar, KL summed over units, batch mean
     kl_units: torch.Tensor  # (L,), per-unit KL, batch mean
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # an objective's own scalar terms (TC, MI, ...)
 
 
 def kl_per_unit(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

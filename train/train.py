@@ -1,101 +1,45 @@
 """The training loop: ``train(TrainConfig(...))``, flat, top to bottom.
 
-cache -> patient split -> in-memory tensor -> AdamW steps over a seeded permutation per epoch ->
-validation (per-unit KL, active units) -> checkpoint_last.pt / checkpoint_best.pt, metrics.jsonl,
-TensorBoard events, recon/sample PNGs. Under torchrun each process takes a disjoint slice of every
-global batch (DDP); rank 0 builds the cache and alone writes files.
+open the run folder (resume: a verified checkpoint, the folder repaired) -> load the data (cache, patient
+split, in-memory tensor) -> model, AdamW and the objective (train.objectives) -> per epoch: steps over a
+seeded order, validation (per-unit KL, active units), pictures, the checkpoint unit (train.checkpoint:
+checkpoint_last.pt, checkpoint_best.pt, metrics.jsonl) and TensorBoard events. Under torchrun each
+process takes a disjoint slice of every global batch (DDP); rank 0 builds the cache and alone writes files.
 
 Randomness is derived from (seed, purpose, epoch[, rank]) rather than carried along, so a run resumed
-from the checkpoint of epoch k draws exactly what the uninterrupted run drew in epoch k + 1.
+from the checkpoint of epoch k draws exactly what the uninterrupted run drew in epoch k + 1. A loss that
+turns NaN or infinite stops the run before anything of that epoch is written (TrainingDiverged).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ctgen.errors import CtgenError, InputError, OutputError
-from ctgen.preprocess import CT_MAP, Grid, HUMap, WINDOW_DEFAULT
+from ctgen.errors import CtgenError, InputError, ModelError
+from ctgen.preprocess import HUMap
 from train import ddp
-from train.data import BRAIN_FRACTION_MIN, build_cache, open_cache, split_indices, split_patients
-from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSS, BetaVAE, VAEConfig, vae_loss
+from train.checkpoint import FORMAT, LAST, METRICS, write_epoch
+from train.config import FIELD_OF_VIEW_MM, TrainConfig
+from train.data import derived_seed
+from train.model import ACTIVE_UNIT_KL, BetaVAE
+from train.objectives import Objective, make_objective
+from train.run import Data, load_data, open_run, save_pictures, write_text
 
-__all__ = ["TrainConfig", "train", "FIELD_OF_VIEW_MM"]
-
-FIELD_OF_VIEW_MM = 240.0  # default grid: 240 mm across, whatever the image size
-HU_MAPS = {"window": HUMap.window(*WINDOW_DEFAULT), "ct": CT_MAP}  # --hu-map
-# options a --resume takes from the command line; the rest come from the checkpoint (--data only when given)
-RESUMABLE = ("out", "epochs", "device", "precision", "compile", "quiet", "workers", "tensorboard")
-
-
-@dataclass
-class TrainConfig:
-    data: list[str] = field(default_factory=list)
-    out: str = "runs/default"
-    cache: str = "cache"
-    image_size: int = 128
-    spacing_mm: float | None = None  # None: FIELD_OF_VIEW_MM / image_size
-    hu_map: str = "window"  # "window": HU -50..250 clipped (version-1 cards); "ct": ctgen.preprocess.CT_MAP
-    latent: int = 50
-    width: int = 32
-    beta: float = 4.0
-    capacity_max: float | None = None  # nats; set to use recon + gamma·|KL - C|
-    capacity_steps: int = 10000
-    gamma: float = 100.0
-    epochs: int = 20
-    batch_size: int = 64  # global: split across torchrun processes
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    seed: int = 0
-    val_fraction: float = 0.2
-    filter_brain: bool = False
-    brain_threshold: float = BRAIN_FRACTION_MIN
-    workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
-    resume: bool = False
-    force: bool = False
-    quiet: bool = False
-    tensorboard: bool = True
-
-    @property
-    def grid(self) -> Grid:
-        spacing = self.spacing_mm if self.spacing_mm is not None else FIELD_OF_VIEW_MM / self.image_size
-        if self.hu_map not in HU_MAPS:
-            raise InputError(None, f"--hu-map must be one of {', '.join(HU_MAPS)}, not {self.hu_map!r}")
-        return Grid(size=self.image_size, spacing_mm=spacing, hu_map=HU_MAPS[self.hu_map])
-
-    @property
-    def model_config(self) -> VAEConfig:
-        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width)
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "FIELD_OF_VIEW_MM"]
 
 
-def _derived_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, staging)
-    os.replace(staging, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)
+class TrainingDiverged(CtgenError):
+    """The loss became NaN or infinite; the run stopped and the last checkpoint is the last good one."""
 
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
@@ -106,67 +50,78 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _save_grid_png(
-    images: np.ndarray, path: Path, grid: Grid, rows: int, cols: int, row_labels: list[str] | None = None
-) -> None:
-    """float (rows·cols, S, S) in [0, 1] -> PNG over the model's whole window (ctgen.render, else Pillow)."""
-    try:
-        from ctgen.preprocess import from_model
-        from ctgen.render import grid_image, save_png
+def to_hu(unit: torch.Tensor, hu_map: HUMap) -> torch.Tensor:
+    """Model units -> HU through ``hu_map`` (piecewise linear, clipped to [0, 1]), on any device."""
+    unit = unit.clamp(0.0, 1.0)
+    hu = torch.full_like(unit, hu_map.hu[0])
+    for (u0, u1), (h0, h1) in zip(zip(hu_map.unit, hu_map.unit[1:]), zip(hu_map.hu, hu_map.hu[1:])):
+        hu = hu + (unit.clamp(u0, u1) - u0) * ((h1 - h0) / (u1 - u0))
+    return hu
 
-        lo, hi = WINDOW_DEFAULT  # the brain range, whatever the HU map: pictures stay comparable across runs
-        picture = grid_image(
-            from_model(images, grid), ((lo + hi) / 2, hi - lo), rows=rows, cols=cols, row_labels=row_labels
-        )
-        save_png(picture, path, force=True)
-    except ImportError:
-        from PIL import Image
 
-        size = images.shape[-1]
-        tiles = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(rows, cols, size, size)
-        Image.fromarray(tiles.transpose(0, 2, 1, 3).reshape(rows * size, cols * size)).save(path)
+def validate(model: BetaVAE, objective: Objective, data: Data, seed: int, ctx: ddp.Dist, eval_batch: int,
+             autocast: Any, hu_map: HUMap) -> dict[str, Any]:  # fmt: skip
+    """One pass over the validation slices with sampled z (fixed noise), summed over processes:
+    val_recon, val_kl, recon_mae_hu (of decode(mu)), kl_per_unit and the objective's val_<extras>.
+    {} without validation slices."""
+    if len(data.val_rows) == 0:
+        return {}
+    latent, names = model.config.latent_size, objective.val_extras
+    generator = torch.Generator(data.device).manual_seed(derived_seed(seed, "val", ctx.rank))
+    mine = data.val_rows[ctx.rank :: ctx.world]
+    sums = torch.zeros(3 + latent + len(names), device=data.device, dtype=torch.float64)  # recon, abs, n, kl, extras
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(mine), eval_batch):
+            x = data.batch(mine[start : start + eval_batch])
+            eps = torch.randn((len(x), latent), generator=generator, device=data.device)
+            with autocast():
+                recon, mu, logvar = model(x, noise=eps)
+                mean_recon = model.decode(mu)
+            terms = objective.evaluate(x, recon, mu, logvar, eps, dataset_size=len(data.val_rows))
+            sums[0] += terms.recon.double() * len(x)
+            sums[1] += (to_hu(mean_recon.float(), hu_map) - to_hu(x, hu_map)).abs().mean((1, 2, 3)).sum().double()
+            sums[2] += len(x)
+            sums[3 : 3 + latent] += terms.kl_units.double() * len(x)
+            for index, name in enumerate(names):
+                sums[3 + latent + index] += terms.extra[name].double() * len(x)
+    ddp.all_reduce_sum(ctx, sums)
+    count = sums[2].item()
+    kl_units = (sums[3 : 3 + latent] / count).tolist()
+    result = {"val_recon": sums[0].item() / count, "val_kl": sum(kl_units),
+              "recon_mae_hu": sums[1].item() / count, "kl_per_unit": kl_units}  # fmt: skip
+    for index, name in enumerate(names):
+        result[f"val_{name}"] = sums[3 + latent + index].item() / count
+    return result
+
+
+def _last_good(epoch: int) -> str:
+    return f"{LAST} (epoch {epoch}) is the last good checkpoint" if epoch else "no checkpoint was written"
+
+
+def _all_finite(ctx: ddp.Dist, values: torch.Tensor) -> bool:
+    """Whether every process's values are finite (one small all-reduce under torchrun)."""
+    bad = (~torch.isfinite(values)).any().float().reshape(1)
+    return ddp.all_reduce_sum(ctx, bad).item() == 0
 
 
 def train(cfg: TrainConfig, *, command: str = "") -> dict[str, Any]:
     """Train (or resume) the run in ``cfg.out``; returns a summary dict (run, best_val_loss, metrics).
 
     Raises InputError for bad data or options, OutputError when the run folder holds a run and neither
-    --resume nor --force is given.
+    --resume nor --force is given (or another process trains in it), ModelError for a damaged checkpoint
+    on --resume, TrainingDiverged when the loss becomes NaN or infinite.
     """
     device = _resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     ctx = ddp.init(device.type)
+    with ExitStack() as stack:
+        cfg, command, checkpoint = open_run(cfg, command, ctx, stack)
+        return _train(cfg, command, checkpoint, ctx, device, stack)
+
+
+def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ctx: ddp.Dist, device: torch.device,
+           stack: ExitStack) -> dict[str, Any]:  # fmt: skip
     run = Path(cfg.out)
-    last_path, best_path = run / "checkpoint_last.pt", run / "checkpoint_best.pt"
-
-    # ---- run folder, resume --------------------------------------------------------------------
-    checkpoint = None
-    if cfg.resume and last_path.is_file():
-        checkpoint = torch.load(last_path, map_location="cpu", weights_only=True)
-        saved = TrainConfig(**checkpoint["train"])
-        for name in RESUMABLE:
-            setattr(saved, name, getattr(cfg, name))
-        saved.data = cfg.data or saved.data  # the data may have moved; the split check below guards the rest
-        cfg = saved
-        cfg.resume = True
-        command = checkpoint.get("command", command) + (f"  # resumed: {command}" if command else "")
-    elif last_path.exists() and not cfg.force and not cfg.resume:
-        raise OutputError(run, "holds a run already; pass --resume to continue it or --force to start over")
-    if not cfg.data:
-        raise InputError(None, "no --data given")
-    try:
-        model_config = cfg.model_config
-    except ValueError as exc:
-        raise InputError(None, str(exc)) from None
-    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr <= 0 or cfg.capacity_steps < 1:
-        raise InputError(None, "--batch-size and --capacity-steps must be positive, --epochs >= 0, --lr > 0")
-    if ctx.main:
-        run.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:  # a fresh start (or --force): nothing of an earlier run may linger
-            for pattern in ("checkpoint_*.pt", "events.out.tfevents.*", "recon_epoch*.png", "samples_epoch*.png"):
-                for stale in run.glob(pattern):
-                    stale.unlink()
-            (run / "metrics.jsonl").unlink(missing_ok=True)
-
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -176,92 +131,39 @@ def train(cfg: TrainConfig, *, command: str = "") -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
     console = None
     if ctx.main and not cfg.quiet:
         from rich.console import Console
 
         console = Console(stderr=True)
 
-    # ---- data: cache (rank 0 builds), split, in-memory tensor ----------------------------------
-    grid = cfg.grid
-    cache_dir: str | tuple[str, str] | None = None
-    if ctx.main:
-        try:
-            if console is not None:
-                with console.status("preprocessing DICOM into the slice cache ...") as status:
+    data = load_data(cfg, ctx, device, console, checkpoint)
+    n_train, n_val = len(data.train_rows), len(data.val_rows)
 
-                    def on_file(done: int, total: int) -> None:
-                        status.update(f"preprocessing DICOM into the slice cache: {done}/{total} files")
-
-                    cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers, progress=on_file)
-            else:
-                cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers)
-            cache_dir = str(cache.path)
-        except CtgenError as exc:
-            ddp.broadcast_object(ctx, ("error", str(exc)))  # release the waiting ranks, then fail
-            raise
-    cache_dir = ddp.broadcast_object(ctx, cache_dir)
-    if isinstance(cache_dir, tuple):
-        raise InputError(None, f"rank 0 could not build the cache: {cache_dir[1]}")
-    if not ctx.main:
-        cache = open_cache(cache_dir)
-
-    patients = cache.patients
-    split = split_patients(patients, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    if checkpoint is not None and checkpoint["split"] != split:
-        raise InputError(run, "the data's patients differ from the run's split.json; cannot resume")
-    train_idx, val_idx = split_indices(patients, split)
-    if cfg.filter_brain:
-        keep = cache.brain_fractions > cfg.brain_threshold
-        train_idx, val_idx = train_idx[keep[train_idx]], val_idx[keep[val_idx]]
-    if len(train_idx) == 0:
-        raise InputError(cache.path, "no training slices left (check --filter-brain / --val-fraction)")
-    n_train, n_val = len(train_idx), len(val_idx)
-
-    used = np.sort(np.concatenate([train_idx, val_idx]))
-    images = torch.from_numpy(np.ascontiguousarray(cache.images[used]))  # (M, S, S) float16, in RAM
-    train_rows = torch.from_numpy(np.searchsorted(used, train_idx))  # rows of `images`
-    val_rows = torch.from_numpy(np.searchsorted(used, val_idx))
-    on_device = False
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        on_device = images.numel() * 2 < 0.4 * free
-        images = images.to(device) if on_device else images.pin_memory()
-    if on_device:
-        train_rows, val_rows = train_rows.to(device), val_rows.to(device)
-
-    def batch(rows: torch.Tensor) -> torch.Tensor:
-        x = images.index_select(0, rows).to(device, non_blocking=True).unsqueeze(1).float()  # (B, 1, S, S)
-        return x.contiguous(memory_format=torch.channels_last)  # NHWC: faster convolutions on GPU and CPU
-
-    data_summary = {
-        "sources": cache.info["sources"],
-        "cache_key": cache.info["key"],
-        "files": cache.info["files"],
-        "skipped_files": cache.info["skipped_files"],
-        "patients": cache.info["patients"],
-        "slices": cache.info["slices"],
-        "filter_brain": {"threshold": cfg.brain_threshold} if cfg.filter_brain else None,
-        "split": {
-            "seed": cfg.seed,
-            "val_fraction": cfg.val_fraction,
-            "train_patients": len(split["train_patients"]),
-            "val_patients": len(split["val_patients"]),
-            "train_slices": n_train,
-            "val_slices": n_val,
-        },
-    }
-
-    # ---- model, optimizer ----------------------------------------------------------------------
+    # ---- model, optimizer, objective -----------------------------------------------------------
+    model_config, grid = cfg.model_config, cfg.grid
     model = BetaVAE(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, step, best_val = 0, 0, math.inf
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    objective = make_objective(cfg, train_records=data.train_records, device=device, autocast=autocast, ctx=ctx)
+    if objective.items_per_epoch == 0:
+        raise InputError(cfg.out, "no patient has two training slices to pair (--objective pairs)")
+    start_epoch, step, best_val, best_epoch = 0, 0, math.inf, None
+    history: list[dict[str, Any]] = []
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            objective.load_state_dict(checkpoint.get("objective_state"))
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            reason = next(iter(str(exc).strip().splitlines()), exc.__class__.__name__)[:200]
+            raise ModelError(run / LAST, f"does not fit this model and objective ({reason})") from None
         start_epoch, step, best_val = checkpoint["epoch"], checkpoint["step"], checkpoint["best_val_loss"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
+        best_epoch = checkpoint.get("best_epoch")
+        if ctx.main and (run / METRICS).exists():  # repaired by open_run
+            history = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line]
     model.to(device, memory_format=torch.channels_last)
     if device.type == "cuda":
         for state in optimizer.state.values():
@@ -275,220 +177,170 @@ def train(cfg: TrainConfig, *, command: str = "") -> dict[str, Any]:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     # ---- run folder files (rank 0) -------------------------------------------------------------
     writer = None
     if ctx.main:
-        config_record = {
-            "train": asdict(cfg),
-            "model": asdict(model_config),
-            "grid": grid.to_card(),
-            "command": command,
-            "world_size": ctx.world,
-            "device": str(device),
-            "torch": str(torch.__version__),
-        }
-        _atomic_write_text(run / "config.json", json.dumps(config_record, indent=1) + "\n")
-        _atomic_write_text(run / "command.txt", command + "\n")
-        split_record = {**split, **{k: v for k, v in data_summary["split"].items() if k.endswith("_slices")}}
-        _atomic_write_text(run / "split.json", json.dumps(split_record, indent=1) + "\n")
-        metrics_path = run / "metrics.jsonl"
-        if metrics_path.exists():  # drop epochs logged after the checkpoint we resume from
-            lines = metrics_path.read_text().splitlines()
-            kept = [line for line in lines if line and json.loads(line)["epoch"] <= start_epoch]
-            _atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+        config_record = {"train": asdict(cfg), "model": asdict(model_config), "grid": grid.to_card(),
+                         "command": command, "world_size": ctx.world, "device": str(device),
+                         "torch": str(torch.__version__)}  # fmt: skip
+        write_text(run / "config.json", json.dumps(config_record, indent=1) + "\n")
+        write_text(run / "command.txt", command + "\n")
+        split_record = {**data.split, **{k: v for k, v in data.summary["split"].items() if k.endswith("_slices")}}
+        write_text(run / "split.json", json.dumps(split_record, indent=1) + "\n")
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run))
+            writer = stack.enter_context(SummaryWriter(str(run)))
 
     # fixed pictures: up to 8 validation slices (or training, without validation) and 16 prior samples
-    show_rows = val_rows if n_val else train_rows
+    show_rows = data.val_rows if n_val else data.train_rows
     show_rows = show_rows[torch.linspace(0, len(show_rows) - 1, min(8, len(show_rows))).long()]
-    prior_z = torch.randn(16, cfg.latent, generator=torch.Generator().manual_seed(_derived_seed(cfg.seed, "prior")))
-
-    batch_size = max(ctx.world, min(cfg.batch_size, n_train))
-    steps_per_epoch = n_train // batch_size  # the last partial batch is dropped
+    prior_z = torch.randn(16, cfg.latent, generator=torch.Generator().manual_seed(derived_seed(cfg.seed, "prior")))
+    per_step = max(ctx.world, min(cfg.batch_size // objective.images_per_item, objective.items_per_epoch))
+    steps_per_epoch = objective.items_per_epoch // per_step  # the last partial batch is dropped
+    batch_size = per_step * objective.images_per_item  # images
     eval_batch = 2 * batch_size
-
-    def capacity_at(at_step: int) -> float | None:
-        if cfg.capacity_max is None:
-            return None
-        return cfg.capacity_max * min(1.0, at_step / max(1, cfg.capacity_steps))
-
-    def objective(recon: float, kl: float, capacity: float | None) -> float:
-        return recon + cfg.beta * kl if capacity is None else recon + cfg.gamma * abs(kl - capacity)
+    extras = objective.extras
 
     progress = None
     if console is not None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+        progress = stack.enter_context(Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.2f}  recon {task.fields[recon]:.2f}  KL {task.fields[kl]:.2f}"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        progress.start()
+            TimeRemainingColumn(), console=console,
+        ))  # fmt: skip
         console.print(
-            f"[dim]{n_train} train / {n_val} val slices, {len(split['train_patients'])}/"
-            f"{len(split['val_patients'])} patients, {steps_per_epoch} steps/epoch, batch {batch_size}, "
-            f"{device}{f' x{ctx.world}' if ctx.enabled else ''}, data on {'GPU' if on_device else 'CPU'}",
+            f"[dim]{n_train} train / {n_val} val slices, {len(data.split['train_patients'])}/"
+            f"{len(data.split['val_patients'])} patients, {cfg.objective}, {steps_per_epoch} steps/epoch, batch "
+            f"{batch_size}, {device}{f' x{ctx.world}' if ctx.enabled else ''}, data on "
+            f"{'GPU' if data.on_device else 'CPU'}",
             soft_wrap=True,
         )
 
     last_metrics: dict[str, Any] = checkpoint["metrics"] if checkpoint is not None else {}
+    saved_epoch = start_epoch
     # ---- epochs --------------------------------------------------------------------------------
-    try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            started, started_cpu = time.perf_counter(), time.process_time()
-            model.train()
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(_derived_seed(cfg.seed, epoch)))
-            order = order.to(train_rows.device)
-            noise = torch.Generator(device).manual_seed(_derived_seed(cfg.seed, "noise", epoch, ctx.rank))
-            sums = torch.zeros(4 + cfg.latent, device=device)  # loss, recon, kl, images, kl per unit (summed)
-            task = None
-            if progress is not None:
-                task = progress.add_task("", total=steps_per_epoch, epoch=epoch, loss=0.0, recon=0.0, kl=0.0)
-            for index in range(steps_per_epoch):
-                rows = train_rows[order[index * batch_size : (index + 1) * batch_size][ctx.rank :: ctx.world]]
-                x = batch(rows)
-                eps = torch.randn((len(rows), cfg.latent), generator=noise, device=device)
-                capacity = capacity_at(step)
-                with autocast():
-                    recon, mu, logvar = train_model(x, noise=eps)
-                terms = vae_loss(x, recon, mu, logvar, beta=cfg.beta, capacity=capacity, gamma=cfg.gamma)
-                optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                optimizer.step()
-                step += 1
-                sums[:3] += torch.stack([terms.loss.detach(), terms.recon.detach(), terms.kl.detach()]) * len(rows)
-                sums[3] += len(rows)
-                sums[4:] += terms.kl_units.detach() * len(rows)
-                if task is not None and (device.type == "cpu" or index % 10 == 0 or index == steps_per_epoch - 1):
-                    progress.update(task, completed=index + 1, loss=terms.loss.item(),
-                                    recon=terms.recon.item(), kl=terms.kl.item())  # fmt: skip
-            ddp.all_reduce_sum(ctx, sums)
-            loss_sum, recon_sum, kl_sum, seen = sums[:4].tolist()
-            train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
-            if task is not None:
-                progress.remove_task(task)
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        model.train()
+        order = objective.epoch_order(epoch).to(data.train_rows.device)  # (K,) or (K, 2) training slices
+        noise = torch.Generator(device).manual_seed(derived_seed(cfg.seed, "noise", epoch, ctx.rank))
+        # loss, recon, kl, images, kl per unit, extras (summed over images)
+        sums = torch.zeros(4 + cfg.latent + len(extras), device=device)
+        task = None
+        if progress is not None:
+            task = progress.add_task("", total=steps_per_epoch, epoch=epoch, loss=0.0, recon=0.0, kl=0.0)
+        for index in range(steps_per_epoch):
+            items = order[index * per_step : (index + 1) * per_step][ctx.rank :: ctx.world]
+            rows = data.train_rows[items.t().reshape(-1)]  # pairs: every first slice, then every partner
+            x = data.batch(rows)
+            eps = torch.randn((len(rows), cfg.latent), generator=noise, device=device)
+            terms = objective.loss(train_model, x, eps, step=step)
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimizer.step()
+            objective.after_step(terms, noise)
+            step += 1
+            sums[:3] += torch.stack([terms.loss.detach(), terms.recon.detach(), terms.kl.detach()]) * len(rows)
+            sums[3] += len(rows)
+            sums[4 : 4 + cfg.latent] += terms.kl_units.detach() * len(rows)
+            for offset, name in enumerate(extras):
+                sums[4 + cfg.latent + offset] += terms.extra[name].detach() * len(rows)
+            # a sync per step costs a GPU real time: there the sums (which keep any NaN) are checked every 10 steps
+            if (device.type == "cpu" or index % 10 == 9 or index == steps_per_epoch - 1) and not _all_finite(
+                ctx, sums[:3]
+            ):
+                value = terms.loss.item()
+                raise TrainingDiverged(f"{run}: the loss became {value if not math.isfinite(value) else 'non-finite'} "
+                                       f"at epoch {epoch}, step {step}; stopped: {_last_good(saved_epoch)} "
+                                       "(try a lower --lr, or --precision fp32)")  # fmt: skip
+            if task is not None and (device.type == "cpu" or index % 10 == 0 or index == steps_per_epoch - 1):
+                progress.update(task, completed=index + 1, loss=terms.loss.item(),
+                                recon=terms.recon.item(), kl=terms.kl.item())  # fmt: skip
+        ddp.all_reduce_sum(ctx, sums)
+        loss_sum, recon_sum, kl_sum, seen = sums[:4].tolist()
+        seen = max(seen, 1)
+        train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+        if task is not None:
+            progress.remove_task(task)
 
-            # ---- validation: loss with sampled z (fixed noise), per-unit KL, MAE in HU of decode(mu)
-            model.eval()
-            val_generator = torch.Generator(device).manual_seed(_derived_seed(cfg.seed, "val", ctx.rank))
-            mine = val_rows[ctx.rank :: ctx.world]
-            val_sums = torch.zeros(3 + cfg.latent, device=device, dtype=torch.float64)  # recon, abs, n, kl units
-            with torch.no_grad():
-                for start in range(0, len(mine), eval_batch):
-                    x = batch(mine[start : start + eval_batch])
-                    eps = torch.randn((len(x), cfg.latent), generator=val_generator, device=device)
-                    with autocast():
-                        recon, mu, logvar = model(x, noise=eps)
-                        mean_recon = model.decode(mu)
-                    terms = vae_loss(x, recon, mu, logvar)
-                    val_sums[0] += terms.recon.double() * len(x)
-                    val_sums[1] += (mean_recon.float() - x).abs().mean((1, 2, 3)).sum().double()
-                    val_sums[2] += len(x)
-                    val_sums[3:] += terms.kl_units.double() * len(x)
-            ddp.all_reduce_sum(ctx, val_sums)
-            capacity = capacity_at(step)
-            train_loss = loss_sum / max(seen, 1)
-            metrics: dict[str, Any] = {
+        validation = validate(model, objective, data, cfg.seed, ctx, eval_batch, autocast, grid.hu_map)
+        train_loss = loss_sum / seen
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": train_loss,
+            "train_recon": recon_sum / seen,
+            "train_kl": kl_sum / seen,
+            "train_kl_per_unit": (sums[4 : 4 + cfg.latent] / seen).tolist(),
+            **{f"train_{name}": sums[4 + cfg.latent + offset].item() / seen for offset, name in enumerate(extras)},
+            "capacity": objective.capacity_at(step),
+            "images_per_s": seen / train_seconds,
+            "train_seconds": train_seconds,
+            "train_cpu_seconds": train_cpu_seconds,  # this process, all threads
+        }
+        kl_units = validation.pop("kl_per_unit", metrics["train_kl_per_unit"])  # validation's when there is one
+        if validation:
+            val_extras = {name: validation[f"val_{name}"] for name in objective.val_extras}
+            val_loss = objective.val_loss(validation["val_recon"], validation["val_kl"], val_extras, step)
+            metrics |= {"val_loss": val_loss, **validation}
+        metrics |= {
+            "kl_per_unit": kl_units,
+            "units_by_kl": sorted(range(cfg.latent), key=lambda u: -kl_units[u]),
+            "active_units": sum(k > ACTIVE_UNIT_KL for k in kl_units),
+        }
+        selection = metrics.get("val_loss", train_loss)
+        if not math.isfinite(selection):
+            raise TrainingDiverged(f"{run}: the validation loss became {selection} at epoch {epoch}; stopped: "
+                                   f"{_last_good(saved_epoch)}")  # fmt: skip
+        is_best = selection < best_val
+        if is_best:
+            best_val, best_epoch = selection, epoch
+        metrics["seconds"] = time.perf_counter() - started
+        last_metrics = metrics
+
+        # ---- files (rank 0): pictures, then the checkpoint unit: last (the commit point), best, metrics line
+        if ctx.main:
+            save_pictures(model, data.batch(show_rows), run, epoch, grid, prior_z, autocast)
+            history.append(metrics)
+            state = {
+                "format": FORMAT,
+                "config": asdict(model_config),
+                "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "objective_state": objective.state_dict(),
                 "epoch": epoch,
                 "step": step,
-                "train_loss": train_loss,
-                "train_recon": recon_sum / max(seen, 1),
-                "train_kl": kl_sum / max(seen, 1),
-                "train_kl_per_unit": (sums[4:] / max(seen, 1)).tolist(),
-                "capacity": capacity,
-                "images_per_s": seen / train_seconds,
-                "train_seconds": train_seconds,
-                "train_cpu_seconds": train_cpu_seconds,  # this process, all threads
+                "best_val_loss": best_val,
+                "best_epoch": best_epoch,
+                "train": asdict(cfg),
+                "loss": objective.record(),
+                "grid": grid.to_card(),
+                "data": data.summary,
+                "split": data.split,
+                "metrics": metrics,
+                "history": history,
+                "command": command,
+                "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
+                "rng": {"torch": torch.get_rng_state()},
             }
-            kl_units = metrics["train_kl_per_unit"]  # the validation set's when there is one
-            if n_val:
-                count = val_sums[2].item()
-                kl_units = (val_sums[3:] / count).tolist()
-                val_recon, val_kl = val_sums[0].item() / count, sum(kl_units)
-                window = grid.window_hu[1] - grid.window_hu[0]
-                metrics |= {
-                    "val_loss": objective(val_recon, val_kl, capacity),
-                    "val_recon": val_recon,
-                    "val_kl": val_kl,
-                    "recon_mae_hu": val_sums[1].item() / count * window,
-                }
-            metrics |= {
-                "kl_per_unit": kl_units,
-                "units_by_kl": sorted(range(cfg.latent), key=lambda u: -kl_units[u]),
-                "active_units": sum(k > ACTIVE_UNIT_KL for k in kl_units),
-            }
-            selection = metrics.get("val_loss", train_loss)
-            is_best = selection < best_val
-            best_val = min(best_val, selection)
-            metrics["seconds"] = time.perf_counter() - started
-            last_metrics = metrics
-
-            # ---- files (rank 0): pictures, checkpoints, logs
-            if ctx.main:
-                with torch.no_grad(), autocast():
-                    originals = batch(show_rows)
-                    recon_grid = torch.cat([originals, model.decode(model.encode(originals)[0]).float()])
-                    samples = model.decode(prior_z.to(device)).float()
-                _save_grid_png(recon_grid[:, 0].cpu().numpy(), run / f"recon_epoch{epoch:03d}.png", grid,
-                               2, len(show_rows), ["original", "decode(mu)"])  # fmt: skip
-                _save_grid_png(samples[:, 0].cpu().numpy(), run / f"samples_epoch{epoch:03d}.png", grid, 4, 4)
-                state = {
-                    "format": "ctgen-train-checkpoint",
-                    "config": asdict(model_config),
-                    "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "best_val_loss": best_val,
-                    "train": asdict(cfg),
-                    "loss": {
-                        "reconstruction": RECONSTRUCTION_LOSS,
-                        "beta": cfg.beta,
-                        "capacity": None if cfg.capacity_max is None else
-                        {"max_nats": cfg.capacity_max, "steps": cfg.capacity_steps, "gamma": cfg.gamma},
-                        "active_unit_kl_nats": ACTIVE_UNIT_KL,
-                    },  # fmt: skip
-                    "grid": grid.to_card(),
-                    "data": data_summary,
-                    "split": split,
-                    "metrics": metrics,
-                    "command": command,
-                    "versions": {"torch": str(torch.__version__), "python": sys.version.split()[0]},
-                    "rng": {"torch": torch.get_rng_state()},
-                }
-                _atomic_torch_save(state, last_path)
-                if is_best:
-                    _atomic_torch_save(state, best_path)
-                with open(run / "metrics.jsonl", "a") as log:
-                    log.write(json.dumps(metrics) + "\n")
-                if writer is not None:
-                    for name, value in metrics.items():
-                        if isinstance(value, float | int) and name not in ("epoch", "step"):
-                            tag = name.replace("_", "/", 1) if name.startswith(("train_", "val_")) else name
-                            writer.add_scalar(tag, value, step)
-                    writer.flush()
-                if console is not None:
-                    val_text = (f"val {metrics['val_loss']:.2f} (recon {metrics['val_recon']:.2f}, "
-                                f"KL {metrics['val_kl']:.2f}, {metrics['active_units']} active)") if n_val else ""
-                    speed = f"{metrics['images_per_s']:.1f} img/s{'  *best' if is_best else ''}"
-                    line = f"epoch {epoch}/{cfg.epochs}  train {train_loss:.2f}  {val_text}  {speed}"
-                    console.print(line, soft_wrap=True)
-            ddp.barrier(ctx)
-    finally:
-        if progress is not None:
-            progress.stop()
-        if writer is not None:
-            writer.close()
+            write_epoch(run, state, is_best=is_best)
+            if writer is not None:
+                for name, value in metrics.items():
+                    if isinstance(value, float | int) and name not in ("epoch", "step"):
+                        tag = name.replace("_", "/", 1) if name.startswith(("train_", "val_")) else name
+                        writer.add_scalar(tag, value, step)
+                writer.flush()
+            if console is not None:
+                val_text = (f"val {metrics['val_loss']:.2f} (recon {metrics['val_recon']:.2f}, "
+                            f"KL {metrics['val_kl']:.2f}, {metrics['active_units']} active)") if n_val else ""
+                speed = f"{metrics['images_per_s']:.1f} img/s{'  *best' if is_best else ''}"
+                console.print(f"epoch {epoch}/{cfg.epochs}  train {train_loss:.2f}  {val_text}  {speed}", soft_wrap=True)
+        saved_epoch = epoch
+        ddp.barrier(ctx)
 
     return {"run": str(run), "best_val_loss": best_val, "epochs": cfg.epochs, "metrics": last_metrics,
             "world_size": ctx.world}  # fmt: skip

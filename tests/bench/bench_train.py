@@ -1,7 +1,9 @@
-"""Training throughput: our loop (preprocessed cache in memory) vs a plain DataLoader loop.
+"""Training throughput: our loop (preprocessed cache in memory) vs a plain DataLoader loop, and each
+objective's throughput as a ratio to betavae's.
 
     python tests/bench/bench_train.py [--data DIR] [--patients 6 --slices 12] [--image-size 128 --width 32
         --latent 50 --batch-size 32 --epochs 3] [--device cpu|cuda] [--precision auto|fp32|bf16]
+        [--objectives betavae,tcvae,factorvae,pairs] [--no-reference]
 
 The reference loop is how the peer repositories load data: a torch Dataset that reads and preprocesses
 one DICOM file per item (ctgen.dicom.read_slice + ctgen.preprocess.to_model, so the pixels are the same
@@ -9,10 +11,14 @@ as ours), a DataLoader with shuffling, 2 workers, re-created every epoch. Both l
 with the same optimizer, loss, batch size and number of steps; images/s counts epochs 2.. (epoch 1 warms
 up). Ours also pays a one-time cache build, reported separately and in the end-to-end figure.
 
-The loops alternate (ours, reference, ours, ...) for --rounds rounds, and both wall-clock images/s and CPU
-milliseconds per image (training process plus, for the reference, its loader workers) are reported: on a
-shared machine the wall clock swings with other load, CPU time per image measures the work itself.
-Not collected by pytest (the file name does not start with test_).
+Objectives run our loop on the same data and config (betavae's figures are the "ours" of the comparison
+above); images/s counts every image a step encodes (pairs: both slices of each pair), so the ratio is the
+cost per image of the objective's extra work (the TC estimator, the discriminator, the pairing).
+
+The runs alternate (betavae, tcvae, ..., reference, betavae, ...) for --rounds rounds, and both wall-clock
+images/s and CPU milliseconds per image (training process plus, for the reference, its loader workers) are
+reported: on a shared machine the wall clock swings with other load, CPU time per image measures the work
+itself. Not collected by pytest (the file name does not start with test_).
 """
 
 from __future__ import annotations
@@ -141,7 +147,11 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="for both loops")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each loop")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--objectives", default="betavae,tcvae,factorvae,pairs",
+                        help="objectives to time (comma separated; betavae is always included)")
+    parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the DataLoader loop")
     args = parser.parse_args()
+    objectives = ["betavae"] + [name for name in args.objectives.split(",") if name and name != "betavae"]
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,27 +176,42 @@ def main() -> None:
         build_cache(cfg.data, cfg.cache, cfg.grid, workers=cfg.workers)
         cache_s = time.perf_counter() - started
 
-        ours_runs, reference_runs = [], []
+        runs: dict[str, list[dict]] = {name: [] for name in objectives}
+        reference_runs = []
         for _round in range(args.rounds):
-            ours_runs.append(our_loop(replace(cfg, force=True)))
-            reference_runs.append(reference_loop(cfg, files, device))
+            for name in objectives:
+                runs[name].append(our_loop(replace(cfg, force=True, objective=name, out=str(tmp / name))))
+            if args.reference:
+                reference_runs.append(reference_loop(cfg, files, device))
 
-    ours, reference = summarise(ours_runs), summarise(reference_runs)
+    by_objective = {name: summarise(found) for name, found in runs.items()}
+    ours = by_objective["betavae"]
+    for figures in by_objective.values():
+        figures["ratio_to_betavae"] = round(figures["images_per_s"] / ours["images_per_s"], 2)
+        figures["cpu_ratio_to_betavae"] = round(ours["cpu_ms_per_image"] / figures["cpu_ms_per_image"], 2)
     images = len(files) // cfg.batch_size * cfg.batch_size
-    print(json.dumps({
+    result = {
         "device": str(device), "torch_threads": torch.get_num_threads(), "files": len(files),
         "config": {"image_size": cfg.image_size, "width": cfg.width, "latent": cfg.latent, "precision": cfg.precision,
                    "batch_size": cfg.batch_size, "epochs": cfg.epochs, "images_per_epoch": images},
         "cache_build_s": round(cache_s, 2),
         "ours": ours,
-        "reference": reference,
-        "ratio_images_per_s": round(ours["images_per_s"] / reference["images_per_s"], 2),
-        "ratio_cpu_per_image": round(reference["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2),
+        "objectives": by_objective,
         "load_average": open("/proc/loadavg").read().split()[:3] if Path("/proc/loadavg").exists() else None,
-    }, indent=1))  # fmt: skip
-    print(f"ours {ours['images_per_s']:.1f} img/s vs plain DataLoader loop {reference['images_per_s']:.1f} img/s: "
-          f"{ours['images_per_s'] / reference['images_per_s']:.2f}x (CPU work per image: "
-          f"{reference['cpu_ms_per_image'] / ours['cpu_ms_per_image']:.2f}x)", file=sys.stderr)  # fmt: skip
+    }  # fmt: skip
+    if reference_runs:
+        reference = summarise(reference_runs)
+        result |= {"reference": reference,
+                   "ratio_images_per_s": round(ours["images_per_s"] / reference["images_per_s"], 2),
+                   "ratio_cpu_per_image": round(reference["cpu_ms_per_image"] / ours["cpu_ms_per_image"], 2)}  # fmt: skip
+    print(json.dumps(result, indent=1))
+    if reference_runs:
+        print(f"ours {ours['images_per_s']:.1f} img/s vs plain DataLoader loop {reference['images_per_s']:.1f} img/s: "
+              f"{ours['images_per_s'] / reference['images_per_s']:.2f}x (CPU work per image: "
+              f"{reference['cpu_ms_per_image'] / ours['cpu_ms_per_image']:.2f}x)", file=sys.stderr)  # fmt: skip
+    print("images/s per objective, as a ratio to betavae (by CPU time per image): " + ", ".join(
+        f"{name} {figures['images_per_s']:.1f} ({figures['ratio_to_betavae']:.2f}x, {figures['cpu_ratio_to_betavae']:.2f}x)"
+        for name, figures in by_objective.items()), file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

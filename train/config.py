@@ -1,0 +1,68 @@
+"""``TrainConfig``: every option of a training run, saved in its checkpoint and rebuilt from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctgen.errors import InputError
+from ctgen.preprocess import CT_MAP, WINDOW_DEFAULT, Grid, HUMap
+from train.data import BRAIN_FRACTION_MIN
+from train.model import VAEConfig
+
+__all__ = ["TrainConfig", "FIELD_OF_VIEW_MM", "RESUMABLE"]
+
+FIELD_OF_VIEW_MM = 240.0  # default grid: 240 mm across, whatever the image size
+HU_MAPS = {"window": HUMap.window(*WINDOW_DEFAULT), "ct": CT_MAP}  # --hu-map
+# options a --resume takes from the command line; the rest come from the checkpoint (--data only when given)
+RESUMABLE = ("out", "epochs", "device", "precision", "compile", "quiet", "workers", "tensorboard")
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)
+    out: str = "runs/default"
+    cache: str = "cache"
+    image_size: int = 128
+    spacing_mm: float | None = None  # None: FIELD_OF_VIEW_MM / image_size
+    hu_map: str = "window"  # "window": HU -50..250 clipped (version-1 cards); "ct": ctgen.preprocess.CT_MAP
+    latent: int = 50
+    width: int = 32
+    objective: str = "betavae"  # one of train.objectives.OBJECTIVES
+    beta: float = 4.0  # KL weight of betavae and pairs
+    capacity_max: float | None = None  # nats; set to use recon + gamma·|KL - C| (betavae)
+    capacity_steps: int = 10000
+    gamma: float = 100.0
+    tc_alpha: float = 1.0  # tcvae: weights of index-code MI, total correlation, dimension-wise KL
+    tc_beta: float = 6.0
+    tc_gamma: float = 1.0
+    factor_gamma: float = 10.0  # factorvae: weight of the discriminator's TC estimate
+    factor_hidden: int = 1000  # factorvae: units per discriminator layer
+    factor_lr: float = 1e-4  # factorvae: discriminator learning rate
+    pair_adjacent: bool = False  # pairs: partner is a neighbouring slice instead of any slice of the patient
+    epochs: int = 20
+    batch_size: int = 64  # global, in images: split across torchrun processes
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    val_fraction: float = 0.2
+    filter_brain: bool = False
+    brain_threshold: float = BRAIN_FRACTION_MIN
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+    tensorboard: bool = True
+
+    @property
+    def grid(self) -> Grid:
+        spacing = self.spacing_mm if self.spacing_mm is not None else FIELD_OF_VIEW_MM / self.image_size
+        if self.hu_map not in HU_MAPS:
+            raise InputError(None, f"--hu-map must be one of {', '.join(HU_MAPS)}, not {self.hu_map!r}")
+        return Grid(size=self.image_size, spacing_mm=spacing, hu_map=HU_MAPS[self.hu_map])
+
+    @property
+    def model_config(self) -> VAEConfig:
+        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width)
