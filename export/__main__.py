@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--seed", type=int, default=0, help="seed of the random validation inputs")
     add("--torchscript", action="store_true", help="use the legacy TorchScript exporter instead of dynamo")
     add("--force", action="store_true", help="replace an existing --out folder")
+    add("--keep-unit-order", action="store_true",
+        help="export units in the network's order (default: sorted by validation KL, unit 0 the most informative)")
     args = parser.parse_args(argv)
 
     from ctgen.errors import CtgenError
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.out, name=args.name, opset=args.opset, fp16=args.fp16, force=args.force,
             validation_data=args.validation_data, max_validation_slices=args.max_validation_slices,
             tolerance=args.tolerance, fp16_tolerance=args.fp16_tolerance, seed=args.seed, command=command,
-            dynamo=not args.torchscript,
+            dynamo=not args.torchscript, order_units=not args.keep_unit_order,
         )
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)

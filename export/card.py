@@ -23,7 +23,7 @@ from ctgen.model import CARD_FORMAT, CARD_VERSION, sha256_file
 from ctgen.preprocess import Grid
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 
-__all__ = ["build_card", "dumps_card", "json_safe", "parity_section", "update_card", "write_card"]
+__all__ = ["build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card", "write_card"]
 
 
 def build_card(
@@ -43,8 +43,10 @@ def build_card(
     parity_fp16: dict[str, Any] | None,
     validation_kl: tuple[list[float], str],
     command: str | None,
+    order: list[int] | None = None,
 ) -> dict[str, Any]:
-    """The card as a JSON-ready dict (see /DESIGN.md "A model on disk")."""
+    """The card as a JSON-ready dict (see /DESIGN.md "A model on disk"). ``order``: the network's unit behind
+    each exported unit (None: the network's own order)."""
     from export.onnx_export import _exporter_versions
 
     run_config = _read_json(run_dir / "config.json") if run_dir else {}
@@ -66,6 +68,7 @@ def build_card(
             files[graphs_fp16[graph].name] = _file_entry(graphs_fp16[graph], "fp16")
         graph_section[graph] = entry
     beta = loss.get("beta", train_config.get("beta"))
+    objective = {key: loss[key] for key in ("objective", "weights", "discriminator", "pairs") if key in loss}
     capacity = loss.get("capacity")
     if capacity is None and train_config.get("capacity_max") is not None:
         capacity = {"max_nats": train_config["capacity_max"], "steps": train_config.get("capacity_steps"),
@@ -99,10 +102,14 @@ def build_card(
         "beta": beta,
         "capacity": capacity,
         "reconstruction_loss": loss.get("reconstruction"),
+        "objective": objective or {"objective": "betavae"},
         "architecture": _architecture(vae),
         "training": _training(checkpoint, checkpoint_path, run_dir, run_config, train_config),
         "export": export_section,
-        "metrics": _metrics(checkpoint, run_dir, config.latent_size, validation_kl),
+        "metrics": _metrics(checkpoint, run_dir, config.latent_size, validation_kl,
+                            order or list(range(config.latent_size))),
+        "units": {"order": "by validation KL, highest first" if order else "the network's",
+                  "network_unit": order or list(range(config.latent_size))},
         "graphs": graph_section,
         "files": files,
     }
@@ -235,8 +242,10 @@ def _training(checkpoint: dict[str, Any], checkpoint_path: Path, run_dir: Path |
     }
 
 
-def _metrics(checkpoint: dict[str, Any], run_dir: Path | None, latent_size: int,
-             validation_kl: tuple[list[float], str]) -> dict[str, Any]:
+def network_kl(checkpoint: dict[str, Any], run_dir: Path | None, latent_size: int,
+               validation_kl: tuple[list[float], str]) -> tuple[dict[str, Any], list[float], str]:
+    """The checkpoint's (or its run's) metrics, the network's per-unit KL in its own unit order, and where
+    the KL comes from: the validation set when training recorded it, else ``validation_kl``."""
     metrics = dict(checkpoint.get("metrics") or {})
     source = "checkpoint"
     if metrics.get("kl_per_unit") is None and run_dir is not None:
@@ -246,6 +255,16 @@ def _metrics(checkpoint: dict[str, Any], run_dir: Path | None, latent_size: int,
             source = "run metrics.jsonl" if record.get("kl_per_unit") is not None else source
     if metrics.get("kl_per_unit") is None or len(metrics["kl_per_unit"]) != latent_size:
         metrics["kl_per_unit"], source = validation_kl
+    return metrics, [float(v) for v in metrics["kl_per_unit"]], source
+
+
+def _metrics(checkpoint: dict[str, Any], run_dir: Path | None, latent_size: int,
+             validation_kl: tuple[list[float], str], order: list[int]) -> dict[str, Any]:
+    """The card's metrics in the exported unit order: per-unit lists permuted by ``order``."""
+    metrics, _, source = network_kl(checkpoint, run_dir, latent_size, validation_kl)
+    for key, value in list(metrics.items()):
+        if key.endswith("per_unit") and isinstance(value, list) and len(value) == latent_size:
+            metrics[key] = [value[unit] for unit in order]
     kl = [float(v) for v in metrics["kl_per_unit"]]
     metrics["kl_per_unit"] = kl
     metrics["units_by_kl"] = sorted(range(len(kl)), key=lambda unit: (-kl[unit], unit))

@@ -68,6 +68,7 @@ __all__ = [
     "load_checkpoint",
     "load_validation_images",
     "resolve_checkpoint",
+    "unit_order",
     "validate_parity",
 ]
 
@@ -76,36 +77,54 @@ CHECKPOINT_IN_RUN = "checkpoint_best.pt"
 
 
 class EncoderGraph(nn.Module):
-    """image float32 (N, 1, S, S) -> (mu, logvar) float32 (N, L). ``half``: fp16 inside, fp32 at the boundary."""
+    """image float32 (N, 1, S, S) -> (mu, logvar) float32 (N, L). ``half``: fp16 inside, fp32 at the boundary.
 
-    def __init__(self, vae: BetaVAE, *, half: bool = False):
+    ``order``: exported unit k is the network's unit ``order[k]`` (a permutation; None keeps the network's order).
+    """
+
+    def __init__(self, vae: BetaVAE, *, half: bool = False, order: Sequence[int] | None = None):
         super().__init__()
         self.vae = vae
         self.half_precision = half
+        self.register_buffer("order", None if order is None else torch.as_tensor(list(order), dtype=torch.long))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.half_precision:
-            mu, logvar = self.vae.encode(image.half())
-            return mu.float(), logvar.float()
-        return self.vae.encode(image)
+        mu, logvar = self.vae.encode(image.half() if self.half_precision else image)
+        if self.order is not None:
+            mu, logvar = mu.index_select(1, self.order), logvar.index_select(1, self.order)
+        return (mu.float(), logvar.float()) if self.half_precision else (mu, logvar)
 
 
 class DecoderGraph(nn.Module):
-    """z float32 (N, L) -> image float32 (N, 1, S, S) in [0, 1]. ``half``: fp16 inside, fp32 at the boundary."""
+    """z float32 (N, L) -> image float32 (N, 1, S, S) in [0, 1]. ``half``: fp16 inside, fp32 at the boundary.
 
-    def __init__(self, vae: BetaVAE, *, half: bool = False):
+    ``order``: as EncoderGraph's; the decoder takes exported units and hands the network its own order.
+    """
+
+    def __init__(self, vae: BetaVAE, *, half: bool = False, order: Sequence[int] | None = None):
         super().__init__()
         self.vae = vae
         self.half_precision = half
+        inverse = None if order is None else torch.argsort(torch.as_tensor(list(order), dtype=torch.long))
+        self.register_buffer("inverse", inverse)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.inverse is not None:
+            z = z.index_select(1, self.inverse)
         if self.half_precision:
             return self.vae.decode(z.half()).float()
         return self.vae.decode(z)
 
 
-def _wrappers(vae: BetaVAE, *, half: bool = False) -> dict[str, nn.Module]:
-    return {"encoder": EncoderGraph(vae, half=half).eval(), "decoder": DecoderGraph(vae, half=half).eval()}
+def _wrappers(vae: BetaVAE, *, half: bool = False, order: Sequence[int] | None = None) -> dict[str, nn.Module]:
+    return {"encoder": EncoderGraph(vae, half=half, order=order).eval(),
+            "decoder": DecoderGraph(vae, half=half, order=order).eval()}
+
+
+def unit_order(kl_per_unit: Sequence[float]) -> list[int]:
+    """The exported order of the network's units: highest KL first (ties: lower index first)."""
+    kl = np.asarray(kl_per_unit, dtype=np.float64)
+    return [int(unit) for unit in np.argsort(-kl, kind="stable")]
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
@@ -262,13 +281,17 @@ def export_model(
     seed: int = 0,
     command: str | None = None,
     dynamo: bool = True,
+    order_units: bool = True,
 ) -> Path:
     """Export a checkpoint (or a run folder: its ``checkpoint_best.pt``) to a validated model folder.
 
     Writes encoder.onnx, decoder.onnx (and encoder_fp16.onnx, decoder_fp16.onnx with ``fp16``) and
     model.json into a temporary folder beside ``out_dir``, validates everything, then renames it into
-    place. Raises OutputError when ``out_dir`` exists and not ``force``, ModelError for a bad checkpoint,
-    ExportError when export or validation fails, DicomError for unreadable validation data.
+    place. With ``order_units`` the latent units are exported sorted by their validation KL, highest first
+    (the encoder's outputs and the decoder's input permuted exactly; the card keeps the network's indices),
+    so unit 0 is always the most informative. Raises OutputError when ``out_dir`` exists and not ``force``,
+    ModelError for a bad checkpoint, ExportError when export or validation fails, DicomError for unreadable
+    validation data.
     """
     out_dir = Path(out_dir)
     if opset < 18:
@@ -285,13 +308,16 @@ def export_model(
         real_images = load_validation_images(validation_data, grid, max_slices=max_validation_slices)
     feeds = parity_feeds(vae, config.image_size, config.latent_size, seed=seed, real_images=real_images)
     examples = {"encoder": torch.from_numpy(feeds["encoder"][2][:2]), "decoder": torch.from_numpy(feeds["decoder"][2][:2])}
+    validation_kl = _validation_kl(vae, feeds["encoder"], real_images)
+    _, kl, _ = card_module.network_kl(checkpoint, run_dir, config.latent_size, validation_kl)
+    order = unit_order(kl) if order_units else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        modules = _wrappers(vae)
+        modules = _wrappers(vae, order=order)
         exporters, graphs = {}, {}
         for graph, spec in specs.items():
             graphs[graph] = staging / spec.filename
@@ -301,7 +327,7 @@ def export_model(
         parity = validate_parity(graphs, modules, specs, feeds, tolerance=tolerance)
         parity_fp16 = graphs_fp16 = None
         if fp16:
-            modules_fp16 = _wrappers(copy.deepcopy(vae).half().eval(), half=True)
+            modules_fp16 = _wrappers(copy.deepcopy(vae).half().eval(), half=True, order=order)
             graphs_fp16 = {}
             for graph, spec in specs.items():
                 graphs_fp16[graph] = staging / spec.fp16_filename
@@ -323,8 +349,9 @@ def export_model(
             opset=opset,
             parity=card_module.parity_section(parity, tolerance, real_images),
             parity_fp16=None if parity_fp16 is None else card_module.parity_section(parity_fp16, fp16_tolerance, real_images),
-            validation_kl=_validation_kl(vae, feeds["encoder"], real_images),
+            validation_kl=validation_kl,
             command=command,
+            order=order,
         )
         card_module.write_card(card, staging / CARD_FILE)
         _replace_folder(staging, out_dir, force=force)

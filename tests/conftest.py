@@ -43,6 +43,7 @@ import torch
 
 from ctgen.preprocess import Grid
 from export import export_model
+from export.onnx_export import DecoderGraph, EncoderGraph, unit_order
 from train.model import RECONSTRUCTION_LOSS, BetaVAE, VAEConfig
 
 root = Path(sys.argv[1])
@@ -88,10 +89,13 @@ torch.save(checkpoint, run / "checkpoint_best.pt")
 rng = np.random.default_rng(0)
 images = rng.random((5, 1, 64, 64), dtype=np.float32)
 z = rng.standard_normal((5, 8), dtype=np.float32)
+# the export orders units by KL: the reference is the network seen through that order
+order = unit_order(kl)
 with torch.no_grad():
-    mu, logvar = vae.encode(torch.from_numpy(images))
-    decoded = vae.decode(torch.from_numpy(z))
-np.savez(root / "reference.npz", images=images, mu=mu.numpy(), logvar=logvar.numpy(), z=z, decoded=decoded.numpy())
+    mu, logvar = EncoderGraph(vae, order=order).eval()(torch.from_numpy(images))
+    decoded = DecoderGraph(vae, order=order).eval()(torch.from_numpy(z))
+np.savez(root / "reference.npz", images=images, mu=mu.numpy(), logvar=logvar.numpy(), z=z, decoded=decoded.numpy(),
+         order=np.array(order))
 export_model(run, root / "models" / "tiny", name="tiny",
              command="python -m export run --out models/tiny (tests/conftest.py)")
 """
@@ -125,7 +129,8 @@ def tiny_checkpoint(_tiny_model_build) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_reference(_tiny_model_build) -> dict:
-    """PyTorch eval outputs of the tiny model: images (5,1,64,64) -> mu, logvar (5,8); z (5,8) -> decoded."""
+    """PyTorch eval outputs of the tiny model in the exported unit order ("order": the network's unit behind each
+    exported one): images (5,1,64,64) -> mu, logvar (5,8); z (5,8) -> decoded."""
     import numpy as np
 
     with np.load(_tiny_model_build / "reference.npz") as data:

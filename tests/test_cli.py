@@ -134,7 +134,7 @@ def test_traverse_slice_units_and_gifs(model, workdir):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["units"] == [0, 1, 2, 5] and summary["offsets"] == [-2.0, -1.0, 0.0, 1.0, 2.0]
-    assert summary["kl"] == [0.5, 3.0, 0.001, 2.2]  # from the card
+    assert summary["kl"] == [3.0, 2.2, 1.2, 0.02]  # from the card, whose units the export sorted by KL
     assert files_under(workdir / "gifs") == ["u0.gif", "u1.gif", "u2.gif", "u5.gif"]
     picture = png(workdir / "traverse.png")
     assert picture.shape[0] > 4 * 128 and picture.shape[1] > 5 * 128  # 64-px tiles enlarged twice
@@ -143,8 +143,8 @@ def test_traverse_slice_units_and_gifs(model, workdir):
 def test_traverse_prior_mean_top_units_and_middle_column(model, workdir):
     result = invoke("traverse", "--units", "top3", "-m", model, "--per-file", "cells", "--format", "npy", "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["units"] == [1, 5, 3]  # ranked by KL on the card
-    middles = [np.load(workdir / "cells" / f"u{unit}_+0.00.npy") for unit in (1, 5, 3)]
+    assert json.loads(result.stdout)["units"] == [0, 1, 2]  # ranked by KL on the card: the export's order
+    middles = [np.load(workdir / "cells" / f"u{unit}_+0.00.npy") for unit in (0, 1, 2)]
     np.testing.assert_array_equal(middles[0], middles[1])  # every row's middle is z = 0
     assert invoke("traverse", "-m", model, "-o", "default_units.png", "--json").exit_code == 0
 
@@ -257,7 +257,7 @@ def test_info_and_units(model):
     assert text.exit_code == 0 and "CPUExecutionProvider" in text.stdout and "sha256" in text.stdout
     units = invoke("units", "-m", model, "--json")
     rows = json.loads(units.stdout)["units"]
-    assert [row["unit"] for row in rows][:3] == [1, 5, 3] and rows[0]["kl"] == 3.0 and rows[0]["active"]
+    assert [row["unit"] for row in rows][:3] == [0, 1, 2] and rows[0]["kl"] == 3.0 and rows[0]["active"]
     assert "u1" in invoke("units", "-m", model).stdout
 
 

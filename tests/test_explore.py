@@ -143,7 +143,7 @@ def test_generator_shapes_and_determinism(generator):
     assert path.shape == (4, size, size)
     np.testing.assert_allclose(path[0], generator.decode(z[0])[0], atol=1e-3)
     assert generator.interpolate(z[0], z[1], steps=3).shape == (3, size, size)  # slerp by default
-    assert generator.units_by_kl[0] == 1 and len(generator.kl_per_unit) == latent
+    assert generator.units_by_kl[0] == 0 and len(generator.kl_per_unit) == latent
 
 
 def test_generator_encode_inputs(generator):
@@ -193,7 +193,7 @@ def test_state(server, generator):
     assert status == 200
     assert state["latent_size"] == 8 and state["model"]["image_size"] == 64
     assert [unit["unit"] for unit in state["units"]] == generator.units_by_kl
-    assert state["units"][0] == {"unit": 1, "rank": 1, "kl": 3.0, "factor": None}
+    assert state["units"][0] == {"unit": 0, "rank": 1, "kl": 3.0, "factor": None}
     assert state["windows"]["brain"] == [40.0, 80.0] and set(state["windows"]) == {"brain", "subdural", "bone"}
     assert state["start"] == {"z": [0.0] * 8, "label": "prior mean"} and state["seed"] == 3
 

@@ -52,8 +52,8 @@ def _graphs(model_dir: Path) -> dict[str, Path]:
     return {"encoder": model_dir / "encoder.onnx", "decoder": model_dir / "decoder.onnx"}
 
 
-def _modules(vae) -> dict:
-    return {"encoder": EncoderGraph(vae).eval(), "decoder": DecoderGraph(vae).eval()}
+def _modules(vae, order=None) -> dict:
+    return {"encoder": EncoderGraph(vae, order=order).eval(), "decoder": DecoderGraph(vae, order=order).eval()}
 
 
 # ------------------------------------------------------------------------------- the exported folder
@@ -62,7 +62,8 @@ def test_tiny_export_passes_validation(tiny_model_dir, tiny_vae, feeds):
     for name, spec in SPECS.items():
         model = check_graph(tiny_model_dir / spec.filename, spec, opset=18)
         assert not any(node.metadata_props for node in model.graph.node)  # debug metadata stripped
-    figures = validate_parity(_graphs(tiny_model_dir), _modules(tiny_vae), SPECS, feeds, tolerance=1e-4)
+    order = _card(tiny_model_dir)["units"]["network_unit"]
+    figures = validate_parity(_graphs(tiny_model_dir), _modules(tiny_vae, order), SPECS, feeds, tolerance=1e-4)
     assert set(figures) == {"encoder", "decoder"}
     assert max(d for outputs in figures.values() for d in outputs.values()) <= 1e-4
 
@@ -108,7 +109,9 @@ def test_card_is_complete(tiny_model_dir, tiny_checkpoint):
     assert export["parity"]["random_batch_sizes"] == [1, 3, 16]
     assert set(export["parity"]["max_abs_diff"]["encoder"]) == {"mu", "logvar"}
     metrics = card["metrics"]
-    assert metrics["units_by_kl"] == [1, 5, 3, 7, 0, 6, 2, 4] and metrics["kl_source"] == "checkpoint"
+    assert metrics["units_by_kl"] == list(range(8)) and metrics["kl_source"] == "checkpoint"  # exported by KL
+    assert _card(tiny_model_dir)["units"]["network_unit"] == [1, 5, 3, 7, 0, 6, 2, 4]
+    assert metrics["kl_per_unit"] == sorted(metrics["kl_per_unit"], reverse=True)  # unit 0 the most informative
     assert metrics["active_units"] == 6 and metrics["recon_mae_hu"] == 42.0
     assert card["graphs"]["decoder"] == {"file": "decoder.onnx", "inputs": {"z": ["N", 8]},
                                          "outputs": {"image": ["N", 1, 64, 64]}, "dtype": "float32"}
@@ -279,7 +282,8 @@ def test_real_slices_enter_the_parity_check(tiny_model_dir, tiny_vae):
     assert images.shape == (1, 1, 64, 64) and images.dtype == np.float32 and images.max() > 0
     feeds = parity_feeds(tiny_vae, 64, 8, seed=0, real_images=images)
     assert len(feeds["encoder"]) == len(feeds["decoder"]) == 4
-    validate_parity(_graphs(tiny_model_dir), _modules(tiny_vae), SPECS, feeds, tolerance=1e-4)
+    order = _card(tiny_model_dir)["units"]["network_unit"]
+    validate_parity(_graphs(tiny_model_dir), _modules(tiny_vae, order), SPECS, feeds, tolerance=1e-4)
 
 
 def test_cli_error_is_one_line_and_exit_1(tiny_checkpoint, tmp_path, capsys):

@@ -67,8 +67,8 @@ def test_io_binding_path_gives_the_same_numbers(tiny_model_dir, tiny_reference):
 
 def test_units_by_kl_come_from_the_card(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    assert model.card.units_by_kl == [1, 5, 3, 7, 0, 6, 2, 4]
-    assert model.card["metrics"]["kl_per_unit"][1] == 3.0
+    assert model.card.units_by_kl == list(range(8))  # the export sorted the units by KL
+    assert model.card["metrics"]["kl_per_unit"][0] == 3.0 and model.card["units"]["network_unit"][0] == 1
 
 
 def test_sessions_are_built_on_first_use(tiny_model_dir):
