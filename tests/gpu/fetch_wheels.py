@@ -123,7 +123,8 @@ def fetch_ort(dest: Path) -> dict:
         manifest = {
             "package": ORT_GPU[0], "version": ORT_GPU[1], "wheel": wheel.name, "wheel_sha256": sha256(stored),
             "wheel_bytes": stored.stat().st_size, "downloaded_bytes": wheel.stat().st_size, "compression": "xz",
-            "xz_sha256": sha256(packed), "xz_bytes": packed.stat().st_size, "parts": split(packed, dest, f"{ORT_GPU[0]}.xz", PART_SIZE),
+            "xz_sha256": sha256(packed), "xz_bytes": packed.stat().st_size,
+            "parts": split(packed, dest, f"{ORT_GPU[0]}.xz", PART_SIZE),
         }  # fmt: skip
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
