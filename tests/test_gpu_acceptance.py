@@ -24,7 +24,13 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     pytest.importorskip("torch")
     pytest.importorskip("nilearn")
     root = tmp_path_factory.mktemp("acceptance")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # a stand-in nvidia-smi, so that the sampling thread, its summaries and gpu_samples.csv run too
+    (root / "bin").mkdir()
+    fake = root / "bin" / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '37, 2048, 143771, [N/A]'\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(root / "bin"), os.environ.get("PATH", "")])}  # fmt: skip
     env.pop("OUT", None)
     result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(root / "out"), "--work",
                              str(root / "work")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -68,7 +74,10 @@ def test_dry_run_report_has_every_stage(dry_run):
     assert check["device"] == "cpu" and check["fp32 (CPU stand-in)"]["within_tolerance"]
     assert check["cpu"]["timing"]["decode_images_per_s"] > 0
 
-    assert set(report["files"]) == {"report.json", "samples.png", "recon.png", "model.json"}
+    assert set(report["files"]) == {"report.json", "samples.png", "recon.png", "model.json", "gpu_samples.csv"}
+    assert report["gpu"]["nvidia_smi"] and report["gpu"]["memory_max_mib"] == 2048
+    assert training["gpu"]["util_mean_pct"] == 37 and training["phases"][0]["gpu"]["samples"] >= 1
+    assert (out / "gpu_samples.csv").read_text().startswith("t_s,stage,util_pct")
     from PIL import Image
 
     with Image.open(out / "samples.png") as picture:

@@ -38,11 +38,11 @@ class GpuMonitor(threading.Thread):
         self.available = shutil.which("nvidia-smi") is not None
         self.stage = "start"
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.monotonic()
 
     def run(self) -> None:
-        while self.available and not self._stop.wait(self.interval_s):
+        while self.available and not self._halt.wait(self.interval_s):
             try:
                 line = subprocess.run(["nvidia-smi", f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits"],
                                       capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
@@ -55,7 +55,7 @@ class GpuMonitor(threading.Thread):
                                  "power_w": power})  # fmt: skip
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def summary(self, prefix: str) -> dict[str, Any] | None:
         rows = [s for s in self.samples if s["stage"] == prefix or s["stage"].startswith(prefix + "/")]
