@@ -69,38 +69,12 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
 
 
 def kl_bar_chart(kl: Any, threshold: float = 0.01) -> Any:
-    """Per-unit KL (nats, (L,)) as a bar chart: PIL RGB image; active units blue, the threshold red."""
-    import math
+    """Per-unit KL (nats, (L,)) as a bar chart (``ctgen.charts``): a PIL image; active units coloured."""
+    from ctgen.charts import bar_chart
 
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    kl = np.asarray(kl, dtype=np.float64)
-    bar = max(1, min(48, 960 // max(1, len(kl))))
-    step, left, top, plot_h = bar + (1 if bar > 3 else 0), 56, 30, 240
-    width = max(480, left + len(kl) * step + 16)
-    image = Image.new("RGB", (width, top + plot_h + 24), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    peak = max(float(kl.max()) if len(kl) else 0.0, 1.25 * threshold)
-
-    def y(value: float) -> int:
-        return top + plot_h - round(plot_h * min(value, peak) / peak)
-
-    for tick in (0.0, peak / 2, peak):
-        draw.line([(left - 4, y(tick)), (width - 16, y(tick))], fill=(225, 225, 225))
-        draw.text((4, y(tick) - 6), f"{tick:.3g}", fill="black", font=font)
-    label_every = max(1, math.ceil(28 / step))
-    for unit, value in enumerate(kl):
-        x = left + unit * step
-        colour = (40, 90, 170) if value > threshold else (170, 170, 170)
-        draw.rectangle([x, y(value), x + bar - 1, top + plot_h], fill=colour)
-        if unit % label_every == 0:
-            draw.text((x, top + plot_h + 6), str(unit), fill="black", font=font)
-    draw.line([(left, y(threshold)), (width - 16, y(threshold))], fill=(200, 40, 40))
-    active = int(np.sum(kl > threshold))
-    draw.text((left, 8), f"KL per unit (nats): {active} of {len(kl)} above {threshold:g} (red line)", fill="black",
-              font=font)
-    return image
+    active = sum(value > threshold for value in kl)
+    return bar_chart(list(kl), title=f"KL per unit: {active} of {len(kl)} above {threshold:g} nats", x_label="unit",
+                     y_label="KL (nats)", threshold=threshold)
 
 
 def interpret(report: dict) -> dict:

@@ -8,70 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["choose_beta", "claims", "line_chart", "write_study_report"]
+__all__ = ["choose_beta", "claims", "write_study_report"]
 
 SAME_LOSS = 0.02  # runs whose validation loss differs by less than this fraction count as equal
 MAE_TOLERANCE = 1.25  # choose_beta: reconstruction may be at most this much worse than at the smallest β
 SCORE_TIE = 0.01  # choose_beta: mean disentanglement scores closer than this count as a tie
-COLOURS = [(40, 90, 170), (200, 60, 40), (40, 150, 70), (150, 80, 170), (230, 150, 20)]
 SCORES = ("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap")
-
-
-def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_label: str, log_x: bool = True,
-               y_range: tuple[float, float] | None = None, size: tuple[int, int] = (520, 320)) -> Any:
-    """Series of (x, y) points as a PIL RGB line chart with markers, a legend and labelled ticks."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = size
-    left, right, top, bottom = 64, 16, 34, 40
-    image = Image.new("RGB", size, "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    xs = sorted({x for points in series.values() for x, _ in points})
-    ys = [y for points in series.values() for _, y in points if y is not None and math.isfinite(y)]
-    lo, hi = y_range or (min(ys), max(ys))
-    if hi - lo < 1e-12:
-        lo, hi = lo - 1, hi + 1
-    pad = 0.0 if y_range else 0.08 * (hi - lo)
-    lo, hi = (lo - pad if lo < 0 else max(0.0, lo - pad)), hi + pad  # an axis of counts never dips below 0
-    scale_x = (lambda x: math.log10(x)) if log_x else (lambda x: x)
-    x0, x1 = scale_x(xs[0]), scale_x(xs[-1]) if len(xs) > 1 else scale_x(xs[0]) + 1
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (left + (width - left - right) * (scale_x(x) - x0) / max(x1 - x0, 1e-12),
-                top + (height - top - bottom) * (hi - y) / (hi - lo))
-
-    for k in range(5):
-        value = lo + (hi - lo) * k / 4
-        y = at(xs[0], value)[1]
-        draw.line([(left, y), (width - right, y)], fill=(228, 228, 228))
-        draw.text((4, y - 6), f"{value:.4g}", fill="black", font=font)
-    for x in xs:
-        px = at(x, lo)[0]
-        draw.line([(px, height - bottom), (px, height - bottom + 4)], fill="black")
-        draw.text((px - 8, height - bottom + 6), f"{x:g}", fill="black", font=font)
-    draw.text((left, height - 14), x_label + (" (log scale)" if log_x else ""), fill="black", font=font)
-    draw.text((left, 8), title, fill="black", font=font)
-    for index, (name, points) in enumerate(series.items()):
-        colour = COLOURS[index % len(COLOURS)]
-        shown = [at(x, y) for x, y in sorted(points) if y is not None and math.isfinite(y)]
-        if len(shown) > 1:
-            draw.line(shown, fill=colour, width=2)
-        for px, py in shown:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        if len(series) > 1:
-            draw.text((width - right - 150, top + 4 + 12 * index), f"- {name}", fill=colour, font=font)
-    return image
-
-
-def side_by_side(*images: Any) -> Any:
-    from PIL import Image
-
-    out = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
-    x = 0
-    for image in images:
-        out.paste(image, (x, 0))
-        x += image.width
-    return out
 
 
 def _fmt(value: Any) -> str:
@@ -177,6 +119,9 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
     report_dir.mkdir(parents=True, exist_ok=True)
     for old in report_dir.glob("*.png"):
         old.unlink()
+    from ctgen.charts import line_chart, side_by_side
+    from ctgen.render import save_png
+
     at_beta, at_latent = settings["at_beta"], settings["at_latent"]
     latent_rows, beta_rows = _sweeps(rows, settings)
     figures = []
@@ -185,14 +130,14 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
                            title=f"validation loss (best epoch) vs latent size, beta {at_beta:g}", x_label="latent size")
         units = line_chart({"active units": [(r["latent"], r["active_units"]) for r in latent_rows]},
                            title="active units (KL > 0.01 nats) vs latent size", x_label="latent size")
-        side_by_side(chart, units).save(report_dir / "latent_size.png")
+        save_png(side_by_side(chart, units), report_dir / "latent_size.png", force=True)
         figures.append("latent_size.png")
     if len(beta_rows) > 1:
         recon = line_chart({"MAE (HU)": [(r["beta"], r["mae_hu"]) for r in beta_rows]},
                            title=f"held-out MAE inside the head (HU) vs beta, latent {at_latent}", x_label="beta")
         scores = line_chart({key: [(r["beta"], r[key]) for r in beta_rows] for key in SCORES[:3]},
                             title="disentanglement vs beta", x_label="beta", y_range=(0.0, 1.0))
-        side_by_side(recon, scores).save(report_dir / "beta.png")
+        save_png(side_by_side(recon, scores), report_dir / "beta.png", force=True)
         figures.append("beta.png")
         for r in beta_rows:
             for kind in ("traversal", "samples"):
