@@ -312,13 +312,26 @@ class Generator:
 
     # ---- exploring ---------------------------------------------------------------------------------
     def units(self, spec: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS) -> list[int]:
-        """Unit indices from a spec ("0-4,7", "top5", "all") or a list, checked against the latent size."""
+        """Unit indices from a spec ("0-4,7", "top5", "all", or factor names the card knows: "level,rotation")
+        or a list, checked against the latent size. Raises ArgumentError."""
         if isinstance(spec, str):
+            parts = [part.strip() for part in spec.split(",") if part.strip()]
+            if parts and all(part[0].isalpha() and part.lower() != "all" and not part.lower().startswith("top")
+                             for part in parts):
+                return [self._unit_for(part) for part in parts]
             return parse_units(spec, self.latent_size, self.units_by_kl)
         chosen = [int(unit) for unit in spec]
         if any(not 0 <= unit < self.latent_size for unit in chosen):
             raise ArgumentError("units", f"units must lie in 0-{self.latent_size - 1}, got {chosen}")
         return chosen
+
+    def _unit_for(self, factor: str) -> int:
+        unit = self.card.unit_for_factor(factor)
+        if unit is None:
+            known = sorted(set(self.unit_labels.values()))
+            raise ArgumentError("units", f"no unit of model {self.card.name} carries {factor!r} (named on its card: "
+                                         f"{', '.join(known) or 'none; run ctgen evaluate with factors and attach it'})")
+        return unit
 
     def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
                  offsets: Sequence[float] | None = None) -> np.ndarray:

@@ -123,6 +123,18 @@ class ModelCard(dict):
                 labels[index] = factor
         return labels
 
+    def unit_for_factor(self, factor: str) -> int | None:
+        """The unit the card names for ``factor`` (``metrics.unit_factors``), else the active unit that carries it
+        best (``metrics.unit_labels``); None when no unit carries it."""
+        for unit, name in self.unit_labels.items():
+            if name == factor:
+                return unit
+        scored = (self.get("metrics") or {}).get("unit_labels") or {}
+        best = [(entry.get("nmi", 0.0), int(unit)) for unit, entry in scored.items()
+                if isinstance(entry, dict) and entry.get("factor") == factor and str(unit).isdigit()
+                and int(unit) < self.latent_size]
+        return max(best)[1] if best else None
+
     def unit_label(self, unit: int) -> str:
         """"u3", with the KL and the factor the card names for it when known: "u3 level (KL 1.20)"."""
         kl, factor = self.kl_per_unit, self.unit_labels.get(unit)

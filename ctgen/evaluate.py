@@ -31,6 +31,7 @@ REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # r
 # of level that would make every metric punish the unit carrying both)
 NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
 WIDE_HU = (-1024.0, 3072.0)  # originals on the model grid without clipping: head masks and pictures
+ACTIVE_KL = 0.01  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
@@ -142,7 +143,8 @@ def _decode(model, z: np.ndarray, progress: Progress, stage: str) -> np.ndarray:
 
 def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | os.PathLike | bool | None = None,
                    split: str | os.PathLike | None = None, max_slices: int = 2000, seed: int = 0, real: bool = True,
-                   progress: Progress | None = None, pictures: dict | None = None) -> dict:
+                   progress: Progress | None = None, pictures: dict | None = None,
+                   dense: str | os.PathLike | None = None, max_dense: int = 2000) -> dict:
     """Score ``model`` (a ``ctgen.model.Model``, or a name/path for ``load_model``) on a DICOM study.
 
     ``factors``: the factors table (None: STUDY/factors.csv when present; False: none). ``split``: a
@@ -215,7 +217,10 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     report["activity"] = {"set": eval_set, "n_images": int(is_held.sum()),
                           **metrics.latent_activity(mu[is_held], logvar[is_held])}
     if table is not None:
-        report["disentanglement"] = _disentanglement(mu, table, np.array(kept), seed)
+        report["disentanglement"] = _disentanglement(mu, table, np.array(kept), seed,
+                                                     metrics.kl_per_unit(mu, logvar))
+    if dense is not None:
+        report["disentanglement_dense"] = _dense_disentanglement(model, Path(dense), max_dense, seed, progress)
 
     priors = {"standard": sample_prior(SAMPLES, model.latent_size, seed=seed)}
     if model.prior is not None:
@@ -296,7 +301,8 @@ def _model_summary(model) -> dict:
             "encoder_sha256": ((card.get("files") or {}).get("encoder.onnx") or {}).get("sha256")}
 
 
-def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int) -> dict:
+def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int, kl: np.ndarray,
+                     what: str = "all evaluated slices") -> dict:
     values, names, skipped = table["values"][rows], list(table["names"]), dict(table["skipped"])
     keep = [k for k in range(values.shape[1]) if np.ptp(values[:, k]) > 0]
     skipped.update({names[k]: "constant in the evaluated slices" for k in range(len(names)) if k not in keep})
@@ -314,8 +320,34 @@ def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int) -
     for name, entry in sorted(scores["units"].items(), key=lambda item: item[1]["chance_nmi"] - item[1]["nmi"]):
         if entry["nmi"] - entry["chance_nmi"] >= UNIT_FACTOR_MIN_NMI and str(entry["unit"]) not in unit_factors:
             unit_factors[str(entry["unit"])] = name
-    return {**scores, "unit_factors": unit_factors, "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI,
-            "n_slices": len(mu), "set": "all evaluated slices", "factors_used": names, "factors_skipped": skipped}
+    nmi = np.asarray(scores.pop("nmi"))
+    chance = np.array([scores["units"][name]["chance_nmi"] for name in names])
+    unit_labels = {str(unit): {"factor": names[int(np.argmax(nmi[unit]))], "nmi": float(nmi[unit].max()),
+                               "chance_nmi": float(chance[int(np.argmax(nmi[unit]))])}
+                   for unit in np.flatnonzero(kl > ACTIVE_KL)}  # every active unit: the factor it carries best
+    return {**scores, "unit_factors": unit_factors, "unit_labels": unit_labels,
+            "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI, "n_slices": len(mu), "set": what, "factors_used": names,
+            "factors_skipped": skipped}
+
+
+def _dense_disentanglement(model, folder: Path, max_slices: int, seed: int, progress: Progress) -> dict:
+    """Disentanglement on a dense factor set (many patients, few slices each, at random levels): a folder with
+    its own factors.csv, none of whose patients the model was trained on."""
+    table = load_factors(folder / "factors.csv")
+    files = [folder / name for name in table["files"]]
+    chosen = np.sort(np.random.default_rng([seed, 2]).choice(len(files), min(len(files), max_slices), replace=False))
+    skipped: list[str] = []
+    rows, images, patients = [], [], set()
+    for index, _, image, _, key in _read(files, chosen, model.grid, None, skipped, progress, "reading dense set"):
+        rows.append(index)
+        images.append(image)
+        patients.add(key)
+    if not images:
+        raise InputError(folder, "none of the dense set's slices could be read")
+    mu, logvar = _encode(model, np.stack(images), progress)
+    what = f"dense set {folder.name}: {len(images)} slices of {len(patients)} patients"
+    return {**_disentanglement(mu, table, np.array(rows), seed, metrics.kl_per_unit(mu, logvar), what),
+            "path": str(folder), "skipped_files": len(skipped)}
 
 
 def _real_slices(model) -> tuple[list[dict], list[np.ndarray]]:
@@ -356,11 +388,15 @@ def card_metrics(report: dict) -> dict:
             "recon_set": f"{recon['n_images']} slices, {recon['set']}", "kl_per_unit": activity["kl_per_unit"],
             "units_by_kl": activity["units_by_kl"], "active_units": activity["active_units"],
             "active_units_by_variance": activity["active_units_by_variance"]}
-    scores = report.get("disentanglement") or {}
+    keys = ("mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap")
+    dense, heldout = report.get("disentanglement_dense") or {}, report.get("disentanglement") or {}
+    scores = dense if "mig" in dense else heldout  # the dense set, when scored, names the units
     if "mig" in scores:
-        card["disentanglement"] = {key: scores[key] for key in ("mig", "beta_vae", "factor_vae", "dci_disentanglement",
-                                                                "dci_completeness", "dci_informativeness", "sap")}
+        card["disentanglement"] = {key: scores[key] for key in keys} | {"set": scores["set"]}
         card["unit_factors"] = dict(scores["unit_factors"])
+        card["unit_labels"] = dict(scores.get("unit_labels") or {})
+    if "mig" in dense and "mig" in heldout:
+        card["disentanglement_heldout"] = {key: heldout[key] for key in keys} | {"set": heldout["set"]}
     memorisation = report.get("memorisation") or {}
     if "median_ratio" in memorisation:
         card["memorisation"] = {key: memorisation[key] for key in ("median_ratio", "fraction_copied", "quantile")}

@@ -94,24 +94,10 @@ def interpret(report: dict) -> dict:
     lines["activity"] = (f"{counts[0]} of {len(kl)} units carry information (KL > {activity['threshold']:g} nats; "
                          f"{counts[1]} by the variance of mu{differ}); "
                          f"the top {top} hold {share:.0%} of the {activity['kl_total']:.1f} nats.")
-    scores = report.get("disentanglement") or {}
-    if "mig" in scores:
-        mig = scores["mig"]
-        spread = ("each factor sits mostly in one unit" if mig >= 0.3 else "factors are partly concentrated in "
-                  "single units" if mig >= 0.1 else "factors are spread over several units (entangled)")
-        lines["disentanglement"] = (f"MIG {mig:.2f}: {spread}; DCI disentanglement {scores['dci_disentanglement']:.2f},"
-                                    f" completeness {scores['dci_completeness']:.2f}, linear R² "
-                                    f"{scores['dci_informativeness']:.2f}.")
-        units, margin = scores["units"], scores["unit_factor_min_nmi"]
-        tracked = [name for name, entry in units.items() if entry["nmi"] - entry["chance_nmi"] >= margin]
-        untracked = [name for name in units if name not in tracked]
-        chance = max(entry["chance_nmi"] for entry in units.values())
-        lines["unit_factors"] = (
-            f"{len(tracked)} of {len(units)} factors have a unit whose normalised MI beats chance by {margin:g} or more"
-            f" ({', '.join(tracked) or 'none'})" + (f"; no single unit carries {', '.join(untracked)}" if untracked
-                                                    else "") + f" (chance level up to {chance:.2f} with "
-            f"{scores['n_slices']} slices" + ("; too few slices for these MI figures to mean much)." if chance > 0.5
-                                              else ")."))
+    for key, suffix in (("disentanglement", ""), ("disentanglement_dense", "_dense")):
+        scores = report.get(key) or {}
+        if "mig" in scores:
+            lines[f"disentanglement{suffix}"], lines[f"unit_factors{suffix}"] = _read_disentanglement(scores)
     realism = report.get("realism") or {}
     if "heldout_b" in realism:
         anatomy = realism["anatomy"]
@@ -138,6 +124,43 @@ def interpret(report: dict) -> dict:
                                 + ("about the same error as on the study." if ratio < 1.5 else
                                    "real scans are reproduced clearly worse than the study's images."))
     return lines
+
+
+def _read_disentanglement(scores: dict) -> tuple[str, str]:
+    """The one-line readings of a disentanglement section: the scores, and which factors have a unit."""
+    mig = scores["mig"]
+    spread = ("each factor sits mostly in one unit" if mig >= 0.3 else "factors are partly concentrated in "
+              "single units" if mig >= 0.1 else "factors are spread over several units (entangled)")
+    overall = (f"On {scores['set']}: MIG {mig:.2f}: {spread}; DCI disentanglement {scores['dci_disentanglement']:.2f}, "
+               f"completeness {scores['dci_completeness']:.2f}, linear R² {scores['dci_informativeness']:.2f}.")
+    units, margin = scores["units"], scores["unit_factor_min_nmi"]
+    tracked = [name for name, entry in units.items() if entry["nmi"] - entry["chance_nmi"] >= margin]
+    untracked = [name for name in units if name not in tracked]
+    chance = max(entry["chance_nmi"] for entry in units.values())
+    carried = (f"{len(tracked)} of {len(units)} factors have a unit whose normalised MI beats chance by {margin:g} or "
+               f"more ({', '.join(tracked) or 'none'})" + (f"; no single unit carries {', '.join(untracked)}"
+                                                           if untracked else "")
+               + f" (chance level up to {chance:.2f} with {scores['n_slices']} slices"
+               + ("; too few slices for these MI figures to mean much)." if chance > 0.5 else ")."))
+    return overall, carried
+
+
+def _disentanglement_markdown(scores: dict, title: str, say: dict, suffix: str) -> list[str]:
+    names = ["mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap"]
+    skipped = ", ".join(f"{name} ({why})" for name, why in scores["factors_skipped"].items()) or "none"
+    labels = scores.get("unit_labels") or {}
+    return [f"## {title}", markdown_table(["metric", "value"], [[name, scores[name]] for name in names]),
+            f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
+            f"skipped: {skipped}.", say[f"disentanglement{suffix}"], f"### {title}: factor → unit",
+            markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
+                           [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"]]
+                            for name, e in scores["units"].items()]),
+            "Normalised MI = I(unit; factor) / H(factor), plug-in estimate on 20 quantile bins; chance level: its "
+            "expected value for an unrelated unit.", say[f"unit_factors{suffix}"],
+            f"### {title}: unit → factor (every active unit)",
+            markdown_table(["unit", "factor it carries best", "normalised MI", "chance level"],
+                           [[f"u{unit}", e["factor"], e["nmi"], e["chance_nmi"]] for unit, e in
+                            sorted(labels.items(), key=lambda item: int(item[0]))]) if labels else "No active unit."]
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -170,21 +193,13 @@ def render_markdown(report: dict) -> str:
                       size]]),
              "Top units by KL (nats): " + ", ".join(f"u{u} {activity['kl_per_unit'][u]:.2f}"
                                                     for u in activity["units_by_kl"][:10]) + ".", say["activity"]]
-    scores = report.get("disentanglement")
-    if scores is not None and "mig" in scores:
-        names = ["mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness",
-                 "sap"]
-        skipped = ", ".join(f"{name} ({why})" for name, why in scores["factors_skipped"].items()) or "none"
-        parts += ["## Disentanglement", markdown_table(["metric", "value"], [[name, scores[name]] for name in names]),
-                  f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
-                  f"skipped: {skipped}.", say["disentanglement"], "## Unit → factor",
-                  markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
-                         [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"]]
-                          for name, e in scores["units"].items()]),
-                  "Normalised MI = I(unit; factor) / H(factor), plug-in estimate on 20 quantile bins; chance level: "
-                  "its expected value for an unrelated unit.", say["unit_factors"]]
-    elif scores is not None:
-        parts += ["## Disentanglement", f"Not scored: {scores['skipped']}."]
+    for key, title, suffix in (("disentanglement", "Disentanglement", ""),
+                               ("disentanglement_dense", "Disentanglement on the dense set", "_dense")):
+        scores = report.get(key)
+        if scores is not None and "mig" in scores:
+            parts += _disentanglement_markdown(scores, title, say, suffix)
+        elif scores is not None:
+            parts += [f"## {title}", f"Not scored: {scores['skipped']}."]
     realism = report.get("realism") or {}
     if "heldout_b" in realism:
         rows = [[name.replace("_", " "), realism[name]["precision"], realism[name]["recall"],

@@ -98,7 +98,7 @@ def test_unit_factors_name_valid_units(report_dir):
 
 def test_report_md_has_tables_and_readings(report_dir):
     text = (report_dir / "report.md").read_text()
-    for heading in ("## Reconstruction", "## Latent activity", "## Disentanglement", "## Unit → factor",
+    for heading in ("## Reconstruction", "## Latent activity", "## Disentanglement", "### Disentanglement: factor → unit",
                     "## Memorisation", "## Real CT slices"):
         assert heading in text
     report = json.loads((report_dir / "metrics.json").read_text())
@@ -226,3 +226,31 @@ def test_attach_without_a_report_is_one_line_error(tiny_model_copy, tmp_path, ca
 
     assert attach([str(tiny_model_copy), str(tmp_path)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_dense_set_names_every_active_unit(tiny_model_dir, study):
+    report = evaluate_model(load_model(tiny_model_dir), study, max_slices=12, real=False, dense=study, max_dense=12)
+    dense = report["disentanglement_dense"]
+    assert dense["set"].startswith("dense set") and dense["n_slices"] == 12
+    assert set(dense["unit_labels"]) <= {str(u) for u in range(8)}
+    for entry in dense["unit_labels"].values():
+        assert entry["factor"] in dense["factors_used"] and 0.0 <= entry["nmi"] <= 1.0
+    figures = card_metrics(report)
+    assert figures["disentanglement"]["set"] == dense["set"] and "disentanglement_heldout" in figures
+    assert figures["unit_labels"] == dense["unit_labels"]
+
+
+def test_traverse_accepts_factor_names(tiny_model_copy, tmp_path, monkeypatch):
+    from ctgen.api import load_generator
+    from ctgen.errors import ArgumentError
+    from export.card import update_card
+
+    update_card(tiny_model_copy, lambda card: card["metrics"].update(unit_factors={"2": "level"}, unit_labels={
+        "2": {"factor": "level", "nmi": 0.6}, "0": {"factor": "rotation_deg", "nmi": 0.3}}))
+    generator = load_generator(tiny_model_copy)
+    assert generator.units("level,rotation_deg") == [2, 0]
+    with pytest.raises(ArgumentError, match="carries 'atrophy_mm'"):
+        generator.units("atrophy_mm")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("traverse", "--units", "level", "-m", tiny_model_copy, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["units"] == [2]

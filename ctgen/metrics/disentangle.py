@@ -384,4 +384,5 @@ def disentanglement_report(
         "dci_informativeness": dci_scores["informativeness"],
         "sap": sap(latents, factors_all, seed=seed)["sap"],
         "units": units,
+        "nmi": mi.tolist(),  # (L, K used): normalised MI of every unit with every factor kept
     }

@@ -23,6 +23,12 @@ def evaluate(
         typer.Option("--split", metavar="SPLIT.json", dir_okay=False, show_default=False,
                      help="A training run's split.json: score held-out patients and check memorisation."),
     ] = None,
+    dense: Annotated[
+        Path | None,
+        typer.Option("--dense", metavar="DIR", file_okay=False, show_default=False,
+                     help="A dense factor set (many unseen patients, few slices each, at random levels, with its own "
+                          "factors.csv): disentanglement and unit names are scored there too."),
+    ] = None,
     max_slices: Annotated[
         int, typer.Option("--max-slices", min=1, help="Encode at most this many slices (a seeded choice; half "
                           "held-out when the factors table names the patients).")
@@ -57,7 +63,7 @@ def evaluate(
         vae = run.load_generator(model, device).model
         stages = _Stages(run)
         try:
-            report, figures = report_folder(vae, study, out, force=force, factors=factors, split=split,
+            report, figures = report_folder(vae, study, out, force=force, factors=factors, split=split, dense=dense,
                                             max_slices=max_slices, seed=seed, real=real, progress=stages)
         finally:
             stages.close()

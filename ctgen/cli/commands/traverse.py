@@ -26,8 +26,9 @@ def traverse(
         typer.Argument(metavar="[SLICE.dcm]", help="Slice to traverse around.", show_default="the prior mean, z = 0"),
     ] = None,
     units: Annotated[
-        str, typer.Option("--units", "-u", metavar="LIST|topK|all",
-                          help='Rows: units as "0-4,7", "top5" (highest KL on the card) or "all".')
+        str, typer.Option("--units", "-u", metavar="LIST|topK|all|NAMES",
+                          help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or the factors '
+                               'the card names: "level,rotation".')
     ] = DEFAULT_TRAVERSE_UNITS,
     value_range: Annotated[
         float, typer.Option("--range", "-r", help="Largest offset added to a unit (> 0).")
