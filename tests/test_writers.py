@@ -1,0 +1,177 @@
+"""Outputs under hostile conditions: a full disk, a second run writing into the same folder, a file that appears
+during a run, Ctrl-C, SIGTERM and SIGKILL. Each ends with one error line (or exit 130) and nothing half-written
+left behind; temporaries of killed runs are removed the next time ctgen writes there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, files_under, invoke, one_error_line
+from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries, temporary_path
+from ctgen.errors import OutputError
+
+
+def _ctgen(args, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "ctgen", *map(str, args)], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MiB tmpfs (root only); skips where it cannot be mounted."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+# ---------------------------------------------------------------------------------------- the primitives
+def test_commit_refuses_a_target_that_appeared(tmp_path):
+    target = tmp_path / "b.bin"
+
+    def write():
+        with atomic_file(target, force=False) as handle:
+            handle.write(b"ours")
+            target.write_bytes(b"theirs")
+
+    with pytest.raises(OutputError, match="already exists"):
+        write()
+    assert target.read_bytes() == b"theirs" and files_under(tmp_path) == ["b.bin"]
+
+
+def test_claims_roll_back_and_dead_temporaries_go(tmp_path):
+    claims = Claims()
+    for name in ("x", "y"):
+        with atomic_file(tmp_path / name, force=False) as handle:
+            handle.write(b"1")
+        claims.add(tmp_path / name)
+    claims.rollback()
+    assert files_under(tmp_path) == []
+    dead = tmp_path / ".z.ctgen-999999999-abcd.tmp"  # a PID that no process has
+    dead.write_bytes(b"left by a killed run")
+    alive = temporary_path(tmp_path / "w")
+    alive.write_bytes(b"this process is writing it")
+    assert remove_dead_temporaries(tmp_path) == [dead]
+    assert files_under(tmp_path) == [alive.name]
+
+
+# ---------------------------------------------------------------------------------------- full disks
+def test_npy_stack_on_a_full_disk_is_one_line_and_leaves_nothing(model, full_disk, workdir):
+    result = invoke("sample", "--n", 200, "-m", model, "--out", full_disk / "stack.npy")  # 3.3 MB > 2 MiB
+    line = one_error_line(result, "stack.npy")
+    assert "No space left" in line
+    assert files_under(full_disk) == []
+
+
+def test_per_file_dicom_on_a_full_disk_takes_everything_back(model, full_disk, workdir):
+    result = invoke("sample", "--n", 300, "-m", model, "--per-file", full_disk / "d", "--format", "dcm")
+    line = one_error_line(result, "No space left")
+    assert "Traceback" not in line and ".ctgen-" not in line
+    assert files_under(full_disk) == []
+
+
+# ---------------------------------------------------------------------------------------- races
+def test_a_file_that_appears_during_a_run_is_never_overwritten(model, workdir, monkeypatch):
+    import ctgen.cli.run as run_module
+
+    (workdir / "out").mkdir()
+    (workdir / "out" / "sample_00003.png").write_bytes(b"not ours")
+    monkeypatch.setattr(run_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
+    result = invoke("sample", "--n", 6, "-m", model, "--per-file", "out", "--batch-size", 2)
+    one_error_line(result, "sample_00003.png", "already exists")
+    assert files_under(workdir / "out") == ["sample_00003.png"]  # ours were taken back, theirs is intact
+    assert (workdir / "out" / "sample_00003.png").read_bytes() == b"not ours"
+
+
+def _race(model: str, workdir: Path) -> None:
+    runs = [_ctgen(["sample", "--n", 40, "-m", model, "--per-file", "shared", "--format", "dcm", "--seed", seed,
+                    "--batch-size", 4], workdir) for seed in (1, 2)]
+    codes = [run.wait(timeout=120) for run in runs]
+    assert sorted(codes) in ([0, 1], [0, 0]) or codes == [1, 1], codes
+    files = files_under(workdir / "shared") if (workdir / "shared").exists() else []
+    assert not any(".ctgen-" in name for name in files)
+    if 0 in codes:  # exactly one complete run's files, never a mix of two studies
+        import pydicom
+
+        assert len(files) == 40
+        assert len({pydicom.dcmread(workdir / "shared" / name).StudyInstanceUID for name in files}) == 1
+
+
+def test_two_runs_into_one_folder_never_mix(model, workdir):
+    _race(model, workdir)
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_folder_never_mix_20_times(model, tmp_path):
+    for trial in range(20):
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        _race(model, folder)
+
+
+# ---------------------------------------------------------------------------------------- signals
+def _interrupted_run(model: str, workdir: Path, sig: int) -> subprocess.CompletedProcess:
+    run = _ctgen(["sample", "--n", 5000, "-m", model, "--per-file", "many", "--format", "dcm", "--batch-size", 8],
+                 workdir)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((workdir / "many").glob("*.dcm")) if (workdir / "many").exists()
+                                              else []) < 20:
+        time.sleep(0.05)
+    run.send_signal(sig)
+    stdout, stderr = run.communicate(timeout=60)
+    return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_per_file_run_leaves_nothing(model, workdir, sig):
+    result = _interrupted_run(model, workdir, sig)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and "ctgen: interrupted" in result.stderr
+    assert files_under(workdir / "many") == []
+
+
+def test_temporaries_of_a_killed_run_are_removed_next_time(model, workdir):
+    result = _interrupted_run(model, workdir, signal.SIGKILL)
+    assert result.returncode == -signal.SIGKILL
+    rerun = invoke("sample", "--n", 2, "-m", model, "--per-file", "many", "--format", "dcm", "--force")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert not any(".ctgen-" in name for name in files_under(workdir / "many"))
+
+
+@pytest.mark.slow
+def test_kills_and_full_disks_20_times(model, tmp_path, full_disk):
+    for trial in range(20):
+        folder = tmp_path / f"kill{trial}"
+        folder.mkdir()
+        assert _interrupted_run(model, folder, signal.SIGTERM).returncode == 130
+        assert files_under(folder / "many") == []
+        result = subprocess.run([sys.executable, "-m", "ctgen", "sample", "--n", "300", "-m", model, "--per-file",
+                                 str(full_disk / f"d{trial}"), "--format", "dcm"], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        assert result.returncode == 1 and files_under(full_disk) == []
+
+
+def test_npy_stack_is_streamed_in_order(tmp_path):
+    from ctgen.writers import NpyStack
+
+    path = tmp_path / "s.npy"
+    with NpyStack(path, (5, 4, 4), force=False) as stack:
+        stack.write(0, np.zeros((2, 4, 4), np.float32))
+        stack.write(2, np.ones((3, 4, 4), np.float32))
+    loaded = np.load(path)
+    assert loaded.shape == (5, 4, 4) and loaded[2:].min() == 1.0
+    with pytest.raises(Exception, match="2 of 5 images"), NpyStack(tmp_path / "t.npy", (5, 4, 4), force=False) as stack:
+        stack.write(0, np.zeros((2, 4, 4), np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
