@@ -28,6 +28,7 @@ from ctgen.cli.commands import (
     interpolate,
     reconstruct,
     sample,
+    scan,
     traverse,
 )
 from ctgen.cli.options import Device
@@ -171,6 +172,7 @@ for _function, _panel in (
     (reconstruct.reconstruct, "Generate images"),
     (explore.explore, "Generate images"),
     (encode.encode, "Latent vectors"),
+    (scan.scan, "Archives"),
     (decode.decode, "Latent vectors"),
     (info.info, "Model"),
     (info.units, "Model"),
