@@ -47,7 +47,7 @@ def _debug_requested(ctx: typer.Context | None = None) -> bool:
 
 # Python argument names whose command-line option is not simply --name-with-dashes
 _FLAGS = {"value_range": "--range", "file_format": "--format", "json_summary": "--json", "slice_path": "SLICE",
-          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME"}
+          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME", "slice_index": "--slice"}
 
 
 def _flag(argument: str) -> str:
