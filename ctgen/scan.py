@@ -29,7 +29,7 @@ from ctgen.errors import DicomError, InputError
 from ctgen.nifti import is_nifti, sidecar_path
 
 __all__ = ["MAX_TILT_DEG", "REASONS", "SKIP_REASONS", "SPLIT_BY", "Entry", "Inventory", "axial_tilt_deg",
-           "list_files", "scan", "write_inventory"]
+           "list_files", "scan", "split_keys", "write_inventory"]
 
 REASONS = ("ok", "not-dicom", "truncated", "no-image", "not-ct", "colour", "secondary-capture", "localizer",
            "not-axial", "duplicate")
@@ -374,8 +374,9 @@ def _mark_duplicates(entries: list[Entry]) -> None:
                     entry.reason, entry.detail = "duplicate", f"same SOP Instance UID as {kept.path}"
 
 
-def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
-    """Fill in patient, study and series keys; return warnings about IDs that hold different people."""
+def split_keys(entries: Sequence[Entry], split_by: str) -> tuple[list[str], list[str]]:
+    """The patient key of every entry under ``split_by`` ("" for files that are not images we know), and the
+    warnings about PatientIDs that hold different people (birth dates or sexes differ between its files)."""
     identities: dict[str, set[tuple[str, str]]] = defaultdict(set)
     studies: dict[str, set[str]] = defaultdict(set)
     for entry in entries:
@@ -392,21 +393,41 @@ def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
                   "study": "split by study (--split-by study)"}[split_by]
         warnings.append(f"patient {patient_key(pid)}: one PatientID holds {len(studies[pid])} studies with "
                         f"{people} different birth dates or sexes; {action}")
+    keys = []
     for entry in entries:
         if not entry.kind:
-            continue
-        fallback = entry.path if entry.kind == "nifti" else str(Path(entry.path).parent)
-        study_uid = entry.study_uid or (entry.path if entry.kind == "nifti" else "")
-        entry.study = _key("study", study_uid or entry.series_uid or fallback)
-        entry.series = _key("series", entry.series_uid or (entry.path if entry.kind == "nifti" else fallback))
-        if split_by == "study":
-            entry.patient = entry.study
+            keys.append("")
+        elif split_by == "study":
+            keys.append(entry.study)
         elif not entry.patient_id:  # anonymised away: each study is its own patient (each volume, for NIfTI)
-            entry.patient = patient_key("", study_uid or entry.series_uid or fallback)
+            keys.append(patient_key("", _study_value(entry)))
         elif split_by == "auto" and entry.patient_id in conflicted:
-            entry.patient = patient_key("\x00".join((entry.patient_id, entry.birth_date, entry.sex)))
+            keys.append(patient_key("\x00".join((entry.patient_id, entry.birth_date, entry.sex))))
         else:
-            entry.patient = patient_key(entry.patient_id)
+            keys.append(patient_key(entry.patient_id))
+    return keys, warnings
+
+
+def _study_value(entry: Entry) -> str:
+    """What identifies the entry's study: its UID; a volume without one is its own study; else the series or
+    the folder."""
+    if entry.study_uid:
+        return entry.study_uid
+    if entry.kind == "nifti":
+        return entry.path
+    return entry.series_uid or str(Path(entry.path).parent)
+
+
+def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
+    """Fill in patient, study and series keys; return warnings about IDs that hold different people."""
+    for entry in entries:
+        if entry.kind:
+            entry.study = _key("study", _study_value(entry))
+            entry.series = _key("series", entry.series_uid or (entry.path if entry.kind == "nifti"
+                                                               else str(Path(entry.path).parent)))
+    keys, warnings = split_keys(entries, split_by)
+    for entry, key in zip(entries, keys):
+        entry.patient = key
     return warnings
 
 
