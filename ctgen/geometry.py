@@ -118,10 +118,15 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ the head
 def _block(spacing_mm: tuple[float, float] | None, shape: tuple[int, int]) -> int:
-    """Pixels per working-grid cell along each axis."""
+    """Pixels per working-grid cell along each axis: the power of two (1, 2, 4 or 8) nearest to WORK_MM."""
     if spacing_mm is None:
-        return max(1, round(max(shape) / 128))
-    return max(1, min(round(WORK_MM / min(spacing_mm)), min(shape) // 16 or 1))
+        ratio = max(shape) / 128
+    else:
+        ratio = WORK_MM / min(spacing_mm)
+    k = 1 << max(0, min(3, round(math.log2(max(ratio, 1.0)))))
+    while k > 1 and min(shape) < 16 * k:
+        k //= 2
+    return k
 
 
 def _padded(mask: np.ndarray, k: int) -> np.ndarray:
@@ -134,14 +139,24 @@ def _padded(mask: np.ndarray, k: int) -> np.ndarray:
     return padded
 
 
+_BYTE_SUMS = {2: (np.uint16, 0x0101, 8), 4: (np.uint32, 0x01010101, 24), 8: (np.uint64, 0x0101010101010101, 56)}
+
+
 def _sum_every(array: np.ndarray, k: int, axis: int) -> np.ndarray:
-    """Sums of k consecutive entries along ``axis`` (its length a multiple of k), uint16: k strided adds, which
-    numpy does far faster than a reduction over a short reshaped axis."""
-    pick = (lambda i: array[i::k]) if axis == 0 else (lambda i: array[:, i::k])
-    total = pick(0).astype(np.uint16)
-    for i in range(1, k):
-        total += pick(i)
-    return total
+    """Sums of k consecutive entries along ``axis`` (its length a multiple of k) of a C-contiguous uint8 array
+    whose entries are small enough for the sums to fit a byte; uint8. Along rows: k strided adds; along
+    columns: the k bytes of each group read as one integer and summed by one multiplication (a byte-sum
+    trick for k = 2, 4, 8), far faster than numpy's reduction over a short reshaped axis."""
+    if k == 1:
+        return array
+    if axis == 0:
+        total = array[0::k].copy()
+        for i in range(1, k):
+            total += array[i::k]
+        return total
+    kind, spread, shift = _BYTE_SUMS[k]
+    words = np.ascontiguousarray(array).view(kind)
+    return ((words * kind(spread)) >> kind(shift)).astype(np.uint8)
 
 
 def _blocks(mask: np.ndarray, k: int) -> np.ndarray:
@@ -191,9 +206,9 @@ def head_centroid(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None)
     None when the slice holds no body at all.
 
     The head's cells are the largest component of the working grid (after an erosion that breaks thin bridges),
-    filled row- and column-wise and widened by two cells; a table, head holder or other object farther than
-    that from the head does not move the centroid. On a slice of the head alone it is the centroid of all body
-    pixels, exactly.
+    taken row by row from its first to its last cell and widened by two cells every way; a table, head holder or
+    other object farther than that from the head does not move the centroid. On a slice of the head alone it is
+    the centroid of all body pixels, exactly.
     """
     hu = np.asarray(hu, dtype=np.float32)
     body = hu > np.float32(BODY_THRESHOLD_HU)
@@ -203,19 +218,41 @@ def head_centroid(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None)
     counts = _sum_every(band_rows, k, 1)
     cells = counts * 2 > k * k  # majority: a thin table line or cable vanishes here
     eroded = _erode(cells)  # and bridges of a cell or two (cushions, straps) break
-    core = _largest(eroded if eroded.any() else cells)
-    if core is None:
+    spans = _row_spans(eroded if eroded.any() else cells, widen=2)
+    if spans is None:
         return None
-    selected = _dilate(_dilate(_spans(core)))
+    first, last = spans
+    index = np.arange(cells.shape[1])
+    selected = (index >= first[:, None]) & (index <= last[:, None])
     if (counts[~selected] > 0).any():  # something apart from the head: its cells weigh nothing
-        band_cols = _sum_every(pixels, k, 1) * np.repeat(selected, k, axis=0)  # (H, cells across)
-        per_row = band_cols.sum(axis=1, dtype=np.int64)  # body pixels of the head in each pixel row
+        per_row = (_sum_every(pixels, k, 1) * np.repeat(selected, k, axis=0)).sum(axis=1, dtype=np.int64)
         band_rows = band_rows * np.repeat(selected, k, axis=1)
     else:
-        per_row = pixels.sum(axis=1, dtype=np.int32)
+        per_row = pixels.sum(axis=1, dtype=np.int32)  # body pixels in each pixel row
     per_col = band_rows.sum(axis=0, dtype=np.int64)
     total = int(per_row.sum())
     return float(per_row @ np.arange(len(per_row)) / total), float(per_col @ np.arange(len(per_col)) / total)
+
+
+def _row_spans(mask: np.ndarray, widen: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first, last) column of the largest 8-connected component of a bool mask in each row, both widened by
+    ``widen`` cells along and across the rows (rows without it: first > last); None when the mask is empty."""
+    rows, starts, ends = _runs(mask)
+    if len(rows) == 0:
+        return None
+    roots = _run_components(rows, starts, ends, mask.shape[1], 8)
+    keep = roots == int(np.argmax(np.bincount(roots, weights=ends - starts)))
+    first = np.full(mask.shape[0], mask.shape[1] + widen, np.int64)
+    last = np.full(mask.shape[0], -1 - widen, np.int64)
+    np.minimum.at(first, rows[keep], starts[keep])
+    np.maximum.at(last, rows[keep], ends[keep] - 1)
+    low, high = first.copy(), last.copy()
+    for shift in range(1, widen + 1):  # the rows above and below reach as far as their neighbours
+        np.minimum(low[shift:], first[:-shift], out=low[shift:])
+        np.minimum(low[:-shift], first[shift:], out=low[:-shift])
+        np.maximum(high[shift:], last[:-shift], out=high[shift:])
+        np.maximum(high[:-shift], last[shift:], out=high[:-shift])
+    return low - widen, high + widen
 
 
 def _largest(mask: np.ndarray) -> np.ndarray | None:
@@ -229,13 +266,6 @@ def _largest(mask: np.ndarray) -> np.ndarray | None:
     component = np.zeros(mask.shape, np.int64)
     _paint(component, rows[keep], starts[keep], ends[keep], np.ones(int(keep.sum()), np.int64))
     return component.astype(bool)
-
-
-def _spans(mask: np.ndarray) -> np.ndarray:
-    """Cells between the first and last True of their row and of their column (holes and concavities filled)."""
-    rows = np.logical_or.accumulate(mask, axis=1) & np.logical_or.accumulate(mask[:, ::-1], axis=1)[:, ::-1]
-    cols = np.logical_or.accumulate(mask, axis=0) & np.logical_or.accumulate(mask[::-1], axis=0)[::-1]
-    return rows & cols
 
 
 def brain_fraction(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float:
