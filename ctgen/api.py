@@ -10,10 +10,9 @@ per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, `
 from __future__ import annotations
 
 import os
-import re
 import warnings as _warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -34,6 +33,7 @@ from ctgen.latent import (
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
 from ctgen.preprocess import Grid, from_model, to_model
+from ctgen.sources import gather_files, read_slices, slice_count, slice_sources, split_source
 
 __all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "SliceWarning",
            "gather_files", "load_generator", "slice_sources", "split_source"]
@@ -42,7 +42,6 @@ DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the mo
 HEAD_THRESHOLD_HU = -500.0  # reconstruction errors are measured where the original is above this
 ErrorHandler = Callable[[Any, CtgenError], None]
 WarningHandler = Callable[[str, "tuple[str, ...]"], None]
-_INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 
 
 class SliceWarning(UserWarning):
@@ -93,63 +92,6 @@ class Reconstruction:
     mae_hu: float | None
     rmse_hu: float | None
     head_pixels: int
-
-
-def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None) -> list[Path]:
-    """The slice files of ``inputs`` (files, folders searched recursively: DICOM files and NIfTI volumes),
-    unique and sorted by path.
-
-    A missing input raises DicomError, or is handed to ``on_error(input, error)`` when given.
-    """
-    from ctgen.dicom import iter_dicom_files
-    from ctgen.nifti import is_nifti
-
-    files: set[Path] = set()
-    for item in inputs:
-        try:
-            files.update(iter_dicom_files([item]))
-            if Path(item).is_dir():
-                files.update(path for path in Path(item).rglob("*.nii*") if is_nifti(path) and path.is_file()
-                             and not any(part.startswith(".") for part in path.relative_to(item).parts))
-        except CtgenError as error:
-            if on_error is None:
-                raise
-            on_error(item, error)
-    return sorted(files, key=str)
-
-
-def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:
-    """``FILE#K`` -> (FILE, K); anything else (an existing file named with a #, too) -> (path, None)."""
-    text = os.fspath(source)
-    match = _INDEXED.match(text)
-    if match is None or Path(text).exists():
-        return Path(text), None
-    return Path(match["path"]), int(match["index"])
-
-
-def slice_count(path: str | os.PathLike) -> int:
-    """Slices a file holds, from its header: axial slices of a NIfTI volume, frames of a DICOM file (1 when
-    the header cannot be read: reading it will say why)."""
-    from ctgen.nifti import is_nifti, volume_header
-
-    try:
-        if is_nifti(path):
-            return volume_header(path).slices
-        from ctgen.dicom.header import read_header
-
-        return read_header(path).frames
-    except CtgenError:
-        return 1
-
-
-def slice_sources(files: Iterable[str | os.PathLike]) -> list[str]:
-    """Every slice of ``files`` by name: the file itself when it holds one slice, else ``FILE#0``, ``FILE#1``, …
-    (volumes' axial slices inferior first, multi-frame files' frames). Reads headers only."""
-    sources = []
-    for path in files:
-        count = slice_count(path)
-        sources.extend([str(path)] if count == 1 else [f"{path}#{index}" for index in range(count)])
-    return sources
 
 
 class Generator:
@@ -228,7 +170,7 @@ class Generator:
                     raise ArgumentError("slice_index", f"{path} holds {count} slices: choose one with --slice K "
                                                        f"(0-{count - 1}) or name it {path}#K")
             name = str(path) if index is None else f"{path}#{index}"
-            item = _read(path, None if index is None else [index])[0]
+            item = read_slices(path, None if index is None else [index])[0]
         if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
             name = name if name != "array" else (item.path or name)
             return self._on_grid(item.hu, item.spacing_mm, source or name, with_hu, getattr(item, "orientation", None))
@@ -299,7 +241,7 @@ class Generator:
     def _load_or_error(self, name: str, path: Path, indices: list[int] | None,
                        with_hu: bool) -> list[tuple[str, GridSlice | CtgenError]]:
         try:
-            slices = _read(path, indices)
+            slices = read_slices(path, indices)
         except CtgenError as error:
             return [(name, error)]
         except Exception as error:  # noqa: BLE001 - an unexpected failure on one file must not hide which file
@@ -446,26 +388,6 @@ class Generator:
 
     def _image(self, item: Any, spacing_mm) -> np.ndarray:
         return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
-
-
-def _read(path: Path, indices: list[int] | None) -> list[Any]:
-    """``ctgen.dicom.Slice`` objects of a file: a NIfTI volume's axial slices or a DICOM file's frames (all,
-    or those of ``indices``). Raises DicomError."""
-    from ctgen.nifti import is_nifti, read_volume
-
-    if is_nifti(path):
-        return read_volume(path, indices)
-    from ctgen.dicom import read_frames, read_slice
-
-    if indices is None:
-        return read_frames(path)
-    if len(indices) == 1:
-        return [read_slice(path, frame=indices[0])]
-    frames = read_frames(path)
-    for index in indices:
-        if not 0 <= index < len(frames):
-            raise DicomError(path, f"frame {index} out of range (the file has {len(frames)})")
-    return [frames[index] for index in indices]
 
 
 def _jobs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path, list[int] | None]]:
