@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ctgen.defaults import MAX_TILT_DEG
+
 __all__ = ["BODY_THRESHOLD_HU", "BRAIN_FRACTION_MIN", "WORK_MM", "brain_fraction", "head_centroid", "head_mask",
            "label", "slice_warnings"]
 
@@ -25,7 +27,6 @@ BRAIN_FRACTION_MIN = 0.1  # below this share of brain-range tissue inside the sk
 WORK_MM = 2.0  # working grid pitch of the head mask: coarse enough to be cheap, fine enough to split a table off
 FIELD_OF_VIEW_MIN = 0.6  # a field of view under this share of the model's misses part of the head
 SPACING_MAX = 2.0  # pixels this many times coarser than the model's grid carry less detail than it learnt
-MAX_TILT_DEG = 40.0  # the same limit as ctgen.scan's "not-axial"
 
 
 # ------------------------------------------------------------------------------------------ labelling

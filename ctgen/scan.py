@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctgen.defaults import MAX_TILT_DEG
 from ctgen.dicom.common import patient_key
 from ctgen.errors import DicomError, InputError
 from ctgen.nifti import is_nifti, sidecar_path
@@ -35,7 +36,6 @@ REASONS = ("ok", "not-dicom", "truncated", "no-image", "not-ct", "colour", "seco
            "not-axial", "duplicate")
 SKIP_REASONS = REASONS[1:]
 SPLIT_BY = ("auto", "patient", "study")
-MAX_TILT_DEG = 40.0  # slice normal this far from the head-foot axis is not axial (gantry tilt goes to ~30°)
 INVENTORY_SUFFIXES = (".csv", ".jsonl")
 _SC_SOP = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture, and .7.1-.7.4 its multi-frame kinds
 _CT_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}

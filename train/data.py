@@ -43,6 +43,7 @@ from ctgen.errors import InputError, OutputError
 from ctgen.geometry import BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
 from ctgen.geometry import brain_fraction as _brain_fraction
 from ctgen.preprocess import Grid
+from ctgen.scan import SPLIT_BY
 
 __all__ = [
     "CACHE_VERSION",
@@ -61,7 +62,6 @@ __all__ = [
 
 CACHE_VERSION = 2
 HEAD_HU_MIN = -500.0
-SPLIT_BY = ("auto", "patient", "study")
 _SPLIT_FIELDS = {"auto": "patient", "patient": "patient_id_key", "study": "study"}
 # the --split-by of the running command (python -m train sets it around train(); see ``split_by``)
 _SPLIT_BY: contextvars.ContextVar[str] = contextvars.ContextVar("ctgen_train_split_by", default="auto")

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import typer
 
 from ctgen.cli.options import ForceOption, JsonOption, QuietOption
+from ctgen.defaults import MAX_TILT_DEG
 
 
 def scan(
@@ -31,7 +32,7 @@ def scan(
         float,
         typer.Option("--max-tilt", min=0.0, max=90.0, metavar="DEG",
                      help="Slices whose normal is farther than this from the head-foot axis are not-axial."),
-    ] = 40.0,
+    ] = MAX_TILT_DEG,
     force: ForceOption = False,
     json_summary: JsonOption = False,
     quiet: QuietOption = False,
