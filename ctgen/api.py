@@ -10,8 +10,9 @@ per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, `
 from __future__ import annotations
 
 import os
+import warnings as _warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -33,13 +34,20 @@ from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
 from ctgen.preprocess import Grid, from_model, to_model
 from ctgen.prior import PRIORS
+from ctgen.sources import gather_files, read_slices, slice_count, slice_sources, split_source
 
-__all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "gather_files",
-           "load_generator"]
+__all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "SliceWarning",
+           "gather_files", "load_generator", "slice_sources", "split_source"]
 
 DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the model grid, for pictures and masks
 HEAD_THRESHOLD_HU = -500.0  # reconstruction errors are measured where the original is above this
 ErrorHandler = Callable[[Any, CtgenError], None]
+WarningHandler = Callable[[str, "tuple[str, ...]"], None]
+
+
+class SliceWarning(UserWarning):
+    """A slice unlike the model's training data (field of view, spacing, no brain, not axial): the pipeline
+    carries on. Issued when a ``Generator`` has no ``on_warnings`` handler (the commands print them)."""
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str = "auto") -> Generator:
@@ -55,11 +63,13 @@ def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str
 @dataclass(frozen=True)
 class GridSlice:
     """One input slice on the model grid: ``image`` float32 (S, S) in model units (the encoder's input) and,
-    when asked for, ``hu`` float32 (S, S): the same geometry over the whole CT range, for pictures and masks."""
+    when asked for, ``hu`` float32 (S, S): the same geometry over the whole CT range, for pictures and masks.
+    ``source`` names it: the file, or ``FILE#K`` for slice K of a volume or frame K of a multi-frame file."""
 
     source: str
     image: np.ndarray
     hu: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()  # what makes the slice unlike the training data (ctgen.geometry.slice_warnings)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class Encoded:
     sources: list[str]
     mu: np.ndarray
     logvar: np.ndarray
+    warnings: list[tuple[str, ...]] | None = None  # per source, () when none
 
 
 @dataclass(frozen=True)
@@ -84,24 +95,6 @@ class Reconstruction:
     head_pixels: int
 
 
-def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None) -> list[Path]:
-    """The DICOM files of ``inputs`` (files, folders searched recursively), unique and sorted by path.
-
-    A missing input raises DicomError, or is handed to ``on_error(input, error)`` when given.
-    """
-    from ctgen.dicom import iter_dicom_files
-
-    files: set[Path] = set()
-    for item in inputs:
-        try:
-            files.update(iter_dicom_files([item]))
-        except CtgenError as error:
-            if on_error is None:
-                raise
-            on_error(item, error)
-    return sorted(files, key=str)
-
-
 class Generator:
     """A loaded β-VAE (``ctgen.model.Model``) behind numpy calls in HU.
 
@@ -112,6 +105,8 @@ class Generator:
 
     def __init__(self, model: Any):
         self.model = model
+        # called as on_warnings(source, warnings) for each slice unlike the training data; None: SliceWarning
+        self.on_warnings: WarningHandler | None = None
         self.card = model.card
         self.grid: Grid = model.grid
         self.latent_size: int = model.latent_size
@@ -138,71 +133,132 @@ class Generator:
         return self.model.batch_size
 
     # ---- reading -----------------------------------------------------------------------------------
-    def load(self, item: Any, *, spacing_mm: tuple[float, float] | float | None = None,
-             with_hu: bool = False) -> GridSlice:
-        """One slice onto the model grid: a DICOM path, a ``ctgen.dicom.Slice`` or an HU array (H, W).
+    def load(self, item: Any, *, spacing_mm: tuple[float, float] | float | None = None, with_hu: bool = False,
+             slice_index: int | None = None, source: str | None = None) -> GridSlice:
+        """One slice onto the model grid: a path (DICOM file, NIfTI volume, ``FILE#K``), a ``ctgen.dicom.Slice``
+        or an HU array (H, W).
 
-        Arrays use ``spacing_mm`` ((row, column) or one number, in mm); without it they must already be on
-        the model grid (S, S). Resampled, centred and mapped by ``ctgen.preprocess.to_model``. ``with_hu``
-        also fills ``hu``. Raises DicomError (unreadable file) or InputError (bad array or spacing).
+        A file holding several slices (a volume's axial slices, a multi-frame file's frames) needs
+        ``slice_index`` K or the name ``FILE#K``. Arrays use ``spacing_mm`` ((row, column) or one number, in
+        mm); without it they must already be on the model grid (S, S). Resampled, centred and mapped by
+        ``ctgen.preprocess.to_model``. ``with_hu`` also fills ``hu``; ``source`` renames the slice in
+        ``GridSlice.source`` and warnings. A slice unlike the training data is reported (``on_warnings``) and
+        loaded all the same. Raises DicomError (unreadable file) or InputError (bad array, spacing or index).
         """
-        source = "array"
-        if isinstance(item, (str, os.PathLike)):
-            from ctgen.dicom import read_slice
+        loaded = self._load(item, spacing_mm=spacing_mm, with_hu=with_hu, slice_index=slice_index, source=source)
+        self._report(loaded)
+        return loaded
 
-            source, item = str(item), read_slice(item)
+    def load_all(self, items: Sequence[Any], *, with_hu: bool = False, slice_index: int | None = None) -> list[GridSlice]:
+        """``load`` for a few items at once, warnings reported only once all of them loaded (so a bad last item
+        fails alone)."""
+        loaded = [self._load(item, with_hu=with_hu, slice_index=slice_index) for item in items]
+        for one in loaded:
+            self._report(one)
+        return loaded
+
+    def _load(self, item: Any, *, spacing_mm=None, with_hu: bool = False, slice_index: int | None = None,
+              source: str | None = None) -> GridSlice:
+        name = "array"
+        if isinstance(item, (str, os.PathLike)):
+            path, index = split_source(item)
+            if slice_index is not None and index is not None and slice_index != index:
+                raise ArgumentError("slice_index", f"{item} names slice {index}, not {slice_index}")
+            index = slice_index if index is None else index
+            if index is None:
+                count = slice_count(path)
+                if count > 1:
+                    raise ArgumentError("slice_index", f"{path} holds {count} slices: choose one with --slice K "
+                                                       f"(0-{count - 1}) or name it {path}#K")
+            name = str(path) if index is None else f"{path}#{index}"
+            item = read_slices(path, None if index is None else [index])[0]
         if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
-            source = item.path or source
-            hu, spacing = item.hu, item.spacing_mm
-        else:
-            hu = np.asarray(item, dtype=np.float32)
-            if hu.ndim != 2:
-                raise InputError(None, f"expected an HU slice (H, W), got shape {hu.shape}")
-            if spacing_mm is None and hu.shape != (self.image_size, self.image_size):
-                raise ArgumentError("spacing_mm", f"an HU array of shape {hu.shape} needs a pixel spacing (only "
-                                                  f"({self.image_size}, {self.image_size}) is taken as the model grid)")
-            spacing = self.grid.spacing_mm if spacing_mm is None else spacing_mm
-            spacing = (float(spacing), float(spacing)) if np.ndim(spacing) == 0 else spacing  # type: ignore[arg-type]
+            name = name if name != "array" else (item.path or name)
+            return self._on_grid(item.hu, item.spacing_mm, source or name, with_hu, getattr(item, "orientation", None))
+        hu = np.asarray(item, dtype=np.float32)
+        if hu.ndim != 2:
+            raise InputError(None, f"expected an HU slice (H, W), got shape {hu.shape}")
+        if spacing_mm is None and hu.shape != (self.image_size, self.image_size):
+            raise ArgumentError("spacing_mm", f"an HU array of shape {hu.shape} needs a pixel spacing (only "
+                                              f"({self.image_size}, {self.image_size}) is taken as the model grid)")
+        spacing = self.grid.spacing_mm if spacing_mm is None else spacing_mm
+        spacing = (float(spacing), float(spacing)) if np.ndim(spacing) == 0 else spacing  # type: ignore[arg-type]
+        return self._on_grid(hu, spacing, source or name, with_hu, None)
+
+    def _on_grid(self, hu: np.ndarray, spacing, name: str, with_hu: bool, orientation) -> GridSlice:
+        from ctgen.geometry import slice_warnings
+
         wide = None
         if with_hu:
             display = Grid(size=self.grid.size, spacing_mm=self.grid.spacing_mm, window_hu=DISPLAY_WINDOW_HU)
             wide = from_model(to_model(hu, spacing, display), display)
-        return GridSlice(source, to_model(hu, spacing, self.grid), wide)
+        image = to_model(hu, spacing, self.grid)
+        found = slice_warnings(hu, None if spacing is None else tuple(float(v) for v in spacing), self.grid.size,
+                               self.grid.spacing_mm, orientation)
+        return GridSlice(name, image, wide, tuple(found))
+
+    def _report(self, loaded: GridSlice) -> None:
+        if not loaded.warnings:
+            return
+        if self.on_warnings is not None:
+            self.on_warnings(loaded.source, loaded.warnings)
+        else:
+            _warnings.warn(f"{loaded.source}: {'; '.join(loaded.warnings)}", SliceWarning, stacklevel=3)
 
     def iter_load(self, paths: Sequence[str | os.PathLike], *, with_hu: bool = False, lookahead: int = 64,
                   workers: int | None = None) -> Iterator[tuple[str, GridSlice | CtgenError]]:
-        """(path, slice on the grid or the error that stopped it), in the order of ``paths``.
+        """(source, slice on the grid or the error that stopped it), in the order of ``paths``.
 
-        Reading and preprocessing run ``lookahead`` files ahead on background threads (one on the CPU, where
-        ONNX Runtime needs the cores; four on CUDA), overlapping with inference on the caller's thread.
+        A path holding several slices (a NIfTI volume, a multi-frame DICOM file) gives every one of them, as
+        ``FILE#0``, ``FILE#1``, …; ``FILE#K`` gives one (consecutive ones of a file are read together). An
+        unreadable file gives one error under its path. Slices unlike the training data are reported
+        (``on_warnings``) as they are yielded. Reading and preprocessing run ``lookahead`` files ahead on
+        background threads (one on the CPU, where ONNX Runtime needs the cores; four on CUDA), overlapping with
+        inference on the caller's thread.
         """
         if workers is None:
             workers = 1 if self.model.provider == "CPUExecutionProvider" else 4
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctgen-read") as pool:
-            pending: deque[tuple[str, Future]] = deque()
-            upcoming = iter(paths)
+            pending: deque[Future] = deque()
+            upcoming = iter(_jobs(paths))
 
             def submit(count: int) -> None:
-                for path in islice(upcoming, count):
-                    pending.append((str(path), pool.submit(self._load_or_error, path, with_hu)))
+                for name, path, indices in islice(upcoming, count):
+                    pending.append(pool.submit(self._load_or_error, name, path, indices, with_hu))
 
             submit(lookahead)
             try:
                 while pending:
-                    path, future = pending.popleft()
+                    future = pending.popleft()
                     submit(1)
-                    yield path, future.result()
+                    for name, loaded in future.result():
+                        if isinstance(loaded, GridSlice):
+                            self._report(loaded)
+                        yield name, loaded
             finally:
-                for _, future in pending:
+                for future in pending:
                     future.cancel()
 
-    def _load_or_error(self, path: str | os.PathLike, with_hu: bool) -> GridSlice | CtgenError:
+    def _load_or_error(self, name: str, path: Path, indices: list[int] | None,
+                       with_hu: bool) -> list[tuple[str, GridSlice | CtgenError]]:
         try:
-            return self.load(path, with_hu=with_hu)
+            slices = read_slices(path, indices)
         except CtgenError as error:
-            return error
+            return [(name, error)]
         except Exception as error:  # noqa: BLE001 - an unexpected failure on one file must not hide which file
-            return DicomError(path, f"cannot read: {type(error).__name__}: {error}")
+            return [(name, DicomError(path, f"cannot read: {type(error).__name__}: {error}"))]
+        numbered = indices is not None or len(slices) > 1
+        out: list[tuple[str, GridSlice | CtgenError]] = []
+        for position, one in enumerate(slices):
+            index = indices[position] if indices is not None else position
+            source = f"{path}#{index}" if numbered else name
+            try:
+                out.append((source, self._on_grid(one.hu, one.spacing_mm, source, with_hu, one.orientation)))
+            except CtgenError as error:
+                out.append((source, error))
+            except Exception as error:  # noqa: BLE001
+                out.append((source, DicomError(source, f"cannot read: {type(error).__name__}: {error}")))
+        return out
 
     # ---- latents -----------------------------------------------------------------------------------
     @property
@@ -245,24 +301,27 @@ class Generator:
 
     def iter_encode(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                     on_error: ErrorHandler | None = None) -> Iterator[Encoded]:
-        """Encode files in batches, reading ahead on background threads; ``Encoded`` batches in input order.
+        """Encode files in batches, reading ahead on background threads; ``Encoded`` batches in input order
+        (every slice of a volume or multi-frame file, as ``iter_load`` names them).
 
         An unreadable file raises its DicomError, or is handed to ``on_error(path, error)`` and skipped.
         """
         step = batch_size or self.batch_size
         sources: list[str] = []
         images: list[np.ndarray] = []
+        found: list[tuple[str, ...]] = []
         for path, loaded in self.iter_load(paths, lookahead=max(64, 2 * step)):
             if isinstance(loaded, CtgenError):
                 _handle(on_error, path, loaded)
                 continue
             sources.append(path)
             images.append(loaded.image)
+            found.append(loaded.warnings)
             if len(images) == step:
-                yield Encoded(sources, *self.encode_images(np.stack(images)))
-                sources, images = [], []
+                yield Encoded(sources, *self.encode_images(np.stack(images)), found)
+                sources, images, found = [], [], []
         if images:
-            yield Encoded(sources, *self.encode_images(np.stack(images)))
+            yield Encoded(sources, *self.encode_images(np.stack(images)), found)
 
     def decode(self, z: Any) -> np.ndarray:
         """Latents float (N, L), or one (L,), to slices: HU float32 (N, S, S). Raises InputError."""
@@ -329,8 +388,9 @@ class Generator:
         unit = self.card.unit_for_factor(factor)
         if unit is None:
             known = sorted(set(self.unit_labels.values()))
-            raise ArgumentError("units", f"no unit of model {self.card.name} carries {factor!r} (named on its card: "
-                                         f"{', '.join(known) or 'none; run ctgen evaluate with factors and attach it'})")
+            raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it; use "
+                                         "a list like 0-4,7, top5, all, or a factor the card names ("
+                                         f"{', '.join(known) or 'none yet: ctgen evaluate with factors, export.attach'})")
         return unit
 
     def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
@@ -359,6 +419,18 @@ class Generator:
 
     def _image(self, item: Any, spacing_mm) -> np.ndarray:
         return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
+
+
+def _jobs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path, list[int] | None]]:
+    """(name, file, slice indices or None for all) per file to read; consecutive FILE#K of one file together."""
+    jobs: list[tuple[str, Path, list[int] | None]] = []
+    for item in paths:
+        path, index = split_source(item)
+        if index is not None and jobs and jobs[-1][1] == path and jobs[-1][2] is not None:
+            jobs[-1][2].append(index)
+        else:
+            jobs.append((str(item), path, None if index is None else [index]))
+    return jobs
 
 
 def _handle(on_error: ErrorHandler | None, path: Any, error: CtgenError) -> None:

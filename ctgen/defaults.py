@@ -6,3 +6,4 @@ DEFAULT_INTERPOLATION_STEPS = 8
 DEFAULT_TRAVERSE_UNITS = "top5"  # the five units with the most KL: the ones that move the image
 DEFAULT_TRAVERSE_RANGE = 3.0  # offsets up to 3 prior standard deviations
 DEFAULT_TRAVERSE_STEPS = 7
+MAX_TILT_DEG = 40.0  # a slice normal farther than this from the head-foot axis is not axial (gantry tilt: <= ~30°)

@@ -136,7 +136,7 @@ class ExploreServer(ThreadingHTTPServer):
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
             with self.inference_lock:
-                return self.generator.encode(temporary)[0]
+                return self.generator.encode(self.generator.load(temporary, source=name))[0]
         except CtgenError as error:
             reason = getattr(error, "reason", None) or str(error)
             raise InputError(name, reason.replace(temporary, name)) from None

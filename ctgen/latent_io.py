@@ -23,21 +23,31 @@ def floats(row: np.ndarray) -> str:
     return ",".join(str(value) for value in np.asarray(row, dtype=np.float32))
 
 
-def json_line(file: str, mu: np.ndarray, logvar: np.ndarray | None) -> str:
+def json_line(file: str, mu: np.ndarray, logvar: np.ndarray | None, warnings: Sequence[str] = ()) -> str:
     line = f'{{"file": {json.dumps(file)}, "mu": [{floats(mu)}]'
     if logvar is not None:
         line += f', "logvar": [{floats(logvar)}]'
+    if warnings:
+        line += f', "warnings": {json.dumps(list(warnings))}'
     return line + "}"
 
 
 def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.ndarray | None, *, force: bool,
-                  model_name: str | None) -> None:
-    """Write encode's results: .npz (files, mu[, logvar]), .npy (mu), .csv or JSON lines; atomically."""
+                  model_name: str | None, warnings: Sequence[Sequence[str]] | None = None) -> None:
+    """Write encode's results: .npz (files, mu[, logvar][, warnings]), .npy (mu), .csv or JSON lines; atomically.
+
+    ``warnings``: per file, what makes the slice unlike the model's training data; recorded when any file has
+    one: .npz array "warnings" (one string per file, "; "-joined, "" for none), a CSV column "warnings" after
+    the numbers, a "warnings" list on the JSON lines that have one (.npy holds mu only).
+    """
     suffix = path.suffix.lower()
+    joined = ["; ".join(found) for found in warnings] if warnings is not None and any(warnings) else None
     if suffix == ".npz":
         arrays = {"files": np.array(files, dtype=str), "mu": mu}
         if logvar is not None:
             arrays["logvar"] = logvar
+        if joined is not None:
+            arrays["warnings"] = np.array(joined, dtype=str)
         if model_name:
             arrays["model"] = np.array(model_name)
         with atomic_file(path, force=force) as handle:
@@ -50,17 +60,22 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
         header = ["file", *(f"mu_{i}" for i in range(width))]
         if logvar is not None:
             header += [f"logvar_{i}" for i in range(width)]
+        if joined is not None:
+            header.append("warnings")
         with atomic_file(path, force=force, mode="w") as handle:
             handle.write(",".join(header) + "\n")
             for index, file in enumerate(files):
                 cells = [_csv_cell(file), floats(mu[index])]
                 if logvar is not None:
                     cells.append(floats(logvar[index]))
+                if joined is not None:
+                    cells.append(_csv_cell(joined[index]))
                 handle.write(",".join(cells) + "\n")
     else:
         with atomic_file(path, force=force, mode="w") as handle:
             for index, file in enumerate(files):
-                handle.write(json_line(file, mu[index], None if logvar is None else logvar[index]) + "\n")
+                found = warnings[index] if warnings is not None else ()
+                handle.write(json_line(file, mu[index], None if logvar is None else logvar[index], found) + "\n")
 
 
 def _csv_cell(text: str) -> str:
@@ -146,7 +161,7 @@ def _parse_csv(text: str, source: str) -> np.ndarray:
     else:
         columns = ([i for i, name in enumerate(names) if name.startswith("mu_")]
                    or [i for i, name in enumerate(names) if name.startswith("z_")]
-                   or [i for i, name in enumerate(names) if name != "file"])
+                   or [i for i, name in enumerate(names) if name not in ("file", "warnings")])
         table, first_row = table[1:], 2
     rows = []
     for number, row in enumerate(table, start=first_row):

@@ -48,7 +48,9 @@ def output_timestamp() -> datetime:
 
 
 def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Short output names for input files: their stems, or paths joined with "_" where stems collide."""
+    """Short output names for input files: their stems, or paths joined with "_" where stems collide. Slice K of
+    a volume or multi-frame file (``FILE#K``) is named by the file's stem and K: ``scan_012``."""
+    paths = [_slice_path(p) for p in paths]
     stems = [Path(p).stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
@@ -58,6 +60,17 @@ def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     if len(set(names)) == len(names):
         return names
     return [f"{index:05d}_{stem}" for index, stem in enumerate(stems)]
+
+
+def _slice_path(source: str | os.PathLike) -> Path:
+    text = os.fspath(source)
+    path, _, index = text.rpartition("#")
+    if not path or not index.isdigit() or Path(text).exists():
+        path, index = text, ""
+    for suffix in (".nii.gz", ".nii"):
+        if path.lower().endswith(suffix):
+            path = path[: -len(suffix)] + ".nii"  # one suffix left for Path.stem to drop
+    return Path(f"{Path(path).with_suffix('')}_{int(index):03d}" if index else path)
 
 
 def save_npy(array: np.ndarray, path: Path, *, force: bool) -> Path:

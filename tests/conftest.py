@@ -276,3 +276,157 @@ def run_ctgen(args, *, cwd: Path, input: str | None = None, env: dict | None = N
         assert json.loads(modules_file.read_text()) == [], "torch was imported"
         modules_file.unlink()
     return result
+
+
+# ------------------------------------------------------------------------------------ a PACS-like archive
+def _edit(path: Path, **attributes) -> Path:
+    """Set header attributes of a written file in place (``None`` deletes one)."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _enhanced_ct(path: Path, hu: np.ndarray, spacing_mm: float, patient_id: str) -> Path:
+    """An enhanced multi-frame CT file: frames (F, H, W) in HU, geometry and rescale in functional groups."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def group(**sequences) -> Dataset:
+        item = Dataset()
+        for keyword, attributes in sequences.items():
+            inner = Dataset()
+            for name, value in attributes.items():
+                setattr(inner, name, value)
+            setattr(item, keyword, Sequence([inner]))
+        return item
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2.1", generate_uid()
+    ds.Modality, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", patient_id, "19600101", "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), generate_uid(), 7
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.set_pixel_data(np.rint(hu + 1024).astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
+    ds.SharedFunctionalGroupsSequence = Sequence([group(
+        PixelMeasuresSequence={"PixelSpacing": [spacing_mm, spacing_mm], "SliceThickness": 5.0},
+        PlaneOrientationSequence={"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]},
+        PixelValueTransformationSequence={"RescaleIntercept": -1024, "RescaleSlope": 1, "RescaleType": "HU"})])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([
+        group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 5.0 * index]}) for index in range(len(hu))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_archive(root: Path, *, size: int = 64, spacing_mm: float = 3.5) -> dict[str, str]:
+    """A small PACS export with everything a real one holds; returns {path relative to root: expected reason}.
+
+    A/ and B/ are two people whose IDs were anonymised to one value ("ANON"), with different studies, birth
+    dates and sexes; C/ holds an enhanced multi-frame CT (3 frames). Beside their axial slices: a localizer,
+    coronal and sagittal reformats, a copy of an instance without a file extension, the same instance
+    RLE-encoded, a gantry-tilted slice and a 1024-matrix slice (both usable), and a folder of things that are
+    not usable: an SR without pixels, an RGB screen capture, a colour image labelled CT, an MR slice, a
+    truncated slice and a text file.
+    """
+    import shutil
+
+    from pydicom.uid import RLELossless, generate_uid
+
+    from ctgen.dicom import write_series
+
+    expected: dict[str, str] = {}
+    people = {"A": ("19500101", "M", 4), "B": ("19720505", "F", 3)}
+    for folder, (birth, sex, count) in people.items():
+        hu = np.stack([head_hu(size, shift=1.5 * index, seed=index + (10 if folder == "B" else 0))
+                       for index in range(count)])
+        paths = write_series(hu, root / folder / "ax", spacing_mm=spacing_mm, description=f"axial {folder}",
+                             derivation="tests/conftest.py write_archive", patient_id="ANON", patient_name="ANON")
+        for path in paths:
+            _edit(path, PatientBirthDate=birth, PatientSex=sex, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+            expected[str(path.relative_to(root))] = "ok"
+    first = root / "A" / "ax" / "0000.dcm"
+    ds = pydicom.dcmread(first)
+    study, birth, sex = ds.StudyInstanceUID, ds.PatientBirthDate, ds.PatientSex
+
+    def extra(name: str, reason: str, hu: np.ndarray, pixel_mm: float, **attributes) -> Path:
+        (path,) = write_series(hu[None], root / "A" / "extra", spacing_mm=pixel_mm, description=name,
+                               derivation="tests/conftest.py write_archive", patient_id="ANON", patient_name="ANON",
+                               study_uid=study, filename_pattern=f"{name}.dcm")
+        _edit(path, PatientBirthDate=birth, PatientSex=sex, **attributes)
+        expected[str(path.relative_to(root))] = reason
+        return path
+
+    one = head_hu(size, seed=3)
+    extra("scout", "localizer", one, spacing_mm, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    extra("coronal", "not-axial", one, spacing_mm, ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    extra("sagittal", "not-axial", one, spacing_mm, ImageOrientationPatient=[0, 1, 0, 0, 0, -1])
+    tilt = np.radians(20.0)
+    extra("tilted", "ok", one, spacing_mm, GantryDetectorTilt=20,
+          ImageOrientationPatient=[1, 0, 0, 0, float(np.cos(tilt)), float(np.sin(tilt))])
+    extra("matrix1024", "ok", head_hu(1024, seed=4), size * spacing_mm / 1024)
+
+    copy = root / "A" / "copy" / "IM0001"  # the same instance again, without a file extension
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(first, copy)
+    expected[str(copy.relative_to(root))] = "duplicate"
+    rle = root / "A" / "rle" / "0001.dcm"  # the same instance as ax/0001.dcm in another encoding
+    rle.parent.mkdir(parents=True)
+    ds = pydicom.dcmread(root / "A" / "ax" / "0001.dcm")
+    ds.compress(RLELossless, generate_instance_uid=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(rle, enforce_file_format=True)
+    expected[str(rle.relative_to(root))] = "duplicate"
+
+    frames = np.stack([head_hu(size, shift=-1.0 * index, seed=20 + index) for index in range(3)])
+    (root / "C").mkdir()
+    _enhanced_ct(root / "C" / "enhanced.dcm", frames, spacing_mm, "ANON-C")
+    expected["C/enhanced.dcm"] = "ok"
+
+    other = root / "other"
+    other.mkdir()
+    report = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report.save_as(other / "report.dcm", enforce_file_format=True)
+    expected["other/report.dcm"] = "no-image"
+    screen = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
+    screen.ConversionType = "WSD"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        screen.save_as(other / "screen.dcm", enforce_file_format=True)
+    expected["other/screen.dcm"] = "secondary-capture"
+    colour = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
+    colour.SOPClassUID = colour.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    colour.Modality, colour.SOPInstanceUID = "CT", generate_uid()
+    colour.file_meta.MediaStorageSOPInstanceUID = colour.SOPInstanceUID
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        colour.save_as(other / "colour.dcm", enforce_file_format=True)
+    expected["other/colour.dcm"] = "colour"
+    shutil.copyfile(MR_SMALL, other / "mr.dcm")
+    expected["other/mr.dcm"] = "not-ct"
+    data = (root / "B" / "ax" / "0000.dcm").read_bytes()
+    (other / "cut.dcm").write_bytes(data[: len(data) - 3000])
+    expected["other/cut.dcm"] = "truncated"
+    (other / "notes.txt").write_text("export log: 17 series\n")
+    expected["other/notes.txt"] = "not-dicom"
+    return expected
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """``write_archive`` once per session: (root, {relative path: expected reason}). Do not modify."""
+    root = tmp_path_factory.mktemp("archive")
+    return root, write_archive(root)

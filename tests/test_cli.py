@@ -297,3 +297,37 @@ def test_every_command_on_each_model(any_model, workdir, heads):
         assert result.exit_code == 0, (args, result.stderr)
     assert {"samples.png", "interpolation.png", "traverse.png", "decoded.png", "reconstructions/0000.png"} <= set(
         files_under(workdir))
+
+
+def _warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ctgen: warning: ")]
+
+
+def test_slices_unlike_the_training_data_warn_once_each_and_carry_on(model, workdir, heads, archive):
+    coronal = archive[0] / "A" / "extra" / "coronal.dcm"
+    result = invoke("encode", heads[0], CT_SMALL, coronal, "-m", model, "--out", "latents.npz", "--json")
+    assert result.exit_code == 0, result.stderr
+    lines = sorted(_warning_lines(result.stderr), key=lambda line: str(coronal) in line)  # files run sorted
+    assert len(lines) == 2 and str(CT_SMALL) in lines[0] and str(coronal) in lines[1]
+    assert "field of view 85 mm, the model's is 240 mm" in lines[0] and "no brain" in lines[0]
+    assert "not axial (slice normal 90°" in lines[1]
+    summary = json.loads(result.stdout)
+    assert sorted(entry["file"] for entry in summary["warnings"]) == sorted([str(CT_SMALL), str(coronal)])
+    with np.load(workdir / "latents.npz") as latents:
+        files, found = list(latents["files"]), list(latents["warnings"])
+    assert found[files.index(str(heads[0]))] == "" and "no brain" in found[files.index(str(CT_SMALL))]
+    lines = invoke("encode", heads[0], CT_SMALL, "-m", model).stdout.splitlines()
+    records = {json.loads(line)["file"]: json.loads(line) for line in lines}
+    assert "warnings" not in records[str(heads[0])] and len(records[str(CT_SMALL)]["warnings"]) == 2
+    invoke("encode", heads[0], CT_SMALL, "-m", model, "--out", "latents.csv")
+    assert (workdir / "latents.csv").read_text().splitlines()[0].endswith(",warnings")
+    assert invoke("decode", "latents.csv", "-m", model).exit_code == 0  # the column does not disturb reading
+
+    for args in (["reconstruct", CT_SMALL], ["traverse", CT_SMALL, "--units", "0-1"],
+                 ["interpolate", heads[0], CT_SMALL, "--steps", "3"]):
+        result = invoke(*args, "-m", model, "--json", "--force")
+        assert result.exit_code == 0, (args, result.stderr)
+        assert len(_warning_lines(result.stderr)) == 1 and str(CT_SMALL) in result.stderr, args
+        assert json.loads(result.stdout)["warnings"][0]["file"] == str(CT_SMALL)
+    quiet = invoke("traverse", CT_SMALL, "--units", "0-1", "-m", model, "--quiet", "--force")
+    assert quiet.exit_code == 0 and quiet.stderr == ""

@@ -56,7 +56,7 @@ def _required_args(name: str, heads: list[Path], workdir: Path) -> list[str]:
     study = workdir / "study"
     study.mkdir(exist_ok=True)
     return {"interpolate": [str(heads[0]), str(heads[1])], "encode": [str(heads[0])], "reconstruct": [str(heads[0])],
-            "decode": [str(latents)], "evaluate": [str(study)]}.get(name, [])
+            "decode": [str(latents)], "evaluate": [str(study)], "scan": [str(heads[0].parent)]}.get(name, [])
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_every_option_value_error_exits_2_and_bad_inputs_exit_1(command, model, 
         bad = _bad_value(param, workdir)
         assert bad is not None, f"ctgen {command} {param.opts[0]}: add a bad value for this option to the walk"
         value, code = bad
-        model_args = [] if param.name == "model" or command == "example" else ["-m", model]
+        model_args = [] if param.name == "model" or command in ("example", "scan") else ["-m", model]
         result = invoke(command, *_required_args(command, heads, workdir), param.opts[0], value, *model_args)
         assert result.exit_code == code, (command, param.opts[0], value, result.exit_code, result.stderr)
         assert "Traceback" not in result.stderr and result.stdout == "", (command, param.opts[0], result.stderr)
@@ -108,7 +108,7 @@ def test_bad_inputs_exit_1_with_one_line_naming_the_file(command, args, model, w
 
 
 def test_missing_arguments_are_usage_errors(model, workdir):
-    for command in ("interpolate", "encode", "decode", "reconstruct", "evaluate"):
+    for command in ("interpolate", "encode", "decode", "reconstruct", "evaluate", "scan"):
         result = invoke(command, "-m", model)
         assert result.exit_code == 2, (command, result.stderr)
 

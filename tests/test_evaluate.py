@@ -249,7 +249,7 @@ def test_traverse_accepts_factor_names(tiny_model_copy, tmp_path, monkeypatch):
         "2": {"factor": "level", "nmi": 0.6}, "0": {"factor": "rotation_deg", "nmi": 0.3}}))
     generator = load_generator(tiny_model_copy)
     assert generator.units("level,rotation_deg") == [2, 0]
-    with pytest.raises(ArgumentError, match="carries 'atrophy_mm'"):
+    with pytest.raises(ArgumentError, match="'atrophy_mm': no unit of model tiny carries it"):
         generator.units("atrophy_mm")
     monkeypatch.chdir(tmp_path)
     result = invoke("traverse", "--units", "level", "-m", tiny_model_copy, "--json")

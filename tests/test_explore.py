@@ -379,6 +379,8 @@ def test_command_loopback_by_default(tiny_model_dir):
 
 def test_command_warns_for_other_hosts(tiny_model_dir):
     text = run_command(["--model", str(tiny_model_dir), "--port", "0", "--no-browser", "--host", "0.0.0.0",
-                        "--device", "cpu", str(CT_SMALL)], ready="warning")
+                        "--device", "cpu", str(CT_SMALL)], ready="not loopback")
     assert "serving on http://0.0.0.0:" in text
     assert "ctgen: warning: --host 0.0.0.0 is not loopback" in text
+    # CT_small (a neck slice, 85 mm across) is outside what the model was trained on: one line says so
+    assert "ctgen: warning: " + str(CT_SMALL) + ": field of view 85 mm" in text

@@ -201,7 +201,7 @@ def _dense_reference(hu, spacing_mm, grid, center):
         return weights
 
     rows, cols = hu.shape
-    center_row, center_col = _body_centroid(hu) if center else ((rows - 1) / 2, (cols - 1) / 2)
+    center_row, center_col = _body_centroid(hu, spacing_mm) if center else ((rows - 1) / 2, (cols - 1) / 2)
     resampled = (matrix(rows, grid.spacing_mm / spacing_mm[0], center_row) @ (hu.astype(np.float64) - AIR_HU)
                  @ matrix(cols, grid.spacing_mm / spacing_mm[1], center_col).T) + AIR_HU
     return np.clip((resampled - grid.window_hu[0]) / (grid.window_hu[1] - grid.window_hu[0]), 0, 1)

@@ -135,3 +135,38 @@ def test_unreadable_files_are_skipped_and_counted(study, tmp_path):
     assert cache.info["skipped_files"] == 1 and cache.info["slices"] == 20
     with pytest.raises(InputError):
         data.build_cache([broken], tmp_path / "cache", GRID, workers=1)
+
+
+def test_cache_holds_the_selected_slices_only_and_records_the_selection(archive, tmp_path):
+    root, expected = archive
+    cache = data.build_cache([root], tmp_path / "cache", GRID, workers=1)
+    used = {str(root.resolve() / path) for path, reason in expected.items() if reason == "ok"}
+    assert {record["file"] for record in cache.records} == used
+    frames = [record["frame"] for record in cache.records if record["file"].endswith("enhanced.dcm")]
+    assert frames == [0, 1, 2] and cache.info["slices"] == 12
+    selection = cache.info["selection"]
+    assert selection["reasons"]["duplicate"] == 2 and selection["used_files"] == 10
+    assert cache.info["skipped_files"] == 11 and cache.info["failed_files"] == []
+    inventory = [json.loads(line) for line in (cache.path / "inventory.jsonl").read_text().splitlines()]
+    assert len(inventory) == len(expected) and "ANON" not in (cache.path / "inventory.jsonl").read_text()
+    lines = data.describe_selection(cache)
+    assert lines[0] == "data: 21 files; training on 10 files = 12 slices of 3 patients (split by auto)"
+    assert lines[1].startswith("skipped: 1 not-dicom, 1 truncated") and "2 duplicate" in lines[1]
+    assert lines[2].startswith("warning: patient ") and "split into 2 patients" in lines[2]
+
+
+def test_split_by_groups_the_cache_by_patient_study_or_both_rules(archive, tmp_path):
+    root, _ = archive
+    auto = data.build_cache([root], tmp_path / "cache", GRID, workers=1)
+    assert len(set(auto.patients)) == 3 and auto.split_by == "auto"
+    with data.split_by("patient"):
+        together = data.build_cache([root], tmp_path / "cache", GRID, workers=1)
+    assert together.path == auto.path  # one cache serves every mode
+    assert len(set(together.patients)) == 2 and "kept as one patient" in data.describe_selection(together)[2]
+    assert len(set(data.open_cache(auto.path, "study").patients)) == 3
+    a_and_b = {p for p, r in zip(auto.patients, auto.records) if "/A/" in r["file"] or "/B/" in r["file"]}
+    split = data.split_patients(auto.patients, val_fraction=0.34, seed=0)
+    assert len(a_and_b) == 2 and not set(split["train_patients"]) & set(split["val_patients"])
+    with pytest.raises(InputError):
+        with data.split_by("series"):
+            pass

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--weight-decay", type=float, default=default.weight_decay)
     add("--seed", type=int, default=default.seed)
     add("--val-fraction", type=float, default=default.val_fraction, help="share of patients for validation")
+    add("--split-by", choices=["auto", "patient", "study"], default="auto",
+        help="what a patient is for the split: auto (PatientID; the study when the ID is empty; ID, birth date "
+             "and sex when one ID holds different people), patient (PatientID only) or study")
     add("--filter-brain", action="store_true", help="train on slices with brain only (rule in train.data)")
     add("--brain-threshold", type=float, default=default.brain_threshold)
     add("--workers", type=int, default=default.workers, help="processes that build the cache")
@@ -89,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data is required (except with --resume)")
 
     from ctgen.errors import CtgenError
-    from train import ddp
+    from train import data, ddp
     from train.train import train
 
     try:
-        train(config_from_args(args), command=command_line("train", argv))
+        config = config_from_args(args)
+        with data.split_by(args.split_by):
+            if config.data and not config.resume and os.environ.get("RANK", "0") == "0":
+                _show_selection(config)
+            train(config, command=command_line("train", argv))
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -103,6 +110,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ddp.shutdown()
     return 0
+
+
+def _show_selection(config) -> None:
+    """Build (or find) the slice cache and print what the archive held: used, and skipped by reason. The
+    training loop then finds the cache ready."""
+    from train.data import build_cache, describe_selection
+
+    if config.quiet:
+        cache = build_cache(config.data, config.cache, config.grid, workers=config.workers)
+    else:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status("selecting and preprocessing the archive ...") as status:
+
+            def on_file(done: int, total: int) -> None:
+                status.update(f"selecting and preprocessing the archive: {done}/{total} files")
+
+            cache = build_cache(config.data, config.cache, config.grid, workers=config.workers, progress=on_file)
+    for line in describe_selection(cache):
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

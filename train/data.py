@@ -1,25 +1,31 @@
-"""Training data: DICOM folders -> a preprocessed slice cache on disk, and the patient-level split.
+"""Training data: an archive -> its selection (``ctgen.scan``) -> a preprocessed slice cache on disk, and the
+patient-level split.
 
-The cache is built once with the runtime's own code (``ctgen.dicom`` reads, ``ctgen.preprocess.to_model``
-resamples and windows) and reused until its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
+The cache is built once with the runtime's own code (``ctgen.scan`` selects the usable axial CT slices,
+``ctgen.dicom`` / ``ctgen.nifti`` read, ``ctgen.preprocess.to_model`` resamples and windows) and reused until
+its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
 
-    images.f16      raw float16 (N, S, S), C order, values in [0, 1] (the model's window)
-    manifest.jsonl  one JSON object per slice, in image order: index, file, frame, patient (sha256 prefix
-                    of the PatientID, never the ID itself), position_mm, instance_number, brain_fraction
-    info.json       key, grid card, slice/patient/file counts, skipped files; written last (complete marker)
+    images.f16       raw float16 (N, S, S), C order, values in [0, 1] (the model's window)
+    manifest.jsonl   one JSON object per slice, in image order: index, file, frame, patient (the split key of
+                     --split-by auto), patient_id_key (--split-by patient), study (--split-by study): hashes,
+                     never the IDs; position_mm, instance_number, brain_fraction
+    inventory.jsonl  the selection: one row per file of the archive with its reason code (``ctgen scan --out``)
+    info.json        key, grid card, slice/patient/file counts, the selection's summary (files by reason, the
+                     warnings about patient keys), files that failed to read; written last (complete marker)
 
-The key hashes the sorted input files (absolute path, size, mtime), the Grid, CACHE_VERSION and the source
-of ctgen.dicom and ctgen.preprocess, so editing the preprocessing code or touching an input rebuilds it.
+The key hashes every file under the sources (absolute path, size, mtime), the Grid, CACHE_VERSION and the
+source of the modules that select, read and preprocess, so editing that code or touching an input rebuilds it.
 
-Brain-slice rule (``brain_fraction``, used by ``--filter-brain``): the fraction of the head (HU > -500)
-that is brain-range tissue (0..80 HU) enclosed by bone (HU >= 300 with its holes filled). Slices below the
-skull base (open bone ring, soft tissue of face and neck) and above the vertex score near 0; mid-brain
-slices score well above the default threshold BRAIN_FRACTION_MIN.
+Brain-slice rule (``brain_fraction``, used by ``--filter-brain``; ``ctgen.geometry.brain_fraction``): the
+fraction of the head (HU > -500) that is brain-range tissue (0..80 HU) enclosed by bone (HU >= 300 with its
+holes filled). Slices below the skull base (open bone ring, soft tissue of face and neck) and above the
+vertex score near 0; mid-brain slices score well above the default threshold BRAIN_FRACTION_MIN.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import multiprocessing
@@ -33,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from ctgen.dicom.common import patient_key
 from ctgen.errors import InputError, OutputError
+from ctgen.geometry import BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
+from ctgen.geometry import brain_fraction as _brain_fraction
 from ctgen.preprocess import Grid
+from ctgen.scan import SPLIT_BY
 
 __all__ = [
     "CACHE_VERSION",
@@ -45,54 +53,63 @@ __all__ = [
     "build_cache",
     "cache_key",
     "derived_seed",
+    "describe_selection",
     "list_inputs",
     "open_cache",
+    "split_by",
     "split_patients",
     "split_indices",
 ]
 
-CACHE_VERSION = 1
-BRAIN_HU = (0.0, 80.0)
+CACHE_VERSION = 2
 HEAD_HU_MIN = -500.0
-BONE_HU_MIN = 300.0
-BRAIN_FRACTION_MIN = 0.1
+_SPLIT_FIELDS = {"auto": "patient", "patient": "patient_id_key", "study": "study"}
+# the --split-by of the running command (python -m train sets it around train(); see ``split_by``)
+_SPLIT_BY: contextvars.ContextVar[str] = contextvars.ContextVar("ctgen_train_split_by", default="auto")
 
 
-def brain_fraction(hu: np.ndarray) -> float:
-    """Share of the head (HU > -500) that is 0..80 HU tissue inside the skull; HU float (H, W) -> [0, 1]."""
-    from scipy import ndimage
+def brain_fraction(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float:
+    """Share of the head (HU > -500) that is 0..80 HU tissue inside the skull; HU float (H, W) -> [0, 1].
+    The runtime's rule (``ctgen.geometry.brain_fraction``), so that training and ``ctgen`` agree."""
+    return _brain_fraction(hu, spacing_mm)
 
-    hu = np.asarray(hu, dtype=np.float32)
-    head = hu > HEAD_HU_MIN
-    head_pixels = int(head.sum())
-    if head_pixels == 0:
-        return 0.0
-    bone = hu >= BONE_HU_MIN
-    inside_skull = ndimage.binary_fill_holes(bone) & ~bone
-    brain = inside_skull & (hu >= BRAIN_HU[0]) & (hu <= BRAIN_HU[1])
-    return float(brain.sum()) / head_pixels
+
+@contextlib.contextmanager
+def split_by(mode: str):
+    """Within this block, caches group slices into patients by ``mode``: "auto" (PatientID; the study when the
+    ID is empty; ID, birth date and sex when one ID holds different people), "patient" or "study"."""
+    if mode not in SPLIT_BY:
+        raise InputError(None, f"--split-by must be one of {', '.join(SPLIT_BY)}, got {mode!r}")
+    token = _SPLIT_BY.set(mode)
+    try:
+        yield
+    finally:
+        _SPLIT_BY.reset(token)
 
 
 def _preprocess_fingerprint() -> str:
     import ctgen.dicom
+    import ctgen.geometry
+    import ctgen.nifti
     import ctgen.preprocess
+    import ctgen.scan
 
     digest = hashlib.sha256()
-    for module in (ctgen.dicom, ctgen.preprocess):
-        digest.update(Path(module.__file__).read_bytes())
+    files = sorted(Path(ctgen.dicom.__file__).parent.glob("*.py"))
+    files += [Path(module.__file__) for module in (ctgen.preprocess, ctgen.geometry, ctgen.scan, ctgen.nifti)]
+    for path in files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def list_inputs(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """Every file under the source folders/files (recursive), as sorted absolute paths."""
-    from ctgen.dicom import iter_dicom_files
+    """Every file under the source folders/files (recursive, any names; ``ctgen.scan.list_files``), as sorted
+    absolute paths. Raises InputError for a missing source or when there is no file at all."""
+    from ctgen.scan import list_files
 
-    for source in sources:
-        if not Path(source).exists():
-            raise InputError(source, "no such file or folder")
-    files = sorted({Path(path).resolve() for path in iter_dicom_files([Path(s) for s in sources])})
+    files = list_files(sources)
     if not files:
-        raise InputError(", ".join(map(str, sources)), "no DICOM files found")
+        raise InputError(", ".join(map(str, sources)), "no files found")
     return files
 
 
@@ -109,12 +126,14 @@ def cache_key(files: Sequence[Path], grid: Grid) -> str:
 
 @dataclass
 class SliceCache:
-    """An opened cache: ``images`` float16 memmap (N, S, S) in [0, 1] and one manifest record per image."""
+    """An opened cache: ``images`` float16 memmap (N, S, S) in [0, 1], one manifest record per image, and
+    ``info`` (info.json: counts, grid, the selection)."""
 
     path: Path
     images: np.ndarray
     records: list[dict[str, Any]]
     info: dict[str, Any]
+    split_by: str = "auto"  # which key ``patients`` gives: see ``split_by``
 
     @property
     def grid(self) -> Grid:
@@ -122,15 +141,18 @@ class SliceCache:
 
     @property
     def patients(self) -> list[str]:
-        return [record["patient"] for record in self.records]
+        """The split key of every slice, by ``split_by`` (hashes; never a PatientID)."""
+        field_name = _SPLIT_FIELDS[self.split_by]
+        return [record.get(field_name) or record["patient"] for record in self.records]
 
     @property
     def brain_fractions(self) -> np.ndarray:
         return np.array([record["brain_fraction"] for record in self.records], dtype=np.float32)
 
 
-def open_cache(path: str | os.PathLike) -> SliceCache:
-    """Open a complete cache folder; InputError when it is missing or incomplete."""
+def open_cache(path: str | os.PathLike, split_by: str | None = None) -> SliceCache:
+    """Open a complete cache folder; InputError when it is missing or incomplete. ``split_by`` (default: the
+    enclosing ``split_by`` block's, else "auto") sets how its slices group into patients."""
     path = Path(path)
     try:
         info = json.loads((path / "info.json").read_text())
@@ -141,30 +163,35 @@ def open_cache(path: str | os.PathLike) -> SliceCache:
     if len(records) != count:
         raise InputError(path, f"manifest has {len(records)} records, info.json says {count}")
     images = np.memmap(path / "images.f16", dtype=np.float16, mode="r", shape=(count, size, size))
-    return SliceCache(path=path, images=images, records=records, info=info)
+    return SliceCache(path=path, images=images, records=records, info=info, split_by=split_by or _SPLIT_BY.get())
 
 
-def _read_one(job: tuple[str, Grid]) -> tuple[str, list[dict[str, Any]], list[bytes], str | None]:
-    """Pool worker: one file -> (path, records, float16 image bytes, error or None)."""
-    from ctgen import dicom
+def _read_one(job: tuple[str, dict[str, str], Grid]) -> tuple[str, list[dict[str, Any]], list[bytes], str | None]:
+    """Pool worker: one selected file (every frame / axial slice) -> (path, records, float16 image bytes, error
+    or None). ``keys``: its patient keys (patient, patient_id_key) and study, from the selection."""
     from ctgen.errors import CtgenError
+    from ctgen.nifti import is_nifti, read_volume
     from ctgen.preprocess import to_model
 
-    path, grid = job
+    path, keys, grid = job
     try:
-        slices = dicom.read_frames(path) if hasattr(dicom, "read_frames") else [dicom.read_slice(path)]
+        if is_nifti(path):
+            slices = read_volume(path)
+        else:
+            from ctgen import dicom
+
+            slices = dicom.read_frames(path)
         records, images = [], []
         for frame, item in enumerate(slices):
             unit = to_model(item.hu, item.spacing_mm, grid)  # float32 (S, S) in [0, 1]
-            fallback = item.series_uid or str(Path(path).parent)
             records.append(
                 {
                     "file": path,
                     "frame": frame,
-                    "patient": patient_key(item.patient_id, fallback),
+                    **keys,
                     "position_mm": list(item.position_mm) if item.position_mm is not None else None,
                     "instance_number": item.instance_number,
-                    "brain_fraction": round(brain_fraction(item.hu), 6),
+                    "brain_fraction": round(brain_fraction(item.hu, item.spacing_mm), 6),
                 }
             )
             images.append(unit.astype(np.float16).tobytes())
@@ -197,17 +224,24 @@ def build_cache(
     *,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    split_by: str | None = None,
 ) -> SliceCache:
     """Open the cache for these inputs and grid, building it first when it is missing or stale.
 
-    ``progress(done, total)`` is called after each file while building. Raises InputError when the
-    sources hold no readable slice, OutputError when the cache root cannot be written.
+    Only the files that ``ctgen.scan`` finds usable are read: no localizers, reformats, duplicates, secondary
+    captures or other skipped files (the selection lands in info.json and inventory.jsonl).
+    ``progress(done, total)`` is called after each file while selecting and again while building. ``split_by``
+    (default: the enclosing ``split_by`` block's) sets how ``SliceCache.patients`` groups slices; the cache
+    holds the keys of every mode. Raises InputError when the sources hold no usable slice, OutputError when
+    the cache root cannot be written.
     """
+    from ctgen.scan import scan, split_keys
+
     files = list_inputs(sources)
     key = cache_key(files, grid)
     final = Path(cache_root) / key[:16]
     if (final / "info.json").is_file():
-        cache = open_cache(final)
+        cache = open_cache(final, split_by)
         if cache.info.get("key") == key:
             return cache
     try:
@@ -218,7 +252,10 @@ def build_cache(
     except OSError as exc:
         raise OutputError(cache_root, f"cannot create the cache ({exc.strerror or exc})") from None
 
-    jobs = [(str(path), grid) for path in files]
+    inventory = scan(sources, files=files, progress=progress)
+    strict, strict_warnings = split_keys(inventory.entries, "patient")
+    jobs = [(entry.path, {"patient": entry.patient, "patient_id_key": strict[index], "study": entry.study}, grid)
+            for index, entry in enumerate(inventory.entries) if entry.used]
     skipped: list[str] = []
     count = 0
     with open(staging / "images.f16", "wb") as image_file, open(staging / "manifest.jsonl", "w") as manifest:
@@ -243,11 +280,21 @@ def build_cache(
             with single_threaded_blas():
                 consume(map(_read_one, jobs))
 
+    not_used = [f"{entry.path}: {entry.reason}" + (f" ({entry.detail})" if entry.detail else "")
+                for entry in inventory.skipped]
     if count == 0:
         shutil.rmtree(staging, ignore_errors=True)
-        first = f" (first: {skipped[0]})" if skipped else ""
-        raise InputError(", ".join(map(str, sources)), f"no readable CT slices in {len(files)} files{first}")
+        first = (skipped + not_used)[:1]
+        counts = ", ".join(f"{n} {reason}" for reason, n in inventory.counts().items())
+        raise InputError(", ".join(map(str, sources)),
+                         f"no usable CT slices in {len(files)} files ({counts}){f'; first: {first[0]}' if first else ''}")
     records = [json.loads(line) for line in (staging / "manifest.jsonl").read_text().splitlines()]
+    with open(staging / "inventory.jsonl", "w") as rows:
+        rows.writelines(json.dumps(entry.row()) + "\n" for entry in inventory.entries)
+    selection = {k: v for k, v in inventory.summary().items() if k not in ("skipped", "split_by", "warnings")}
+    _, auto_warnings = split_keys(inventory.entries, "auto")
+    selection["warnings"] = {"auto": auto_warnings, "patient": strict_warnings,
+                             "study": split_keys(inventory.entries, "study")[1]}
     info = {
         "key": key,
         "cache_version": CACHE_VERSION,
@@ -256,8 +303,10 @@ def build_cache(
         "files": len(files),
         "slices": count,
         "patients": len({r["patient"] for r in records}),
-        "skipped_files": len(skipped),
-        "skipped_examples": skipped[:10],
+        "skipped_files": len(inventory.skipped) + len(skipped),
+        "skipped_examples": (skipped + not_used)[:10],
+        "failed_files": skipped,  # selected, yet unreadable
+        "selection": selection,
         "brain_rule": {"brain_hu": list(BRAIN_HU), "head_hu_min": HEAD_HU_MIN, "bone_hu_min": BONE_HU_MIN},
     }
     (staging / "info.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -267,7 +316,26 @@ def build_cache(
         os.replace(staging, final)
     except OSError:  # another process finished the same cache first
         shutil.rmtree(staging, ignore_errors=True)
-    return open_cache(final)
+    return open_cache(final, split_by)
+
+
+def describe_selection(cache: SliceCache) -> list[str]:
+    """What the cache was selected from, as lines for people: files and images used, files skipped by reason
+    (``ctgen.scan`` codes), files that failed to read, and the warnings about patient keys under the cache's
+    ``split_by``."""
+    info = cache.info
+    selection = info.get("selection") or {}
+    reasons = selection.get("reasons") or {}
+    patients = len(set(cache.patients))
+    lines = [f"data: {info['files']} files; training on {selection.get('used_files', info['files'])} files = "
+             f"{info['slices']} slices of {patients} patients (split by {cache.split_by})"]
+    skipped = {reason: count for reason, count in reasons.items() if reason != "ok"}
+    if skipped:
+        lines.append("skipped: " + ", ".join(f"{count} {reason}" for reason, count in skipped.items()))
+    if info.get("failed_files"):
+        lines.append(f"failed to read: {len(info['failed_files'])} (first: {info['failed_files'][0]})")
+    lines.extend(f"warning: {text}" for text in (selection.get("warnings") or {}).get(cache.split_by, []))
+    return lines
 
 
 def derived_seed(*parts: Any) -> int:

@@ -28,6 +28,7 @@ from ctgen.cli.commands import (
     interpolate,
     reconstruct,
     sample,
+    scan,
     traverse,
 )
 from ctgen.cli.options import Device
@@ -46,7 +47,7 @@ def _debug_requested(ctx: typer.Context | None = None) -> bool:
 
 # Python argument names whose command-line option is not simply --name-with-dashes
 _FLAGS = {"value_range": "--range", "file_format": "--format", "json_summary": "--json", "slice_path": "SLICE",
-          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME"}
+          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME", "slice_index": "--slice"}
 
 
 def _flag(argument: str) -> str:
@@ -171,6 +172,7 @@ for _function, _panel in (
     (reconstruct.reconstruct, "Generate images"),
     (explore.explore, "Generate images"),
     (encode.encode, "Latent vectors"),
+    (scan.scan, "Archives"),
     (decode.decode, "Latent vectors"),
     (info.info, "Model"),
     (info.units, "Model"),

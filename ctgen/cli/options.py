@@ -92,3 +92,14 @@ SkipBadOption = Annotated[
         help="Report unreadable slices on stderr and go on; exit 1 at the end if any failed.",
     ),
 ]
+SliceOption = Annotated[
+    int | None,
+    typer.Option(
+        "--slice",
+        min=0,
+        metavar="K",
+        help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
+             "or name it FILE#K.",
+        show_default=False,
+    ),
+]

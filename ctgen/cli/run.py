@@ -97,7 +97,15 @@ class Run:
         model = load_model(name_or_path, device=device)
         self.summary["model"] = {"name": model.card.name, "path": str(model.path), "provider": model.provider,
                                  "latent_size": model.latent_size, "image_size": model.grid.size}
-        return Generator(model)
+        generator = Generator(model)
+        generator.on_warnings = self.slice_warnings
+        return generator
+
+    def slice_warnings(self, source: str, found: Sequence[str]) -> None:
+        """A slice unlike the model's training data: one warning line on stderr, and an entry under "warnings"
+        in the --json summary."""
+        self.summary.setdefault("warnings", []).append({"file": source, "warnings": list(found)})
+        self.warn(f"{source}: {'; '.join(found)}")
 
     def on_error(self, skip_bad: bool) -> Callable[[Any, CtgenError], None] | None:
         """The pipeline's error handler for --skip-bad: report "ctgen: skipped FILE: reason" and go on (None:

@@ -21,8 +21,8 @@ from ctgen.cli.options import (
 def encode(
     inputs: Annotated[
         list[str],
-        typer.Argument(metavar="FILES/DIRS/-", help="DICOM files, folders (recursive), or - to read paths from stdin.",
-                       show_default=False),
+        typer.Argument(metavar="FILES/DIRS/-", help="DICOM files, NIfTI volumes, folders (recursive), or - to read "
+                       "paths from stdin.", show_default=False),
     ],
     out: Annotated[
         str | None,
@@ -47,8 +47,11 @@ def encode(
     """Encode CT slices to latent vectors (the posterior mean mu; --logvar adds log-variances).
 
     Without --out, prints JSON lines on stdout: {"file": …, "mu": […]}. Rows follow the sorted file
-    list. A bad file stops the run with exit 1 and nothing written; with --skip-bad it is reported
-    ("ctgen: skipped FILE: reason"), the rest is written, and the exit status is 1.
+    list; every axial slice of a NIfTI volume and every frame of a multi-frame file is encoded, named
+    FILE#K. A slice unlike the model's training data (field of view, spacing, no brain, not axial) is
+    encoded with a warning on stderr, recorded per slice in the output ("warnings") and in --json. A bad
+    file stops the run with exit 1 and nothing written; with --skip-bad it is reported ("ctgen: skipped
+    FILE: reason"), the rest is written, and the exit status is 1.
     """
     import numpy as np
 
@@ -79,20 +82,22 @@ def encode(
         with run.progress(len(ordered), f"encoding shard {k}/{n}" if n > 1 else "encoding") as advance:
             for batch in generator.iter_encode(ordered, batch_size=batch_size, on_error=on_error):
                 if stream:
-                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, json_line)
+                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, json_line, batch.warnings)
                 else:
                     batches.append(batch)
                 encoded += len(batch.sources)
                 advance(len(batch.sources))
         done = [source for batch in batches for source in batch.sources]
+        found = [one for batch in batches for one in (batch.warnings or [()] * len(batch.sources))]
         if not stream:
             empty = np.empty((0, generator.latent_size), np.float32)
             mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
             log_variance = (np.concatenate([batch.logvar for batch in batches]) if batches else empty) if logvar else None
             if target is None:
-                _print_lines(done, mu, log_variance, json_line)
+                _print_lines(done, mu, log_variance, json_line, found)
             else:
-                write_latents(target, done, mu, log_variance, force=force, model_name=generator.card.name)
+                write_latents(target, done, mu, log_variance, force=force, model_name=generator.card.name,
+                              warnings=found)
                 run.wrote([{"kind": f"latents_{target.suffix.lower().lstrip('.')}", "path": str(target),
                             "count": len(done), "logvar": logvar}], "latent vectors")
         run.finish(encoded=encoded, failed=run.failures, shard=[k, n], files_in_shard=len(ordered))
@@ -111,8 +116,8 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
     return items
 
 
-def _print_lines(files, mu, logvar, json_line) -> None:
+def _print_lines(files, mu, logvar, json_line, warnings=None) -> None:
     if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i]) + "\n"
-                                 for i, f in enumerate(files)))
+        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i],
+                                           warnings[i] if warnings else ()) + "\n" for i, f in enumerate(files)))
         sys.stdout.flush()

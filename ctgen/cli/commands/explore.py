@@ -6,15 +6,24 @@ from typing import Annotated
 
 import typer
 
-from ctgen.cli.options import DeviceOption, JsonOption, ModelOption, QuietOption, SeedOption, WindowOption
+from ctgen.cli.options import (
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    QuietOption,
+    SeedOption,
+    SliceOption,
+    WindowOption,
+)
 
 
 def explore(
     slice_path: Annotated[
         str | None,
         typer.Argument(metavar="SLICE.dcm", help="Start from this CT slice (encoded to its mean latent) "
-                       "instead of the prior mean.", show_default=False),
+                       "instead of the prior mean; a file, or VOLUME#K.", show_default=False),
     ] = None,
+    slice_index: SliceOption = None,
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (0: any free port).")] = 8765,
     host: Annotated[
         str,
@@ -49,8 +58,13 @@ def explore(
         display = parse_window(window)
         generator = run.load_generator(model, device)
         start, label = None, "prior mean"
+        if slice_index is not None and slice_path is None:
+            from ctgen.errors import ArgumentError
+
+            raise ArgumentError("slice_index", "picks a slice of SLICE.dcm; give one")
         if slice_path is not None:
-            start, label = generator.encode(slice_path)[0], Path(slice_path).name
+            loaded = generator.load(slice_path, slice_index=slice_index)
+            start, label = generator.encode(loaded)[0], Path(loaded.source).name
         try:
             server = ExploreServer(generator, (host, port), start=start, start_label=label, seed=seed, window=display)
         except OSError as error:

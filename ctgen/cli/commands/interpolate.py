@@ -14,14 +14,17 @@ from ctgen.cli.options import (
     ModelOption,
     PerFileOption,
     QuietOption,
+    SliceOption,
     WindowOption,
 )
 from ctgen.defaults import DEFAULT_INTERPOLATION, DEFAULT_INTERPOLATION_STEPS
 
 
 def interpolate(
-    first: Annotated[str, typer.Argument(metavar="A.dcm", help="Slice at the start.", show_default=False)],
+    first: Annotated[str, typer.Argument(metavar="A.dcm", help="Slice at the start (a file, or VOLUME#K).",
+                                         show_default=False)],
     second: Annotated[str, typer.Argument(metavar="B.dcm", help="Slice at the end.", show_default=False)],
+    slice_index: SliceOption = None,
     steps: Annotated[
         int, typer.Option("--steps", "-s", min=2, help="Images in the strip, both ends included.")
     ] = DEFAULT_INTERPOLATION_STEPS,
@@ -81,7 +84,7 @@ def interpolate(
                             comments=[f"step {i + 1} of {steps}, t = {t:.3f}" for i, t in enumerate(times)])
         check_targets([strip_path, *([gif_path] if gif_path else []), *(files.paths if files else [])], force=force)
 
-        ends = [generator.load(path, with_hu=with_originals) for path in (first, second)]
+        ends = generator.load_all([first, second], with_hu=with_originals, slice_index=slice_index)
         mu = generator.encode(ends)
         frames = generator.interpolate(mu[0], mu[1], steps, method)
 
@@ -101,4 +104,4 @@ def interpolate(
                 files.write(0, frames)
             run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": steps,
                         "files": [str(p) for p in files.paths]}], "files")
-        run.finish(method=method, steps=steps, inputs=[first, second])
+        run.finish(method=method, steps=steps, inputs=[end.source for end in ends])

@@ -22,8 +22,8 @@ from ctgen.cli.options import (
 
 
 def reconstruct(
-    inputs: Annotated[list[str], typer.Argument(metavar="FILES/DIRS", help="DICOM files or folders (recursive).",
-                                                show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(metavar="FILES/DIRS", help="DICOM files, NIfTI volumes or folders "
+                                                "(recursive).", show_default=False)],
     out: Annotated[
         str | None,
         typer.Option("--out", "-o", metavar="PATH", show_default="reconstructions/", rich_help_panel="Output",
@@ -47,13 +47,14 @@ def reconstruct(
 
     Errors per slice (MAE and RMSE in HU, inside the head: original > -500 HU) are computed against what
     the model can reach (the original through its HU map), shown as a table on stderr and in --json.
-    --per-file also writes the reconstructions themselves (npy in HU by default).
+    Every axial slice of a NIfTI volume and every frame of a multi-frame file is reconstructed (FILE#K,
+    panels NAME_K.png). --per-file also writes the reconstructions themselves (npy in HU by default).
     """
     from contextlib import nullcontext
 
     import numpy as np
 
-    from ctgen.api import gather_files
+    from ctgen.api import gather_files, slice_sources
     from ctgen.cli.run import Run, check_targets, is_folder
     from ctgen.errors import ArgumentError, InputError
     from ctgen.render import grid_image, parse_window, save_png
@@ -62,7 +63,7 @@ def reconstruct(
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
         on_error = run.on_error(skip_bad)
-        files = gather_files(inputs, on_error=on_error)
+        files = slice_sources(gather_files(inputs, on_error=on_error))
         if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
         names = unique_names(files)
@@ -97,7 +98,8 @@ def reconstruct(
                 if recon_files is not None:
                     recon_files.write(position, item.recon_hu[None])
                 rows.append({"file": item.slice.source, "png": str(panels[position]), "mae_hu": item.mae_hu,
-                             "rmse_hu": item.rmse_hu, "head_pixels": item.head_pixels})
+                             "rmse_hu": item.rmse_hu, "head_pixels": item.head_pixels,
+                             "warnings": list(item.slice.warnings)})
                 advance(1)
         run.table(_table(rows))
         if recon_files is not None:

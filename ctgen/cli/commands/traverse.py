@@ -15,6 +15,7 @@ from ctgen.cli.options import (
     ModelOption,
     PerFileOption,
     QuietOption,
+    SliceOption,
     WindowOption,
 )
 from ctgen.defaults import DEFAULT_TRAVERSE_RANGE, DEFAULT_TRAVERSE_STEPS, DEFAULT_TRAVERSE_UNITS
@@ -23,8 +24,10 @@ from ctgen.defaults import DEFAULT_TRAVERSE_RANGE, DEFAULT_TRAVERSE_STEPS, DEFAU
 def traverse(
     slice_path: Annotated[
         str | None,
-        typer.Argument(metavar="[SLICE.dcm]", help="Slice to traverse around.", show_default="the prior mean, z = 0"),
+        typer.Argument(metavar="[SLICE.dcm]", help="Slice to traverse around (a file, or VOLUME#K).",
+                       show_default="the prior mean, z = 0"),
     ] = None,
+    slice_index: SliceOption = None,
     units: Annotated[
         str, typer.Option("--units", "-u", metavar="LIST|topK|all|NAMES",
                           help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or the factors '
@@ -63,6 +66,7 @@ def traverse(
     ordered series per unit).
     """
     from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.errors import ArgumentError
     from ctgen.latent import offsets
     from ctgen.render import frames_loop, grid_image, parse_window, save_gif, save_png
     from ctgen.writers import PerFile, tile_scale
@@ -88,7 +92,9 @@ def traverse(
                                       for delta in deltas])
         check_targets([grid_path, *gif_paths, *(files.paths if files else [])], force=force)
 
-        center = generator.encode(slice_path)[0] if slice_path is not None else None
+        if slice_index is not None and slice_path is None:
+            raise ArgumentError("slice_index", "picks a slice of SLICE; give one")
+        center = generator.encode(generator.load(slice_path, slice_index=slice_index))[0] if slice_path else None
         hu = generator.traverse(center, chosen, deltas)
         middle = "recon" if slice_path is not None else "z=0"
         picture = grid_image(hu, display, rows=len(chosen), cols=len(deltas),

@@ -1,0 +1,511 @@
+"""DICOM headers without pixels: the values that decide whether a file is a usable axial CT slice.
+
+``read_header`` parses little-endian files (explicit or implicit VR, native or encapsulated pixel data) with
+a small parser of its own that reads the top-level elements up to the pixel data and no further: many
+times faster than building a pydicom Dataset, which matters for archives of a million files. Everything
+else (big endian, deflate, enhanced multi-frame files whose geometry sits in functional groups, non-ASCII
+patient IDs, files without the DICM preamble) is read by pydicom with ``stop_before_pixels``; a test holds
+the two to the same values over pydicom's bundled files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctgen.errors import DicomError
+
+__all__ = ["Header", "read_header"]
+
+_FIRST_READ = 64 * 1024  # the whole header of nearly every file; more is read only when a header is longer
+_UNDEFINED = 0xFFFFFFFF
+_VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+                                "UC UI UL UN UR US UT UV").split()}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloatPixelData
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_EXPLICIT_LE, _IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+_BIG_ENDIAN, _DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+_LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102",
+                   "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.201",
+                   "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+
+# tag -> (keyword, kind): the top-level values the header keeps. Kinds: text (one string), texts (backslash
+# separated), number (DS/IS, floats), ushort (US)
+_WANTED = {
+    0x00080005: ("SpecificCharacterSet", "texts"),
+    0x00080008: ("ImageType", "texts"),
+    0x00080016: ("SOPClassUID", "text"),
+    0x00080018: ("SOPInstanceUID", "text"),
+    0x00080060: ("Modality", "text"),
+    0x00080064: ("ConversionType", "text"),
+    0x0008103E: ("SeriesDescription", "text"),
+    0x00100020: ("PatientID", "text"),
+    0x00100030: ("PatientBirthDate", "text"),
+    0x00100040: ("PatientSex", "text"),
+    0x00180050: ("SliceThickness", "number"),
+    0x00181100: ("ReconstructionDiameter", "number"),
+    0x00181120: ("GantryDetectorTilt", "number"),
+    0x00181210: ("ConvolutionKernel", "texts"),
+    0x0020000D: ("StudyInstanceUID", "text"),
+    0x0020000E: ("SeriesInstanceUID", "text"),
+    0x00200011: ("SeriesNumber", "number"),
+    0x00200013: ("InstanceNumber", "number"),
+    0x00200032: ("ImagePositionPatient", "number"),
+    0x00200037: ("ImageOrientationPatient", "number"),
+    0x00280002: ("SamplesPerPixel", "ushort"),
+    0x00280004: ("PhotometricInterpretation", "text"),
+    0x00280008: ("NumberOfFrames", "number"),
+    0x00280010: ("Rows", "ushort"),
+    0x00280011: ("Columns", "ushort"),
+    0x00280030: ("PixelSpacing", "number"),
+    0x00280100: ("BitsAllocated", "ushort"),
+    0x00282110: ("LossyImageCompression", "text"),
+}
+_FUNCTIONAL_GROUPS = {0x52009229, 0x52009230}  # enhanced multi-frame geometry: pydicom reads those files
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a DICOM file says about itself, pixels unread. Text values are stripped strings ("" when absent),
+    numbers are tuples of floats or None (absent, malformed or non-finite).
+
+    ``pixels``: "native", "encapsulated" or "none" (no pixel data element); ``truncated``: the pixel data (or
+    the header itself) ends before the file says it should. ``patient_id``, ``birth_date`` and ``sex`` stay in
+    memory for patient keys and never leave ctgen.
+    """
+
+    path: str
+    transfer_syntax: str
+    sop_class: str
+    sop_instance: str
+    modality: str
+    image_type: tuple[str, ...]
+    conversion_type: str
+    patient_id: str
+    birth_date: str
+    sex: str
+    study_uid: str
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    instance_number: int | None
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    frames: int
+    pixel_spacing_mm: tuple[float, float] | None
+    orientation: tuple[float, ...] | None
+    position_mm: tuple[float, float, float] | None
+    slice_thickness_mm: float | None
+    reconstruction_diameter_mm: float | None
+    gantry_tilt_deg: float | None
+    kernel: str
+    lossy: bool
+    pixels: str
+    truncated: bool
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """The header of one file, read without its pixel data; a file cut short anywhere, header included,
+    comes back with ``truncated`` set and whatever values came before the cut.
+
+    Raises DicomError for a file that is not DICOM or cannot be opened.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_FIRST_READ)
+            size = os.fstat(handle.fileno()).st_size
+            if len(data) >= 132 and data[128:132] == b"DICM":
+                parsed = _parse_fast(data, size, handle)
+                if parsed is not None:
+                    return _header(path, *parsed)
+    except OSError as exc:
+        raise DicomError(path, f"cannot read ({exc.strerror or exc})") from None
+    return _read_with_pydicom(path, data, size)
+
+
+# ------------------------------------------------------------------------------------------ fast path
+class _Truncated(Exception):
+    pass
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _parse_fast(data: bytes, size: int, handle) -> tuple[dict, str, str, int, bool] | None:
+    """(values, transfer syntax, pixels kind, pixel value length, truncated) or None (pydicom's case)."""
+    values: dict = {}
+    meta: dict = {}
+    syntax = ""
+    try:
+        meta, offset = _parse_meta(data, size, handle, meta)
+        syntax = meta.get("TransferSyntaxUID", "")
+        if syntax == _IMPLICIT_LE:
+            explicit = False
+        elif syntax and syntax not in (_BIG_ENDIAN, _DEFLATED):
+            explicit = True  # explicit VR little endian, and every encapsulated syntax
+        else:
+            return None
+        data, found = _walk_top_level(data, size, handle, offset, explicit, values)
+    except _Fallback:
+        return None
+    except _Truncated:  # what was read before the cut still describes the file
+        found, values["_cut"] = None, True
+    values.setdefault("SOPInstanceUID", meta.get("MediaStorageSOPInstanceUID", ""))
+    values.setdefault("SOPClassUID", meta.get("MediaStorageSOPClassUID", ""))
+    patient_id = values.get("PatientID", b"")
+    if isinstance(patient_id, bytes) and not patient_id.isascii():
+        return None  # pydicom decodes it by the character set, so that patient keys match the reader's
+    if found is None:
+        return values, syntax, "none", 0, bool(values.pop("_cut", False))
+    value_offset, length = found
+    if length == _UNDEFINED:
+        return values, syntax, "encapsulated", length, _fragments_cut(handle, value_offset, size, "<")
+    return values, syntax, "native", length, value_offset + length > size
+
+
+def _fragments_cut(handle, offset: int, size: int, endian: str) -> bool:
+    """Whether encapsulated pixel data starting at ``offset`` (its first item) runs past the end of the file:
+    follows the items (basic offset table, fragments) to the sequence delimiter, reading 8 bytes per item."""
+    item = struct.Struct(endian + "HHI")
+    while True:
+        handle.seek(offset)
+        raw = handle.read(8)
+        if len(raw) < 8:
+            return True
+        group, element, length = item.unpack(raw)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return False
+        if tag != _ITEM or length == _UNDEFINED:
+            return False  # malformed rather than cut: decoding will say what is wrong
+        offset += 8 + length
+        if offset > size:
+            return True
+
+
+def _more(data: bytes, handle, needed: int) -> bytes:
+    """``data`` extended by the rest of the file when ``needed`` bytes are not yet there."""
+    if needed <= len(data):
+        return data
+    handle.seek(len(data))
+    return data + handle.read()
+
+
+def _parse_meta(data: bytes, size: int, handle, meta: dict) -> tuple[dict, int]:
+    offset, end = 132, None
+    while True:
+        data = _more(data, handle, offset + 8)
+        if offset + 8 > len(data):
+            raise _Truncated
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 2 or (end is not None and offset >= end):
+            return meta, offset
+        vr = data[offset + 4 : offset + 6]
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, offset + 8)
+            start = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            start = offset + 8
+        if length == _UNDEFINED:
+            raise _Fallback
+        data = _more(data, handle, start + length)
+        if start + length > len(data):
+            raise _Truncated
+        value = data[start : start + length]
+        if element == 0x0000 and length == 4:
+            end = start + length + struct.unpack("<I", value)[0]
+        elif element in (0x0002, 0x0003, 0x0010):
+            key = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
+                   0x0010: "TransferSyntaxUID"}[element]
+            meta[key] = value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+        offset = start + length
+
+
+def _walk_top_level(data: bytes, size: int, handle, offset: int, explicit: bool, values: dict):
+    """Collect the wanted values until the pixel data; returns (data, (value offset, length) or None)."""
+    wanted, unpack = _WANTED, struct.unpack_from
+    while True:
+        if offset + 8 > len(data):
+            data = _more(data, handle, offset + 8)
+            if offset >= len(data):
+                return data, None  # a clean end: no pixel data
+            if offset + 8 > len(data):
+                raise _Truncated
+        group, element = unpack("<HH", data, offset)
+        tag = group << 16 | element
+        if explicit:
+            vr = data[offset + 4 : offset + 6]
+            if vr not in _VRS:
+                raise _Fallback  # implicit VR under an explicit transfer syntax, and other oddities
+            if vr in _LONG_VRS:
+                if offset + 12 > len(data):
+                    data = _more(data, handle, offset + 12)
+                    if offset + 12 > len(data):
+                        raise _Truncated
+                (length,) = unpack("<I", data, offset + 8)
+                start = offset + 12
+            else:
+                (length,) = unpack("<H", data, offset + 6)
+                start = offset + 8
+        else:
+            vr = None
+            (length,) = unpack("<I", data, offset + 4)
+            start = offset + 8
+        if tag in _PIXEL_TAGS:
+            return data, (start, length)
+        if tag in _FUNCTIONAL_GROUPS:
+            raise _Fallback
+        if length == _UNDEFINED:  # a sequence (SQ, or UN holding implicit-VR items)
+            data, offset = _skip_sequence(data, handle, start, explicit and vr != b"UN")
+            continue
+        end = start + length
+        if end > len(data):
+            data = _more(data, handle, end)
+            if end > len(data):
+                raise _Truncated
+        entry = wanted.get(tag)
+        if entry is not None:
+            values[entry[0]] = _value(data[start:end], entry[1])
+        offset = end
+
+
+def _skip_sequence(data: bytes, handle, offset: int, explicit: bool) -> tuple[bytes, int]:
+    """Skip an undefined-length sequence starting at its first item; returns (data, offset after it)."""
+    unpack = struct.unpack_from
+    while True:
+        data = _more(data, handle, offset + 8)
+        if offset + 8 > len(data):
+            raise _Truncated
+        group, element, length = unpack("<HHI", data, offset)
+        tag = group << 16 | element
+        offset += 8
+        if tag == _SEQUENCE_END:
+            return data, offset
+        if tag != _ITEM:
+            raise _Fallback  # not what a sequence holds: let pydicom judge
+        if length != _UNDEFINED:
+            offset += length
+            continue
+        data, offset = _skip_item(data, handle, offset, explicit)
+
+
+def _skip_item(data: bytes, handle, offset: int, explicit: bool) -> tuple[bytes, int]:
+    """Skip the elements of an undefined-length item up to and including its delimiter."""
+    unpack = struct.unpack_from
+    while True:
+        data = _more(data, handle, offset + 12)
+        if offset + 8 > len(data):
+            raise _Truncated
+        group, element = unpack("<HH", data, offset)
+        tag = group << 16 | element
+        if tag == _ITEM_END:
+            return data, offset + 8
+        vr = data[offset + 4 : offset + 6] if explicit else None
+        if explicit and vr not in _VRS:
+            raise _Fallback
+        if explicit and vr in _LONG_VRS:
+            (length,) = unpack("<I", data, offset + 8)
+            start = offset + 12
+        elif explicit:
+            (length,) = unpack("<H", data, offset + 6)
+            start = offset + 8
+        else:
+            (length,) = unpack("<I", data, offset + 4)
+            start = offset + 8
+        if length == _UNDEFINED:
+            data, offset = _skip_sequence(data, handle, start, explicit and vr != b"UN")
+        else:
+            offset = start + length
+
+
+def _value(raw: bytes, kind: str):
+    if kind == "ushort":
+        return struct.unpack_from("<H", raw)[0] if len(raw) >= 2 else None
+    if kind == "text" and not raw.isascii():
+        return raw  # decoded (or refused) later
+    text = raw.decode("ascii", "replace").rstrip("\x00 ").strip()
+    if kind == "text":
+        return text
+    parts = [part.strip() for part in text.split("\\")]
+    if kind == "texts":
+        return tuple(parts)
+    try:
+        return tuple(float(part) for part in parts)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------ pydicom path
+def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    preamble = len(start) >= 132 and start[128:132] == b"DICM"
+    # A headerless dataset starts with a group 0002 or 0008 element; anything else is not DICOM, and is not
+    # handed to pydicom's forced parsing, which would read any bytes as some dataset.
+    if not preamble and start[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
+        raise DicomError(path, "not a DICOM file")
+    with warnings.catch_warnings(record=True) as caught, open(path, "rb") as handle:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not preamble)
+            position = handle.tell()
+        except InvalidDicomError:
+            raise DicomError(path, "not a DICOM file") from None
+        except Exception as exc:  # noqa: BLE001 - any failure of a damaged header is one reason
+            if preamble and (isinstance(exc, (EOFError, struct.error)) or "end of file" in str(exc).lower()):
+                return _header(path, {}, "", "none", 0, True)
+            raise DicomError(path, "not a DICOM file") from None
+        if not preamble and not (("Rows" in ds and "Columns" in ds) or "SOPClassUID" in ds or "Modality" in ds):
+            raise DicomError(path, "not a DICOM file")
+        header_cut = any("end of file" in str(w.message).lower() for w in caught)
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        if not syntax:
+            implicit, little = ds.original_encoding
+            syntax = _IMPLICIT_LE if implicit else (_EXPLICIT_LE if little else _BIG_ENDIAN)
+        pixels, length, truncated = "none", 0, header_cut
+        if syntax == _DEFLATED:  # positions in an inflated stream say nothing about the file
+            pixels, length = _deflated_pixels(path)
+        elif not header_cut:
+            handle.seek(position)
+            element = handle.read(12)
+            little = syntax != _BIG_ENDIAN
+            if len(element) >= 8:
+                group, number = struct.unpack("<HH" if little else ">HH", element[:4])
+                if (group << 16 | number) in _PIXEL_TAGS:
+                    if element[4:6] in _LONG_VRS:  # the element itself says how it is encoded
+                        length = struct.unpack("<I" if little else ">I", element[8:12])[0]
+                        value_offset = position + 12
+                    else:
+                        length = struct.unpack("<I" if little else ">I", element[4:8])[0]
+                        value_offset = position + 8
+                    if length == _UNDEFINED:
+                        pixels = "encapsulated"
+                        truncated = _fragments_cut(handle, value_offset, size, "<" if little else ">")
+                    else:
+                        pixels, truncated = "native", value_offset + length > size
+    values = {keyword: _pydicom_value(ds.get(keyword), kind) for keyword, kind in _WANTED.values() if keyword in ds}
+    values.update(_enhanced_geometry(ds))
+    if not values.get("SOPClassUID") and getattr(ds, "file_meta", None) is not None:
+        values["SOPClassUID"] = str(ds.file_meta.get("MediaStorageSOPClassUID") or "")
+    if not values.get("SOPInstanceUID") and getattr(ds, "file_meta", None) is not None:
+        values["SOPInstanceUID"] = str(ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
+    return _header(path, values, syntax, pixels, length, truncated)
+
+
+def _deflated_pixels(path: Path) -> tuple[str, int]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=256)
+    except Exception:  # noqa: BLE001
+        return "none", 0
+    if "PixelData" not in ds:
+        return "none", 0
+    return "native", 0
+
+
+def _pydicom_value(value, kind: str):
+    if value is None:
+        return None
+    if kind == "ushort":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if kind == "number":
+        items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+        try:
+            return tuple(float(item) for item in items)
+        except (TypeError, ValueError):
+            return None
+    if kind == "texts":
+        items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+        return tuple(str(item).strip() for item in items)
+    return str(value).strip()
+
+
+def _enhanced_geometry(ds) -> dict:
+    """Orientation, spacing and thickness of an enhanced multi-frame file from its shared (else first
+    per-frame) functional group; {} for other files."""
+    found: dict = {}
+    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ds.get(name)
+        if not groups:
+            continue
+        group = groups[0]
+        for sequence, keyword, target in (("PlaneOrientationSequence", "ImageOrientationPatient",
+                                           "ImageOrientationPatient"),
+                                          ("PixelMeasuresSequence", "PixelSpacing", "PixelSpacing"),
+                                          ("PixelMeasuresSequence", "SliceThickness", "SliceThickness"),
+                                          ("PlanePositionSequence", "ImagePositionPatient", "ImagePositionPatient")):
+            items = group.get(sequence)
+            if items and items[0].get(keyword) is not None and target not in found:
+                found[target] = _pydicom_value(items[0].get(keyword), "number")
+    return found
+
+
+# ------------------------------------------------------------------------------------------ the Header
+def _header(path: Path, values: dict, syntax: str, pixels: str, length: int, truncated: bool) -> Header:
+    def text(keyword: str) -> str:
+        value = values.get(keyword)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace").rstrip("\x00 ").strip()
+        return value if isinstance(value, str) else ""
+
+    def numbers(keyword: str, count: int | None = None, *, positive: bool = False):
+        value = values.get(keyword)
+        if not isinstance(value, tuple) or not value or (count and len(value) != count):
+            return None
+        if not all(math.isfinite(v) and (v > 0 or not positive) for v in value):
+            return None
+        return value
+
+    def integer(keyword: str) -> int | None:
+        value = values.get(keyword)
+        if isinstance(value, int):
+            return value
+        first = numbers(keyword, 1)
+        return int(first[0]) if first else None
+
+    rows, columns = integer("Rows") or 0, integer("Columns") or 0
+    frames = integer("NumberOfFrames") or 1
+    bits = integer("BitsAllocated") or 0
+    samples = integer("SamplesPerPixel") or 1
+    photometric = text("PhotometricInterpretation").upper()
+    native = syntax in (_EXPLICIT_LE, _IMPLICIT_LE, _BIG_ENDIAN)
+    if native and pixels == "native" and not truncated and rows and columns and bits and length:
+        per_pixel = 2 if photometric == "YBR_FULL_422" else samples  # 4:2:2 stores two values per pixel
+        expected = (rows * columns * frames * per_pixel * bits + 7) // 8
+        truncated = length < expected  # a header that promises more pixels than the element holds
+    thickness = numbers("SliceThickness", 1, positive=True)
+    diameter = numbers("ReconstructionDiameter", 1, positive=True)
+    tilt = numbers("GantryDetectorTilt", 1)
+    kernel = values.get("ConvolutionKernel")
+    return Header(
+        path=str(path), transfer_syntax=syntax, sop_class=text("SOPClassUID"), sop_instance=text("SOPInstanceUID"),
+        modality=text("Modality").upper(), image_type=tuple(p.upper() for p in values.get("ImageType") or ()),
+        conversion_type=text("ConversionType").upper(), patient_id=text("PatientID"),
+        birth_date=text("PatientBirthDate"), sex=text("PatientSex").upper(), study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"), series_number=integer("SeriesNumber"),
+        series_description=text("SeriesDescription"), instance_number=integer("InstanceNumber"),
+        rows=rows, columns=columns, samples_per_pixel=samples, photometric=photometric,
+        bits_allocated=bits, frames=max(1, frames),
+        pixel_spacing_mm=numbers("PixelSpacing", 2, positive=True), orientation=numbers("ImageOrientationPatient", 6),
+        position_mm=numbers("ImagePositionPatient", 3), slice_thickness_mm=thickness[0] if thickness else None,
+        reconstruction_diameter_mm=diameter[0] if diameter else None, gantry_tilt_deg=tilt[0] if tilt else None,
+        kernel="\\".join(kernel) if isinstance(kernel, tuple) else "",
+        lossy=text("LossyImageCompression") == "01" or syntax in _LOSSY_SYNTAXES,
+        pixels=pixels, truncated=truncated)

@@ -1,0 +1,468 @@
+"""Archive inventory and selection: which files are usable axial CT slices, which are not and why, and who
+each belongs to. ``ctgen scan`` prints it; training (``train.data``) selects its slices with it, so the two
+can never disagree.
+
+Every file under the archive is decided with one reason code of ``REASONS``, from its header alone
+(``ctgen.dicom.header``; a NIfTI volume without a sidecar naming its modality is the one case whose voxels
+are read: CT has air below -500 HU). Files are grouped by patient, study and series. Patient keys are
+hashes (``ctgen.dicom.patient_key``), never the ID: by PatientID; by study when the ID is empty; and, when
+one ID holds studies with different birth dates or sexes (anonymisation that gave two people one ID),
+by ID, birth date and sex, with a warning. ``split_by`` "patient" or "study" overrides that.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctgen.defaults import MAX_TILT_DEG
+from ctgen.dicom.common import patient_key
+from ctgen.errors import DicomError, InputError
+from ctgen.nifti import is_nifti, sidecar_path
+
+__all__ = ["MAX_TILT_DEG", "REASONS", "SKIP_REASONS", "SPLIT_BY", "Entry", "Inventory", "axial_tilt_deg",
+           "list_files", "scan", "split_keys", "write_inventory"]
+
+REASONS = ("ok", "not-dicom", "truncated", "no-image", "not-ct", "colour", "secondary-capture", "localizer",
+           "not-axial", "duplicate")
+SKIP_REASONS = REASONS[1:]
+SPLIT_BY = ("auto", "patient", "study")
+INVENTORY_SUFFIXES = (".csv", ".jsonl")
+_SC_SOP = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture, and .7.1-.7.4 its multi-frame kinds
+_CT_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+_MR_SOPS = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}
+_LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM"}
+_ROW_FIELDS = ("path", "reason", "detail", "patient", "study", "series", "frames", "series_number",
+               "slice_thickness_mm", "kernel", "fov_mm", "spacing_mm", "tilt_deg")
+
+
+@dataclass
+class Entry:
+    """One file of the archive and its decision: ``reason`` (one of REASONS) and a free-text ``detail``;
+    ``frames``: images it holds (frames of a multi-frame file, axial slices of a volume; 0 when none).
+    ``patient``, ``study`` and ``series`` are 16-hex-digit hashes; the identity fields below them stay in
+    memory (they feed the keys and the duplicate check) and are never written."""
+
+    path: str
+    reason: str
+    detail: str = ""
+    kind: str = ""  # "dicom", "nifti" or "" (not an image file we know)
+    frames: int = 0
+    patient: str = ""
+    study: str = ""
+    series: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    slice_thickness_mm: float | None = None
+    kernel: str = ""
+    fov_mm: float | None = None
+    spacing_mm: float | None = None
+    tilt_deg: float | None = None
+    lossy: bool = False
+    patient_id: str = field(default="", repr=False)
+    birth_date: str = field(default="", repr=False)
+    sex: str = field(default="", repr=False)
+    study_uid: str = field(default="", repr=False)
+    series_uid: str = field(default="", repr=False)
+    sop_instance: str = field(default="", repr=False)
+
+    @property
+    def used(self) -> bool:
+        return self.reason == "ok"
+
+    def row(self) -> dict[str, Any]:
+        """The file's inventory row (JSON-ready; no identifier of the patient)."""
+        values = {name: getattr(self, name) for name in _ROW_FIELDS}
+        for name in ("slice_thickness_mm", "fov_mm", "spacing_mm", "tilt_deg"):
+            if values[name] is not None:
+                values[name] = round(values[name], 3)
+        return values
+
+
+@dataclass
+class Inventory:
+    """What ``scan`` found: one ``Entry`` per file (sorted by path), the warnings about patient keys, and the
+    settings it ran with."""
+
+    sources: list[str]
+    entries: list[Entry]
+    warnings: list[str]
+    split_by: str = "auto"
+    max_tilt_deg: float = MAX_TILT_DEG
+
+    @property
+    def used(self) -> list[Entry]:
+        return [entry for entry in self.entries if entry.used]
+
+    @property
+    def skipped(self) -> list[Entry]:
+        return [entry for entry in self.entries if not entry.used]
+
+    def counts(self) -> dict[str, int]:
+        """Files by reason, in the order of REASONS (reasons with no file left out)."""
+        counter = Counter(entry.reason for entry in self.entries)
+        return {reason: counter[reason] for reason in REASONS if counter[reason]}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: counts of files and images, patients, studies and series used, files by reason,
+        every skipped file with its reason, the warnings and the settings."""
+        used = self.used
+        return {
+            "sources": self.sources,
+            "files": len(self.entries),
+            "used_files": len(used),
+            "used_images": sum(entry.frames for entry in used),
+            "patients": len({entry.patient for entry in used}),
+            "studies": len({entry.study for entry in used}),
+            "series": len({entry.series for entry in used}),
+            "reasons": self.counts(),
+            "skipped": [{"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.skipped],
+            "warnings": list(self.warnings),
+            "split_by": self.split_by,
+            "max_tilt_deg": self.max_tilt_deg,
+        }
+
+    def describe(self) -> list[str]:
+        """The summary as lines for people: what is used, and what is skipped by reason."""
+        summary = self.summary()
+        lines = [f"inventory: {summary['files']} files; used {summary['used_files']} files = "
+                 f"{summary['used_images']} images of {summary['patients']} patients, {summary['studies']} "
+                 f"studies, {summary['series']} series (split by {self.split_by})"]
+        skipped = {reason: count for reason, count in summary["reasons"].items() if reason != "ok"}
+        if skipped:
+            lines.append("skipped: " + ", ".join(f"{count} {reason}" for reason, count in skipped.items()))
+        return lines
+
+    def series_rows(self) -> list[dict[str, Any]]:
+        """One row per series (patient, study, series; files without a series share one row): images used,
+        files by skip reason, and the slice thickness, kernel, field of view, pixel spacing and tilt seen."""
+        groups: dict[tuple[str, str, str], list[Entry]] = defaultdict(list)
+        for entry in self.entries:
+            groups[(entry.patient, entry.study, entry.series)].append(entry)
+        rows = []
+        for (patient, study, series), entries in groups.items():
+            label = next((f"#{e.series_number} {e.series_description}".strip() if e.series_number is not None
+                          else e.series_description for e in entries if e.series), "")
+            rows.append({
+                "patient": patient, "study": study, "series": series, "label": label,
+                "images": sum(e.frames for e in entries if e.used),
+                "reasons": dict(Counter(e.reason for e in entries)),
+                "slice_thickness_mm": _spread(e.slice_thickness_mm for e in entries),
+                "kernel": ", ".join(sorted({e.kernel for e in entries if e.kernel})),
+                "fov_mm": _spread(e.fov_mm for e in entries),
+                "spacing_mm": _spread(e.spacing_mm for e in entries),
+                "tilt_deg": _spread(e.tilt_deg for e in entries if e.tilt_deg is not None and e.tilt_deg >= 0.5),
+            })
+        return sorted(rows, key=lambda row: (row["patient"] == "", row["patient"], row["study"], row["label"]))
+
+
+def list_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """Every file under ``sources`` (folders walked at any depth, files as given), sorted, absolute.
+
+    Hidden entries (a leading dot) are left out, and so are the JSON sidecars of NIfTI volumes (they belong to
+    their volume). Raises InputError for a source that does not exist.
+    """
+    files: set[Path] = set()
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            files.add(path.resolve())
+            continue
+        if not path.is_dir():
+            raise InputError(source, "no such file or folder")
+        for folder, folders, names in os.walk(path):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            for name in names:
+                if not name.startswith("."):
+                    files.add(Path(folder, name).resolve())
+    sidecars = {sidecar_path(path) for path in files if is_nifti(path)}
+    return sorted((path for path in files if path not in sidecars), key=str)
+
+
+def scan(sources: Sequence[str | os.PathLike], *, split_by: str = "auto", max_tilt_deg: float = MAX_TILT_DEG,
+         progress: Callable[[int, int], None] | None = None, files: Sequence[Path] | None = None) -> Inventory:
+    """Decide every file under ``sources``: an ``Inventory`` with one ``Entry`` per file.
+
+    ``split_by``: "auto" (by PatientID; by study when it is empty; by ID, birth date and sex when one ID holds
+    different people), "patient" or "study". ``max_tilt_deg``: a slice normal farther than this from the
+    head-foot axis is "not-axial". ``progress(done, total)`` is called after each file; ``files``, when given,
+    is the listing of ``sources`` already made by ``list_files``. Raises InputError for a missing source, an
+    unknown ``split_by`` or a bad ``max_tilt_deg``.
+    """
+    if split_by not in SPLIT_BY:
+        raise InputError(None, f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    if not (isinstance(max_tilt_deg, (int, float)) and 0 <= max_tilt_deg <= 90):
+        raise InputError(None, f"max_tilt_deg must lie in 0..90, got {max_tilt_deg!r}")
+    listing = list(files) if files is not None else list_files(sources)
+    entries = []
+    for done, path in enumerate(listing, 1):
+        entries.append(_decide(path, max_tilt_deg))
+        if progress is not None:
+            progress(done, len(listing))
+    _mark_duplicates(entries)
+    warnings = _assign_keys(entries, split_by)
+    return Inventory([str(s) for s in sources], entries, warnings, split_by, float(max_tilt_deg))
+
+
+def axial_tilt_deg(orientation: Sequence[float]) -> float:
+    """Angle in degrees between the slice normal of ImageOrientationPatient (6 direction cosines) and the
+    head-foot axis: 0 for axial, 90 for coronal or sagittal slices."""
+    row, col = orientation[:3], orientation[3:6]
+    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+    norm = math.sqrt(sum(v * v for v in normal))
+    if norm < 1e-6:
+        return float("nan")
+    return math.degrees(math.acos(min(1.0, abs(normal[2]) / norm)))
+
+
+def write_inventory(inventory: Inventory, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """One row per file (``Entry.row``) to ``path``: .csv (a header line) or .jsonl; written atomically.
+
+    Raises InputError for another suffix, OutputError when the file exists and not ``force``.
+    """
+    from ctgen.atomic import atomic_file
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in INVENTORY_SUFFIXES:
+        raise InputError(path, f"unsupported inventory type {suffix or '(none)'}; use .csv or .jsonl")
+    if suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=_ROW_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for entry in inventory.entries:
+            writer.writerow({k: "" if v is None else v for k, v in entry.row().items()})
+        text = buffer.getvalue()
+    else:
+        text = "".join(json.dumps(entry.row()) + "\n" for entry in inventory.entries)
+    with atomic_file(path, force=force, mode="w") as handle:
+        handle.write(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ deciding
+def _decide(path: Path, max_tilt_deg: float) -> Entry:
+    if is_nifti(path):
+        return _decide_nifti(path, max_tilt_deg)
+    from ctgen.dicom.header import read_header
+
+    try:
+        header = read_header(path)
+    except DicomError as error:
+        return Entry(str(path), "not-dicom", error.reason)
+    spacing = header.pixel_spacing_mm
+    fov = header.reconstruction_diameter_mm
+    if fov is None and spacing is not None and header.columns:
+        fov = max(header.rows * spacing[0], header.columns * spacing[1])
+    tilt = axial_tilt_deg(header.orientation) if header.orientation is not None else None
+    if tilt is not None and math.isnan(tilt):
+        tilt = None
+    entry = Entry(
+        str(path), "ok", kind="dicom", frames=header.frames if header.pixels != "none" else 0,
+        series_number=header.series_number, series_description=header.series_description,
+        slice_thickness_mm=header.slice_thickness_mm, kernel=header.kernel, fov_mm=fov,
+        spacing_mm=(spacing[0] + spacing[1]) / 2 if spacing else None, tilt_deg=tilt, lossy=header.lossy,
+        patient_id=header.patient_id, birth_date=header.birth_date, sex=header.sex, study_uid=header.study_uid,
+        series_uid=header.series_uid, sop_instance=header.sop_instance)
+    entry.reason, entry.detail = _reason(header, tilt, max_tilt_deg)
+    if entry.reason != "ok":
+        entry.frames = 0 if entry.reason in ("truncated", "no-image") else entry.frames
+    return entry
+
+
+def _reason(header, tilt: float | None, max_tilt_deg: float) -> tuple[str, str]:
+    if header.truncated:
+        return "truncated", "the file ends before its pixel data does" if header.pixels != "none" else \
+            "the file ends inside its header"
+    if header.pixels == "none":
+        return "no-image", f"no pixel data ({_sop_name(header.sop_class) or header.modality or 'unknown kind'})"
+    if header.sop_class.startswith(_SC_SOP):
+        return "secondary-capture", f"secondary capture{f' ({header.conversion_type})' if header.conversion_type else ''}"
+    modality = header.modality or ("CT" if header.sop_class in _CT_SOPS else "MR" if header.sop_class in _MR_SOPS
+                                   else "")
+    if modality != "CT":
+        return "not-ct", f"modality {modality or 'unknown'}"
+    if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+        return "colour", f"photometric interpretation {header.photometric or '?'}, {header.samples_per_pixel} samples"
+    localizer = _LOCALIZER_TYPES.intersection(header.image_type)
+    if localizer:
+        return "localizer", f"image type {'/'.join(header.image_type)}"
+    return _orientation_reason(tilt, max_tilt_deg, header.gantry_tilt_deg, header.orientation is None)
+
+
+def _orientation_reason(tilt: float | None, max_tilt_deg: float, gantry_tilt: float | None = None,
+                        unknown: bool = False) -> tuple[str, str]:
+    if tilt is not None and tilt > max_tilt_deg:
+        plane = "coronal or sagittal" if tilt > 80 else "oblique"
+        return "not-axial", f"slice normal {tilt:.0f}° from the head-foot axis ({plane}; limit {max_tilt_deg:g}°)"
+    notes = []
+    if tilt is not None and tilt >= 0.5:
+        notes.append(f"tilted {tilt:.1f}°")
+    if gantry_tilt:
+        notes.append(f"gantry tilt {gantry_tilt:g}°")
+    if unknown:
+        notes.append("no orientation in the header (taken as axial)")
+    return "ok", "; ".join(notes)
+
+
+def _decide_nifti(path: Path, max_tilt_deg: float) -> Entry:
+    from ctgen.nifti import volume_header
+
+    try:
+        volume = volume_header(path)
+    except DicomError as error:
+        return Entry(str(path), "not-dicom", error.reason, kind="nifti")
+    side = volume.sidecar
+    fov = max(volume.shape[0] * volume.spacing_mm[0], volume.shape[1] * volume.spacing_mm[1])
+    kernel = side.get("ConvolutionKernel") or ""
+    entry = Entry(
+        str(path), "ok", kind="nifti", frames=volume.slices, series_number=_int(side.get("SeriesNumber")),
+        series_description=str(side.get("SeriesDescription") or ""),
+        slice_thickness_mm=_float(side.get("SliceThickness")) or volume.spacing_mm[2],
+        kernel="\\".join(map(str, kernel)) if isinstance(kernel, list) else str(kernel), fov_mm=fov,
+        spacing_mm=(volume.spacing_mm[0] + volume.spacing_mm[1]) / 2, tilt_deg=volume.tilt_deg,
+        patient_id=str(side.get("PatientID") or ""), birth_date=str(side.get("PatientBirthDate") or ""),
+        sex=str(side.get("PatientSex") or "").upper(), study_uid=str(side.get("StudyInstanceUID") or ""),
+        series_uid=str(side.get("SeriesInstanceUID") or ""))
+    image_type = side.get("ImageType") or []
+    image_type = {str(v).upper() for v in (image_type if isinstance(image_type, list) else str(image_type).split("\\"))}
+    modality = str(side.get("Modality") or "").upper()
+    if modality and modality != "CT":
+        entry.reason, entry.detail = "not-ct", f"modality {modality} (sidecar)"
+    elif _LOCALIZER_TYPES & image_type:
+        entry.reason, entry.detail = "localizer", "image type in the sidecar"
+    elif not modality and not _looks_like_ct(path):
+        entry.reason, entry.detail = "not-ct", "no values below -500: not CT in HU"
+    else:
+        entry.reason, entry.detail = _orientation_reason(volume.tilt_deg, max_tilt_deg)
+    if entry.reason != "ok":
+        entry.frames = volume.slices
+    return entry
+
+
+def _looks_like_ct(path: Path) -> bool:
+    """A CT volume in HU holds air (< -500 HU) around the head; MR and other maps start at 0."""
+    from ctgen.nifti import read_volume
+
+    try:
+        return any(float(one.hu.min()) < -500.0 for one in read_volume(path))
+    except DicomError:
+        return False
+
+
+def _mark_duplicates(entries: list[Entry]) -> None:
+    """Usable files that repeat a SOP Instance UID become "duplicate": the lossless copy is kept (else the
+    first by path)."""
+    copies: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        if entry.used and entry.sop_instance:
+            copies[entry.sop_instance].append(entry)
+    for group in copies.values():
+        if len(group) > 1:
+            kept = min(group, key=lambda entry: (entry.lossy, entry.path))
+            for entry in group:
+                if entry is not kept:
+                    entry.reason, entry.detail = "duplicate", f"same SOP Instance UID as {kept.path}"
+
+
+def split_keys(entries: Sequence[Entry], split_by: str) -> tuple[list[str], list[str]]:
+    """The patient key of every entry under ``split_by`` ("" for files that are not images we know), and the
+    warnings about PatientIDs that hold different people (birth dates or sexes differ between its files)."""
+    identities: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    studies: dict[str, set[str]] = defaultdict(set)
+    for entry in entries:
+        if entry.kind and entry.patient_id:
+            identities[entry.patient_id].add((entry.birth_date, entry.sex))
+            studies[entry.patient_id].add(entry.study_uid)
+    conflicted = {pid for pid, seen in identities.items() if len(seen) > 1}
+    warnings = []
+    for pid in sorted(conflicted, key=patient_key):
+        people = len(identities[pid])
+        action = {"auto": f"split into {people} patients by birth date and sex (--split-by patient keeps them "
+                          "together)",
+                  "patient": "kept as one patient (--split-by patient)",
+                  "study": "split by study (--split-by study)"}[split_by]
+        warnings.append(f"patient {patient_key(pid)}: one PatientID holds {len(studies[pid])} studies with "
+                        f"{people} different birth dates or sexes; {action}")
+    keys = []
+    for entry in entries:
+        if not entry.kind:
+            keys.append("")
+        elif split_by == "study":
+            keys.append(entry.study)
+        elif not entry.patient_id:  # anonymised away: each study is its own patient (each volume, for NIfTI)
+            keys.append(patient_key("", _study_value(entry)))
+        elif split_by == "auto" and entry.patient_id in conflicted:
+            keys.append(patient_key("\x00".join((entry.patient_id, entry.birth_date, entry.sex))))
+        else:
+            keys.append(patient_key(entry.patient_id))
+    return keys, warnings
+
+
+def _study_value(entry: Entry) -> str:
+    """What identifies the entry's study: its UID; a volume without one is its own study; else the series or
+    the folder."""
+    if entry.study_uid:
+        return entry.study_uid
+    if entry.kind == "nifti":
+        return entry.path
+    return entry.series_uid or str(Path(entry.path).parent)
+
+
+def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
+    """Fill in patient, study and series keys; return warnings about IDs that hold different people."""
+    for entry in entries:
+        if entry.kind:
+            entry.study = _key("study", _study_value(entry))
+            entry.series = _key("series", entry.series_uid or (entry.path if entry.kind == "nifti"
+                                                               else str(Path(entry.path).parent)))
+    keys, warnings = split_keys(entries, split_by)
+    for entry, key in zip(entries, keys):
+        entry.patient = key
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _key(kind: str, value: str) -> str:
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
+
+
+def _sop_name(uid: str) -> str:
+    try:
+        from pydicom.uid import UID
+
+        name = UID(uid).name
+        return "" if name == uid else name
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _spread(values: Iterable[float | None]) -> str:
+    numbers = sorted({round(v, 2) for v in values if v is not None})
+    if not numbers:
+        return ""
+    return f"{numbers[0]:g}" if len(numbers) == 1 else f"{numbers[0]:g}-{numbers[-1]:g}"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None

@@ -1,0 +1,96 @@
+"""Which slices a path holds, and reading them: DICOM files (single- or multi-frame) and NIfTI volumes, slice K
+of a file named ``FILE#K``. The pipeline (``ctgen.api``) and the commands name slices the same way through
+these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ctgen.errors import CtgenError, DicomError
+
+__all__ = ["gather_files", "read_slices", "slice_count", "slice_sources", "split_source"]
+
+_INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
+ErrorHandler = Callable[[Any, CtgenError], None]
+
+
+def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None) -> list[Path]:
+    """The slice files of ``inputs`` (files, folders searched recursively: DICOM files and NIfTI volumes),
+    unique and sorted by path.
+
+    A missing input raises DicomError, or is handed to ``on_error(input, error)`` when given.
+    """
+    from ctgen.dicom import iter_dicom_files
+    from ctgen.nifti import is_nifti
+
+    files: set[Path] = set()
+    for item in inputs:
+        try:
+            files.update(iter_dicom_files([item]))
+            if Path(item).is_dir():
+                files.update(path for path in Path(item).rglob("*.nii*") if is_nifti(path) and path.is_file()
+                             and not any(part.startswith(".") for part in path.relative_to(item).parts))
+        except CtgenError as error:
+            if on_error is None:
+                raise
+            on_error(item, error)
+    return sorted(files, key=str)
+
+
+def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:
+    """``FILE#K`` -> (FILE, K); anything else (an existing file named with a #, too) -> (path, None)."""
+    text = os.fspath(source)
+    match = _INDEXED.match(text)
+    if match is None or Path(text).exists():
+        return Path(text), None
+    return Path(match["path"]), int(match["index"])
+
+
+def slice_count(path: str | os.PathLike) -> int:
+    """Slices a file holds, from its header: axial slices of a NIfTI volume, frames of a DICOM file (1 when
+    the header cannot be read: reading it will say why)."""
+    from ctgen.nifti import is_nifti, volume_header
+
+    try:
+        if is_nifti(path):
+            return volume_header(path).slices
+        from ctgen.dicom.header import read_header
+
+        return read_header(path).frames
+    except CtgenError:
+        return 1
+
+
+def slice_sources(files: Iterable[str | os.PathLike]) -> list[str]:
+    """Every slice of ``files`` by name: the file itself when it holds one slice, else ``FILE#0``, ``FILE#1``, …
+    (volumes' axial slices inferior first, multi-frame files' frames). Reads headers only."""
+    sources = []
+    for path in files:
+        count = slice_count(path)
+        sources.extend([str(path)] if count == 1 else [f"{path}#{index}" for index in range(count)])
+    return sources
+
+
+def read_slices(path: str | os.PathLike, indices: list[int] | None = None) -> list[Any]:
+    """``ctgen.dicom.Slice`` objects of a file: a NIfTI volume's axial slices or a DICOM file's frames (all,
+    or those of ``indices``). Raises DicomError."""
+    from ctgen.nifti import is_nifti, read_volume
+
+    if is_nifti(path):
+        return read_volume(path, indices)
+    from ctgen.dicom import read_frames, read_slice
+
+    if indices is None:
+        return read_frames(path)
+    if len(indices) == 1:
+        return [read_slice(path, frame=indices[0])]
+    frames = read_frames(path)
+    for index in indices:
+        if not 0 <= index < len(frames):
+            raise DicomError(path, f"frame {index} out of range (the file has {len(frames)})")
+    return [frames[index] for index in indices]

@@ -1,0 +1,142 @@
+"""NIfTI volumes (ctgen.nifti) wherever a slice goes: reoriented to axial stacks by their affine, HU from the
+scale slope and intercept, slices named VOLUME#K; and multi-frame DICOM encoded frame by frame."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+nibabel = pytest.importorskip("nibabel")
+
+from conftest import invoke, one_usage_line  # noqa: E402
+from ctgen.dicom import read_frames, read_series, read_slice, write_series  # noqa: E402
+from ctgen.examples import example_path  # noqa: E402
+from ctgen.nifti import read_volume, volume_header  # noqa: E402
+from ctgen.scan import scan  # noqa: E402
+
+
+def _phantom_series(folder):
+    """The three shipped phantom slices (256² at 0.9 mm) as one axial DICOM series, 0.9 mm apart."""
+    hu = np.stack([read_slice(example_path(name)).hu for name in "abc"])
+    return write_series(hu, folder, spacing_mm=0.9, description="phantom examples", derivation="tests",
+                        patient_id="EX", patient_name="EX")
+
+
+def _nifti_of(series, path, *, storage=("R", "A", "S"), scaled=True):
+    """A NIfTI volume of a DICOM series, as a converter writes one: voxel (i, j, k) = (column, row, slice) in
+    RAS, then stored in the axis order and directions ``storage`` (nibabel's axis codes)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    slices = read_series(series)
+    first = slices[0]
+    row_dir, col_dir = np.array(first.orientation[:3]), np.array(first.orientation[3:])
+    step = np.array(slices[1].position_mm) - np.array(first.position_mm)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * first.spacing_mm[1]
+    lps[:3, 1] = col_dir * first.spacing_mm[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = first.position_mm
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    hu = np.stack([one.hu for one in slices], axis=-1).transpose(1, 0, 2)  # (columns, rows, slices)
+    stored = np.rint(hu + 1024).astype(np.int16) if scaled else hu.astype(np.float32)
+    image = nibabel.Nifti1Image(stored, affine)
+    image = image.as_reoriented(ornt_transform(io_orientation(affine), axcodes2ornt(storage)))
+    data = bytearray(image.to_bytes())
+    if scaled:  # stored values + scl_inter = HU (nibabel would rescale on its own when saving)
+        data[112:120] = np.array([1.0, -1024.0], "<f4").tobytes()  # scl_slope, scl_inter of the NIfTI-1 header
+    if str(path).endswith(".gz"):
+        import gzip
+
+        data = gzip.compress(bytes(data), mtime=0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("series")
+    return _phantom_series(folder / "dicom")
+
+
+@pytest.mark.parametrize("storage", [("R", "A", "S"), ("L", "P", "S"), ("L", "A", "I"), ("S", "R", "A"),
+                                     ("P", "I", "L")])
+def test_volumes_in_any_storage_orientation_read_as_the_axial_series(series, tmp_path, storage):
+    volume = _nifti_of(series[0].parent, tmp_path / "vol.nii.gz", storage=storage)
+    slices = read_volume(volume)
+    dicom = read_series(series[0].parent)
+    assert len(slices) == 3 and volume_header(volume).shape == (256, 256, 3)
+    for mine, theirs in zip(slices, dicom):
+        np.testing.assert_array_equal(mine.hu, theirs.hu)
+        np.testing.assert_allclose(mine.spacing_mm, theirs.spacing_mm)
+        np.testing.assert_allclose(mine.position_mm, theirs.position_mm, atol=1e-4)
+        np.testing.assert_allclose(mine.orientation, theirs.orientation, atol=1e-6)
+    assert [one.path for one in slices] == [f"{volume}#{k}" for k in range(3)]
+    assert read_volume(volume, [2])[0].hu.tolist() == slices[2].hu.tolist()
+
+
+def test_a_volume_encodes_to_the_latents_of_its_dicom_series(series, tmp_path, model, workdir):
+    volume = _nifti_of(series[0].parent, tmp_path / "vol.nii.gz", storage=("L", "P", "I"))
+    assert invoke("encode", series[0].parent, "-m", model, "--out", "dicom.npz").exit_code == 0
+    result = invoke("encode", volume, "-m", model, "--out", "nifti.npz")
+    assert result.exit_code == 0, result.stderr
+    with np.load(workdir / "dicom.npz") as dicom, np.load(workdir / "nifti.npz") as nifti:
+        assert list(nifti["files"]) == [f"{volume}#{k}" for k in range(3)]
+        np.testing.assert_allclose(nifti["mu"], dicom["mu"], atol=1e-4)
+        print(f"NIfTI vs DICOM latents: max difference {np.abs(nifti['mu'] - dicom['mu']).max():.2e}")
+
+
+def test_one_slice_of_a_volume_for_interpolate_traverse_and_reconstruct(series, tmp_path, model, workdir):
+    volume = _nifti_of(series[0].parent, tmp_path / "vol.nii", scaled=False)
+    one_usage_line(invoke("traverse", volume, "-m", model), "--slice", "holds 3 slices")
+    assert invoke("traverse", volume, "--slice", "1", "-m", model, "--units", "0-1").exit_code == 0
+    result = invoke("interpolate", f"{volume}#0", f"{volume}#2", "--steps", "3", "-m", model, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["inputs"] == [f"{volume}#0", f"{volume}#2"]
+    result = invoke("interpolate", volume, series[1], "--slice", "0", "-m", model, "--steps", "3", "--force")
+    assert result.exit_code == 0, result.stderr  # --slice picks the volume's slice; the DICOM slice is frame 0
+    result = invoke("reconstruct", volume, "-m", model, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [row["file"] for row in json.loads(result.stdout)["slices"]] == [f"{volume}#{k}" for k in range(3)]
+    assert sorted(p.name for p in (workdir / "reconstructions").iterdir()) == ["vol_000.png", "vol_001.png",
+                                                                                "vol_002.png"]
+
+
+def test_scan_and_sidecars(series, tmp_path):
+    folder = tmp_path / "nifti"
+    folder.mkdir()
+    _nifti_of(series[0].parent, folder / "ct.nii.gz")
+    _nifti_of(series[0].parent, folder / "ct2.nii.gz")
+    (folder / "ct2.json").write_text(json.dumps({"PatientID": "EX", "StudyInstanceUID": "1.2.3",
+                                                 "ConvolutionKernel": "H30s", "Modality": "CT"}))
+    mr = nibabel.Nifti1Image(np.random.default_rng(0).uniform(0, 900, (32, 32, 4)).astype(np.float32), np.eye(4))
+    nibabel.save(mr, str(folder / "t1.nii.gz"))
+    inventory = scan([folder, series[0].parent])
+    by_name = {entry.path.split("/")[-1]: entry for entry in inventory.entries}
+    assert set(by_name) == {"ct.nii.gz", "ct2.nii.gz", "t1.nii.gz", "0000.dcm", "0001.dcm", "0002.dcm"}  # no sidecar
+    assert by_name["ct.nii.gz"].reason == "ok" and by_name["ct.nii.gz"].frames == 3
+    assert by_name["t1.nii.gz"].reason == "not-ct" and "not CT in HU" in by_name["t1.nii.gz"].detail
+    assert by_name["ct2.nii.gz"].kernel == "H30s"
+    assert by_name["ct2.nii.gz"].patient == by_name["0000.dcm"].patient  # the sidecar names the patient
+    assert by_name["ct.nii.gz"].patient not in (by_name["ct2.nii.gz"].patient, by_name["t1.nii.gz"].patient)
+
+
+def test_a_four_dimensional_image_is_refused(tmp_path, model, workdir):
+    image = nibabel.Nifti1Image(np.zeros((8, 8, 4, 3), np.float32), np.eye(4))
+    nibabel.save(image, str(tmp_path / "fmri.nii.gz"))
+    result = invoke("encode", tmp_path / "fmri.nii.gz", "-m", model)
+    assert result.exit_code == 1 and "not a 3-D volume" in result.stderr
+
+
+def test_encode_takes_every_frame_of_a_multi_frame_file(archive, model, workdir):
+    enhanced = archive[0] / "C" / "enhanced.dcm"
+    result = invoke("encode", enhanced, "-m", model, "--out", "frames.npz")
+    assert result.exit_code == 0, result.stderr
+    from ctgen.api import load_generator
+
+    generator = load_generator(model, device="cpu")
+    expected = generator.encode(read_frames(enhanced))
+    with np.load(workdir / "frames.npz") as latents:
+        assert list(latents["files"]) == [f"{enhanced}#{k}" for k in range(3)]
+        np.testing.assert_allclose(latents["mu"], expected, atol=1e-5)
