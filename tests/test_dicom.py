@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
 import subprocess
 import warnings
 from pathlib import Path
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
@@ -21,6 +24,7 @@ from pydicom.uid import (
 )
 
 import ctgen
+from conftest import ct_small_compressed, j2k_declaring
 from ctgen.dicom import (
     AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice, write_series, write_slice,
 )
@@ -565,3 +569,192 @@ def test_native_16bit_reading_matches_pydicom_including_unused_high_bits(tmp_pat
     frames = read_frames(path)
     np.testing.assert_array_equal(np.stack([f.hu for f in frames]), expected.astype(np.float32))
     np.testing.assert_array_equal(read_slice(path, frame=2).hu, frames[2].hu)
+
+
+# ------------------------------------------------------------------ hostile headers (issue 15, items 1-4)
+def _ct_small(path: Path, **attributes) -> Path:
+    ds = pydicom.dcmread(CT_SMALL)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return _save(ds, path)
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch) -> list:
+    """Records every call of pydicom's pixel decoder made by the reader (it still decodes)."""
+    import ctgen.dicom.read as reader
+
+    calls: list = []
+    decode = reader.pixel_array
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(reader, "pixel_array", recording)
+    return calls
+
+
+@pytest.mark.parametrize("spacing", [["1e-5", "1e-5"], ["1e-300", "1e-300"], ["1e-320", "1e-320"], [-0.5, 0.5],
+                                     [25, 25], ["NaN", 1], ["inf", "inf"], [0.5], [0.5, 0.5, 0.5]])
+def test_implausible_pixel_spacing_is_refused_by_the_reader(tmp_path, spacing):  # item 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about NaN/inf in a DS
+        path = _ct_small(tmp_path / "spacing.dcm", PixelSpacing=spacing)
+    with pytest.raises(DicomError, match="implausible pixel spacing .*expected 0.05 to 20 mm"):
+        read_slice(path)
+
+
+def test_implausible_spacing_in_functional_groups_is_refused(tmp_path):  # item 1
+    ds = _ct(np.zeros((2, 8, 8), np.int16), NumberOfFrames=2)
+    ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelMeasuresSequence={"PixelSpacing": [1e-5, 1e-5]})])
+    with pytest.raises(DicomError, match="implausible pixel spacing 1e-05 x 1e-05 mm"):
+        read_frames(_save(ds, tmp_path / "enhanced.dcm"))
+
+
+def test_spacings_at_the_plausible_limits_are_read(tmp_path):  # item 1
+    for spacing in ((0.05, 0.05), (20.0, 20.0), (0.05, 20.0)):
+        assert read_slice(_ct_small(tmp_path / "edge.dcm", PixelSpacing=list(spacing))).spacing_mm == spacing
+
+
+@pytest.mark.parametrize("rows_columns", [(32768, 32768), (8193, 8192)])
+def test_rle_header_beyond_the_pixel_limit_is_refused_before_decoding(tmp_path, decoder_calls, rows_columns):  # item 2
+    rows, columns = rows_columns
+    ds = ct_small_compressed(RLELossless, Rows=rows, Columns=columns)
+    path = _save(ds, tmp_path / "rle.dcm")
+    assert path.stat().st_size < 64_000
+    with pytest.raises(DicomError, match=f"{columns} x {rows} pixels exceeds the limit of 67,108,864 decoded pixels"):
+        read_slice(path)
+    assert decoder_calls == []
+
+
+def test_jpeg2000_header_beyond_the_limit_is_refused_before_decoding(tmp_path, decoder_calls):  # item 2
+    path = _save(ct_small_compressed(JPEG2000Lossless, j2k_declaring(16384), Rows=16384, Columns=16384),
+                 tmp_path / "big.dcm")
+    with pytest.raises(DicomError, match="16384 x 16384 pixels exceeds the limit"):
+        read_slice(path)
+    assert decoder_calls == []
+
+
+def test_codestream_declaring_another_size_is_refused_before_decoding(tmp_path, decoder_calls):  # item 2
+    path = _save(ct_small_compressed(JPEG2000Lossless, j2k_declaring(16384)), tmp_path / "lies.dcm")
+    with pytest.raises(DicomError, match="codestream declares 16384 x 16384 pixels, the header 128 x 128"):
+        read_slice(path, max_pixels=1 << 30)  # a raised limit does not let the codestream through
+    assert decoder_calls == []
+
+
+def test_jpeg_frame_header_declaring_another_size_is_refused(tmp_path, decoder_calls):  # item 2
+    path = _gdcm_transcode(CT_SMALL, tmp_path / "jpeg.dcm", JPEGLossless)
+    ds = pydicom.dcmread(path)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    sof = frame.index(b"\xff\xc3")  # lossless, Huffman: length, precision, then height and width
+    frame[sof + 5 : sof + 9] = struct.pack(">HH", 30000, 30000)
+    ds.PixelData = encapsulate([bytes(frame)])
+    with pytest.raises(DicomError, match="codestream declares 30000 x 30000 pixels, the header 128 x 128"):
+        read_slice(_save(ds, tmp_path / "lies.dcm"))
+    assert decoder_calls == []
+
+
+def test_jpeg2000_labelled_as_jpeg_is_refused_without_decoder_output(tmp_path, capfd, decoder_calls):  # items 2, 4
+    ds = ct_small_compressed(JPEG2000Lossless)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit  # GDCM printed "Not a JPEG file", then Pillow decoded junk
+    with pytest.raises(DicomError, match="not a JPEG Baseline .* codestream \\(it starts with ff 4f ff 51\\)"):
+        read_slice(_save(ds, tmp_path / "mislabelled.dcm"))
+    assert decoder_calls == [] and capfd.readouterr() == ("", "")
+
+
+def test_pixel_limit_overrides(tmp_path, monkeypatch):  # item 2: parameter, setting, environment
+    from ctgen.dicom import MAX_PIXELS_DEFAULT, max_pixels, set_max_pixels
+
+    assert max_pixels() == MAX_PIXELS_DEFAULT == 1 << 26
+    with pytest.raises(DicomError, match="128 x 128 pixels exceeds the limit of 16,383"):
+        read_slice(CT_SMALL, max_pixels=128 * 128 - 1)
+    assert read_slice(CT_SMALL, max_pixels=128 * 128).hu.shape == (128, 128)
+    monkeypatch.setenv("CTGEN_MAX_PIXELS", "1000")
+    assert max_pixels() == 1000
+    with pytest.raises(DicomError, match="limit of 1,000 decoded pixels \\(set CTGEN_MAX_PIXELS to raise it\\)"):
+        read_slice(CT_SMALL)
+    try:
+        set_max_pixels(128 * 128)  # the setting wins over the environment
+        assert read_slice(CT_SMALL).hu.shape == (128, 128)
+    finally:
+        set_max_pixels(None)
+    monkeypatch.setenv("CTGEN_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="CTGEN_MAX_PIXELS: must be a positive whole number"):
+        read_slice(CT_SMALL)
+    for bad in (0, -5, 2.5, True, "many"):
+        with pytest.raises(InputError):
+            set_max_pixels(bad)
+
+
+def test_pixel_limit_counts_every_frame_that_is_decoded(tmp_path):  # item 2
+    path = _save(_ct(np.zeros((4, 16, 16), np.int16), NumberOfFrames=4), tmp_path / "frames.dcm")
+    assert read_slice(path, frame=3, max_pixels=256).hu.shape == (16, 16)
+    with pytest.raises(DicomError, match="16 x 16 pixels x 4 frames exceeds the limit of 1,000"):
+        read_frames(path, max_pixels=1000)
+
+
+def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path):  # item 2
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.add_new(0x00091010, "LO", "ctgen tests")  # private creator, then 20 MiB of zeros
+    ds.add_new(0x00091011, "OB", bytes(20 << 20))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = _save(ds, tmp_path / "bomb.dcm")
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DicomError, match="deflated dataset inflates beyond 16,781,216 bytes"):
+        read_slice(path, max_pixels=1000)
+    assert read_slice(path).hu.shape == (128, 128)  # within the default limit it is just a large file
+
+
+@pytest.mark.parametrize("keyword, value", [("RescaleSlope", "NaN"), ("RescaleSlope", "inf"), ("RescaleSlope", "1e39"),
+                                            ("RescaleSlope", "0"), ("RescaleIntercept", "NaN"),
+                                            ("RescaleIntercept", "-inf"), ("RescaleIntercept", "1e39")])
+@pytest.mark.parametrize("where", ["top level", "functional group"])
+def test_unusable_rescale_is_refused(tmp_path, keyword, value, where):  # item 3
+    stored = np.full((2, 6, 5), 1000, np.int16)
+    ds = _ct(stored, NumberOfFrames=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about NaN/inf in a DS
+        if where == "top level":
+            setattr(ds, keyword, value)
+        else:
+            rescale = {"RescaleIntercept": -1024, "RescaleSlope": 1, keyword: value}
+            ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelValueTransformationSequence=rescale)])
+        path = _save(ds, tmp_path / "rescale.dcm")
+    message = "RescaleSlope 0" if value == "0" else "beyond float32" if value == "1e39" else f"invalid {keyword}"
+    with pytest.raises(DicomError, match=message):
+        read_frames(path)
+
+
+def test_usable_rescales_still_read(tmp_path):  # item 3: empty slope is 1, negative and tiny slopes are numbers
+    stored = np.full((6, 5), 1000, np.int16)
+    for slope, expected in (("", 1000 - 1024), (-1, -1000 - 1024), (1e-3, 1 - 1024)):
+        hu = read_slice(_save(_ct(stored, RescaleSlope=slope), tmp_path / "ok.dcm")).hu
+        assert np.allclose(hu, expected) and np.isfinite(hu).all()
+
+
+def test_decoder_stderr_is_captured_into_the_one_error(tmp_path, capfd):  # item 4
+    def cut(frame: bytearray) -> bytearray:
+        return frame[: len(frame) // 2]  # GDCM's OpenJPEG prints "Tile part length size inconsistent ..."
+
+    path = _save(ct_small_compressed(JPEG2000Lossless, cut), tmp_path / "cut.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DicomError, match="cannot decode JPEG 2000"):
+            read_slice(path)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_native_stderr_capture_keeps_other_threads_python_output(capfd):  # item 4
+    import sys
+    import threading
+
+    from ctgen.native_stderr import captured_native_stderr
+
+    with captured_native_stderr() as captured:
+        os.write(2, b"decoder noise\n")
+        writer = threading.Thread(target=lambda: print("ctgen: skipped other.dcm: reason", file=sys.stderr))
+        writer.start()
+        writer.join()
+    assert captured() == "decoder noise\n"
+    assert capfd.readouterr().err == "ctgen: skipped other.dcm: reason\n"
