@@ -290,6 +290,26 @@ def ct_small_compressed(syntax, mangle=None, **attributes) -> pydicom.Dataset:
     return ds
 
 
+def gdcm_transcode(src, dst: Path, syntax) -> Path:
+    """Re-encode with GDCM (pydicom has no JPEG / JPEG-LS encoders without extra packages)."""
+    gdcm = pytest.importorskip("gdcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        pytest.skip(f"GDCM cannot encode {syntax.name}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    assert pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    return dst
+
+
 def j2k_declaring(size: int):
     """A ``mangle`` for ``ct_small_compressed``: the JPEG 2000 codestream's SIZ says size x size pixels."""
     import struct

@@ -24,7 +24,7 @@ from pydicom.uid import (
 )
 
 import ctgen
-from conftest import ct_small_compressed, j2k_declaring
+from conftest import ct_small_compressed, gdcm_transcode, j2k_declaring
 from ctgen.dicom import (
     AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice, write_series, write_slice,
 )
@@ -57,26 +57,6 @@ def _ct(stored: np.ndarray, **attributes) -> Dataset:
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
-
-
-def _gdcm_transcode(src, dst: Path, syntax: UID) -> Path:
-    """Re-encode with GDCM (pydicom has no JPEG / JPEG-LS encoders without extra packages)."""
-    gdcm = pytest.importorskip("gdcm")
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        pytest.skip(f"GDCM cannot encode {syntax.name}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(dst))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
-    assert pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +117,7 @@ def _deflate(tmp_path, syntax):
 
 
 def _gdcm(tmp_path, syntax):
-    return _gdcm_transcode(CT_SMALL, tmp_path / "ct.dcm", syntax)
+    return gdcm_transcode(CT_SMALL, tmp_path / "ct.dcm", syntax)
 
 
 @pytest.mark.parametrize("encode, syntax", [
@@ -155,7 +135,7 @@ def test_jpeg_baseline_8bit_ct_decodes_close(tmp_path):
     rng = np.random.default_rng(0)
     stored = np.clip(128 + 40 * np.sin(np.arange(64) / 6)[:, None] + rng.normal(0, 2, (64, 64)), 0, 255)
     ds = _ct(stored.astype(np.uint8), RescaleSlope=8, RescaleIntercept=-1024)
-    path = _gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg.dcm", JPEGBaseline8Bit)
+    path = gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg.dcm", JPEGBaseline8Bit)
     hu = read_slice(path).hu
     assert np.abs(hu - (stored.astype(np.uint8) * 8.0 - 1024)).mean() < 8 * 3  # lossy, within a few levels
 
@@ -163,7 +143,7 @@ def test_jpeg_baseline_8bit_ct_decodes_close(tmp_path):
 def test_12bit_jpeg_extended_names_the_gpl_extra(tmp_path):
     stored = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
     ds = _ct(stored, BitsStored=12, HighBit=11)
-    path = _gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg12.dcm", JPEGExtended12Bit)
+    path = gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg12.dcm", JPEGExtended12Bit)
     try:
         hu = read_slice(path).hu  # only when pylibjpeg-libjpeg happens to be installed
     except DicomError as exc:
@@ -644,7 +624,7 @@ def test_codestream_declaring_another_size_is_refused_before_decoding(tmp_path, 
 
 
 def test_jpeg_frame_header_declaring_another_size_is_refused(tmp_path, decoder_calls):  # item 2
-    path = _gdcm_transcode(CT_SMALL, tmp_path / "jpeg.dcm", JPEGLossless)
+    path = gdcm_transcode(CT_SMALL, tmp_path / "jpeg.dcm", JPEGLossless)
     ds = pydicom.dcmread(path)
     frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
     sof = frame.index(b"\xff\xc3")  # lossless, Huffman: length, precision, then height and width

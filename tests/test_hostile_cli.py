@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLossless, RLELossless
 
-from conftest import CT_SMALL, DEFAULT_MODEL, REPO_ROOT, ct_small_compressed, j2k_declaring, run_ctgen, save_dicom
+from conftest import (
+    CT_SMALL, DEFAULT_MODEL, REPO_ROOT, ct_small_compressed, gdcm_transcode, j2k_declaring, run_ctgen, save_dicom,
+)
 
 
 def _ct_small(path: Path, **attributes) -> Path:
@@ -93,3 +95,17 @@ def test_oversized_header_fails_cleanly_under_an_address_space_limit(tmp_path): 
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [f"ctgen: error: {path}: image of 32768 x 32768 pixels exceeds the limit "
                                           "of 67,108,864 decoded pixels (set CTGEN_MAX_PIXELS to raise it)"]
+
+
+@pytest.mark.parametrize("bits", [{"BitsAllocated": 32}, {"BitsAllocated": 8, "BitsStored": 7, "HighBit": 6}])
+def test_bit_depths_that_make_gdcm_abort_are_refused(tmp_path, bits):  # items 2, 4: found by the fuzz test
+    ds = pydicom.dcmread(gdcm_transcode(CT_SMALL, tmp_path / "jpeg.dcm", JPEGLossless))
+    for keyword, value in bits.items():
+        setattr(ds, keyword, value)
+    path = save_dicom(ds, tmp_path / "bits.dcm")
+    reader = "import sys; from ctgen.dicom import read_slice; read_slice(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", reader, str(path)], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # GDCM's C++ exception: SIGABRT
+    assert result.stderr.splitlines()[-1].startswith("ctgen.errors.DicomError: "), result.stderr[-2000:]
+    assert "is not supported" in result.stderr

@@ -82,15 +82,22 @@ def check_pixel_count(path, rows: int, columns: int, frames: int, limit: int | N
                                f"(set {MAX_PIXELS_ENV} to raise it)")
 
 
-def check_codestream(path, syntax: UID, frames: Iterable[bytes], rows: int, columns: int, samples: int) -> None:
-    """Check the image size that each JPEG, JPEG-LS or JPEG 2000 frame declares against the header.
+def check_codestream(path, syntax: UID, frames: Iterable[bytes], rows: int, columns: int, samples: int,
+                     bits_allocated: int, bits_stored: int) -> None:
+    """Check what each JPEG, JPEG-LS or JPEG 2000 frame declares against the header, before decoding.
 
     ``frames``: the encapsulated frames to be decoded (their first bytes are enough). Raises DicomError
-    for a frame that is not a codestream of its transfer syntax, or that declares another size or number
-    of components: decoders allocate what the codestream says, not what the header says.
+    for a frame that is not a codestream of its transfer syntax, or that declares another image size or
+    number of components (decoders allocate what the codestream says, not what the header says); for
+    JPEG and JPEG-LS also for a sample precision beyond BitsAllocated, and for bit depths that GDCM does
+    not decode (it aborts the process on them: BitsAllocated 32, and JPEG with BitsStored below 8).
     """
     if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
         parse = _jpeg_size
+        if bits_allocated not in (8, 16):
+            raise DicomError(path, f"{syntax.name} with BitsAllocated {bits_allocated} is not supported (8 or 16)")
+        if syntax in JPEGTransferSyntaxes and bits_stored < 8:
+            raise DicomError(path, f"{syntax.name} with BitsStored {bits_stored} is not supported (8 to 16)")
     elif syntax in JPEG2000TransferSyntaxes:
         parse = _j2k_size
     else:
@@ -100,17 +107,21 @@ def check_codestream(path, syntax: UID, frames: Iterable[bytes], rows: int, colu
         if declared is None:
             start = bytes(frame[:4]).hex(" ") or "nothing"
             raise DicomError(path, f"pixel data is not a {syntax.name} codestream (it starts with {start})")
-        height, width, components = declared
+        height, width, components, precision = declared
         if width != columns or height not in (rows, 0):
             raise DicomError(path, f"the {syntax.name} codestream declares {width} x {height} pixels, "
                                    f"the header {columns} x {rows}")
         if components != samples:
             raise DicomError(path, f"the {syntax.name} codestream has {components} components, "
                                    f"the header {samples} samples per pixel")
+        if parse is _jpeg_size and precision > bits_allocated:
+            raise DicomError(path, f"the {syntax.name} codestream holds {precision}-bit samples, "
+                                   f"the header allocates {bits_allocated} bits")
 
 
-def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
-    """(height, width, components) from the frame header of a JPEG or JPEG-LS codestream; None if there is none.
+def _jpeg_size(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, components, precision) from the frame header of a JPEG or JPEG-LS codestream; None if
+    there is none.
 
     A height of 0 means "defined later by a DNL marker"."""
     if frame[:2] != b"\xff\xd8":
@@ -128,7 +139,7 @@ def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
             if position + 10 > len(frame):
                 return None
             height, width = struct.unpack(">HH", frame[position + 5 : position + 9])
-            return height, width, frame[position + 9]
+            return height, width, frame[position + 9], frame[position + 4]
         elif marker in (0xD8, 0xD9, 0xDA):  # a second SOI, the end or a scan before any frame header
             return None
         else:
@@ -136,20 +147,21 @@ def _jpeg_size(frame: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _j2k_size(frame: bytes) -> tuple[int, int, int] | None:
-    """(height, width, components) from the SIZ segment of a JPEG 2000 codestream (bare or in a JP2 file)."""
+def _j2k_size(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, components, precision) from the SIZ segment of a JPEG 2000 codestream (bare or in a
+    JP2 file); the precision is the first component's."""
     start = 0
     if frame[:12] == _JP2_SIGNATURE:
         start = frame.find(b"\xff\x4f\xff\x51", 12, 1 << 16)
         if start < 0:
             return None
-    if frame[start : start + 4] != b"\xff\x4f\xff\x51" or len(frame) < start + 42:
+    if frame[start : start + 4] != b"\xff\x4f\xff\x51" or len(frame) < start + 43:
         return None
     x_size, y_size, x_offset, y_offset = struct.unpack(">IIII", frame[start + 8 : start + 24])
     components = struct.unpack(">H", frame[start + 40 : start + 42])[0]
     if x_offset > x_size or y_offset > y_size:
         return None
-    return y_size - y_offset, x_size - x_offset, components
+    return y_size - y_offset, x_size - x_offset, components, (frame[start + 42] & 0x7F) + 1
 
 
 def check_deflated(path: Path, syntax: UID | None, dataset_offset: int | None, limit_pixels: int | None) -> None:

@@ -188,6 +188,8 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int]:
     if "PixelData" not in ds:
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
+    if not ds.PixelData:
+        raise DicomError(path, "pixel data is empty")
     modality = str(ds.get("Modality") or _MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
     if modality not in (("CT", "MR") if allow_mr else ("CT",)):
         hint = " (pass allow_mr=True to read MR)" if modality == "MR" else ""
@@ -206,6 +208,8 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int
     bits = ds.get("BitsAllocated")
     if bits not in _BITS_ALLOCATED:
         raise DicomError(path, f"BitsAllocated {bits} is not supported (8, 16 or 32)")
+    if not 1 <= _bits_stored(ds) <= bits:
+        raise DicomError(path, f"BitsStored {ds.get('BitsStored')} does not fit BitsAllocated {bits}")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:  # pydicom pads short native pixel data
         expected, actual = get_expected_length(ds, "bytes"), len(ds.PixelData)
         if actual < expected:
@@ -228,7 +232,7 @@ def _decode(ds: Dataset, path, index: int | None, n_frames: int, max_pixels: int
             stored = pixel_array(ds, index=index)
         elif stored is None:
             check_codestream(path, syntax, _frames(ds, index, n_frames), rows, columns,
-                             int(ds.get("SamplesPerPixel") or 1))
+                             int(ds.get("SamplesPerPixel") or 1), int(ds.BitsAllocated), _bits_stored(ds))
             with captured_native_stderr():
                 stored = pixel_array(ds, index=index)
     except (CtgenError, *_FATAL):
@@ -239,6 +243,10 @@ def _decode(ds: Dataset, path, index: int | None, n_frames: int, max_pixels: int
         raise DicomError(path, _JPEG_GPL if needs_gpl else
                          f"cannot decode {syntax.name} pixel data: {_one_line(exc)}") from exc
     return stored.reshape(-1, rows, columns)
+
+
+def _bits_stored(ds: Dataset) -> int:
+    return int(ds.get("BitsStored") or ds.BitsAllocated)
 
 
 def _frames(ds: Dataset, index: int | None, n_frames: int):
