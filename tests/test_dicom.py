@@ -6,6 +6,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -738,3 +739,18 @@ def test_native_stderr_capture_keeps_other_threads_python_output(capfd):  # item
         writer.join()
     assert captured() == "decoder noise\n"
     assert capfd.readouterr().err == "ctgen: skipped other.dcm: reason\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
+def test_a_damaged_element_length_allocates_nothing(tmp_path):  # item 2, found by the fuzz test
+    import resource
+
+    path = tmp_path / "long.dcm"  # an element after the pixel data claims 3.75 GiB
+    path.write_bytes(Path(CT_SMALL).read_bytes() + b"\x09\x00\x01\x10OB\x00\x00" + (0xF0000000).to_bytes(4, "little")
+                     + bytes(16))
+    limit = 2 * 2**30  # Python allocates what a read asks for: 3.75 GiB would be a MemoryError here
+    reader = "import sys; from ctgen.dicom import read_slice; print(read_slice(sys.argv[1]).hu.shape)"
+    result = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert (result.returncode, result.stdout.strip()) == (0, "(128, 128)"), result.stderr[-2000:]

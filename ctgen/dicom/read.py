@@ -10,6 +10,7 @@ HU. Decoders run inside one boundary: their exceptions, warnings and stderr outp
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import threading
@@ -26,7 +27,9 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.encaps import generate_frames, get_frame
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGExtended12Bit
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGExtended12Bit,
+)
 
 from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import one_line as _one_line
@@ -47,6 +50,7 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _READ_LOCK = threading.RLock()
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
 _BITS_ALLOCATED = (8, 16, 32)
+_IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
 _HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
 
 
@@ -160,19 +164,25 @@ def _guard(path, allow_mr: bool, max_pixels: int | None):
 def _open(path: Path, max_pixels: int | None) -> Dataset:
     if not path.is_file():
         raise DicomError(path, "no such file" if not path.exists() else "not a file")
+    with open(path, "rb") as stream:
+        head = stream.read(4096)
+    if DeflatedExplicitVRLittleEndian.encode() in head:  # the file meta may say so: inflate it once, bounded
+        try:
+            meta = read_file_meta_info(path)
+        except Exception:  # no file meta: dcmread says what is wrong
+            meta = None
+        if meta is not None:
+            length = meta.get("FileMetaInformationGroupLength")
+            check_deflated(path, meta.get("TransferSyntaxUID"), None if length is None else 144 + int(length),
+                           max_pixels)
     try:
-        meta = read_file_meta_info(path)
-    except Exception:  # no file meta: dcmread says what is wrong
-        meta = None
-    if meta is not None:
-        length = meta.get("FileMetaInformationGroupLength")
-        check_deflated(path, meta.get("TransferSyntaxUID"), None if length is None else 144 + int(length), max_pixels)
-    try:
-        return pydicom.dcmread(path)
+        with _bounded_reader(path) as stream:
+            return pydicom.dcmread(stream)
     except InvalidDicomError:
         pass
     try:  # headerless datasets (no preamble, no file meta) still turn up in old archives
-        ds = pydicom.dcmread(path, force=True)
+        with _bounded_reader(path) as stream:
+            ds = pydicom.dcmread(stream, force=True)
         usable = "PixelData" in ds and "Rows" in ds and "Columns" in ds
     except Exception:
         usable = False
@@ -183,6 +193,29 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
     ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
                                       ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     return ds
+
+
+def _bounded_reader(path: Path) -> io.BufferedIOBase:
+    """The file as a stream whose reads never ask for more than is left in it.
+
+    A file's read(n) allocates n bytes before reading, so a damaged element length of 4 GB would allocate
+    4 GB for the few bytes there are. Files up to _IN_MEMORY_BYTES are read whole (BytesIO reads what there
+    is, and is the fastest for pydicom's many small reads); larger ones are clamped read by read.
+    """
+    if path.stat().st_size <= _IN_MEMORY_BYTES:
+        return io.BytesIO(path.read_bytes())
+    return _BoundedReader(path)
+
+
+class _BoundedReader(io.BufferedReader):
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+        return super().read(size)
 
 
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int]:
