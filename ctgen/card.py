@@ -16,12 +16,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ctgen.errors import InputError, ModelError
+from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, inspect_graph
 
 __all__ = [
     "CARD_FILE",
     "CARD_FORMAT",
     "CARD_VERSION",
     "GRAPHS",
+    "check_graph",
     "graph_entry",
     "incomplete_card_fields",
     "model_file",
@@ -245,3 +247,36 @@ def graph_entry(card: dict[str, Any], graph: str) -> dict[str, Any]:
     entry.setdefault("inputs", list(inputs))
     entry.setdefault("outputs", list(outputs))
     return entry
+
+
+def check_graph(path: Path, graph: str, card: dict[str, Any]) -> None:
+    """Check the graph file ``path`` (the card's ``graph``, "encoder" or "decoder") against the card.
+
+    Read from its protobuf (``ctgen.onnx_graph``) before ONNX Runtime sees it: no external data, no
+    control flow, the card's input and output names, float32 tensors of the card's image and latent size
+    (any batch size). Raises ModelError naming the file.
+    """
+    summary = inspect_graph(path)
+    if summary.external_tensors:
+        names = ", ".join(summary.external_tensors[:3])
+        raise ModelError(path, f"keeps tensor data outside the file ({names}); the card's checksums cannot "
+                               "cover external data, so ctgen refuses it")
+    control = sorted(CONTROL_FLOW_OPS & summary.op_types) or (["subgraphs"] if summary.subgraphs else [])
+    if control:
+        raise ModelError(path, f"uses control flow ({', '.join(control)}), which the exporter never writes "
+                               "and which could run without end; refused")
+    size, latent = card["image_size"], card["latent_size"]
+    image, vector = (1, size, size), (latent,)
+    expected = {"encoder": ([image], [vector, vector]), "decoder": ([vector], [image])}[graph]
+    entry = graph_entry(card, graph)
+    for kind, found, names, shapes in (("inputs", summary.inputs, entry["inputs"], expected[0]),
+                                       ("outputs", summary.outputs, entry["outputs"], expected[1])):
+        if list(found) != list(names):
+            raise ModelError(path, f"{kind} {list(found)} do not match the card ({list(names)})")
+        for (name, (element, dims)), shape in zip(found.items(), shapes):
+            if element != FLOAT or len(dims) != len(shape) + 1 or tuple(dims[1:]) != shape:
+                shown = "x".join(str(d) for d in dims) or "a scalar"
+                want = "x".join(map(str, ("N", *shape)))
+                raise ModelError(path, f"{graph} {kind[:-1]} {name!r} is {ELEMENT_TYPES.get(element, element)} "
+                                       f"{shown}; the card (image_size {size}, latent_size {latent}) needs "
+                                       f"float32 {want}")

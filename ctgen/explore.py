@@ -26,9 +26,7 @@ import socket
 import socketserver
 import tempfile
 import threading
-import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import numpy as np
 from ctgen import __version__
 from ctgen.api import Generator
 from ctgen.errors import CtgenError, InputError
+from ctgen.serving import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, Disconnected, GuardedHandler, GuardedHTTPServer, disconnects
 
 __all__ = ["MAX_UPLOAD_BYTES", "ExploreServer", "is_loopback", "start_server"]
 
@@ -49,9 +48,6 @@ VISIBLE_UNITS = 10  # sliders shown unfolded; the rest go into a <details>
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0  # the prior is N(0, T²); beyond this the decoder only sees noise
 MAX_LATENT_VALUE = 1000.0  # |z| per unit; the sliders span ±4
-REQUEST_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed (idle keep-alive too)
-BODY_DEADLINE_S = 120.0  # a request body must arrive within this, however it trickles in
-MAX_CONNECTIONS = 64  # served at once (one thread each); more get 503
 _STATIC = {  # URL path -> (file in ctgen/static, content type)
     "/": ("explore.html", "text/html; charset=utf-8"),
     "/explore.js": ("explore.js", "text/javascript; charset=utf-8"),
@@ -77,15 +73,12 @@ class _HttpError(Exception):
         self.message = message
 
 
-class ExploreServer(ThreadingHTTPServer):
+class ExploreServer(GuardedHTTPServer):
     """Serves the explorer for one ``Generator``; requests run on threads, inference one at a time.
 
     ``start``: the latent (L,) the page starts from (None: the prior mean), described by ``start_label``. ``seed``: the page's first random-sample seed.
+    ``request_timeout_s``, ``max_connections``: see ``ctgen.serving.GuardedHTTPServer``.
     """
-
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128  # the listen backlog: socketserver's 5 reset clients under modest concurrency
 
     def __init__(self, generator: Generator, address: tuple[str, int], *, start: np.ndarray | None = None,
                  start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -97,55 +90,8 @@ class ExploreServer(ThreadingHTTPServer):
         self.start_label = start_label
         self.seed = seed
         self.max_upload_bytes = max_upload_bytes
-        self.request_timeout_s = request_timeout_s
-        self.max_connections = max_connections
         self.inference_lock = threading.Lock()
-        self._connections = 0
-        self._connections_changed = threading.Condition()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request, client_address) -> None:
-        with self._connections_changed:
-            full = self._connections >= self.max_connections
-            if not full:
-                self._connections += 1
-        if full:  # answer at once instead of queueing a thread
-            _refuse(request, self.max_connections)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._connection_done()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._connection_done()
-
-    def _connection_done(self) -> None:
-        with self._connections_changed:
-            self._connections -= 1
-            self._connections_changed.notify_all()
-
-    def wait_until_idle(self, timeout: float) -> bool:
-        """Wait until no connection is being served (or ``timeout`` seconds pass); True when idle."""
-        with self._connections_changed:
-            return self._connections_changed.wait_for(lambda: self._connections == 0, timeout)
-
-    def handle_error(self, request, client_address) -> None:
-        """Clients that vanish (reset, timeout, closed pipe) are not news: nothing is printed for them.
-
-        Anything else escaping a handler is a bug in ctgen: one line on stderr, never a traceback."""
-        import sys
-
-        error = sys.exc_info()[1]
-        if isinstance(error, (OSError, _Disconnected)):
-            return
-        sys.stderr.write(f"ctgen: explore: internal error serving {client_address[0]}: "
-                         f"{_one_line(f'{type(error).__name__}: {error}')}\n")
+        super().__init__(address, _Handler, request_timeout_s=request_timeout_s, max_connections=max_connections)
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # HTTPServer's version does a reverse DNS lookup (getfqdn)
@@ -228,33 +174,12 @@ def _unit_factors(card: dict[str, Any], latent_size: int) -> dict[int, str]:
     return factors
 
 
-class _Disconnected(Exception):
-    """The client went away (reset, closed, or silent past the timeout) while we read or wrote."""
-
-
-def _refuse(connection: socket.socket, limit: int) -> None:
-    body = json.dumps({"error": f"too many connections (the explorer serves {limit} at once); try again"}).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\nRetry-After: 1\r\n\r\n").encode()
-    try:
-        connection.settimeout(1.0)
-        connection.sendall(head + body)
-    except OSError:
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: ExploreServer
     server_version = f"ctgen-explore/{__version__}"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle + delayed ACK would add 40 ms
-
-    def setup(self) -> None:
-        self.timeout = self.server.request_timeout_s  # StreamRequestHandler sets it on the socket
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the signature is http.server's
-        pass  # a dragged slider makes dozens of requests a second; errors reach the page instead
+    # no access log (GuardedHandler's): a dragged slider makes dozens of requests a second
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch({"/api/state": self._state, "/api/sample": self._sample})
@@ -276,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed on {url.path}")
             else:
                 raise _HttpError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
-        except _Disconnected:
+        except Disconnected:
             self.close_connection = True
         except _HttpError as error:
             self._fail(error.message, error.status)
@@ -290,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # an unread request body would garble the next request
         try:
             self._json({"error": _one_line(message)}, status)
-        except _Disconnected:
+        except Disconnected:
             self.close_connection = True
 
     def _check_site(self) -> None:
@@ -377,32 +302,15 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             self.close_connection = True
             if length <= _DRAIN_LIMIT:  # otherwise the client may see a reset instead of the answer
-                self._receive(length, keep=False)
+                self.receive(length, keep=False)
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"{what} too large: {length / 2**20:.1f} MiB (limit {limit / 2**20:g} MiB)")
-        data = self._receive(length, keep=True)
+        data = self.receive(length, keep=True)
         self._body_read = True
         if len(data) != length:
             self.close_connection = True
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"{what}: connection closed after {len(data)} of {length} bytes")
         return data
-
-    def _receive(self, length: int, *, keep: bool) -> bytes:
-        """Up to ``length`` body bytes (fewer if the client closes), in chunks, within BODY_DEADLINE_S."""
-        chunks, received, deadline = [], 0, time.monotonic() + BODY_DEADLINE_S
-        while received < length:
-            if time.monotonic() > deadline:
-                raise _Disconnected()
-            try:
-                chunk = self.rfile.read1(min(length - received, 1 << 20))
-            except OSError as error:  # reset, or nothing for request_timeout_s
-                raise _Disconnected() from error
-            if not chunk:
-                break
-            received += len(chunk)
-            if keep:
-                chunks.append(chunk)
-        return b"".join(chunks)
 
     def _read_json(self) -> dict[str, Any]:
         data = self._read_body(MAX_JSON_BYTES, what="JSON request")
@@ -429,11 +337,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        try:
+        with disconnects():
             self.end_headers()
             self.wfile.write(body)
-        except OSError as error:
-            raise _Disconnected() from error
 
 
 def _query_seed(query: dict[str, list[str]], default: int) -> int:

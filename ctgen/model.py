@@ -29,6 +29,7 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     GRAPHS,
     NULLABLE_CARD_FIELDS,
     REQUIRED_KEYS,
+    check_graph,
     graph_entry,
     incomplete_card_fields,
     model_file,
@@ -37,7 +38,6 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     verify_files,
 )
 from ctgen.errors import InputError, ModelError
-from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, inspect_graph
 
 __all__ = [
     "CARD_FILE",
@@ -219,32 +219,9 @@ class Model:
 
     def _check_graph(self, graph: str, path: Path) -> None:
         """Check a graph file against the card before ONNX Runtime loads it (once per file). Raises ModelError."""
-        if path in self._checked:
-            return
-        summary = inspect_graph(path)
-        if summary.external_tensors:
-            names = ", ".join(summary.external_tensors[:3])
-            raise ModelError(path, f"keeps tensor data outside the file ({names}); the card's checksums cannot "
-                                   "cover external data, so ctgen refuses it")
-        control = sorted(CONTROL_FLOW_OPS & summary.op_types) or (["subgraphs"] if summary.subgraphs else [])
-        if control:
-            raise ModelError(path, f"uses control flow ({', '.join(control)}), which the exporter never writes "
-                                   "and which could run without end; refused")
-        size, latent = self.grid.size, self.latent_size
-        expected = {"encoder": ([(1, size, size)], [(latent,), (latent,)]), "decoder": ([(latent,)], [(1, size, size)])}
-        entry = graph_entry(self.card, graph)
-        for kind, found, names, shapes in (("inputs", summary.inputs, entry["inputs"], expected[graph][0]),
-                                           ("outputs", summary.outputs, entry["outputs"], expected[graph][1])):
-            if list(found) != list(names):
-                raise ModelError(path, f"{kind} {list(found)} do not match the card ({list(names)})")
-            for (name, (element, dims)), shape in zip(found.items(), shapes):
-                if element != FLOAT or len(dims) != len(shape) + 1 or tuple(dims[1:]) != shape:
-                    shown = "x".join(str(d) for d in dims) or "a scalar"
-                    want = "x".join(map(str, ("N", *shape)))
-                    raise ModelError(path, f"{graph} {kind[:-1]} {name!r} is {ELEMENT_TYPES.get(element, element)} "
-                                           f"{shown}; the card (image_size {size}, latent_size {latent}) needs "
-                                           f"float32 {want}")
-        self._checked.add(path)
+        if path not in self._checked:
+            check_graph(path, graph, self.card)
+            self._checked.add(path)
 
     def _session(self, graph: str) -> _Session:
         session = self._sessions.get(graph)

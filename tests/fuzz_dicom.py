@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import re
 import sys
 import tempfile

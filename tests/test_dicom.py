@@ -754,3 +754,14 @@ def test_a_damaged_element_length_allocates_nothing(tmp_path):  # item 2, found 
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     assert (result.returncode, result.stdout.strip()) == (0, "(128, 128)"), result.stderr[-2000:]
+
+
+def test_large_files_are_read_through_reads_clamped_to_the_file(tmp_path, monkeypatch, ct_small_hu):  # item 2
+    import ctgen.dicom.limits as limits
+
+    monkeypatch.setattr(limits, "_IN_MEMORY_BYTES", 0)  # as if every file were larger than 64 MiB
+    with limits.bounded_reader(Path(CT_SMALL)) as stream:
+        assert isinstance(stream, limits._BoundedReader)
+        stream.seek(-10, os.SEEK_END)
+        assert len(stream.read(1 << 40)) == 10  # an unclamped read would allocate a terabyte first
+    np.testing.assert_array_equal(read_slice(CT_SMALL).hu, ct_small_hu)

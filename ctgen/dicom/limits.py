@@ -3,11 +3,13 @@
 A header can ask a decoder for gigabytes (Rows x Columns x frames) and a codestream can declare a
 larger image than its header: both are refused here, from the header and the first bytes of each
 compressed frame, before pixel data is decoded. Deflated files are inflated once, in chunks, to
-refuse decompression bombs before pydicom inflates them whole.
+refuse decompression bombs before pydicom inflates them whole, and files are parsed through a stream
+whose reads never ask for more than the file holds.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -25,11 +27,12 @@ from pydicom.uid import (
 
 from ctgen.errors import DicomError, InputError
 
-__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "check_codestream", "check_deflated", "max_pixels",
-           "set_max_pixels"]
+__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "bounded_reader", "check_codestream", "check_deflated",
+           "check_pixel_count", "max_pixels", "set_max_pixels"]
 
 MAX_PIXELS_DEFAULT = 1 << 26  # 67,108,864 pixels: one 8192² image or 256 frames of 512²
 MAX_PIXELS_ENV = "CTGEN_MAX_PIXELS"
+_IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
 _INFLATE_SLACK = 16 << 20  # bytes of header a deflated file may hold besides its pixels
 _SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}  # 0xF7: JPEG-LS
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length
@@ -188,3 +191,26 @@ def check_deflated(path: Path, syntax: UID | None, dataset_offset: int | None, l
                                                f"(set {MAX_PIXELS_ENV} to raise the pixel limit)")
     except zlib.error as exc:
         raise DicomError(path, f"corrupt deflated dataset ({exc})") from None
+
+
+def bounded_reader(path: Path) -> io.BufferedIOBase:
+    """The file as a stream whose reads never ask for more than is left in it.
+
+    A file's read(n) allocates n bytes before reading, so a damaged element length of 4 GB would allocate
+    4 GB for the few bytes there are. Files up to _IN_MEMORY_BYTES are read whole (BytesIO reads what there
+    is, and is the fastest for pydicom's many small reads); larger ones are clamped read by read.
+    """
+    if path.stat().st_size <= _IN_MEMORY_BYTES:
+        return io.BytesIO(path.read_bytes())
+    return _BoundedReader(path)
+
+
+class _BoundedReader(io.BufferedReader):
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self._size - self.tell()))
+        return super().read(size)

@@ -10,7 +10,6 @@ HU. Decoders run inside one boundary: their exceptions, warnings and stderr outp
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import threading
@@ -33,7 +32,7 @@ from pydicom.uid import (
 
 from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import one_line as _one_line
-from ctgen.dicom.limits import check_codestream, check_deflated, check_pixel_count
+from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated, check_pixel_count
 from ctgen.errors import CtgenError, DicomError
 from ctgen.native_stderr import captured_native_stderr
 from ctgen.preprocess import SPACING_RANGE_MM
@@ -50,7 +49,6 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _READ_LOCK = threading.RLock()
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
 _BITS_ALLOCATED = (8, 16, 32)
-_IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
 _HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
 
 
@@ -176,12 +174,12 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
             check_deflated(path, meta.get("TransferSyntaxUID"), None if length is None else 144 + int(length),
                            max_pixels)
     try:
-        with _bounded_reader(path) as stream:
+        with bounded_reader(path) as stream:
             return pydicom.dcmread(stream)
     except InvalidDicomError:
         pass
     try:  # headerless datasets (no preamble, no file meta) still turn up in old archives
-        with _bounded_reader(path) as stream:
+        with bounded_reader(path) as stream:
             ds = pydicom.dcmread(stream, force=True)
         usable = "PixelData" in ds and "Rows" in ds and "Columns" in ds
     except Exception:
@@ -193,29 +191,6 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
     ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
                                       ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
     return ds
-
-
-def _bounded_reader(path: Path) -> io.BufferedIOBase:
-    """The file as a stream whose reads never ask for more than is left in it.
-
-    A file's read(n) allocates n bytes before reading, so a damaged element length of 4 GB would allocate
-    4 GB for the few bytes there are. Files up to _IN_MEMORY_BYTES are read whole (BytesIO reads what there
-    is, and is the fastest for pydicom's many small reads); larger ones are clamped read by read.
-    """
-    if path.stat().st_size <= _IN_MEMORY_BYTES:
-        return io.BytesIO(path.read_bytes())
-    return _BoundedReader(path)
-
-
-class _BoundedReader(io.BufferedReader):
-    def __init__(self, path: Path):
-        super().__init__(io.FileIO(path, "rb"))
-        self._size = os.fstat(self.fileno()).st_size
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        if size is not None and size > 0:
-            size = min(size, max(0, self._size - self.tell()))
-        return super().read(size)
 
 
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int]:
