@@ -1,17 +1,22 @@
 """The card (``model.json``) of a model folder: read and check it, and check the files it lists.
 
 Standard library only at import, so that reading a card stays cheap; ``ctgen.model`` runs the graphs.
+Every card field the runtime uses is type-checked here, so that a damaged or hostile card fails as one
+ModelError naming the card; the files it lists must lie inside the model folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ctgen.errors import InputError, ModelError
+from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, inspect_graph
 
 __all__ = [
     "ModelCard",
@@ -19,8 +24,10 @@ __all__ = [
     "CARD_FORMAT",
     "CARD_VERSION",
     "GRAPHS",
+    "check_graph",
     "graph_entry",
     "incomplete_card_fields",
+    "model_file",
     "read_card",
     "sha256_file",
     "verify_files",
@@ -30,6 +37,10 @@ CARD_FILE = "model.json"
 CARD_FORMAT = "ctgen-model"
 CARD_VERSION = 2  # 2: the HU map ("hu_map"); cards of version 1 have a plain "window_hu"
 REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
+MAX_CARD_BYTES = 4 << 20  # a card is a few kB; refuse to read megabytes of JSON
+MAX_LATENT_SIZE = 1 << 16
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SECTIONS = ("architecture", "training", "export", "metrics", "evaluation")  # dicts when present
 # graph -> (default file, input names, output names); the card's "graphs" section may override the file
 GRAPHS = {
     "encoder": ("encoder.onnx", ("image",), ("mu", "logvar")),
@@ -149,15 +160,24 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     """
     card_path = Path(model_dir) / CARD_FILE
     try:
-        text = card_path.read_text(encoding="utf-8")
+        with open(card_path, "rb") as stream:
+            data = stream.read(MAX_CARD_BYTES + 1)
     except FileNotFoundError:
         raise ModelError(card_path, "missing: not a ctgen model folder") from None
     except OSError as exc:
         raise ModelError(card_path, f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CARD_BYTES:
+        raise ModelError(card_path, f"corrupt card: larger than {MAX_CARD_BYTES >> 20} MiB")
     try:
-        card = json.loads(text)
+        card = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(card_path, f"corrupt card: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ModelError(card_path, f"corrupt card: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ModelError(card_path, "corrupt card: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ModelError(card_path, f"corrupt card: not valid JSON ({str(exc)[:100]})") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise ModelError(card_path, f"not a ctgen model card (format is not {CARD_FORMAT!r})")
     version = card.get("card_version")
@@ -168,9 +188,7 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     missing = [key for key in REQUIRED_KEYS if key not in card]
     if missing:
         raise ModelError(card_path, f"card lacks {', '.join(missing)}")
-    for key in ("image_size", "latent_size"):
-        if not isinstance(card[key], int) or isinstance(card[key], bool) or card[key] < 1:
-            raise ModelError(card_path, f"{key} must be a positive integer, not {card[key]!r}")
+    _check_fields(card, card_path)
     from ctgen.preprocess import Grid  # numpy-only; imported here to keep this module's import light
 
     try:
@@ -178,8 +196,6 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     except InputError as exc:
         raise ModelError(card_path, exc.reason) from None
     files = card["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v for v in files.values()):
-        raise ModelError(card_path, 'files must map each graph file to {"sha256": ...}')
     for graph in GRAPHS:
         for key in ("file", "fp16_file"):
             filename = graph_entry(card, graph).get(key)
@@ -188,12 +204,106 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     return ModelCard(card)
 
 
+def _check_fields(card: dict[str, Any], card_path: Path) -> None:
+    """The types (and plausible sizes) of every card field the runtime reads. Raises ModelError."""
+
+    def fail(reason: str) -> None:
+        raise ModelError(card_path, reason)
+
+    if not isinstance(card["name"], str) or len(card["name"]) > 200 or not card["name"].isprintable():
+        fail(f"name must be a line of text (up to 200 characters), not {_shown(card['name'])}")
+    for key, largest in (("image_size", 4096), ("latent_size", MAX_LATENT_SIZE)):
+        if not _is_int(card[key]) or not 1 <= card[key] <= largest:
+            fail(f"{key} must be a positive integer up to {largest}, not {_shown(card[key])}")
+    if not _is_number(card["spacing_mm"]):
+        fail(f"spacing_mm must be a number, not {_shown(card['spacing_mm'])}")
+    window = card["window_hu"]
+    if not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window):
+        fail(f"window_hu must be two numbers [lo, hi], not {_shown(window)}")
+    files = card["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                              and _SHA256.fullmatch(v["sha256"]) for v in files.values()):
+        fail('files must map each file to {"sha256": "<64 hex digits>"}')
+    for filename in files:
+        _check_relative(filename, card_path)
+    for section in _SECTIONS:
+        if card.get(section) is not None and not isinstance(card[section], dict):
+            fail(f"{section} must be an object, not {_shown(card[section])}")
+    graphs = card.get("graphs")
+    if graphs is not None and not isinstance(graphs, dict):
+        fail(f"graphs must be an object, not {_shown(graphs)}")
+    for graph in GRAPHS:
+        entry = (graphs or {}).get(graph)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            fail(f"graphs.{graph} must be an object, not {_shown(entry)}")
+        for key in ("file", "fp16_file"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                fail(f"graphs.{graph}.{key} must be a file name, not {_shown(entry[key])}")
+        for key in ("inputs", "outputs"):
+            names = entry.get(key)
+            if names is not None and (not isinstance(names, (list, dict)) or not names
+                                      or not all(isinstance(name, str) for name in names)):
+                fail(f"graphs.{graph}.{key} must list tensor names, not {_shown(names)}")
+    metrics = card.get("metrics") or {}
+    kl = metrics.get("kl_per_unit")
+    if kl is not None and (not isinstance(kl, list) or not all(_is_number(v) for v in kl)):
+        fail(f"metrics.kl_per_unit must be a list of numbers, not {_shown(kl)}")
+    ranked = metrics.get("units_by_kl")
+    if ranked is not None and (not isinstance(ranked, list) or not all(_is_int(v) for v in ranked)):
+        fail(f"metrics.units_by_kl must be a list of unit indices, not {_shown(ranked)}")
+    active = metrics.get("active_units")
+    if active is not None and not _is_int(active):
+        fail(f"metrics.active_units must be an integer, not {_shown(active)}")
+    factors = metrics.get("unit_factors")
+    if factors is not None and not isinstance(factors, (dict, list)):
+        fail(f"metrics.unit_factors must be an object or a list, not {_shown(factors)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_relative(filename: Any, card_path: Path) -> None:
+    """A card's file entry must name a file inside the model folder: relative, without "..", plain text."""
+    if (not isinstance(filename, str) or not filename or "\\" in filename
+            or PurePosixPath(filename).is_absolute() or PureWindowsPath(filename).drive
+            or ".." in PurePosixPath(filename).parts or not filename.isprintable()):
+        raise ModelError(card_path, f"files: {_shown(filename)} is not a file name inside the model folder")
+
+
+def model_file(model_dir: str | os.PathLike, filename: str) -> Path:
+    """The path of a card's file entry, checked to stay inside ``model_dir`` (symbolic links resolved).
+
+    Raises ModelError naming the card for a name or link that leads out of the folder."""
+    folder = Path(model_dir)
+    _check_relative(filename, folder / CARD_FILE)
+    path = folder / filename
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        inside = False
+    if not inside:
+        raise ModelError(folder / CARD_FILE, f"files: {_shown(filename)} leads out of the model folder")
+    return path
+
+
 def verify_files(model_dir: str | os.PathLike, card: dict[str, Any], *, verify: bool = True) -> None:
     """Check that every file under the card's ``files`` exists in ``model_dir`` and, with ``verify``,
     that its sha256 matches the card. Raises ModelError naming the file.
     """
     for filename, entry in card["files"].items():
-        file_path = Path(model_dir) / filename
+        file_path = model_file(model_dir, filename)
         if not file_path.is_file():
             raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
         if verify:
@@ -222,3 +332,36 @@ def graph_entry(card: dict[str, Any], graph: str) -> dict[str, Any]:
     entry.setdefault("inputs", list(inputs))
     entry.setdefault("outputs", list(outputs))
     return entry
+
+
+def check_graph(path: Path, graph: str, card: dict[str, Any]) -> None:
+    """Check the graph file ``path`` (the card's ``graph``, "encoder" or "decoder") against the card.
+
+    Read from its protobuf (``ctgen.onnx_graph``) before ONNX Runtime sees it: no external data, no
+    control flow, the card's input and output names, float32 tensors of the card's image and latent size
+    (any batch size). Raises ModelError naming the file.
+    """
+    summary = inspect_graph(path)
+    if summary.external_tensors:
+        names = ", ".join(summary.external_tensors[:3])
+        raise ModelError(path, f"keeps tensor data outside the file ({names}); the card's checksums cannot "
+                               "cover external data, so ctgen refuses it")
+    control = sorted(CONTROL_FLOW_OPS & summary.op_types) or (["subgraphs"] if summary.subgraphs else [])
+    if control:
+        raise ModelError(path, f"uses control flow ({', '.join(control)}), which the exporter never writes "
+                               "and which could run without end; refused")
+    size, latent = card["image_size"], card["latent_size"]
+    image, vector = (1, size, size), (latent,)
+    expected = {"encoder": ([image], [vector, vector]), "decoder": ([vector], [image])}[graph]
+    entry = graph_entry(card, graph)
+    for kind, found, names, shapes in (("inputs", summary.inputs, entry["inputs"], expected[0]),
+                                       ("outputs", summary.outputs, entry["outputs"], expected[1])):
+        if list(found) != list(names):
+            raise ModelError(path, f"{kind} {list(found)} do not match the card ({list(names)})")
+        for (name, (element, dims)), shape in zip(found.items(), shapes):
+            if element != FLOAT or len(dims) != len(shape) + 1 or tuple(dims[1:]) != shape:
+                shown = "x".join(str(d) for d in dims) or "a scalar"
+                want = "x".join(map(str, ("N", *shape)))
+                raise ModelError(path, f"{graph} {kind[:-1]} {name!r} is {ELEMENT_TYPES.get(element, element)} "
+                                       f"{shown}; the card (image_size {size}, latent_size {latent}) needs "
+                                       f"float32 {want}")

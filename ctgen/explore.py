@@ -6,7 +6,12 @@ display windows, the start vector); ``POST /api/decode`` {z, window} -> PNG; ``P
 DICOM bytes) -> {z}; ``GET /api/sample?seed=N[&temperature=T]`` -> {z}; ``POST /api/export``
 {z, format: png|dcm|json, window} -> a file. Errors are JSON ``{"error": "<one line>"}`` with status 400
 (bad request), 403 (another site's page, or a Host that is not this machine on loopback), 404, 405,
-411 (no length), 413 (upload too large) or 500.
+411 (no length), 413 (upload too large), 500 or 503 (too many connections). Every JSON answer is standard
+JSON (no NaN or Infinity).
+
+Hostile clients: parameters are parsed strictly (seeds, temperatures, latent values and JSON nesting within
+stated bounds, else 400); each connection has a socket timeout and a deadline for its body, the number of
+connections is capped, and clients that vanish mid-request are dropped without a word on the console.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import math
 import os
+import re
 import socket
 import socketserver
 import tempfile
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ import numpy as np
 from ctgen import __version__
 from ctgen.api import Generator
 from ctgen.errors import CtgenError, InputError
+from ctgen.serving import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, Disconnected, GuardedHandler, GuardedHTTPServer, disconnects
 
 __all__ = ["MAX_UPLOAD_BYTES", "ExploreServer", "is_loopback", "start_server"]
 
@@ -38,6 +45,9 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # one DICOM slice; larger uploads get 413
 MAX_JSON_BYTES = 1024 * 1024  # a latent vector in JSON is a few kB
 _DRAIN_LIMIT = 128 * 1024 * 1024  # read and drop an oversize body up to this, so the client sees the 413
 VISIBLE_UNITS = 10  # sliders shown unfolded; the rest go into a <details>
+MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 10.0  # the prior is N(0, T²); beyond this the decoder only sees noise
+MAX_LATENT_VALUE = 1000.0  # |z| per unit; the sliders span ±4
 _STATIC = {  # URL path -> (file in ctgen/static, content type)
     "/": ("explore.html", "text/html; charset=utf-8"),
     "/explore.js": ("explore.js", "text/javascript; charset=utf-8"),
@@ -63,19 +73,18 @@ class _HttpError(Exception):
         self.message = message
 
 
-class ExploreServer(ThreadingHTTPServer):
+class ExploreServer(GuardedHTTPServer):
     """Serves the explorer for one ``Generator``; requests run on threads, inference one at a time.
 
     ``start``: the latent (L,) the page starts from (None: the prior mean), described by ``start_label``.
     ``seed``: the page's first random-sample seed. ``window``: the first display window (center, width) in HU.
+    ``request_timeout_s``, ``max_connections``: see ``ctgen.serving.GuardedHTTPServer``.
     """
-
-    daemon_threads = True
-    block_on_close = False
 
     def __init__(self, generator: Generator, address: tuple[str, int], *, start: np.ndarray | None = None,
                  start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 window: tuple[float, float] = (40.0, 80.0)):
+                 window: tuple[float, float] = (40.0, 80.0), request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.generator = generator
@@ -85,7 +94,7 @@ class ExploreServer(ThreadingHTTPServer):
         self.window = (float(window[0]), float(window[1]))
         self.max_upload_bytes = max_upload_bytes
         self.inference_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, request_timeout_s=request_timeout_s, max_connections=max_connections)
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # HTTPServer's version does a reverse DNS lookup (getfqdn)
@@ -154,14 +163,12 @@ def start_server(generator: Generator, *, host: str = "127.0.0.1", port: int = 8
     return server
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: ExploreServer
     server_version = f"ctgen-explore/{__version__}"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes: Nagle + delayed ACK would add 40 ms
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the signature is http.server's
-        pass  # a dragged slider makes dozens of requests a second; errors reach the page instead
+    # no access log (GuardedHandler's): a dragged slider makes dozens of requests a second
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch({"/api/state": self._state, "/api/sample": self._sample})
@@ -183,19 +190,22 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed on {url.path}")
             else:
                 raise _HttpError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
+        except Disconnected:
+            self.close_connection = True
         except _HttpError as error:
             self._fail(error.message, error.status)
         except CtgenError as error:
             self._fail(str(error), HTTPStatus.BAD_REQUEST)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
         except Exception as error:  # noqa: BLE001 - one bad request must never stop the server
             self._fail(f"internal error: {type(error).__name__}: {error}", HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _fail(self, message: str, status: HTTPStatus) -> None:
         if not self._body_read:
             self.close_connection = True  # an unread request body would garble the next request
-        self._json({"error": _one_line(message)}, status)
+        try:
+            self._json({"error": _one_line(message)}, status)
+        except Disconnected:
+            self.close_connection = True
 
     def _check_site(self) -> None:
         """Refuse other web sites' pages: a foreign Origin (cross-site requests) and, on loopback, a foreign
@@ -216,8 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(self.server.state())
 
     def _sample(self, query: dict[str, list[str]]) -> None:
-        seed = _query_number(query, "seed", int, self.server.seed)
-        temperature = _query_number(query, "temperature", float, 1.0)
+        seed = _query_seed(query, self.server.seed)
+        temperature = _query_temperature(query)
         z = self.server.generator.latents(1, seed=seed, temperature=temperature)[0]
         self._json({"z": z.tolist(), "seed": seed, "temperature": temperature})
 
@@ -262,6 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"z must hold {size} numbers, got shape {list(z.shape)}")
         if not np.isfinite(z).all():
             raise _HttpError(HTTPStatus.BAD_REQUEST, "z contains NaN or infinite values")
+        if np.abs(z).max(initial=0.0) > MAX_LATENT_VALUE:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"z values must lie within ±{MAX_LATENT_VALUE:g}")
         return z
 
     def _read_body(self, limit: int, *, what: str) -> bytes:
@@ -279,14 +291,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             self.close_connection = True
             if length <= _DRAIN_LIMIT:  # otherwise the client may see a reset instead of the answer
-                while length > 0:
-                    chunk = self.rfile.read(min(length, 1 << 20))
-                    if not chunk:
-                        break
-                    length -= len(chunk)
+                self.receive(length, keep=False)
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                             f"{what} too large: {int(length_text) / 2**20:.1f} MiB (limit {limit / 2**20:g} MiB)")
-        data = self.rfile.read(length)
+                             f"{what} too large: {length / 2**20:.1f} MiB (limit {limit / 2**20:g} MiB)")
+        data = self.receive(length, keep=True)
         self._body_read = True
         if len(data) != length:
             self.close_connection = True
@@ -296,15 +304,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_json(self) -> dict[str, Any]:
         data = self._read_body(MAX_JSON_BYTES, what="JSON request")
         try:
-            request = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({error})") from None
+            request = json.loads(data, parse_constant=_no_constant)
+        except RecursionError:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "request is not valid JSON (nested too deeply)") from None
+        except ValueError as error:  # bad JSON or UTF-8, NaN/Infinity, a number of thousands of digits
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({_one_line(str(error))[:120]})") from None
         if not isinstance(request, dict):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "request must be a JSON object")
         return request
 
     def _json(self, payload: dict[str, Any], status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(json.dumps(payload).encode(), "application/json", status)
+        self._send(json.dumps(payload, allow_nan=False).encode(), "application/json", status)
 
     def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK,
               headers: dict[str, str] | None = None) -> None:
@@ -316,18 +326,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        with disconnects():
+            self.end_headers()
+            self.wfile.write(body)
 
 
-def _query_number(query: dict[str, list[str]], key: str, kind: type, default: Any) -> Any:
-    values = query.get(key)
+def _query_seed(query: dict[str, list[str]], default: int) -> int:
+    values = query.get("seed")
     if not values:
         return default
+    text = values[-1].strip()
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_SEED:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}, "
+                                                 f"got {_one_line(text)[:40]!r}")
+    return int(text)
+
+
+def _query_temperature(query: dict[str, list[str]]) -> float:
+    values = query.get("temperature")
+    if not values:
+        return 1.0
+    text = values[-1].strip()
     try:
-        return kind(values[-1])
+        temperature = float(text) if len(text) <= 40 else math.nan
     except ValueError:
-        raise _HttpError(HTTPStatus.BAD_REQUEST, f"{key} must be a number, got {values[-1]!r}") from None
+        temperature = math.nan
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:  # NaN fails too
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
+                                                 f"got {_one_line(text)[:40]!r}")
+    return temperature
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _hostname(host: str) -> str:

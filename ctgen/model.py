@@ -30,8 +30,10 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     NULLABLE_CARD_FIELDS,
     ModelCard,
     REQUIRED_KEYS,
+    check_graph,
     graph_entry,
     incomplete_card_fields,
+    model_file,
     read_card,
     sha256_file,
     verify_files,
@@ -58,6 +60,7 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # images per run at 128 px, scaled by 1/area for larger images: on the CPU more buys no speed and ORT's
 # working memory grows with the batch (~380 MB at 32 x 128 px); 64 fits small GPUs at 256 px
 BATCH_SIZE = {CPU: 16, CUDA: 256}
+_QUIET = 4  # ONNX Runtime's log severity "fatal": its own error lines must not sit beside ctgen's one line
 
 _CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
 _PACKAGE_MODELS = Path(__file__).resolve().parent / "_models"
@@ -101,7 +104,9 @@ def load_model(
     device: "auto" (CUDA when its provider really loads, else the CPU, quietly), "cpu" or "cuda"
     (ModelError when CUDA cannot be used; checked here, not at the first run). verify: check the
     graphs' sha256 against the card. precision: "auto" uses the fp16 graphs when the card has them and
-    CUDA is active; "fp32" never does. Raises ModelError (missing/corrupt model) or InputError (options).
+    CUDA is active; "fp32" never does. Raises ModelError (missing/corrupt model, or graphs that do not
+    match the card: input and output names, float32 tensors of the card's image and latent size, no
+    control flow, no external data) or InputError (options).
     """
     if device not in DEVICES:
         raise InputError(None, f"unknown device {device!r} (choose {', '.join(DEVICES)})")
@@ -111,6 +116,8 @@ def load_model(
     card = read_card(model_dir)
     verify_files(model_dir, card, verify=verify)
     model = Model(model_dir, card, device=device, precision=precision)
+    for graph in GRAPHS:  # the fp32 graphs now; fp16 ones (CUDA only) when a session loads them
+        model._check_graph(graph, model_file(model_dir, graph_entry(card, graph)["file"]))
     if device == "cuda":
         model.provider  # noqa: B018 - builds the first session so that a missing CUDA fails here
     return model
@@ -135,6 +142,7 @@ class Model:
         self._provider: str | None = None
         self._sessions: dict[str, _Session] = {}
         self._prior = None
+        self._checked: set[Path] = set()
 
     def __repr__(self) -> str:
         provider = self._provider or "not started"
@@ -189,7 +197,8 @@ class Model:
         session = self._session("encoder")
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
-            mu[start:stop], logvar[start:stop] = session.run({"image": images[start:stop]})
+            mu[start:stop], logvar[start:stop] = session.run({"image": images[start:stop]},
+                                                             [(self.latent_size,), (self.latent_size,)])
         return mu, logvar
 
     def decode(self, z: np.ndarray) -> np.ndarray:
@@ -208,8 +217,14 @@ class Model:
         session = self._session("decoder")
         for start in range(0, z.shape[0], self.batch_size):
             stop = min(start + self.batch_size, z.shape[0])
-            (images[start:stop],) = session.run({"z": z[start:stop]})
+            (images[start:stop],) = session.run({"z": z[start:stop]}, [(1, size, size)])
         return images
+
+    def _check_graph(self, graph: str, path: Path) -> None:
+        """Check a graph file against the card before ONNX Runtime loads it (once per file). Raises ModelError."""
+        if path not in self._checked:
+            check_graph(path, graph, self.card)
+            self._checked.add(path)
 
     def _session(self, graph: str) -> _Session:
         session = self._sessions.get(graph)
@@ -222,20 +237,24 @@ class Model:
 
     def _create_session(self, graph: str) -> _Session:
         entry = graph_entry(self.card, graph)
-        fp32_path = self.path / entry["file"]
-        fp16_path = self.path / entry["fp16_file"] if entry.get("fp16_file") and self.precision == "auto" else None
+        fp32_path = model_file(self.path, entry["file"])
+        fp16_path = model_file(self.path, entry["fp16_file"]) if entry.get("fp16_file") and self.precision == "auto" else None
         if self._provider == CPU or self.device == "cpu":
-            session = _Session(fp32_path, entry, CPU)
+            session = self._new_session(graph, fp32_path, CPU)
         elif self._provider == CUDA:
-            session = _Session(fp16_path or fp32_path, entry, CUDA)
+            session = self._new_session(graph, fp16_path or fp32_path, CUDA)
             if session.provider != CUDA:  # the first graph ran on CUDA; both must
                 raise ModelError(session.path, "the CUDA provider did not load for this graph")
         else:
-            session = self._probe_cuda(fp16_path or fp32_path, fp32_path, entry)
+            session = self._probe_cuda(graph, fp16_path or fp32_path, fp32_path)
         self._provider = session.provider
         return session
 
-    def _probe_cuda(self, cuda_path: Path, cpu_path: Path, entry: dict[str, Any]) -> _Session:
+    def _new_session(self, graph: str, path: Path, provider: str) -> _Session:
+        self._check_graph(graph, path)
+        return _Session(path, graph_entry(self.card, graph), provider)
+
+    def _probe_cuda(self, graph: str, cuda_path: Path, cpu_path: Path) -> _Session:
         """First session on "auto"/"cuda": CUDA if it really loads, else CPU ("auto") or ModelError ("cuda")."""
         ort = _onnxruntime()
         if CUDA not in ort.get_available_providers():
@@ -244,7 +263,7 @@ class Model:
             with _quiet_native_output() as captured:
                 _preload_cuda_libraries(ort)
                 try:
-                    session = _Session(cuda_path, entry, CUDA)
+                    session = self._new_session(graph, cuda_path, CUDA)
                 except ModelError:
                     session = None
             if session is not None and session.provider == CUDA:
@@ -255,7 +274,7 @@ class Model:
         if self.device == "cuda":
             raise ModelError(self.path, f"device cuda: {reason}; install the CUDA and cuDNN libraries with "
                                         "pip install 'ctgen[cuda]', or use --device auto or cpu")
-        return _Session(cpu_path, entry, CPU)
+        return self._new_session(graph, cpu_path, CPU)
 
 
 class _Session:
@@ -268,7 +287,7 @@ class _Session:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: a failed CUDA load is handled, not printed
+        options.log_severity_level = _QUIET  # failures become ModelError; a failed CUDA load is handled
         # idle ORT threads must not spin: the CLI reads DICOM in a thread beside inference on few cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = [CPU]
@@ -282,6 +301,8 @@ class _Session:
         self.path = path
         self.provider = CUDA if CUDA in self.session.get_providers() else CPU
         self.use_io_binding = self.provider == CUDA
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = _QUIET
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
         expected_inputs, expected_outputs = entry["inputs"], entry["outputs"]
@@ -290,20 +311,29 @@ class _Session:
         if self.output_names != list(expected_outputs):
             raise ModelError(path, f"outputs {self.output_names} do not match the card ({list(expected_outputs)})")
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """The outputs for ``feeds``; each must be finite and of shape (N, *shape). Raises ModelError."""
         feeds = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
         try:
             if not self.use_io_binding:
-                return self.session.run(self.output_names, feeds)
-            binding = self.session.io_binding()
-            for name, array in feeds.items():
-                binding.bind_cpu_input(name, array)
-            for name in self.output_names:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()
+                outputs = self.session.run(self.output_names, feeds, self.run_options)
+            else:
+                binding = self.session.io_binding()
+                for name, array in feeds.items():
+                    binding.bind_cpu_input(name, array)
+                for name in self.output_names:
+                    binding.bind_output(name, "cpu")
+                self.session.run_with_iobinding(binding, self.run_options)
+                outputs = binding.copy_outputs_to_cpu()
         except Exception as exc:
             raise ModelError(self.path, f"inference failed ({_first_line(exc)})") from None
+        count = len(next(iter(feeds.values())))
+        for name, output, shape in zip(self.output_names, outputs, shapes):
+            if output.shape != (count, *shape):
+                raise ModelError(self.path, f"output {name!r} has shape {output.shape}, expected {(count, *shape)}")
+            if not np.isfinite(output).all():
+                raise ModelError(self.path, f"output {name!r} holds NaN or infinite values (damaged weights?)")
+        return outputs
 
 
 def _as_float32(array: Any, what: str) -> np.ndarray:

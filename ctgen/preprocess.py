@@ -25,6 +25,8 @@ __all__ = [
     "CT_MAP",
     "HUMap",
     "BODY_THRESHOLD_HU",
+    "GRID_SIZE_MAX",
+    "SPACING_RANGE_MM",
     "WINDOW_DEFAULT",
     "Grid",
     "batch_to_model",
@@ -36,6 +38,11 @@ __all__ = [
 WINDOW_DEFAULT = (-50.0, 250.0)  # HU mapped to [0, 1] for the model (lo, hi)
 AIR_HU = -1000.0  # fill value outside the scanned field of view
 BODY_THRESHOLD_HU = -500.0  # HU above this count as head (and anything else in the field) for centring
+# Plausible pixel spacings, in mm, of an input slice and of a model grid. Far outside them the resampling
+# would read thousands of input pixels per model pixel (or none at all): such values are header damage.
+SPACING_RANGE_MM = (0.05, 20.0)
+GRID_SIZE_MAX = 4096  # model images up to this many pixels a side
+_GATHER_BYTES = 64 * 2**20  # working memory of one resampling pass, at most
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ class Grid:
     """The model's image grid: ``size`` x ``size`` pixels of ``spacing_mm`` mm; ``hu_map`` maps HU to [0, 1].
 
     ``window_hu`` (lo, hi) alone gives the linear window of version-1 cards; with ``hu_map`` it is the map's
-    HU range. Raises InputError for a non-positive size or spacing, an empty window or a bad map.
+    HU range. Raises InputError for a size outside 1..GRID_SIZE_MAX, a spacing outside SPACING_RANGE_MM, an
+    empty window (lo >= hi) or a bad map.
     """
 
     size: int = 256
@@ -137,10 +145,11 @@ class Grid:
             lo, hi = (float(v) for v in self.window_hu)
         except (TypeError, ValueError) as exc:
             raise InputError(None, f"bad model grid {self!r}: {exc}") from None
-        if size < 1:
-            raise InputError(None, f"bad model grid: image size {size} must be positive")
-        if not (math.isfinite(spacing_mm) and spacing_mm > 0):
-            raise InputError(None, f"bad model grid: spacing {spacing_mm} mm must be positive")
+        if not 1 <= size <= GRID_SIZE_MAX:
+            raise InputError(None, f"bad model grid: image size {size} must be 1 to {GRID_SIZE_MAX}")
+        if not _plausible_spacing(spacing_mm):
+            low, high = SPACING_RANGE_MM
+            raise InputError(None, f"bad model grid: spacing {spacing_mm:g} mm is outside {low:g} to {high:g} mm")
         hu_map = self.hu_map if self.hu_map is not None else HUMap.window(lo, hi)
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "spacing_mm", spacing_mm)
@@ -198,7 +207,7 @@ def to_model(
     3. windowed with ``grid.window_hu`` (values outside it are clipped).
 
     Without spacing, warns (UserWarning) and resizes keeping the aspect ratio so the longer side spans
-    the grid. Raises InputError for a non 2-D image or a non-positive spacing.
+    the grid. Raises InputError for a non 2-D image or a spacing outside SPACING_RANGE_MM.
     """
     return _to_model(hu, spacing_mm, grid, center=center, source=None)
 
@@ -235,7 +244,9 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim != 2 or hu.size == 0:
         raise InputError(source, f"expected a 2-D HU image, got shape {hu.shape}")
-    if not np.isfinite(hu.sum()):  # one pass; a NaN or inf anywhere makes the sum non-finite
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite values may overflow the sum: harmless
+        finite = np.isfinite(hu.sum())  # one pass; a NaN or inf anywhere makes the sum non-finite
+    if not finite:
         hu = np.where(np.isfinite(hu), hu, np.float32(AIR_HU))
     rows, cols = hu.shape
 
@@ -251,8 +262,9 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
             row_mm, col_mm = (float(v) for v in spacing_mm)
         except (TypeError, ValueError):
             raise InputError(source, f"bad pixel spacing {spacing_mm!r}") from None
-        if not (math.isfinite(row_mm) and math.isfinite(col_mm) and row_mm > 0 and col_mm > 0):
-            raise InputError(source, f"pixel spacing {spacing_mm!r} must be positive")
+        if not (_plausible_spacing(row_mm) and _plausible_spacing(col_mm)):
+            low, high = SPACING_RANGE_MM
+            raise InputError(source, f"pixel spacing ({row_mm:g}, {col_mm:g}) mm is outside {low:g} to {high:g} mm")
         step_rows, step_cols = grid.spacing_mm / row_mm, grid.spacing_mm / col_mm
 
     pixel_mm = None if spacing_mm is None else (grid.spacing_mm / step_rows, grid.spacing_mm / step_cols)
@@ -264,16 +276,34 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
     # matrices (about 70x fewer operations from 512 to 128 pixels). Resampling HU + 1000 makes the
     # region outside the input (weight 0) read as air; by linearity that is the HU resampling plus
     # 1000 x (row weight sum x column weight sum) - 1000.
-    resampled = _along_rows(hu, taps_rows, band_rows)  # (S, W)
-    resampled = resampled @ _dense(taps_cols, band_cols, cols).T  # (S, S): no transposed copy needed
+    if cols > rows and grid.size * cols * 4 > _GATHER_BYTES // 8:  # very wide: columns first, no (S, W) array
+        resampled = (_along_rows(hu.T, taps_cols, band_cols) @ _dense(taps_rows, band_rows, rows).T).T
+    else:
+        resampled = _along_rows(hu, taps_rows, band_rows)  # (S, W)
+        resampled = resampled @ _dense(taps_cols, band_cols, cols).T  # (S, S): no transposed copy needed
     coverage = band_rows.sum(axis=1, dtype=np.float32)[:, None] * band_cols.sum(axis=1, dtype=np.float32)[None, :]
     resampled += np.float32(-AIR_HU) * (coverage - np.float32(1.0))
     return grid.hu_map.to_unit(resampled)
 
 
+def _plausible_spacing(value: float) -> bool:
+    low, high = SPACING_RANGE_MM
+    return math.isfinite(value) and low <= value <= high
+
+
 def _along_rows(image: np.ndarray, taps: np.ndarray, band: np.ndarray) -> np.ndarray:
-    """float32 (n_out, W): output row k = sum over t of band[k, t] * image[taps[k, t]] (whole rows gathered)."""
-    return (band[:, None, :] @ image[taps])[:, 0]
+    """float32 (n_out, W): output row k = sum over t of band[k, t] * image[taps[k, t]] (whole rows gathered).
+
+    The gathered rows take n_out x T x W floats: in chunks of output rows when that exceeds _GATHER_BYTES.
+    """
+    chunk = max(1, _GATHER_BYTES // (4 * taps.shape[1] * max(1, image.shape[1])))
+    if chunk >= taps.shape[0]:
+        return (band[:, None, :] @ image[taps])[:, 0]
+    out = np.empty((taps.shape[0], image.shape[1]), np.float32)
+    for start in range(0, taps.shape[0], chunk):
+        stop = start + chunk
+        out[start:stop] = (band[start:stop, None, :] @ image[taps[start:stop]])[:, 0]
+    return out
 
 
 def _dense(taps: np.ndarray, band: np.ndarray, n_in: int) -> np.ndarray:
@@ -310,7 +340,10 @@ def _axis_band(n_in: int, step: float, n_out: int, center_in: float) -> tuple[np
     positions = center_in + (np.arange(n_out) - (n_out - 1) / 2) * step
     reach = 1.0 + (step / 2 if step > 1.0 else 0.0)  # kernel half-support in input pixels
     first = np.floor(positions - reach).astype(np.int64) + 1
-    taps = first[:, None] + np.arange(int(math.ceil(2 * reach)) + 1)  # (n_out, T): every input that can contribute
+    # (n_out, T): every input that can contribute; never more taps than input pixels (the ones left out
+    # lie before the input and weigh 0), so a wide kernel over a short axis stays small
+    count = min(int(math.ceil(2 * reach)) + 1, n_in + 1)
+    taps = np.maximum(first, 0)[:, None] + np.arange(count)
     offsets = positions[:, None] - taps
     if step <= 1.0:
         band = np.maximum(0.0, 1.0 - np.abs(offsets))

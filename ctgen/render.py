@@ -47,7 +47,7 @@ def parse_window(spec: str) -> tuple[float, float]:
         except ValueError:
             pass
         else:
-            if math.isfinite(center) and math.isfinite(width) and width > 0:
+            if _usable_window(center, width):
                 return center, width
     names = ", ".join(WINDOWS)
     raise ArgumentError("window", f"bad window {spec!r}: use {names} or CENTER,WIDTH in HU with WIDTH > 0")
@@ -208,9 +208,14 @@ def _check_window(window) -> tuple[float, float]:
         center, width = (float(v) for v in window)
     except (TypeError, ValueError):
         raise InputError(None, f"bad window {window!r}: expected (center, width) in HU") from None
-    if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+    if not _usable_window(center, width):
         raise InputError(None, f"bad window {window!r}: expected (center, width) in HU with width > 0")
     return center, width
+
+
+def _usable_window(center: float, width: float) -> bool:
+    # beyond a million HU a window means nothing, and float32 arithmetic on it overflows
+    return math.isfinite(center) and math.isfinite(width) and abs(center) <= 1e6 and 1e-3 <= width <= 1e6
 
 
 def _window_columns(tiles: np.ndarray, window, cols: int) -> np.ndarray:

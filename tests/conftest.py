@@ -288,6 +288,64 @@ def _edit(path: Path, **attributes) -> Path:
                 delattr(ds, keyword)
         else:
             setattr(ds, keyword, value)
+    return save_dicom(ds, path)
+
+
+# --------------------------------------------------------------------- hostile DICOM files (issue 15)
+def ct_small_compressed(syntax, mangle=None, **attributes) -> pydicom.Dataset:
+    """pydicom's CT_small.dcm compressed with ``syntax`` (pydicom's encoders; skips the test without one).
+
+    ``mangle(frame)`` edits the one codestream (a bytearray) in place or returns a new one; ``attributes``
+    are set on the dataset afterwards (header values that lie about the codestream)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(CT_SMALL)
+    try:
+        ds.compress(syntax)
+    except (RuntimeError, NotImplementedError) as exc:
+        pytest.skip(f"no encoder for {syntax.name}: {exc}")
+    if mangle is not None:
+        frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+        changed = mangle(frame)
+        ds.PixelData = encapsulate([bytes(frame if changed is None else changed)])
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def gdcm_transcode(src, dst: Path, syntax) -> Path:
+    """Re-encode with GDCM (pydicom has no JPEG / JPEG-LS encoders without extra packages)."""
+    gdcm = pytest.importorskip("gdcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        pytest.skip(f"GDCM cannot encode {syntax.name}")
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    assert pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    return dst
+
+
+def j2k_declaring(size: int):
+    """A ``mangle`` for ``ct_small_compressed``: the JPEG 2000 codestream's SIZ says size x size pixels."""
+    import struct
+
+    def mangle(frame: bytearray) -> None:
+        assert frame[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: Xsiz and Ysiz follow Lsiz and Rsiz
+        frame[8:16] = struct.pack(">II", size, size)
+
+    return mangle
+
+
+def save_dicom(ds: pydicom.Dataset, path: Path) -> Path:
+    """Write ``ds`` as a DICOM file (pydicom's warnings about odd values silenced); returns ``path``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.save_as(path, enforce_file_format=True)

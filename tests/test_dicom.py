@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit,
@@ -21,6 +25,7 @@ from pydicom.uid import (
 )
 
 import ctgen
+from conftest import ct_small_compressed, gdcm_transcode, j2k_declaring
 from ctgen.dicom import (
     AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice, write_series, write_slice,
 )
@@ -53,26 +58,6 @@ def _ct(stored: np.ndarray, **attributes) -> Dataset:
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
-
-
-def _gdcm_transcode(src, dst: Path, syntax: UID) -> Path:
-    """Re-encode with GDCM (pydicom has no JPEG / JPEG-LS encoders without extra packages)."""
-    gdcm = pytest.importorskip("gdcm")
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        pytest.skip(f"GDCM cannot encode {syntax.name}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(dst))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
-    assert pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +118,7 @@ def _deflate(tmp_path, syntax):
 
 
 def _gdcm(tmp_path, syntax):
-    return _gdcm_transcode(CT_SMALL, tmp_path / "ct.dcm", syntax)
+    return gdcm_transcode(CT_SMALL, tmp_path / "ct.dcm", syntax)
 
 
 @pytest.mark.parametrize("encode, syntax", [
@@ -151,7 +136,7 @@ def test_jpeg_baseline_8bit_ct_decodes_close(tmp_path):
     rng = np.random.default_rng(0)
     stored = np.clip(128 + 40 * np.sin(np.arange(64) / 6)[:, None] + rng.normal(0, 2, (64, 64)), 0, 255)
     ds = _ct(stored.astype(np.uint8), RescaleSlope=8, RescaleIntercept=-1024)
-    path = _gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg.dcm", JPEGBaseline8Bit)
+    path = gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg.dcm", JPEGBaseline8Bit)
     hu = read_slice(path).hu
     assert np.abs(hu - (stored.astype(np.uint8) * 8.0 - 1024)).mean() < 8 * 3  # lossy, within a few levels
 
@@ -159,7 +144,7 @@ def test_jpeg_baseline_8bit_ct_decodes_close(tmp_path):
 def test_12bit_jpeg_extended_names_the_gpl_extra(tmp_path):
     stored = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
     ds = _ct(stored, BitsStored=12, HighBit=11)
-    path = _gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg12.dcm", JPEGExtended12Bit)
+    path = gdcm_transcode(_save(ds, tmp_path / "raw.dcm"), tmp_path / "jpeg12.dcm", JPEGExtended12Bit)
     try:
         hu = read_slice(path).hu  # only when pylibjpeg-libjpeg happens to be installed
     except DicomError as exc:
@@ -565,3 +550,218 @@ def test_native_16bit_reading_matches_pydicom_including_unused_high_bits(tmp_pat
     frames = read_frames(path)
     np.testing.assert_array_equal(np.stack([f.hu for f in frames]), expected.astype(np.float32))
     np.testing.assert_array_equal(read_slice(path, frame=2).hu, frames[2].hu)
+
+
+# ------------------------------------------------------------------ hostile headers (issue 15, items 1-4)
+def _ct_small(path: Path, **attributes) -> Path:
+    ds = pydicom.dcmread(CT_SMALL)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return _save(ds, path)
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch) -> list:
+    """Records every call of pydicom's pixel decoder made by the reader (it still decodes)."""
+    import ctgen.dicom.read as reader
+
+    calls: list = []
+    decode = reader.pixel_array
+
+    def recording(*args, **kwargs):
+        calls.append(args)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(reader, "pixel_array", recording)
+    return calls
+
+
+@pytest.mark.parametrize("spacing", [["1e-5", "1e-5"], ["1e-300", "1e-300"], ["1e-320", "1e-320"], [-0.5, 0.5],
+                                     [25, 25], ["NaN", 1], ["inf", "inf"], [0.5], [0.5, 0.5, 0.5]])
+def test_implausible_pixel_spacing_is_refused_by_the_reader(tmp_path, spacing):  # item 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about NaN/inf in a DS
+        path = _ct_small(tmp_path / "spacing.dcm", PixelSpacing=spacing)
+    with pytest.raises(DicomError, match="implausible pixel spacing .*expected 0.05 to 20 mm"):
+        read_slice(path)
+
+
+def test_implausible_spacing_in_functional_groups_is_refused(tmp_path):  # item 1
+    ds = _ct(np.zeros((2, 8, 8), np.int16), NumberOfFrames=2)
+    ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelMeasuresSequence={"PixelSpacing": [1e-5, 1e-5]})])
+    with pytest.raises(DicomError, match="implausible pixel spacing 1e-05 x 1e-05 mm"):
+        read_frames(_save(ds, tmp_path / "enhanced.dcm"))
+
+
+def test_spacings_at_the_plausible_limits_are_read(tmp_path):  # item 1
+    for spacing in ((0.05, 0.05), (20.0, 20.0), (0.05, 20.0)):
+        assert read_slice(_ct_small(tmp_path / "edge.dcm", PixelSpacing=list(spacing))).spacing_mm == spacing
+
+
+@pytest.mark.parametrize("rows_columns", [(32768, 32768), (8193, 8192)])
+def test_rle_header_beyond_the_pixel_limit_is_refused_before_decoding(tmp_path, decoder_calls, rows_columns):  # item 2
+    rows, columns = rows_columns
+    ds = ct_small_compressed(RLELossless, Rows=rows, Columns=columns)
+    path = _save(ds, tmp_path / "rle.dcm")
+    assert path.stat().st_size < 64_000
+    with pytest.raises(DicomError, match=f"{columns} x {rows} pixels exceeds the limit of 67,108,864 decoded pixels"):
+        read_slice(path)
+    assert decoder_calls == []
+
+
+def test_jpeg2000_header_beyond_the_limit_is_refused_before_decoding(tmp_path, decoder_calls):  # item 2
+    path = _save(ct_small_compressed(JPEG2000Lossless, j2k_declaring(16384), Rows=16384, Columns=16384),
+                 tmp_path / "big.dcm")
+    with pytest.raises(DicomError, match="16384 x 16384 pixels exceeds the limit"):
+        read_slice(path)
+    assert decoder_calls == []
+
+
+def test_codestream_declaring_another_size_is_refused_before_decoding(tmp_path, decoder_calls):  # item 2
+    path = _save(ct_small_compressed(JPEG2000Lossless, j2k_declaring(16384)), tmp_path / "lies.dcm")
+    with pytest.raises(DicomError, match="codestream declares 16384 x 16384 pixels, the header 128 x 128"):
+        read_slice(path, max_pixels=1 << 30)  # a raised limit does not let the codestream through
+    assert decoder_calls == []
+
+
+def test_jpeg_frame_header_declaring_another_size_is_refused(tmp_path, decoder_calls):  # item 2
+    path = gdcm_transcode(CT_SMALL, tmp_path / "jpeg.dcm", JPEGLossless)
+    ds = pydicom.dcmread(path)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    sof = frame.index(b"\xff\xc3")  # lossless, Huffman: length, precision, then height and width
+    frame[sof + 5 : sof + 9] = struct.pack(">HH", 30000, 30000)
+    ds.PixelData = encapsulate([bytes(frame)])
+    with pytest.raises(DicomError, match="codestream declares 30000 x 30000 pixels, the header 128 x 128"):
+        read_slice(_save(ds, tmp_path / "lies.dcm"))
+    assert decoder_calls == []
+
+
+def test_jpeg2000_labelled_as_jpeg_is_refused_without_decoder_output(tmp_path, capfd, decoder_calls):  # items 2, 4
+    ds = ct_small_compressed(JPEG2000Lossless)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit  # GDCM printed "Not a JPEG file", then Pillow decoded junk
+    with pytest.raises(DicomError, match="not a JPEG Baseline .* codestream \\(it starts with ff 4f ff 51\\)"):
+        read_slice(_save(ds, tmp_path / "mislabelled.dcm"))
+    assert decoder_calls == [] and capfd.readouterr() == ("", "")
+
+
+def test_pixel_limit_overrides(tmp_path, monkeypatch):  # item 2: parameter, setting, environment
+    from ctgen.dicom import MAX_PIXELS_DEFAULT, max_pixels, set_max_pixels
+
+    assert max_pixels() == MAX_PIXELS_DEFAULT == 1 << 26
+    with pytest.raises(DicomError, match="128 x 128 pixels exceeds the limit of 16,383"):
+        read_slice(CT_SMALL, max_pixels=128 * 128 - 1)
+    assert read_slice(CT_SMALL, max_pixels=128 * 128).hu.shape == (128, 128)
+    monkeypatch.setenv("CTGEN_MAX_PIXELS", "1000")
+    assert max_pixels() == 1000
+    with pytest.raises(DicomError, match="limit of 1,000 decoded pixels \\(set CTGEN_MAX_PIXELS to raise it\\)"):
+        read_slice(CT_SMALL)
+    try:
+        set_max_pixels(128 * 128)  # the setting wins over the environment
+        assert read_slice(CT_SMALL).hu.shape == (128, 128)
+    finally:
+        set_max_pixels(None)
+    monkeypatch.setenv("CTGEN_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="CTGEN_MAX_PIXELS: must be a positive whole number"):
+        read_slice(CT_SMALL)
+    for bad in (0, -5, 2.5, True, "many"):
+        with pytest.raises(InputError):
+            set_max_pixels(bad)
+
+
+def test_pixel_limit_counts_every_frame_that_is_decoded(tmp_path):  # item 2
+    path = _save(_ct(np.zeros((4, 16, 16), np.int16), NumberOfFrames=4), tmp_path / "frames.dcm")
+    assert read_slice(path, frame=3, max_pixels=256).hu.shape == (16, 16)
+    with pytest.raises(DicomError, match="16 x 16 pixels x 4 frames exceeds the limit of 1,000"):
+        read_frames(path, max_pixels=1000)
+
+
+def test_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path):  # item 2
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.add_new(0x00091010, "LO", "ctgen tests")  # private creator, then 20 MiB of zeros
+    ds.add_new(0x00091011, "OB", bytes(20 << 20))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    path = _save(ds, tmp_path / "bomb.dcm")
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DicomError, match="deflated dataset inflates beyond 16,781,216 bytes"):
+        read_slice(path, max_pixels=1000)
+    assert read_slice(path).hu.shape == (128, 128)  # within the default limit it is just a large file
+
+
+@pytest.mark.parametrize("keyword, value", [("RescaleSlope", "NaN"), ("RescaleSlope", "inf"), ("RescaleSlope", "1e39"),
+                                            ("RescaleSlope", "0"), ("RescaleIntercept", "NaN"),
+                                            ("RescaleIntercept", "-inf"), ("RescaleIntercept", "1e39")])
+@pytest.mark.parametrize("where", ["top level", "functional group"])
+def test_unusable_rescale_is_refused(tmp_path, keyword, value, where):  # item 3
+    stored = np.full((2, 6, 5), 1000, np.int16)
+    ds = _ct(stored, NumberOfFrames=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about NaN/inf in a DS
+        if where == "top level":
+            setattr(ds, keyword, value)
+        else:
+            rescale = {"RescaleIntercept": -1024, "RescaleSlope": 1, keyword: value}
+            ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelValueTransformationSequence=rescale)])
+        path = _save(ds, tmp_path / "rescale.dcm")
+    message = "RescaleSlope 0" if value == "0" else "beyond float32" if value == "1e39" else f"invalid {keyword}"
+    with pytest.raises(DicomError, match=message):
+        read_frames(path)
+
+
+def test_usable_rescales_still_read(tmp_path):  # item 3: empty slope is 1, negative and tiny slopes are numbers
+    stored = np.full((6, 5), 1000, np.int16)
+    for slope, expected in (("", 1000 - 1024), (-1, -1000 - 1024), (1e-3, 1 - 1024)):
+        hu = read_slice(_save(_ct(stored, RescaleSlope=slope), tmp_path / "ok.dcm")).hu
+        assert np.allclose(hu, expected) and np.isfinite(hu).all()
+
+
+def test_decoder_stderr_is_captured_into_the_one_error(tmp_path, capfd):  # item 4
+    def cut(frame: bytearray) -> bytearray:
+        return frame[: len(frame) // 2]  # GDCM's OpenJPEG prints "Tile part length size inconsistent ..."
+
+    path = _save(ct_small_compressed(JPEG2000Lossless, cut), tmp_path / "cut.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DicomError, match="cannot decode JPEG 2000"):
+            read_slice(path)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_native_stderr_capture_keeps_other_threads_python_output(capfd):  # item 4
+    import sys
+    import threading
+
+    from ctgen.native_stderr import captured_native_stderr
+
+    with captured_native_stderr() as captured:
+        os.write(2, b"decoder noise\n")
+        writer = threading.Thread(target=lambda: print("ctgen: skipped other.dcm: reason", file=sys.stderr))
+        writer.start()
+        writer.join()
+    assert captured() == "decoder noise\n"
+    assert capfd.readouterr().err == "ctgen: skipped other.dcm: reason\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
+def test_a_damaged_element_length_allocates_nothing(tmp_path):  # item 2, found by the fuzz test
+    import resource
+
+    path = tmp_path / "long.dcm"  # an element after the pixel data claims 3.75 GiB
+    path.write_bytes(Path(CT_SMALL).read_bytes() + b"\x09\x00\x01\x10OB\x00\x00" + (0xF0000000).to_bytes(4, "little")
+                     + bytes(16))
+    limit = 2 * 2**30  # Python allocates what a read asks for: 3.75 GiB would be a MemoryError here
+    reader = "import sys; from ctgen.dicom import read_slice; print(read_slice(sys.argv[1]).hu.shape)"
+    result = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert (result.returncode, result.stdout.strip()) == (0, "(128, 128)"), result.stderr[-2000:]
+
+
+def test_large_files_are_read_through_reads_clamped_to_the_file(tmp_path, monkeypatch, ct_small_hu):  # item 2
+    import ctgen.dicom.limits as limits
+
+    monkeypatch.setattr(limits, "_IN_MEMORY_BYTES", 0)  # as if every file were larger than 64 MiB
+    with limits.bounded_reader(Path(CT_SMALL)) as stream:
+        assert isinstance(stream, limits._BoundedReader)
+        stream.seek(-10, os.SEEK_END)
+        assert len(stream.read(1 << 40)) == 10  # an unclamped read would allocate a terabyte first
+    np.testing.assert_array_equal(read_slice(CT_SMALL).hu, ct_small_hu)

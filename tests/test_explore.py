@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -384,3 +387,125 @@ def test_command_warns_for_other_hosts(tiny_model_dir):
     assert "ctgen: warning: --host 0.0.0.0 is not loopback" in text
     # CT_small (a neck slice, 85 mm across) is outside what the model was trained on: one line says so
     assert "ctgen: warning: " + str(CT_SMALL) + ": field of view 85 mm" in text
+
+
+# ------------------------------------------------------------------ hostile clients (issue 15, items 11-13)
+def _strict_json(body: bytes):
+    """JSON as the standard has it: NaN and Infinity are not numbers."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("query, message", [
+    ("seed=-1", "seed must be a whole number from 0 to 9223372036854775807"),
+    ("seed=" + "9" * 5000, "seed must be a whole number"),
+    ("seed=1.5", "seed must be a whole number"),
+    ("seed=99999999999999999999", "seed must be a whole number"),
+    ("temperature=1e308", "temperature must be a number from 0 to 10"),
+    ("temperature=inf", "temperature must be"),
+    ("temperature=nan", "temperature must be"),
+    ("temperature=-0.5", "temperature must be"),
+    ("temperature=" + "1" * 5000, "temperature must be"),
+])
+def test_sample_parameters_out_of_bounds_are_400(server, query, message):  # item 11
+    status, content_type, body = request(server, f"/api/sample?{query}")
+    assert status == 400 and content_type == "application/json"
+    assert message in _strict_json(body)["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON (nested too deeply)"),
+    (b'{"z": [' + b"9" * 5000 + b"]}", "not valid JSON"),
+    (b'{"z": [NaN, 0, 0, 0, 0, 0, 0, 0]}', "NaN is not a number JSON allows"),
+    (b'{"z": [1e400, 0, 0, 0, 0, 0, 0, 0]}', "z contains NaN or infinite values"),
+    (json.dumps({"z": [1e30] * 8}).encode(), "z values must lie within ±1000"),
+    (json.dumps({"z": [0.0] * 8, "window": [1e308, 1e308]}).encode(), "bad window"),
+    (json.dumps({"z": [0.0] * 8, "window": [0, 1e-300]}).encode(), "bad window"),
+])
+def test_hostile_json_bodies_are_400(server, body, message):  # item 11
+    status, content_type, answer = request(server, "/api/decode", body, {"Content-Type": "application/json"})
+    assert status == 400 and content_type == "application/json"
+    assert message in _strict_json(answer)["error"]
+
+
+def test_answers_are_standard_json_at_the_bounds(server):  # item 11: temperature 1e308 used to give Infinity
+    for query in ("seed=9223372036854775807&temperature=10", "seed=0&temperature=0"):
+        status, _, body = request(server, f"/api/sample?{query}")
+        assert status == 200 and all(math.isfinite(v) for v in _strict_json(body)["z"])
+    _strict_json(request(server, "/api/state")[2])
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a browser tab killed mid-upload does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_clients_that_vanish_mid_request_leave_the_console_quiet(server, capfd):  # item 12
+    address = server.server_address[:2]
+    capfd.readouterr()
+    for index in range(20):
+        sock = socket.create_connection(address, timeout=10)
+        if index % 4 == 0:  # half a request line
+            sock.sendall(b"POST /api/enc")
+        elif index % 4 == 1:  # headers, no body
+            sock.sendall(b"POST /api/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n")
+        else:  # part of the upload
+            sock.sendall(b"POST /api/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+                         + b"\0" * 200_000)
+        _abort(sock)
+    sock = socket.create_connection(address, timeout=10)  # asks, then leaves before the answer is read
+    sock.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    _abort(sock)
+    assert server.wait_until_idle(timeout=20)
+    assert capfd.readouterr() == ("", "")
+    assert request(server, "/api/state")[0] == 200
+
+
+def test_idle_and_trickling_connections_are_closed_after_the_timeout(generator):  # item 13
+    server = start_server(generator, host="127.0.0.1", port=0, request_timeout_s=0.3)
+    try:
+        idle = socket.create_connection(server.server_address[:2], timeout=10)
+        trickle = socket.create_connection(server.server_address[:2], timeout=10)
+        trickle.sendall(b"POST /api/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # the server hung up (recv would wait 10 s otherwise)
+        assert trickle.recv(1) == b""
+        assert time.monotonic() - started < 5
+        assert server.wait_until_idle(timeout=5)
+        idle.close()
+        trickle.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_beyond_the_cap_get_503_at_once(generator):  # item 13: a thread each, so a cap
+    server = start_server(generator, host="127.0.0.1", port=0, max_connections=3)
+    try:
+        held = [socket.create_connection(server.server_address[:2], timeout=10) for _ in range(3)]
+        for sock in held:
+            sock.sendall(b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive: stays open
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        status, _, body = request(server, "/api/state")
+        assert status == 503 and "too many connections" in _strict_json(body)["error"]
+        for sock in held:
+            sock.close()
+        assert server.wait_until_idle(timeout=10)
+        assert request(server, "/api/state")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_many_concurrent_clients_are_all_served(server):  # item 13: 2 of 500 were reset under 25 clients
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(index: int) -> list[int]:
+        return [request(server, "/api/state")[0] for _ in range(5)]
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        statuses = [status for batch in pool.map(client, range(40)) for status in batch]
+    assert statuses == [200] * 200

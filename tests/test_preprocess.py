@@ -253,3 +253,47 @@ def test_hu_map_cards_round_trip_and_bad_maps_are_refused():
             HUMap(*knots)
     with pytest.raises(InputError, match="unknown HU map"):
         Grid.from_card({**card, "hu_map": {"kind": "spline"}})
+# ------------------------------------------------------------------ hostile spacings (issue 15, item 1)
+@pytest.mark.parametrize("spacing_mm", [(1e-4, 1e-4), (1e-5, 1.0), (1e-300, 1e-300), (1e-320, 1e-320), (25.0, 25.0),
+                                        (float("inf"), 1.0), (-1.0, -1.0)])
+def test_implausible_spacing_is_refused_before_any_work(spacing_mm):
+    with pytest.raises(InputError, match="outside 0.05 to 20 mm"):
+        to_model(np.zeros((512, 512), np.float32), spacing_mm, GRID_128)
+
+
+@pytest.mark.parametrize("bad", [{"spacing_mm": 1e300}, {"spacing_mm": 1e-4}, {"spacing_mm": float("nan")},
+                                 {"size": 5000}])
+def test_implausible_grids_are_refused(bad):
+    with pytest.raises(InputError, match="bad model grid"):
+        Grid(**bad)
+
+
+@pytest.mark.parametrize("shape, spacing_mm, grid", [
+    ((512, 512), (0.05, 0.05), Grid(size=256, spacing_mm=20.0)),  # 400 input pixels per model pixel
+    ((512, 512), (20.0, 20.0), Grid(size=256, spacing_mm=0.05)),
+    ((1, 65535), None, Grid(size=256, spacing_mm=1.0)),  # the widest image a header can describe
+    ((4, 16384), (0.05, 0.05), Grid(size=256, spacing_mm=20.0)),
+])
+def test_resampling_at_the_limits_stays_small(shape, spacing_mm, grid):
+    import tracemalloc
+
+    hu = np.random.default_rng(0).normal(0, 500, shape).astype(np.float32)
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the missing spacing
+            image = to_model(hu, spacing_mm, grid)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (grid.size, grid.size) and np.isfinite(image).all()
+    assert peak < 160 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_huge_finite_values_give_no_numpy_warnings():
+    hu = np.full((64, 64), 3e38, np.float32)
+    hu[::2] = -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = to_model(hu, (1.0, 1.0), GRID_128)
+    assert np.isfinite(image).all()

@@ -7,8 +7,10 @@ attribute can leak. The public names of both modules are re-exported here.
 from __future__ import annotations
 
 from ctgen.dicom.common import patient_key
+from ctgen.dicom.limits import MAX_PIXELS_DEFAULT, MAX_PIXELS_ENV, max_pixels, set_max_pixels
 from ctgen.dicom.read import AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice
 from ctgen.dicom.write import STORED_OFFSET, SeriesWriter, write_series, write_slice
 
 __all__ = ["SeriesWriter", "Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "write_series",
-           "write_slice", "patient_key", "AIR_HU", "STORED_OFFSET"]
+           "write_slice", "patient_key", "AIR_HU", "STORED_OFFSET", "MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV",
+           "max_pixels", "set_max_pixels"]

@@ -1,7 +1,10 @@
 """Reading CT slices as Hounsfield units.
 
 Reading decodes what pydicom's plugins decode (gdcm: JPEG and JPEG-LS; openjpeg: JPEG 2000; rle;
-deflate and big endian natively) and raises every failure as DicomError.
+deflate and big endian natively) and raises every failure as DicomError. Header values are checked
+before they are used: the decoded size against a limit (``ctgen.dicom.limits``) and the codestream's
+own size before any decoder runs, the pixel spacing against a plausible range, the rescale for finite
+HU. Decoders run inside one boundary: their exceptions, warnings and stderr output become one DicomError.
 """
 
 from __future__ import annotations
@@ -20,12 +23,19 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
+from pydicom.encaps import generate_frames, get_frame
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGExtended12Bit
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGExtended12Bit,
+)
 
 from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import one_line as _one_line
-from ctgen.errors import DicomError
+from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated, check_pixel_count
+from ctgen.errors import CtgenError, DicomError
+from ctgen.native_stderr import captured_native_stderr
+from ctgen.preprocess import SPACING_RANGE_MM
 
 __all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "AIR_HU"]
 
@@ -38,6 +48,8 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # one reader at a time, whichever thread reads
 _READ_LOCK = threading.RLock()
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
+_BITS_ALLOCATED = (8, 16, 32)
+_HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ class Slice:
 
 
 # ---------------------------------------------------------------------------------------- reading
-def read_slice(path, *, allow_mr: bool = False, frame: int | None = None) -> Slice:
+def read_slice(path, *, allow_mr: bool = False, frame: int | None = None, max_pixels: int | None = None) -> Slice:
     """Read one frame (default 0) of a CT file as HU.
 
     Rescale slope/intercept or a modality LUT is applied, from the frame's or the shared functional
@@ -66,25 +78,30 @@ def read_slice(path, *, allow_mr: bool = False, frame: int | None = None) -> Sli
     it after the modality LUT, for display only, so rescaled values are HU either way. Pixels equal
     to PixelPaddingValue (or within PixelPaddingRangeLimit) become AIR_HU (0 for MR).
     Raises DicomError: not DICOM, truncated, no pixel data, colour, not CT (MR needs allow_mr=True),
-    frame out of range, or pixel data that cannot be decoded.
+    frame out of range, pixel data that cannot be decoded, more than ``max_pixels`` pixels to decode
+    (None: ``ctgen.dicom.max_pixels()``, set by ``set_max_pixels`` or CTGEN_MAX_PIXELS), a codestream
+    whose size differs from the header's, a pixel spacing outside SPACING_RANGE_MM (0.05 to 20 mm),
+    or a rescale that is zero or does not give finite HU.
     """
-    with _guard(path, allow_mr) as (ds, modality, n_frames):
+    with _guard(path, allow_mr, max_pixels) as (ds, modality, n_frames):
         index = 0 if frame is None else frame
         if not 0 <= index < n_frames:
             raise DicomError(path, f"frame {index} out of range (the file has {n_frames})")
-        return _slice(ds, path, modality, index, _decode(ds, path, index if n_frames > 1 else None)[0])
+        stored = _decode(ds, path, index if n_frames > 1 else None, n_frames, max_pixels)[0]
+        return _slice(ds, path, modality, index, stored)
 
 
-def read_frames(path, *, allow_mr: bool = False) -> list[Slice]:
-    """Read every frame of a file (one Slice for a single-frame file). Raises DicomError."""
-    with _guard(path, allow_mr) as (ds, modality, n_frames):
-        stored = _decode(ds, path, None)
+def read_frames(path, *, allow_mr: bool = False, max_pixels: int | None = None) -> list[Slice]:
+    """Read every frame of a file (one Slice for a single-frame file). Raises DicomError as ``read_slice``;
+    the pixel limit counts every frame."""
+    with _guard(path, allow_mr, max_pixels) as (ds, modality, n_frames):
+        stored = _decode(ds, path, None, n_frames, max_pixels)
         if len(stored) != n_frames:
             raise DicomError(path, f"decoded {len(stored)} frames, the header says {n_frames}")
         return [_slice(ds, path, modality, i, stored[i]) for i in range(n_frames)]
 
 
-def read_series(source, *, allow_mr: bool = False) -> list[Slice]:
+def read_series(source, *, allow_mr: bool = False, max_pixels: int | None = None) -> list[Slice]:
     """Read every frame of a folder (recursively), a file or a list of paths.
 
     Slices are grouped by SeriesInstanceUID (in order of first appearance) and sorted along the
@@ -93,7 +110,7 @@ def read_series(source, *, allow_mr: bool = False) -> list[Slice]:
     """
     groups: dict[str, list[Slice]] = {}
     for file in iter_dicom_files(source):
-        for one in read_frames(file, allow_mr=allow_mr):
+        for one in read_frames(file, allow_mr=allow_mr, max_pixels=max_pixels):
             groups.setdefault(one.series_uid, []).append(one)
     if not groups:
         raise DicomError(source if isinstance(source, (str, os.PathLike)) else None, "no DICOM files found")
@@ -127,29 +144,43 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _guard(path, allow_mr: bool):
-    # pydicom warns instead of raising on damaged files: record (silence) warnings, convert errors
-    with _READ_LOCK, warnings.catch_warnings(record=True) as caught:
+def _guard(path, allow_mr: bool, max_pixels: int | None):
+    # pydicom warns instead of raising on damaged files: record (silence) warnings, convert errors;
+    # numpy's floating-point warnings are recorded too
+    with _READ_LOCK, warnings.catch_warnings(record=True) as caught, np.errstate(all="warn"):
         warnings.simplefilter("always")
         try:
-            ds = _open(Path(path))
+            ds = _open(Path(path), max_pixels)
             truncated = any("End of file" in str(w.message) for w in caught)
             yield (ds, *_check(ds, path, allow_mr, truncated))
-        except (DicomError, *_FATAL):
+        except (CtgenError, *_FATAL):
             raise
         except BaseException as exc:  # anything at all from damaged files, Rust panics included
             raise DicomError(path, f"cannot read: {_one_line(exc)}") from exc
 
 
-def _open(path: Path) -> Dataset:
+def _open(path: Path, max_pixels: int | None) -> Dataset:
     if not path.is_file():
         raise DicomError(path, "no such file" if not path.exists() else "not a file")
+    with open(path, "rb") as stream:
+        head = stream.read(4096)
+    if DeflatedExplicitVRLittleEndian.encode() in head:  # the file meta may say so: inflate it once, bounded
+        try:
+            meta = read_file_meta_info(path)
+        except Exception:  # no file meta: dcmread says what is wrong
+            meta = None
+        if meta is not None:
+            length = meta.get("FileMetaInformationGroupLength")
+            check_deflated(path, meta.get("TransferSyntaxUID"), None if length is None else 144 + int(length),
+                           max_pixels)
     try:
-        return pydicom.dcmread(path)
+        with bounded_reader(path) as stream:
+            return pydicom.dcmread(stream)
     except InvalidDicomError:
         pass
     try:  # headerless datasets (no preamble, no file meta) still turn up in old archives
-        ds = pydicom.dcmread(path, force=True)
+        with bounded_reader(path) as stream:
+            ds = pydicom.dcmread(stream, force=True)
         usable = "PixelData" in ds and "Rows" in ds and "Columns" in ds
     except Exception:
         usable = False
@@ -165,6 +196,8 @@ def _open(path: Path) -> Dataset:
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int]:
     if "PixelData" not in ds:
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
+    if not ds.PixelData:
+        raise DicomError(path, "pixel data is empty")
     modality = str(ds.get("Modality") or _MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
     if modality not in (("CT", "MR") if allow_mr else ("CT",)):
         hint = " (pass allow_mr=True to read MR)" if modality == "MR" else ""
@@ -177,6 +210,14 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int
     n_frames = int(ds.get("NumberOfFrames") or 1)
     if n_frames < 1:
         raise DicomError(path, f"invalid number of frames {n_frames}")
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 1 or columns < 1:
+        raise DicomError(path, f"invalid image size {columns} x {rows} pixels")
+    bits = ds.get("BitsAllocated")
+    if bits not in _BITS_ALLOCATED:
+        raise DicomError(path, f"BitsAllocated {bits} is not supported (8, 16 or 32)")
+    if not 1 <= _bits_stored(ds) <= bits:
+        raise DicomError(path, f"BitsStored {ds.get('BitsStored')} does not fit BitsAllocated {bits}")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:  # pydicom pads short native pixel data
         expected, actual = get_expected_length(ds, "bytes"), len(ds.PixelData)
         if actual < expected:
@@ -184,21 +225,46 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int
     return modality, n_frames
 
 
-def _decode(ds: Dataset, path, index: int | None) -> np.ndarray:
-    """Stored values (frames, H, W), signedness fixed by pydicom, nothing rescaled."""
+def _decode(ds: Dataset, path, index: int | None, n_frames: int, max_pixels: int | None) -> np.ndarray:
+    """Stored values (frames, H, W), signedness fixed by pydicom, nothing rescaled.
+
+    ``index``: one frame of a multi-frame file, or None for all frames. Sizes are checked before any
+    decoder runs; compressed data is decoded with descriptor 2 captured (decoders print their errors).
+    """
     syntax = ds.file_meta.TransferSyntaxUID
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    check_pixel_count(path, rows, columns, 1 if index is not None else n_frames, max_pixels)
     try:
         stored = _native_16bit(ds, index)
-        if stored is None:
+        if stored is None and not syntax.is_encapsulated:
             stored = pixel_array(ds, index=index)
-    except _FATAL:
+        elif stored is None:
+            check_codestream(path, syntax, _frames(ds, index, n_frames), rows, columns,
+                             int(ds.get("SamplesPerPixel") or 1), int(ds.BitsAllocated), _bits_stored(ds))
+            with captured_native_stderr():
+                stored = pixel_array(ds, index=index)
+    except (CtgenError, *_FATAL):
         raise
     except BaseException as exc:  # pyo3's PanicException is not an Exception
         needs_gpl = (syntax == JPEGExtended12Bit and int(ds.get("BitsStored") or 8) > 8
                      and "pylibjpeg" not in get_decoder(syntax).available_plugins)
         raise DicomError(path, _JPEG_GPL if needs_gpl else
                          f"cannot decode {syntax.name} pixel data: {_one_line(exc)}") from exc
-    return stored.reshape(-1, int(ds.Rows), int(ds.Columns))
+    return stored.reshape(-1, rows, columns)
+
+
+def _bits_stored(ds: Dataset) -> int:
+    return int(ds.get("BitsStored") or ds.BitsAllocated)
+
+
+def _frames(ds: Dataset, index: int | None, n_frames: int):
+    """The encapsulated frames that ``pixel_array(ds, index=index)`` will decode, as bytes."""
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    if index is None and n_frames > 1:
+        return generate_frames(ds.PixelData, number_of_frames=n_frames, extended_offsets=extended)
+    return [get_frame(ds.PixelData, index or 0, number_of_frames=n_frames, extended_offsets=extended)]
 
 
 def _native_16bit(ds: Dataset, index: int | None) -> np.ndarray | None:
@@ -236,7 +302,7 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
         hu = stored.astype(np.float32)
         slope, intercept = 1.0, 0.0
         if "RescaleIntercept" in source:
-            slope, intercept = float(source.get("RescaleSlope") or 1), float(source.RescaleIntercept or 0)
+            slope, intercept = _rescale(ds, source, path)
         if slope != 1.0:
             hu *= np.float32(slope)
         if intercept != 0.0:
@@ -251,7 +317,7 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
     width = _floats(_attr(ds, groups, "FrameVOILUTSequence", "WindowWidth"), positive=True)
     number = _floats(ds.get("InstanceNumber"), 1)
     return Slice(
-        hu=hu, spacing_mm=_floats(_attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing"), 2, positive=True),
+        hu=hu, spacing_mm=_spacing(_attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing"), path),
         path=str(path), modality=modality, patient_id=str(ds.get("PatientID") or ""),
         series_uid=str(ds.get("SeriesInstanceUID") or ""),
         position_mm=_floats(_attr(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
@@ -281,6 +347,40 @@ def _attr(ds: Dataset, groups: list[Dataset], sequence: str, keyword: str | None
         if items and (keyword is None or items[0].get(keyword) is not None):
             return items[0] if keyword is None else items[0].get(keyword)
     return None if keyword is None else ds.get(keyword)
+
+
+def _spacing(value, path) -> tuple[float, float] | None:
+    """PixelSpacing as (row, column) mm; None when absent, empty or 0 (some writers store 0 for unknown).
+
+    DicomError when it is anything else than two finite numbers inside SPACING_RANGE_MM: resampling by a
+    damaged spacing would give a wrong image or ask for gigabytes."""
+    if value is None or value == "" or (not isinstance(value, (str, bytes, int, float)) and len(value) == 0):
+        return None
+    spacing = _floats(value, 2)
+    if spacing is not None and 0.0 in spacing:
+        return None
+    low, high = SPACING_RANGE_MM
+    if spacing is None or not all(low <= v <= high for v in spacing):
+        shown = " x ".join(f"{v:g}" for v in spacing) + " mm" if spacing else repr(value)[:60]
+        raise DicomError(path, f"implausible pixel spacing {shown} (expected {low:g} to {high:g} mm)")
+    return spacing
+
+
+def _rescale(ds: Dataset, source: Dataset, path) -> tuple[float, float]:
+    """(slope, intercept): an absent or empty slope is 1; zero, non-finite or overflowing values raise."""
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = source.get(keyword)
+        value = _floats(default if raw is None or raw == "" else raw, 1)
+        if value is None:
+            raise DicomError(path, f"invalid {keyword} {repr(raw)[:40]} (not a finite number)")
+        values.append(value[0])
+    slope, intercept = values
+    if slope == 0.0:
+        raise DicomError(path, "invalid RescaleSlope 0 (every pixel would have one value)")
+    if abs(slope) * 2.0 ** int(ds.BitsAllocated) + abs(intercept) > _HU_LIMIT:
+        raise DicomError(path, f"rescale slope {slope:g}, intercept {intercept:g} takes HU beyond float32")
+    return slope, intercept
 
 
 def _stored_value(ds: Dataset, value) -> int:

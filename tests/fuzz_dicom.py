@@ -1,0 +1,357 @@
+"""Structured fuzzing of the DICOM reader (issue 15): real headers, mutated field by field.
+
+Seeds are pydicom's real CT files (CT_small natively and as RLE, JPEG 2000, JPEG-LS, JPEG lossless; the
+512² JPEG 2000 head 693_J2KI) and a three-frame enhanced CT with functional groups (native and RLE).
+Each case applies up to seven mutations: pixel spacing, rescale (top level or functional group), rows,
+columns, frames, bits allocated/stored, high bit, pixel representation, photometric interpretation,
+samples per pixel, padding, the transfer syntax label (consistent or lying), truncated pixel data,
+damaged codestream bytes.
+
+The invariant: reading either raises a ctgen error (not one caused by running out of memory) or gives
+finite float32 HU with no or a plausible spacing, which ``to_model`` turns into a finite image in [0, 1]
+(or refuses with InputError); each case stays under a time and a peak-memory bound.
+
+Run it where a native crash cannot take anything down with it: ``tests/test_dicom_fuzz.py`` starts it in
+a subprocess under an address-space limit. By hand: ``python tests/fuzz_dicom.py --examples 10000``.
+Every case is written to ``--log`` before it runs, so a crash leaves the culprit as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import tempfile
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    AllTransferSyntaxes, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLossless,
+    JPEGLSLossless, RLELossless, generate_uid,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from ctgen.dicom import read_frames, read_slice  # noqa: E402
+from ctgen.errors import CtgenError, InputError  # noqa: E402
+from ctgen.preprocess import SPACING_RANGE_MM, Grid, to_model  # noqa: E402
+
+MAX_PIXELS = 1 << 22  # the reader's limit during fuzzing: bounds below are stated against it
+TIME_LIMIT_S = 5.0  # per case, reading and preprocessing (a 2048² decode takes well under a second)
+MEMORY_LIMIT_MB = 600  # peak resident memory per case above the process's size before it
+GRID = Grid(size=64, spacing_mm=3.75)
+CT_SMALL = get_testdata_file("CT_small.dcm")
+
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE  # write whatever a mutation sets
+
+
+# ----------------------------------------------------------------------------------------- seeds
+def _compressed(ds: Dataset, syntax) -> Dataset | None:
+    ds = copy.deepcopy(ds)
+    try:
+        ds.compress(syntax)
+    except Exception:  # noqa: BLE001 - no encoder here: the seed is left out
+        return None
+    return ds
+
+
+def _gdcm(ds: Dataset, syntax) -> Dataset | None:
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
+        ds.save_as(source, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(source))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
+        if not reader.Read():
+            return None
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            return None
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(target))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        return pydicom.dcmread(target) if writer.Write() else None
+
+
+def _group(**sequences) -> Dataset:
+    group = Dataset()
+    for keyword, attributes in sequences.items():
+        item = Dataset()
+        for name, value in attributes.items():
+            setattr(item, name, value)
+        setattr(group, keyword, Sequence([item]))
+    return group
+
+
+def _enhanced() -> Dataset:
+    """Three 32 x 32 frames of an enhanced CT: spacing and rescale in the shared and per-frame groups."""
+    ds = pydicom.dcmread(CT_SMALL)
+    frames = np.stack([ds.pixel_array[i * 32 : i * 32 + 32, 32:64] for i in range(3)])
+    ds.set_pixel_data(frames.astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SharedFunctionalGroupsSequence = Sequence([_group(
+        PixelMeasuresSequence={"PixelSpacing": [0.7, 0.7], "SliceThickness": 2},
+        PixelValueTransformationSequence={"RescaleIntercept": -1024, "RescaleSlope": 1})])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([
+        _group(PlanePositionSequence={"ImagePositionPatient": [0, 0, z]},
+               PixelValueTransformationSequence={"RescaleIntercept": -1000 - z, "RescaleSlope": 1 + z / 10})
+        for z in range(3)])
+    return ds
+
+
+def make_seeds() -> dict[str, Dataset]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ct = pydicom.dcmread(CT_SMALL)
+        enhanced = _enhanced()
+        seeds = {"ct": ct, "ct-rle": _compressed(ct, RLELossless), "ct-j2k": _compressed(ct, JPEG2000Lossless),
+                 "ct-jpegls": _gdcm(ct, JPEGLSLossless), "ct-jpeg-lossless": _gdcm(ct, JPEGLossless),
+                 "head-j2k-512": pydicom.dcmread(get_testdata_file("693_J2KI.dcm")),
+                 "enhanced": enhanced, "enhanced-rle": _compressed(enhanced, RLELossless)}
+    return {name: ds for name, ds in seeds.items() if ds is not None}
+
+
+SEEDS = make_seeds()
+SYNTAXES = [uid for uid in AllTransferSyntaxes if uid.is_transfer_syntax] + ["1.2.3.4.5"]
+
+
+# ------------------------------------------------------------------------------------- mutations
+NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64).map(lambda v: f"{v:.8g}"),
+    st.sampled_from(["1e-5", "1e-320", "1e-300", "1e39", "-1e39", "NaN", "inf", "-inf", "0", "-0", "", "abc",
+                     "0.05", "20", "0.0499", "20.01", "1e-3", "1e6"]),
+    st.integers(-(2**31), 2**31 - 1).map(str),
+)
+US = st.one_of(st.sampled_from([0, 1, 2, 7, 127, 128, 129, 255, 256, 512, 2048, 2049, 4096, 8192, 32768, 65535]),
+               st.integers(0, 65535))
+
+MUTATION = st.one_of(
+    st.tuples(st.just("PixelSpacing"), st.one_of(st.none(), st.lists(NUMBERS, min_size=0, max_size=3))),
+    st.tuples(st.sampled_from(["RescaleSlope", "RescaleIntercept"]), st.one_of(st.none(), NUMBERS)),
+    st.tuples(st.sampled_from(["group.RescaleSlope", "group.RescaleIntercept"]), NUMBERS),
+    st.tuples(st.just("group.PixelSpacing"), st.lists(NUMBERS, min_size=0, max_size=3)),
+    st.tuples(st.sampled_from(["Rows", "Columns"]), US),
+    st.tuples(st.just("NumberOfFrames"),
+              st.one_of(st.none(), st.sampled_from(["0", "-1", "2", "3", "4", "100", "2147483647", "x"]),
+                        st.integers(0, 10**6).map(str))),
+    st.tuples(st.just("BitsAllocated"), st.sampled_from([8, 8, 16, 16, 16, 32, 32, 0, 1, 12, 24, 64, 255])),
+    st.tuples(st.sampled_from(["BitsStored", "HighBit"]),
+              st.one_of(st.sampled_from([7, 8, 11, 12, 15, 16, 31, 32]), st.integers(0, 64))),
+    st.tuples(st.just("PixelRepresentation"), st.sampled_from([0, 1, 2])),
+    st.tuples(st.just("PhotometricInterpretation"),
+              st.sampled_from(["MONOCHROME1", "MONOCHROME1", "MONOCHROME2", "MONOCHROME2", "MONOCHROME2", "RGB",
+                               "PALETTE COLOR", "YBR_FULL", "", "XYZ"])),
+    st.tuples(st.just("SamplesPerPixel"), st.sampled_from([1, 1, 1, 0, 3, 4])),
+    st.tuples(st.just("PixelPaddingValue"), st.integers(-32768, 65535)),
+    st.tuples(st.just("syntax"), st.tuples(st.sampled_from(SYNTAXES), st.booleans())),
+    st.tuples(st.just("truncate"), st.floats(0.0, 1.0)),
+    st.tuples(st.just("damage"), st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)), min_size=1, max_size=8)),
+)
+CASE = st.tuples(st.sampled_from(sorted(SEEDS)), st.lists(MUTATION, max_size=7), st.booleans())
+
+
+def _set(ds: Dataset, keyword: str, value) -> None:
+    if value is None:
+        if keyword in ds:
+            delattr(ds, keyword)
+    else:
+        setattr(ds, keyword, value)
+
+
+def _frames_of(ds: Dataset) -> list[bytes]:
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames") or 1)))
+
+
+def build(seed: str, mutations: list) -> bytes:
+    """The seed with ``mutations`` applied, as the bytes of a DICOM file (the label may lie about the body)."""
+    ds = copy.deepcopy(SEEDS[seed])
+    body_syntax = label = ds.file_meta.TransferSyntaxUID
+    for keyword, value in mutations:
+        if keyword.startswith("group."):
+            for group in ds.get("SharedFunctionalGroupsSequence") or []:
+                sequence = "PixelMeasuresSequence" if keyword.endswith("Spacing") else "PixelValueTransformationSequence"
+                for item in group.get(sequence) or []:
+                    _set(item, keyword.removeprefix("group."), value)
+        elif keyword == "syntax":
+            label, consistent = pydicom.uid.UID(value[0]), value[1]
+            if consistent and not body_syntax.is_compressed and label.is_transfer_syntax and not label.is_compressed:
+                body_syntax = label  # re-encode the body to match the label
+        elif keyword == "truncate":
+            ds.PixelData = ds.PixelData[: int(len(ds.PixelData) * value)]
+        elif keyword == "damage" and ds.file_meta.TransferSyntaxUID.is_compressed:
+            try:
+                frames = [bytearray(frame) for frame in _frames_of(ds)]
+            except Exception:  # noqa: BLE001 - already broken by another mutation
+                continue
+            for position, mask in value:
+                frame = frames[int(position * len(frames)) % len(frames)]
+                if frame:
+                    frame[int(position * (len(frame) - 1))] ^= mask
+            ds.PixelData = encapsulate([bytes(frame) for frame in frames])
+        else:
+            _set(ds, keyword, value)
+    meta = copy.deepcopy(ds.file_meta)
+    meta.TransferSyntaxUID = label
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    body = DicomBytesIO()
+    encoding = ExplicitVRLittleEndian if body_syntax == DeflatedExplicitVRLittleEndian else body_syntax
+    body.is_little_endian = encoding.is_little_endian if encoding.is_transfer_syntax else True
+    body.is_implicit_VR = encoding.is_implicit_VR if encoding.is_transfer_syntax else False
+    write_dataset(body, ds)
+    data = body.getvalue()
+    if body_syntax == DeflatedExplicitVRLittleEndian:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = packer.compress(data) + packer.flush()
+    return out.getvalue() + data
+
+
+# ------------------------------------------------------------------------------------- invariant
+def _peak_rss_mb() -> float | None:
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class Stats:
+    def __init__(self):
+        self.cases = self.errors = self.read = self.refused_by_to_model = self.unwritable = 0
+        self.slowest_s = 0.0
+        self.peak_mb = 0.0
+        self.reasons: dict[str, int] = {}
+
+
+def check_case(path: Path, all_frames: bool, stats: Stats) -> None:
+    """Read ``path`` and preprocess what was read; assert the invariant."""
+    baseline = _peak_rss_mb() if _reset_peak_rss() else None
+    start = time.perf_counter()
+    slices = []
+    try:
+        slices = read_frames(path, max_pixels=MAX_PIXELS) if all_frames else [read_slice(path, max_pixels=MAX_PIXELS)]
+    except CtgenError as error:
+        cause = error.__cause__
+        assert not isinstance(cause, (MemoryError, RecursionError)), f"{type(cause).__name__} became {error}"
+        assert "\n" not in str(error), f"a multi-line error: {error!r}"
+        stats.errors += 1
+        reason = re.sub(r"[0-9]+", "N", getattr(error, "reason", str(error)))[:60]
+        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+    for one in slices:
+        stats.read += 1
+        assert one.hu.dtype == np.float32 and one.hu.ndim == 2 and one.hu.size > 0, (one.hu.dtype, one.hu.shape)
+        assert one.hu.size <= MAX_PIXELS
+        assert np.isfinite(one.hu).all(), "non-finite HU"
+        low, high = SPACING_RANGE_MM
+        assert one.spacing_mm is None or all(low <= v <= high for v in one.spacing_mm), one.spacing_mm
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "no pixel spacing" is the documented warning
+                warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow/invalid warnings are not
+                image = to_model(one.hu, one.spacing_mm, GRID)
+        except InputError:
+            stats.refused_by_to_model += 1
+            continue
+        assert image.shape == (GRID.size, GRID.size) and np.isfinite(image).all()
+        assert image.min() >= 0.0 and image.max() <= 1.0
+    elapsed = time.perf_counter() - start
+    stats.cases += 1
+    stats.slowest_s = max(stats.slowest_s, elapsed)
+    assert elapsed < TIME_LIMIT_S, f"took {elapsed:.1f} s"
+    if baseline is not None:
+        grown = _peak_rss_mb() - baseline
+        stats.peak_mb = max(stats.peak_mb, grown)
+        assert grown < MEMORY_LIMIT_MB, f"peak memory grew by {grown:.0f} MB"
+
+
+def run(examples: int, *, seed: int | None, log: Path | None) -> Stats:
+    """Fuzz ``examples`` cases; raises (hypothesis's report) on the first broken invariant."""
+    stats = Stats()
+    folder = Path(tempfile.mkdtemp(prefix="ctgen-fuzz-"))
+    log_stream = open(log, "w") if log else None  # noqa: SIM115 - closed below
+    options = dict(max_examples=examples, deadline=None, database=None, print_blob=True,
+                   suppress_health_check=list(HealthCheck))
+    if seed is None:
+        options["derandomize"] = True
+
+    @settings(**options)
+    @given(CASE)
+    def case(spec):
+        seed_name, mutations, all_frames = spec
+        if log_stream:
+            log_stream.write(f"{seed_name} all_frames={all_frames} {mutations!r}\n")
+            log_stream.flush()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's complaints about the values it is asked to write
+                data = build(seed_name, mutations)
+        except Exception:  # noqa: BLE001 - a mutation pydicom cannot write: nothing to read
+            stats.unwritable += 1
+            return
+        path = folder / "case.dcm"
+        path.write_bytes(data)
+        check_case(path, all_frames, stats)
+
+    try:
+        if seed is not None:
+            from hypothesis import seed as hypothesis_seed
+
+            hypothesis_seed(seed)(case)()
+        else:
+            case()
+    finally:
+        if log_stream:
+            log_stream.close()
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: derandomized, the same cases)")
+    parser.add_argument("--log", type=Path, default=None, help="write each case here before running it")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    stats = run(args.examples, seed=args.seed, log=args.log)
+    print(f"fuzz: {stats.cases} cases ({stats.unwritable} more that pydicom could not write) in "
+          f"{time.perf_counter() - started:.1f} s: {stats.errors} ctgen errors, "
+          f"{stats.read} slices read ({stats.refused_by_to_model} refused by to_model); slowest case "
+          f"{stats.slowest_s:.2f} s, largest peak-memory growth {stats.peak_mb:.0f} MB")
+    for reason, count in sorted(stats.reasons.items(), key=lambda item: -item[1])[:25]:
+        print(f"  {count:6d}  {reason}")
+
+
+if __name__ == "__main__":
+    main()
