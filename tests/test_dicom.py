@@ -653,7 +653,7 @@ def test_pixel_limit_overrides(tmp_path, monkeypatch):  # item 2: parameter, set
     assert read_slice(CT_SMALL, max_pixels=128 * 128).hu.shape == (128, 128)
     monkeypatch.setenv("CTGEN_MAX_PIXELS", "1000")
     assert max_pixels() == 1000
-    with pytest.raises(DicomError, match="limit of 1,000 decoded pixels \\(set CTGEN_MAX_PIXELS to raise it\\)"):
+    with pytest.raises(DicomError, match="limit of 1,000 decoded pixels \\(raise it with --max-pixels or CTGEN_MAX_PIXELS\\)"):
         read_slice(CT_SMALL)
     try:
         set_max_pixels(128 * 128)  # the setting wins over the environment

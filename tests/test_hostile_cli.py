@@ -94,7 +94,7 @@ def test_oversized_header_fails_cleanly_under_an_address_space_limit(tmp_path): 
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [f"ctgen: error: {path}: image of 32768 x 32768 pixels exceeds the limit "
-                                          "of 67,108,864 decoded pixels (set CTGEN_MAX_PIXELS to raise it)"]
+                                          "of 67,108,864 decoded pixels (raise it with --max-pixels or CTGEN_MAX_PIXELS)"]
 
 
 @pytest.mark.parametrize("bits", [{"BitsAllocated": 32}, {"BitsAllocated": 8, "BitsStored": 7, "HighBit": 6}])

@@ -149,8 +149,18 @@ def _root(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Random seed.", rich_help_panel=_SHARED, show_default=False)
     ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option("--max-pixels", min=1, metavar="N", envvar="CTGEN_MAX_PIXELS", show_default="2^26",
+                     help="Refuse DICOM files whose rows x columns x frames exceed N, before decoding them.",
+                     rich_help_panel=_SHARED),
+    ] = None,
 ) -> None:
     ctx.meta[_DEBUG_KEY] = debug
+    if max_pixels is not None:
+        from ctgen.dicom import set_max_pixels
+
+        set_max_pixels(max_pixels)
     shared = {"model": model, "device": device, "quiet": quiet or None, "json_summary": json_summary or None,
               "force": force or None, "window": window, "seed": seed}
     shared = {name: value for name, value in shared.items() if value is not None}

@@ -82,7 +82,7 @@ def check_pixel_count(path, rows: int, columns: int, frames: int, limit: int | N
     if rows * columns * frames > limit:
         size = f"{columns} x {rows} pixels" + (f" x {frames} frames" if frames > 1 else "")
         raise DicomError(path, f"image of {size} exceeds the limit of {limit:,} decoded pixels "
-                               f"(set {MAX_PIXELS_ENV} to raise it)")
+                               f"(raise it with --max-pixels or {MAX_PIXELS_ENV})")
 
 
 def check_codestream(path, syntax: UID, frames: Iterable[bytes], rows: int, columns: int, samples: int,
@@ -188,7 +188,7 @@ def check_deflated(path: Path, syntax: UID | None, dataset_offset: int | None, l
                     block = inflater.unconsumed_tail
                     if total > limit_bytes:
                         raise DicomError(path, f"deflated dataset inflates beyond {limit_bytes:,} bytes "
-                                               f"(set {MAX_PIXELS_ENV} to raise the pixel limit)")
+                                               f"(raise the pixel limit with --max-pixels or {MAX_PIXELS_ENV})")
     except zlib.error as exc:
         raise DicomError(path, f"corrupt deflated dataset ({exc})") from None
 
