@@ -47,7 +47,8 @@ def train_point(base, latent: int, beta: float, command: str) -> Path:
     return run
 
 
-def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool = False) -> dict[str, Any]:
+def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool = False,
+              dense: str | None = None) -> dict[str, Any]:
     """Export ``run`` to RUN/model and evaluate it into RUN/report (both redone when the checkpoint is newer)."""
     from ctgen.report import report_folder
     from ctgen.model import load_model
@@ -61,7 +62,7 @@ def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool
     metrics_path = report_dir / "metrics.json"
     if rescore or not metrics_path.is_file() or metrics_path.stat().st_mtime < card.stat().st_mtime:
         return report_folder(load_model(model_dir, device="cpu"), data, report_dir, force=True,
-                             split=run / "split.json", max_slices=max_slices, seed=seed, real=True)[0]
+                             split=run / "split.json", max_slices=max_slices, seed=seed, real=True, dense=dense)[0]
     return json.loads(metrics_path.read_text())
 
 

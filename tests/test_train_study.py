@@ -92,3 +92,32 @@ def test_choose_beta_needs_usable_reconstruction_then_separation_then_realism():
     assert chosen["beta"] == 4.0  # 8 reconstructs too badly; 2 and 4 tie on separation, 4 has realer samples
     assert "β 8 excluded" in why and "tied within 0.01 with β 2" in why
     assert choose_beta(rows[:2])[0]["beta"] == 2.0
+
+
+def _objective_row(run, mae, mean, objective="betavae"):
+    scores = {f"dense_{key}": mean for key in ("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap")}
+    return {"run": run, "objective": objective, "data": "data/phantom100", "epochs": 6, "mae_hu_window": mae,
+            "ssim": 0.7, "active_units": 8, **scores, "dense_mean": mean, "named_units": {}, "sample_precision": 0.8}
+
+
+def test_objective_rule_keeps_reconstruction_and_takes_the_best_mean():
+    from studies.objectives import choose
+
+    rows = [_objective_row("betavae_beta1", 20.0, 0.20), _objective_row("tcvae_tc8", 26.0, 0.60, "tcvae"),
+            _objective_row("pairs_beta4", 24.0, 0.40, "pairs"), _objective_row("pairs_beta1", 21.0, 0.395, "pairs")]
+    chosen, why = choose(rows)
+    assert chosen["run"] == "pairs_beta1"  # tcvae reconstructs > 1.25x worse; pairs β 1 ties β 4 with less MAE
+    assert "excluded by it: tcvae_tc8" in why and "tied within 0.01: pairs_beta4, pairs_beta1" in why
+
+
+def test_objective_report_has_the_table_rule_and_chart(tmp_path):
+    from studies.objectives import write_report
+
+    rows = [_objective_row("betavae_beta1", 20.0, 0.20), _objective_row("pairs_beta4", 22.0, 0.40, "pairs")]
+    settings = {"data": "data/phantom100", "dense_train": None, "dense": "data/dense", "image_size": 64,
+                "width": 16, "latent": 10, "epochs": 6, "hu_map": "ct", "batch_size": 64, "seed": 0,
+                "max_slices": 1000}
+    write_report(rows, tmp_path, command="python -m studies.objectives ...", settings=settings)
+    text = (tmp_path / "report.md").read_text()
+    assert "| pairs_beta4 | pairs |" in text and "## The rule" in text and "chosen pairs_beta4" in text
+    assert (tmp_path / "scores_vs_mae.png").stat().st_size > 1000

@@ -31,10 +31,13 @@ from ctgen.cli.commands import (
     scan,
     traverse,
 )
+from ctgen.cli.coerce import install as _plain_coercion
 from ctgen.cli.options import Device
 from ctgen.errors import ArgumentError, CtgenError
 
 __all__ = ["app", "main"]
+
+_plain_coercion()  # options are coerced without importing pydantic (start-up time, see ctgen.cli.coerce)
 
 _DEBUG_KEY = "ctgen.debug"
 

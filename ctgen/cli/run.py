@@ -26,13 +26,11 @@ class Run:
     """One command's session: stderr console, progress bars, warnings as one line, the --json summary."""
 
     def __init__(self, command: str, *, quiet: bool = False, json_summary: bool = False, force: bool = False):
-        from rich.console import Console
-
         self.command = command
         self.quiet = quiet
         self.json_summary = json_summary
         self.force = force
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._console = None
         self.summary: dict[str, Any] = {"command": command, "outputs": []}
         self.failures: list[str] = []
         self.claims = Claims()  # single files this run committed: taken back if the run fails before finish()
@@ -55,10 +53,19 @@ class Run:
     def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         self.warn(str(message))
 
+    @property
+    def console(self):
+        """The Rich console on stderr, made when first needed (tables, progress bars): Rich costs start-up time."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
+
     def note(self, text: str) -> None:
         """A line for people (not for scripts): on stderr unless --quiet."""
         if not self.quiet:
-            self.console.print(text, markup=False)
+            print(text, file=sys.stderr, flush=True)
 
     def warn(self, text: str) -> None:
         if not self.quiet:
@@ -74,9 +81,12 @@ class Run:
 
         Yields ``advance(count)``.
         """
+        if self.quiet or not sys.stderr.isatty():  # no bar to draw: no Rich to import
+            yield lambda count=1: None
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        enabled = not self.quiet and self.console.is_interactive
+        enabled = self.console.is_interactive
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
