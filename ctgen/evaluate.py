@@ -53,26 +53,74 @@ def load_factors(path: str | os.PathLike) -> dict:
         raise InputError(path, f"cannot read the factors table: {getattr(error, 'strerror', None) or error}") from None
     if not rows or "file" not in rows[0]:
         raise InputError(path, "a factors table needs a 'file' column and at least one row")
-    names, columns, skipped = [], [], {}
+    columns, skipped = {}, {}
     for name in rows[0]:
         if name in NOT_FACTORS:
             if name not in ("file", "patient_id"):
                 skipped[name] = "bookkeeping"
             continue
         try:
-            column = np.array([float(row[name]) for row in rows])
+            columns[name] = [float(row[name]) for row in rows]
         except (TypeError, ValueError):
             skipped[name] = "not numeric"
-            continue
-        distinct = len(np.unique(column))
+    return _factor_table([row["file"] for row in rows], [row.get("patient_id") or "" for row in rows], columns,
+                         skipped)
+
+
+def header_factors(files: list[Path]) -> dict:
+    """Factors that DICOM headers give, for archives without a factors table (same form as ``load_factors``):
+    the slice's position within its series (0 .. 1, along the slice normal), patient age (years), sex and
+    contrast (1 when the series names a contrast agent: CTA), kVp, reconstruction kernel and slice thickness.
+    Files are given relative to nothing (absolute paths); columns missing from any header are skipped."""
+    from ctgen.dicom.header import read_header
+
+    headers = [read_header(path) for path in files]
+    by_series: dict[str, list[int]] = {}
+    for index, header in enumerate(headers):
+        by_series.setdefault(header.series_uid or str(Path(header.path).parent), []).append(index)
+    position = [math.nan] * len(headers)
+    for members in by_series.values():
+        def along_normal(index: int) -> float:
+            header = headers[index]
+            if header.position_mm and header.orientation:
+                row, col = np.array(header.orientation[:3]), np.array(header.orientation[3:])
+                return float(np.dot(header.position_mm, np.cross(row, col)))
+            return float(header.instance_number or 0)
+
+        ranked = sorted(members, key=along_normal)
+        for rank, index in enumerate(ranked):
+            position[index] = rank / (len(ranked) - 1) if len(ranked) > 1 else 0.5
+    kernels = sorted({header.kernel for header in headers if header.kernel})
+
+    def column(values: list) -> list[float]:
+        return [math.nan if value is None else float(value) for value in values]
+
+    columns = {
+        "position_in_series": position,
+        "age_years": column([header.age_years for header in headers]),
+        "sex": column([{"M": 0.0, "F": 1.0}.get(header.sex) for header in headers]),
+        "contrast": [1.0 if header.contrast_agent else 0.0 for header in headers],
+        "kvp": column([header.kvp for header in headers]),
+        "kernel": column([kernels.index(header.kernel) if header.kernel else None for header in headers]),
+        "slice_thickness_mm": column([header.slice_thickness_mm for header in headers]),
+    }
+    patients = [patient_key(header.patient_id, header.series_uid) for header in headers]
+    return _factor_table([str(path) for path in files], patients, columns, {})
+
+
+def _factor_table(files: list[str], patients: list[str], columns: dict[str, list[float]],
+                  skipped: dict[str, str]) -> dict:
+    names, kept = [], []
+    for name, values in columns.items():
+        column = np.array(values, dtype=np.float64)
+        distinct = len(np.unique(column[np.isfinite(column)]))
         if not np.isfinite(column).all() or distinct <= 2:
-            skipped[name] = "not finite" if distinct > 2 else "constant" if distinct == 1 else "binary"
+            skipped[name] = "not finite" if not np.isfinite(column).all() else "constant" if distinct <= 1 else "binary"
             continue
         names.append(name)
-        columns.append(column)
-    values = np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0))
-    return {"files": [row["file"] for row in rows], "patients": [row.get("patient_id") or "" for row in rows],
-            "names": names, "values": values, "skipped": skipped}
+        kept.append(column)
+    values = np.stack(kept, axis=1) if kept else np.zeros((len(files), 0))
+    return {"files": files, "patients": patients, "names": names, "values": values, "skipped": skipped}
 
 
 def _load_split(path: Path) -> set[str]:
@@ -170,6 +218,9 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     table_path = study / "factors.csv" if factors is None else None if factors is False else Path(factors)
     table = load_factors(table_path) if table_path is not None and (factors or table_path.is_file()) else None
     files = [table_path.parent / name for name in table["files"]] if table else list(iter_dicom_files([study]))
+    if table is None and factors is None and files:  # a real archive: the factors its headers give
+        table = header_factors(files)
+        table_path = None
     if not files:
         raise InputError(study, "no DICOM files found")
     train_keys = _load_split(Path(split)) if split is not None else None
@@ -200,7 +251,8 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     target = from_model(images[is_held], grid)  # what the model sees: the original clipped to its window
     report: dict[str, Any] = {"format": "ctgen-evaluation", "version": 1, "model": _model_summary(model)}
     report["study"] = {
-        "path": str(study), "factors": str(table_path) if table is not None else None,
+        "path": str(study), "factors": (str(table_path) if table_path is not None else "DICOM headers")
+        if table is not None else None,
         "split": str(split) if split is not None else None, "files": len(files), "max_slices": max_slices,
         "seed": seed, "evaluated": len(images), "heldout_slices": int(is_held.sum()),
         "train_slices": int((~is_held).sum()), "patients": len(patients)}

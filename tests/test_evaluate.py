@@ -138,18 +138,19 @@ def test_force_refuses_a_folder_that_is_not_a_report(tiny_model_dir, study, tmp_
     assert (keep / "thesis.tex").read_text() == "precious"
 
 
-def test_without_factors_table_no_disentanglement(tiny_model_dir, study, tmp_path):
+def test_without_factors_table_the_headers_give_the_factors(tiny_model_dir, study, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(study, bare, ignore=shutil.ignore_patterns("factors.csv"))
     out = tmp_path / "report"
     result = invoke("evaluate", bare, "-m", tiny_model_dir, "--out", out, "--no-real", "--max-slices", 12)
     assert result.exit_code == 0, result.stderr
     report = json.loads((out / "metrics.json").read_text())
-    assert "disentanglement" not in report and report["reconstruction"]["set"] == "all slices"
+    assert report["study"]["factors"] == "DICOM headers" and report["reconstruction"]["set"] == "all slices"
+    assert "position_in_series" in report["disentanglement"]["factors_used"]
     assert report["memorisation"] == {"skipped": "needs --split (the training patients)"}
     text = (out / "report.md").read_text()
-    assert "## Disentanglement" not in text and "Not checked" in text
-    assert "unit_factors" not in card_metrics(report)
+    assert "## Disentanglement" in text and "Not checked" in text
+    assert "unit_labels" in card_metrics(report)  # real archives get unit names from their headers
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "empty"])
@@ -254,3 +255,17 @@ def test_traverse_accepts_factor_names(tiny_model_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke("traverse", "--units", "level", "-m", tiny_model_copy, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["units"] == [2]
+
+
+def test_archives_without_a_factors_table_are_scored_on_header_factors(tiny_model_dir, tmp_path):
+    from conftest import write_heads
+    from ctgen.evaluate import header_factors
+
+    folder = tmp_path / "archive"
+    files = write_heads(folder, 12)
+    table = header_factors(files)
+    assert table["names"] == ["position_in_series"] and table["skipped"]["kvp"] == "not finite"
+    assert sorted(table["values"][:, 0]) == pytest.approx(np.linspace(0, 1, 12))
+    report = evaluate_model(load_model(tiny_model_dir), folder, max_slices=12, real=False)
+    assert report["study"]["factors"] == "DICOM headers"
+    assert report["disentanglement"]["factors_used"] == ["position_in_series"]

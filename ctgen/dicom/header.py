@@ -48,7 +48,10 @@ _WANTED = {
     0x00100020: ("PatientID", "text"),
     0x00100030: ("PatientBirthDate", "text"),
     0x00100040: ("PatientSex", "text"),
+    0x00101010: ("PatientAge", "text"),
+    0x00180010: ("ContrastBolusAgent", "text"),
     0x00180050: ("SliceThickness", "number"),
+    0x00180060: ("KVP", "number"),
     0x00181100: ("ReconstructionDiameter", "number"),
     0x00181120: ("GantryDetectorTilt", "number"),
     0x00181210: ("ConvolutionKernel", "texts"),
@@ -111,6 +114,9 @@ class Header:
     lossy: bool
     pixels: str
     truncated: bool
+    age_years: float | None = None  # PatientAge ("045Y", "018M", ...) in years
+    kvp: float | None = None
+    contrast_agent: str = ""  # ContrastBolusAgent: non-empty for contrast-enhanced (CTA) series
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -508,4 +514,13 @@ def _header(path: Path, values: dict, syntax: str, pixels: str, length: int, tru
         reconstruction_diameter_mm=diameter[0] if diameter else None, gantry_tilt_deg=tilt[0] if tilt else None,
         kernel="\\".join(kernel) if isinstance(kernel, tuple) else "",
         lossy=text("LossyImageCompression") == "01" or syntax in _LOSSY_SYNTAXES,
-        pixels=pixels, truncated=truncated)
+        pixels=pixels, truncated=truncated, age_years=_age_years(text("PatientAge")),
+        kvp=(numbers("KVP", 1, positive=True) or (None,))[0], contrast_agent=text("ContrastBolusAgent"))
+
+
+def _age_years(text: str) -> float | None:
+    """A DICOM age string (nnnD, nnnW, nnnM or nnnY) in years; None when absent or malformed."""
+    units = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+    if len(text) != 4 or not text[:3].isdigit() or text[3].upper() not in units:
+        return None
+    return int(text[:3]) * units[text[3].upper()]

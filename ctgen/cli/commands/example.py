@@ -10,6 +10,7 @@ import typer
 def example(
     name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Example to print the path of.",
                                                show_default=False)] = None,
+    folder: Annotated[bool, typer.Option("--folder", help="Print the folder that holds all the examples.")] = False,
 ) -> None:
     """Print the path of an example CT slice (or, without NAME, list them): phantom slices of different
     patients and levels that ship with ctgen, for trying the commands right after installing:
@@ -19,6 +20,9 @@ def example(
     from ctgen.errors import ArgumentError
     from ctgen.examples import EXAMPLES, example_path
 
+    if folder:
+        print(example_path(next(iter(EXAMPLES))).parent)
+        return
     if name is None:
         for key, description in EXAMPLES.items():
             print(f"{key}\t{example_path(key)}\t{description}")

@@ -1,0 +1,81 @@
+"""Start-up of every ctgen command against the floor of its unavoidable imports. Not collected by pytest.
+
+    python tests/bench/bench_startup.py [--runs 5] [--model models/default]
+
+A shell loop that calls ctgen once per file pays the start-up every time. The floor of a command is
+``python -c "import numpy, onnxruntime"`` (plus pydicom for commands that read DICOM): what no ctgen could
+avoid. Each figure is the median (and min-max) of ``--runs`` runs, all measured in this one run, one after
+another; the gap is the command's median minus its floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
+FLOORS = {"numpy + onnxruntime": "import numpy, onnxruntime",
+          "numpy + onnxruntime + pydicom": "import numpy, onnxruntime, pydicom"}
+
+
+def timed(command: list[str], cwd: Path, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--model", default=str(REPO / "models" / "default"))
+    args = parser.parse_args()
+    from ctgen.examples import example_path
+
+    slice_a, slice_b = str(example_path("a")), str(example_path("b"))
+    ctgen = [sys.executable, "-m", "ctgen"]
+    commands = {  # name -> (argv, floor)
+        "ctgen --version": (["--version"], None),
+        "ctgen --help": (["--help"], None),
+        "sample --n 1 --out x.png": (["sample", "--n", "1", "--out", "x.png", "--force", "-m", args.model],
+                                     "numpy + onnxruntime"),
+        "decode z.csv --out d.png": (["decode", "z.csv", "--out", "d.png", "--force", "-m", args.model],
+                                     "numpy + onnxruntime"),
+        "encode one.dcm": (["encode", slice_a, "-m", args.model], "numpy + onnxruntime + pydicom"),
+        "traverse one.dcm --units 0-4": (["traverse", slice_a, "--units", "0-4", "--force", "-m", args.model],
+                                         "numpy + onnxruntime + pydicom"),
+        "interpolate a.dcm b.dcm": (["interpolate", slice_a, slice_b, "--force", "-m", args.model],
+                                    "numpy + onnxruntime + pydicom"),
+        "reconstruct one.dcm": (["reconstruct", slice_a, "--out", "rec/", "--force", "-m", args.model],
+                                "numpy + onnxruntime + pydicom"),
+        "units": (["units", "-m", args.model], None),
+        "info": (["info", "-m", args.model], "numpy + onnxruntime + pydicom"),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        latent_size = int(__import__("json").loads((Path(args.model) / "model.json").read_text())["latent_size"])
+        (work / "z.csv").write_text(",".join(["0"] * latent_size) + "\n")
+        floors = {name: timed([sys.executable, "-c", code], work, args.runs) for name, code in FLOORS.items()}
+        results = {name: timed(ctgen + argv, work, args.runs) for name, (argv, _) in commands.items()}
+    print(f"start-up, median (min-max) of {args.runs} runs, seconds; python {sys.version.split()[0]}")
+    for name, times in floors.items():
+        print(f"  floor {name:<34} {statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})")
+    for name, (argv, floor) in commands.items():
+        times = results[name]
+        median = statistics.median(times)
+        gap = f"  gap {median - statistics.median(floors[floor]):+.3f} over {floor}" if floor else ""
+        print(f"  {name:<40} {median:.3f} ({min(times):.3f}-{max(times):.3f}){gap}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
