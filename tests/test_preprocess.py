@@ -297,3 +297,18 @@ def test_huge_finite_values_give_no_numpy_warnings():
         warnings.simplefilter("error")
         image = to_model(hu, (1.0, 1.0), GRID_128)
     assert np.isfinite(image).all()
+
+
+def test_ct_map_outputs_keep_air_and_bone_for_head_masks():
+    from ctgen.preprocess import CT_MAP
+
+    grid = Grid(size=64, spacing_mm=3.75, hu_map=CT_MAP)
+    hu = np.full((256, 256), -1000.0, np.float32)
+    yy, xx = np.mgrid[:256, :256]
+    r = np.hypot(yy - 128, xx - 128)
+    hu[r < 100] = 1600.0  # skull
+    hu[r < 90] = 35.0  # brain
+    back = from_model(to_model(hu, (0.9375, 0.9375), grid), grid)
+    assert back.min() < -990 and back.max() > 1000  # air and bone come back as HU
+    head = back > -500
+    assert 0.1 < head.mean() < 0.9  # a head mask on ctgen's own output is a head, not the whole frame

@@ -74,6 +74,12 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     for section in ("training", "metrics", "export"):
         if brief[section]:
             table.add_row(section, ", ".join(f"{key} {_shown(value)}" for key, value in brief[section].items()))
+    labels = vae.card.unit_labels
+    if labels:
+        table.add_row("units", ", ".join(f"u{unit} {factor}" for unit, factor in sorted(labels.items())))
+    prior = card.get("prior")
+    table.add_row("sampling", f"fitted {prior.get('kind')} of {prior.get('components')} components (prior.npz)"
+                  if isinstance(prior, dict) else "standard normal prior (no prior.npz)")
     for name, sha in brief["files"].items():
         table.add_row(name, f"sha256 {sha}")
     table.add_row("provider", f"{provider} (--device {device})")
