@@ -81,7 +81,8 @@ class Run:
 
         Yields ``advance(count)``.
         """
-        if self.quiet or not sys.stderr.isatty():  # no bar to draw: no Rich to import
+        forced = any(os.environ.get(name) for name in ("TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_COLOR"))
+        if self.quiet or not (forced or sys.stderr.isatty()):  # no bar to draw: no Rich to import
             yield lambda count=1: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
