@@ -183,9 +183,12 @@ def render_markdown(report: dict) -> str:
              f"split `{study['split']}`, factors `{study['factors']}`, seed {study['seed']}. Model: latent "
              f"{model['latent_size']}, {model['image_size']}² at {model['spacing_mm']} mm, β {model['beta']}.",
              "## Reconstruction",
-             markdown_table(["set", "slices", "MAE inside head (HU)", "PSNR brain window (dB)", "SSIM brain window"],
-                    [[recon["set"], recon["n_images"], recon["mae_hu"], recon["psnr_db"], recon["ssim"]]]),
-             f"MAE against the {recon['target']}.", say["reconstruction"],
+             markdown_table(["set", "slices", "MAE inside head (HU)", "MAE brain window (HU)", "PSNR brain window (dB)",
+                             "SSIM brain window"],
+                    [[recon["set"], recon["n_images"], recon["mae_hu"], recon.get("mae_hu_window", "-"),
+                      recon["psnr_db"], recon["ssim"]]]),
+             f"MAE against {recon['target']}; brain-window MAE with both images clipped to -50..250 HU "
+             "(comparable across HU maps).", say["reconstruction"],
              "## Latent activity",
              markdown_table(["definition", "active units", "of"],
                     [[f"KL > {activity['threshold']:g} nats", activity["active_units"], size],

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ctgen sample --n 16 --seed 0 --out docs/sample.png --force --quiet
+ctgen sample --n 16 --seed 0 --prior standard --out docs/sample_standard.png --force --quiet
 ctgen interpolate "$(ctgen example a)" "$(ctgen example c)" --steps 8 --with-originals \
     --out docs/interpolate.png --force --quiet
 ctgen traverse "$(ctgen example a)" --units 0-4 --out docs/traverse_0-4.png --force --quiet
