@@ -190,3 +190,19 @@ def test_example_slices_ship_and_run(model, workdir):
     assert Path(path).is_file()
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.is_compressed
     assert invoke("traverse", path, "--units", "0-4", "-m", model).exit_code == 0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sample", "--n", "1"], "sample"),
+    (["-m", "sample", "--seed", "3", "encode", "x.dcm"], "encode"),  # a root option's value is not a command
+    (["--model=sample", "units"], "units"),
+    (["--quiet", "--json", "info"], "info"),
+    (["--help"], None),
+    ([], None),
+    (["samplx"], None),  # unknown: the full app lists the commands
+])
+def test_main_builds_only_the_command_that_runs(argv, expected):
+    from ctgen.cli.app import _COMMANDS, _invoked_command
+
+    assert _invoked_command(argv) == expected
+    assert set(typer.main.get_command(app).commands) == set(_COMMANDS)  # the full app keeps every command

@@ -99,7 +99,7 @@ class _Group(TyperGroup):
             raise typer.Exit(1) from None
 
 
-app = typer.Typer(
+_APP_SETTINGS: dict[str, Any] = dict(
     cls=_Group,
     name="ctgen",
     help=(
@@ -123,7 +123,6 @@ def _show_version(value: bool) -> None:
 _SHARED = "Common options (before the command: apply to every command that has them)"
 
 
-@app.callback()
 def _root(
     ctx: typer.Context,
     version: Annotated[
@@ -171,28 +170,56 @@ def _root(
         ctx.default_map = {name: shared for name in ctx.command.commands}  # type: ignore[attr-defined]
 
 
-def _register(function: Any, panel: str) -> None:
+def _help_text(function: Any) -> str:
     # Rich keeps the docstring's line breaks: join each paragraph into one line and let it wrap.
     paragraphs = inspect.cleandoc(function.__doc__ or "").split("\n\n")
-    text = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
-    app.command(help=text, rich_help_panel=panel)(function)
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
-for _function, _panel in (
-    (sample.sample, "Generate images"),
-    (interpolate.interpolate, "Generate images"),
-    (traverse.traverse, "Generate images"),
-    (reconstruct.reconstruct, "Generate images"),
-    (explore.explore, "Generate images"),
-    (encode.encode, "Latent vectors"),
-    (scan.scan, "Archives"),
-    (decode.decode, "Latent vectors"),
-    (info.info, "Model"),
-    (info.units, "Model"),
-    (evaluate.evaluate, "Model"),
-    (example.example, "Model"),
-):
-    _register(_function, _panel)
+_COMMANDS: dict[str, tuple[Any, str]] = {  # command name -> (function, help panel), in --help order
+    "sample": (sample.sample, "Generate images"),
+    "interpolate": (interpolate.interpolate, "Generate images"),
+    "traverse": (traverse.traverse, "Generate images"),
+    "reconstruct": (reconstruct.reconstruct, "Generate images"),
+    "explore": (explore.explore, "Generate images"),
+    "encode": (encode.encode, "Latent vectors"),
+    "scan": (scan.scan, "Archives"),
+    "decode": (decode.decode, "Latent vectors"),
+    "info": (info.info, "Model"),
+    "units": (info.units, "Model"),
+    "evaluate": (evaluate.evaluate, "Model"),
+    "example": (example.example, "Model"),
+}
+# root options that take a value (their value is never the command's name)
+_ROOT_VALUE_OPTIONS = frozenset({"--model", "-m", "--device", "--window", "-w", "--seed", "--max-pixels"})
+
+
+def _make_app(names: Any = _COMMANDS) -> typer.Typer:
+    """The Typer app with the named commands (all of them by default)."""
+    made = typer.Typer(**_APP_SETTINGS)
+    made.callback()(_root)
+    for name in names:
+        function, panel = _COMMANDS[name]
+        made.command(name, help=_help_text(function), rich_help_panel=panel)(function)
+    return made
+
+
+app = _make_app()
+
+
+def _invoked_command(argv: list[str]) -> str | None:
+    """The command an argument list names, when it names one after root options only."""
+    expect_value = False
+    for token in argv:
+        if expect_value:
+            expect_value = False
+        elif token in _COMMANDS:
+            return token
+        elif token in _ROOT_VALUE_OPTIONS:
+            expect_value = True
+        elif not token.startswith("-") or token == "--":
+            return None  # an unknown command: the full app says so and lists them
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # SIGTERM (a batch system's kill, `timeout`) unwinds like Ctrl-C, so that no half-written output stays
     signal.signal(signal.SIGTERM, _interrupt)
-    typer.main.get_command(app).main(args=argv, prog_name="ctgen")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    # Typer introspects every command's signature when it builds the parser (about 40 ms for twelve): build
+    # only the command that runs; --help, a bare `ctgen` and unknown commands get the full app
+    command = _invoked_command(arguments)
+    chosen = app if command is None else _make_app([command])
+    typer.main.get_command(chosen).main(args=arguments, prog_name="ctgen")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

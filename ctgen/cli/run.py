@@ -151,7 +151,9 @@ class Run:
                     self.claims.add(Path(path))
             self.summary["outputs"].append(record)
             if note:
-                self.note(f"wrote {record.get('count', 1)} {what} to {record['path']}")
+                count = record.get("count", 1)
+                noun = what[:-1] if count == 1 and what.endswith("s") else what  # "1 sample", "2 samples"
+                self.note(f"wrote {count} {noun} to {record['path']}")
 
     def finish(self, **extra: Any) -> None:
         """Print the --json summary (one JSON object on stdout)."""
