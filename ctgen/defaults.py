@@ -7,3 +7,9 @@ DEFAULT_TRAVERSE_UNITS = "top5"  # the five units with the most KL: the ones tha
 DEFAULT_TRAVERSE_RANGE = 3.0  # offsets up to 3 prior standard deviations
 DEFAULT_TRAVERSE_STEPS = 7
 MAX_TILT_DEG = 40.0  # a slice normal farther than this from the head-foot axis is not axial (gantry tilt: <= ~30°)
+
+WINDOWS: dict[str, tuple[float, float]] = {  # display windows (center, width) in HU, by name
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "bone": (600.0, 2800.0),
+}

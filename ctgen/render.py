@@ -20,11 +20,7 @@ from ctgen.errors import ArgumentError, InputError
 
 __all__ = ["WINDOWS", "frames_loop", "grid_image", "hconcat", "parse_window", "save_gif", "save_png", "to_uint8"]
 
-WINDOWS: dict[str, tuple[float, float]] = {  # (center, width) in HU
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "bone": (600.0, 2800.0),
-}
+from ctgen.defaults import WINDOWS  # noqa: E402 - re-exported: the display windows by name
 
 BACKGROUND = 0  # margins around labels
 SEPARATOR = 96  # 1-px lines between tiles

@@ -400,6 +400,16 @@ def test_write_then_read_round_trips_within_half_a_hu(tmp_path):
     assert extreme.tolist() == [[-32768 - 1024, 32767 - 1024]]
 
 
+def test_full_range_images_offer_the_bone_window_after_the_chosen_one(tmp_path):
+    wide = write_slice(np.array([[-1000.0, 1500.0]]), tmp_path / "wide.dcm", **{**WRITE, "window": (40, 80)})
+    ds = pydicom.dcmread(wide)
+    assert [float(v) for v in ds.WindowCenter] == [40, 75, 600] and [float(v) for v in ds.WindowWidth] == [80, 215, 2800]
+    assert list(ds.WindowCenterWidthExplanation) == ["BRAIN", "SUBDURAL", "BONE"]
+    assert read_slice(wide).window == (40, 80)  # a reader (and a viewer) opens with the first
+    narrow = pydicom.dcmread(write_slice(np.array([[0.0, 60.0]]), tmp_path / "n.dcm", **{**WRITE, "window": (40, 80)}))
+    assert float(narrow.WindowCenter) == 40 and narrow.WindowCenterWidthExplanation == "BRAIN"
+
+
 def test_written_attributes_and_provenance(tmp_path):
     paths = write_series(np.zeros((2, 8, 8)), tmp_path, extra_comments="model default (sha256 abc)", **WRITE)
     first, second = (pydicom.dcmread(p) for p in paths)

@@ -22,6 +22,7 @@ from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import SC_SOP as _SC_SOP
 from ctgen.atomic import Claims, atomic_file
 from ctgen.dicom.common import one_line as _one_line
+from ctgen.defaults import WINDOWS
 from ctgen.errors import InputError, OutputError
 
 __all__ = ["SeriesWriter", "write_series", "write_slice", "STORED_OFFSET"]
@@ -233,7 +234,23 @@ def _planner(shape: tuple[int, int, int], where, *, spacing_mm, description: str
         stored = np.clip(np.rint(image.astype(np.float64) + STORED_OFFSET), -32768, 32767)
         ds.set_pixel_data(stored.astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -STORED_OFFSET, 1, "HU"
-        ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
+        presets = _window_presets(center, width, hu_range=(float(stored.min()), float(stored.max())))
+        ds.WindowCenter = [_ds(c) for c, _, _ in presets] if len(presets) > 1 else _ds(center)
+        ds.WindowWidth = [_ds(w) for _, w, _ in presets] if len(presets) > 1 else _ds(width)
+        ds.WindowCenterWidthExplanation = [name for _, _, name in presets] if len(presets) > 1 else presets[0][2]
         return ds  # dcmwrite(enforce_file_format=True) derives the file meta from it
 
     return make
+
+
+def _window_presets(center: float, width: float, hu_range: tuple[float, float]) -> list[tuple[float, float, str]]:
+    """(center, width, name) of the VOI windows a file offers: the one asked for first (a viewer opens with it),
+    then ctgen's other named windows (brain, subdural, bone) when the image holds values beyond the first one's
+    range, so that a viewer's window menu has the bone window of a full-range image. ``hu_range`` is the
+    stored values' (min, max)."""
+    first_name = next((name.upper() for name, window in WINDOWS.items() if window == (center, width)), "CTGEN")
+    presets = [(float(center), float(width), first_name)]
+    low, high = hu_range
+    if high - low > width:  # more than the first window shows: offer the others
+        presets += [(c, w, name.upper()) for name, (c, w) in WINDOWS.items() if (c, w) != (center, width)]
+    return presets
