@@ -80,12 +80,14 @@ def kl_bar_chart(kl: Any, threshold: float = 0.01) -> Any:
 def interpret(report: dict) -> dict:
     """One line per section, computed from the numbers of an ``evaluate_model`` report."""
     recon, activity, lines = report["reconstruction"], report["activity"], {}
-    mae, ssim = recon["mae_hu"], recon["ssim"]
+    ssim = recon["ssim"]
+    # the grey/white contrast is judged in the brain window: a full-range MAE is dominated by the skull's edge
+    brain = recon.get("mae_hu_window", recon["mae_hu"])
+    verdict = "fine contrast kept" if brain < 5 else "fine contrast partly lost" if brain < 15 else "anatomy blurred"
+    structure = "close to" if ssim >= 0.9 else "short of" if ssim >= 0.6 else "far from"
     lines["reconstruction"] = (
-        f"Mean error {mae:.1f} HU inside the head, {mae / 10:.1f}x the ~10 HU grey/white-matter contrast "
-        f"({'fine contrast kept' if mae < 5 else 'fine contrast partly lost' if mae < 15 else 'anatomy blurred'}); "
-        f"SSIM {ssim:.2f} at brain window ({'close to' if ssim >= 0.9 else 'short of' if ssim >= 0.6 else 'far from'} "
-        "the original's structure).")
+        f"Mean error {brain:.1f} HU inside the head at brain window, {brain / 10:.1f}x the ~10 HU grey/white-matter "
+        f"contrast ({verdict}); SSIM {ssim:.2f} at brain window ({structure} the original's structure).")
     kl = sorted(activity["kl_per_unit"], reverse=True)
     top = min(5, len(kl))
     share = sum(kl[:top]) / sum(kl) if sum(kl) > 0 else 0.0
@@ -118,6 +120,7 @@ def interpret(report: dict) -> dict:
             f"{'possible copying of training images, inspect samples.png' if copying else 'no sign of copying'}.")
     real = report.get("real_slices") or {}
     if real.get("mean_mae_hu") is not None:
+        mae = recon["mae_hu"]
         ratio = real["mean_mae_hu"] / max(mae, 1e-6)
         lines["real_slices"] = (f"Real slices: mean error {real['mean_mae_hu']:.1f} HU, {ratio:.1f}x the "
                                 f"{mae:.1f} HU on the study's {recon['set']}: "
