@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
 from ctgen.errors import InputError, ModelError, OutputError  # noqa: E402
+from ctgen.preprocess import CT_MAP, Grid  # noqa: E402
 from tests.test_train_data import write_synthetic_study  # noqa: E402
 from train.checkpoint import load_checkpoint_verified  # noqa: E402
 from train.model import BetaVAE  # noqa: E402
@@ -98,7 +99,7 @@ def test_run_folder_and_checkpoint(study, cache_root, tmp_path):
     assert len(split["train_patients"]) == 3 and len(split["val_patients"]) == 1
 
     checkpoint = torch.load(run / "checkpoint_best.pt", weights_only=True)
-    assert checkpoint["grid"] == {"image_size": 64, "spacing_mm": 3.75, "window_hu": [-50.0, 250.0]}
+    assert checkpoint["grid"] == Grid(size=64, spacing_mm=3.75, hu_map=CT_MAP).to_card()  # the default HU map
     assert checkpoint["data"]["patients"] == 4 and checkpoint["data"]["split"]["val_patients"] == 1
     assert set(checkpoint["split"]["val_patients"]) == set(split["val_patients"])
     assert checkpoint["command"] == "python -m train x"

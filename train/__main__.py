@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--cache", default=default.cache, help="preprocessed slice cache root (shared between runs)")
     add("--image-size", type=int, default=default.image_size, help="model image size S (multiple of 32)")
     add("--spacing-mm", type=float, default=None, help=f"model pixel spacing (default {FIELD_OF_VIEW_MM:g} mm / S)")
-    add("--hu-map", choices=("window", "ct"), default=default.hu_map,
-        help="HU -> model units: 'window' clips to -50..250 HU; 'ct' keeps -1024..3072 (ctgen.preprocess.CT_MAP)")
+    add("--hu-map", choices=("ct", "window"), default=default.hu_map,
+        help="HU -> model units: 'ct' (default) keeps -1024..3072 HU (ctgen.preprocess.CT_MAP); 'window' clips to -50..250")
     if grid_types:
         add("--latent", default=str(default.latent), help="latent sizes, comma separated")
         add("--beta", default=str(default.beta), help="betas, comma separated")

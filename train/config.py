@@ -24,7 +24,7 @@ class TrainConfig:
     cache: str = "cache"
     image_size: int = 128
     spacing_mm: float | None = None  # None: FIELD_OF_VIEW_MM / image_size
-    hu_map: str = "window"  # "window": HU -50..250 clipped (version-1 cards); "ct": ctgen.preprocess.CT_MAP
+    hu_map: str = "ct"  # "ct": ctgen.preprocess.CT_MAP, the whole CT range; "window": HU -50..250 clipped (version-1)
     latent: int = 50
     width: int = 32
     objective: str = "betavae"  # one of train.objectives.OBJECTIVES
