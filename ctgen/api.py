@@ -13,7 +13,6 @@ import os
 import warnings as _warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -216,6 +215,8 @@ class Generator:
         background threads (one on the CPU, where ONNX Runtime needs the cores; four on CUDA), overlapping with
         inference on the caller's thread.
         """
+        from concurrent.futures import Future, ThreadPoolExecutor  # only batch reads need threads (start-up)
+
         if workers is None:
             workers = 1 if self.model.provider == "CPUExecutionProvider" else 4
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctgen-read") as pool:

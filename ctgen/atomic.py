@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ _TEMPORARY = re.compile(r"^\..+\.ctgen-(\d+)-[0-9a-f]+\.(tmp|old)$")
 def temporary_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
     """A hidden sibling of ``path`` that names this process: ``.NAME.ctgen-PID-HEX.tmp``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.ctgen-{os.getpid()}-{secrets.token_hex(4)}.{suffix}")
+    return path.with_name(f".{path.name}.ctgen-{os.getpid()}-{os.urandom(4).hex()}.{suffix}")
 
 
 def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
