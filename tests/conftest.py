@@ -27,6 +27,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from ctgen.cli import app  # noqa: E402
+from dicom_build import functional_group, gdcm_change_syntax  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,6 +212,12 @@ def not_dicom(folder: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory) -> Path:
+    """A preprocessed-slice cache folder shared by one module's training runs."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(scope="session")
 def heads(tmp_path_factory) -> list[Path]:
     """Six synthetic head slices (160 x 160 at 1.5 mm) in one folder."""
@@ -314,21 +321,12 @@ def ct_small_compressed(syntax, mangle=None, **attributes) -> pydicom.Dataset:
 
 
 def gdcm_transcode(src, dst: Path, syntax) -> Path:
-    """Re-encode with GDCM (pydicom has no JPEG / JPEG-LS encoders without extra packages)."""
-    gdcm = pytest.importorskip("gdcm")
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
+    """Re-encode with GDCM (``dicom_build.gdcm_change_syntax``); skips the test without GDCM or its encoder."""
+    pytest.importorskip("gdcm")
+    failed = gdcm_change_syntax(src, dst, syntax)
+    if failed == "change":
         pytest.skip(f"GDCM cannot encode {syntax.name}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(dst))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
+    assert failed is None, f"GDCM could not {failed} the file"
     assert pydicom.dcmread(dst, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
     return dst
 
@@ -358,15 +356,6 @@ def _enhanced_ct(path: Path, hu: np.ndarray, spacing_mm: float, patient_id: str)
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    def group(**sequences) -> Dataset:
-        item = Dataset()
-        for keyword, attributes in sequences.items():
-            inner = Dataset()
-            for name, value in attributes.items():
-                setattr(inner, name, value)
-            setattr(item, keyword, Sequence([inner]))
-        return item
-
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -375,12 +364,12 @@ def _enhanced_ct(path: Path, hu: np.ndarray, spacing_mm: float, patient_id: str)
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = generate_uid(), generate_uid(), 7
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.set_pixel_data(np.rint(hu + 1024).astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
-    ds.SharedFunctionalGroupsSequence = Sequence([group(
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_group(
         PixelMeasuresSequence={"PixelSpacing": [spacing_mm, spacing_mm], "SliceThickness": 5.0},
         PlaneOrientationSequence={"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]},
         PixelValueTransformationSequence={"RescaleIntercept": -1024, "RescaleSlope": 1, "RescaleType": "HU"})])
     ds.PerFrameFunctionalGroupsSequence = Sequence([
-        group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 5.0 * index]}) for index in range(len(hu))])
+        functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 5.0 * index]}) for index in range(len(hu))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.save_as(path, enforce_file_format=True)

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from ctgen.dicom import read_frames, read_slice  # noqa: E402
 from ctgen.errors import CtgenError, InputError  # noqa: E402
 from ctgen.preprocess import SPACING_RANGE_MM, Grid, to_model  # noqa: E402
+from dicom_build import functional_group, gdcm_change_syntax  # noqa: E402 - tests/ is this script's folder
 
 MAX_PIXELS = 1 << 22  # the reader's limit during fuzzing: bounds below are stated against it
 TIME_LIMIT_S = 5.0  # per case, reading and preprocessing (a 2048² decode takes well under a second)
@@ -71,36 +72,13 @@ def _compressed(ds: Dataset, syntax) -> Dataset | None:
 
 def _gdcm(ds: Dataset, syntax) -> Dataset | None:
     try:
-        import gdcm
+        import gdcm  # noqa: F401
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
         ds.save_as(source, enforce_file_format=True)
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(source))
-        change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
-        if not reader.Read():
-            return None
-        change.SetInput(reader.GetImage())
-        if not change.Change():
-            return None
-        writer = gdcm.ImageWriter()
-        writer.SetFileName(str(target))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        return pydicom.dcmread(target) if writer.Write() else None
-
-
-def _group(**sequences) -> Dataset:
-    group = Dataset()
-    for keyword, attributes in sequences.items():
-        item = Dataset()
-        for name, value in attributes.items():
-            setattr(item, name, value)
-        setattr(group, keyword, Sequence([item]))
-    return group
+        return None if gdcm_change_syntax(source, target, syntax) else pydicom.dcmread(target)
 
 
 def _enhanced() -> Dataset:
@@ -110,12 +88,12 @@ def _enhanced() -> Dataset:
     ds.set_pixel_data(frames.astype(np.int16), "MONOCHROME2", 16, generate_instance_uid=False)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SharedFunctionalGroupsSequence = Sequence([_group(
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_group(
         PixelMeasuresSequence={"PixelSpacing": [0.7, 0.7], "SliceThickness": 2},
         PixelValueTransformationSequence={"RescaleIntercept": -1024, "RescaleSlope": 1})])
     ds.PerFrameFunctionalGroupsSequence = Sequence([
-        _group(PlanePositionSequence={"ImagePositionPatient": [0, 0, z]},
-               PixelValueTransformationSequence={"RescaleIntercept": -1000 - z, "RescaleSlope": 1 + z / 10})
+        functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, z]},
+                         PixelValueTransformationSequence={"RescaleIntercept": -1000 - z, "RescaleSlope": 1 + z / 10})
         for z in range(3)])
     return ds
 

@@ -26,6 +26,7 @@ from pydicom.uid import (
 
 import ctgen
 from conftest import ct_small_compressed, gdcm_transcode, j2k_declaring
+from dicom_build import functional_group
 from ctgen.dicom import (
     AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice, write_series, write_slice,
 )
@@ -301,31 +302,21 @@ def test_non_square_pixels_and_matrix(tmp_path):
     assert read_slice(_save(_ct(stored, PixelSpacing=[0, 1]), tmp_path / "bad.dcm")).spacing_mm is None
 
 
-def _functional_group(**sequences) -> Dataset:
-    group = Dataset()
-    for keyword, attributes in sequences.items():
-        item = Dataset()
-        for name, value in attributes.items():
-            setattr(item, name, value)
-        setattr(group, keyword, Sequence([item]))
-    return group
-
-
 def test_enhanced_multiframe_rescale_from_per_frame_and_shared_groups(tmp_path):
     stored = np.stack([np.full((6, 5), v, np.int16) for v in (1000, 1100, 1200)])
     ds = _ct(stored)
     del ds.RescaleIntercept, ds.RescaleSlope
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
-    ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_group(
         PixelMeasuresSequence={"PixelSpacing": [0.4, 0.6], "SliceThickness": 1.5},
         PlaneOrientationSequence={"ImageOrientationPatient": [1, 0, 0, 0, 1, 0]},
         PixelValueTransformationSequence={"RescaleIntercept": -1024, "RescaleSlope": 1, "RescaleType": "HU"},
         FrameVOILUTSequence={"WindowCenter": 40, "WindowWidth": 80})])
     ds.PerFrameFunctionalGroupsSequence = Sequence([
-        _functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 0]},
+        functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 0]},
                           PixelValueTransformationSequence={"RescaleIntercept": -2048, "RescaleSlope": 2}),
-        _functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 1.5]}),
-        _functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 3]},
+        functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 1.5]}),
+        functional_group(PlanePositionSequence={"ImagePositionPatient": [0, 0, 3]},
                           PixelValueTransformationSequence={"RescaleIntercept": -500, "RescaleSlope": 0.5},
                           FrameVOILUTSequence={"WindowCenter": 400, "WindowWidth": 2000})])
     path = _save(ds, tmp_path / "enhanced.dcm")
@@ -598,7 +589,7 @@ def test_implausible_pixel_spacing_is_refused_by_the_reader(tmp_path, spacing): 
 
 def test_implausible_spacing_in_functional_groups_is_refused(tmp_path):  # item 1
     ds = _ct(np.zeros((2, 8, 8), np.int16), NumberOfFrames=2)
-    ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelMeasuresSequence={"PixelSpacing": [1e-5, 1e-5]})])
+    ds.SharedFunctionalGroupsSequence = Sequence([functional_group(PixelMeasuresSequence={"PixelSpacing": [1e-5, 1e-5]})])
     with pytest.raises(DicomError, match="implausible pixel spacing 1e-05 x 1e-05 mm"):
         read_frames(_save(ds, tmp_path / "enhanced.dcm"))
 
@@ -710,7 +701,7 @@ def test_unusable_rescale_is_refused(tmp_path, keyword, value, where):  # item 3
             setattr(ds, keyword, value)
         else:
             rescale = {"RescaleIntercept": -1024, "RescaleSlope": 1, keyword: value}
-            ds.SharedFunctionalGroupsSequence = Sequence([_functional_group(PixelValueTransformationSequence=rescale)])
+            ds.SharedFunctionalGroupsSequence = Sequence([functional_group(PixelValueTransformationSequence=rescale)])
         path = _save(ds, tmp_path / "rescale.dcm")
     message = "RescaleSlope 0" if value == "0" else "beyond float32" if value == "1e39" else f"invalid {keyword}"
     with pytest.raises(DicomError, match=message):

@@ -45,11 +45,6 @@ def study(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def tiny(study: Path, cache_root: Path, out: Path, **changes) -> TrainConfig:
     base = TrainConfig(
         data=[str(study)], out=str(out), cache=str(cache_root), image_size=64, width=8, latent=8, beta=1.0,

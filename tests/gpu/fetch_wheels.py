@@ -29,6 +29,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ort_stage import sha256  # the digest the device side checks the parts with (same folder)
+
 REPO = Path(__file__).resolve().parents[2]
 WHEELS = {  # name==version: the versions the development venv runs the tests with
     "pydicom": "3.0.2",
@@ -52,14 +54,6 @@ def download(requirements: list[str], dest: Path) -> None:
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                "--python-version", "3.12", "--implementation", "cp", *platform_args, "-d", str(dest), *requirements]
     subprocess.run(command, check=True)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def travelling_tree_bytes(repo: Path) -> int:

@@ -31,7 +31,8 @@ def installed(stage_dir: Path = STAGE_DIR) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file (fetch_wheels.py writes the manifest with this one too)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 22), b""):
@@ -55,7 +56,7 @@ def stage(carried: Path, stage_dir: Path = STAGE_DIR) -> dict:
     for part in manifest["parts"]:
         source = carried / part["file"]
         if source.is_file() and not (parts_dir / part["file"]).is_file():
-            if source.stat().st_size != part["bytes"] or _sha256(source) != part["sha256"]:
+            if source.stat().st_size != part["bytes"] or sha256(source) != part["sha256"]:
                 raise SystemExit(f"stage: {source} does not match manifest.json (re-run fetch_wheels.py)")
             shutil.copyfile(source, parts_dir / f".{part['file']}.tmp")
             (parts_dir / f".{part['file']}.tmp").rename(parts_dir / part["file"])
@@ -75,7 +76,7 @@ def stage(carried: Path, stage_dir: Path = STAGE_DIR) -> dict:
             with open(parts_dir / part["file"], "rb") as stream:
                 for block in iter(lambda: stream.read(1 << 22), b""):
                     out.write(decompressor.decompress(block))
-    if _sha256(wheel) != manifest["wheel_sha256"]:
+    if sha256(wheel) != manifest["wheel_sha256"]:
         raise SystemExit(f"stage: {wheel} does not match manifest.json after joining the parts")
     site = site_dir(stage_dir)
     shutil.rmtree(site, ignore_errors=True)
