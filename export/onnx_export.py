@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ctgen.errors import CtgenError, ModelError, OutputError
+from ctgen.metrics.activity import units_by_kl as unit_order  # the exported order: highest KL first
 from ctgen.model import CARD_FILE
 from ctgen.preprocess import Grid
 from export import card as card_module
@@ -119,12 +120,6 @@ class DecoderGraph(nn.Module):
 def _wrappers(vae: BetaVAE, *, half: bool = False, order: Sequence[int] | None = None) -> dict[str, nn.Module]:
     return {"encoder": EncoderGraph(vae, half=half, order=order).eval(),
             "decoder": DecoderGraph(vae, half=half, order=order).eval()}
-
-
-def unit_order(kl_per_unit: Sequence[float]) -> list[int]:
-    """The exported order of the network's units: highest KL first (ties: lower index first)."""
-    kl = np.asarray(kl_per_unit, dtype=np.float64)
-    return [int(unit) for unit in np.argsort(-kl, kind="stable")]
 
 
 # ------------------------------------------------------------------------------------------ checkpoint

@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from studies.report import MAE_TOLERANCE, SCORE_TIE, SCORES
+
 __all__ = ["DENSE", "GRID", "choose", "run_objectives"]
 
 # (run name, objective, the TrainConfig fields that set its strength)
@@ -41,9 +43,6 @@ GRID = [
     ("pairs_beta4", "pairs", {"beta": 4.0}),
 ]
 DENSE = [("dense_betavae_beta4", "betavae", {"beta": 4.0}), ("dense_pairs_beta4", "pairs", {"beta": 4.0})]
-SCORES = ("mig", "dci_disentanglement", "factor_vae", "beta_vae", "sap")
-MAE_TOLERANCE = 1.25
-SCORE_TIE = 0.01
 
 
 def _row(name: str, objective: str, strength: dict, data: str, run: Path, report: dict) -> dict[str, Any]:
@@ -82,7 +81,7 @@ def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
 def run_objectives(base, data: str, dense_train: str | None, dense: str, report_dir: Path, *, max_slices: int,
                    command: str) -> list[dict[str, Any]]:
     """Train, export and score every run of GRID (and DENSE with ``dense_train``), then write the report."""
-    from studies.study import score_run
+    from studies.study import _metrics_lines, score_run
     from train.train import train
 
     rows = []
@@ -92,7 +91,7 @@ def run_objectives(base, data: str, dense_train: str | None, dense: str, report_
     for name, objective, strength, source in plan:
         run = Path(base.out) / name
         epochs = max(1, base.epochs // 2) if objective == "pairs" else base.epochs  # the same images seen
-        done = (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= epochs
+        done = len(_metrics_lines(run)) >= epochs
         if not done:
             cfg = replace(base, data=[source], objective=objective, out=str(run), epochs=epochs, force=True,
                           **strength)
@@ -143,6 +142,7 @@ def write_report(rows: list[dict[str, Any]], report_dir: Path, *, command: str, 
 
 def main(argv: list[str] | None = None) -> int:
     from ctgen.errors import CtgenError
+    from train import data
     from train.__main__ import add_arguments, command_line, config_from_args
 
     parser = argparse.ArgumentParser(prog="python -m studies.objectives", description=__doc__.splitlines()[0])
@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.data or []) != 1:
         parser.error("give one --data folder")
     try:
-        run_objectives(config_from_args(args), args.data[0], args.dense_train, args.dense, args.report,
-                       max_slices=args.max_slices, command=command_line("studies.objectives", argv))
+        with data.split_by(args.split_by):  # every run splits its patients the same way
+            run_objectives(config_from_args(args), args.data[0], args.dense_train, args.dense, args.report,
+                           max_slices=args.max_slices, command=command_line("studies.objectives", argv))
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) -> None:
     """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
+    from ctgen.scan import SPLIT_BY
     from train.objectives import OBJECTIVES
     from train.train import FIELD_OF_VIEW_MM, TrainConfig
 
@@ -60,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--weight-decay", type=float, default=default.weight_decay)
     add("--seed", type=int, default=default.seed)
     add("--val-fraction", type=float, default=default.val_fraction, help="share of patients for validation")
-    add("--split-by", choices=["auto", "patient", "study"], default="auto",
+    add("--split-by", choices=SPLIT_BY, default="auto",
         help="what a patient is for the split: auto (PatientID; the study when the ID is empty; ID, birth date "
              "and sex when one ID holds different people), patient (PatientID only) or study")
     add("--filter-brain", action="store_true", help="train on slices with brain only (rule in train.data)")

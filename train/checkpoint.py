@@ -58,10 +58,8 @@ def digest_path(path: str | os.PathLike) -> Path:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path, force=True) as handle:
+    with atomic_file(path, force=True) as handle:  # fsynced before it is renamed into place
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _write_verified(path: Path, data: bytes) -> str:

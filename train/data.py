@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from ctgen.errors import InputError, OutputError
-from ctgen.geometry import BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
-from ctgen.geometry import brain_fraction as _brain_fraction
+from ctgen.geometry import BODY_THRESHOLD_HU, BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
+from ctgen.geometry import brain_fraction  # the runtime's rule, so that training and ctgen agree
 from ctgen.preprocess import Grid
 from ctgen.scan import SPLIT_BY
 
@@ -62,16 +62,9 @@ __all__ = [
 ]
 
 CACHE_VERSION = 2
-HEAD_HU_MIN = -500.0
 _SPLIT_FIELDS = {"auto": "patient", "patient": "patient_id_key", "study": "study"}
 # the --split-by of the running command (python -m train sets it around train(); see ``split_by``)
 _SPLIT_BY: contextvars.ContextVar[str] = contextvars.ContextVar("ctgen_train_split_by", default="auto")
-
-
-def brain_fraction(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float:
-    """Share of the head (HU > -500) that is 0..80 HU tissue inside the skull; HU float (H, W) -> [0, 1].
-    The runtime's rule (``ctgen.geometry.brain_fraction``), so that training and ``ctgen`` agree."""
-    return _brain_fraction(hu, spacing_mm)
 
 
 @contextlib.contextmanager
@@ -292,8 +285,7 @@ def build_cache(
     with open(staging / "inventory.jsonl", "w") as rows:
         rows.writelines(json.dumps(entry.row()) + "\n" for entry in inventory.entries)
     selection = {k: v for k, v in inventory.summary().items() if k not in ("skipped", "split_by", "warnings")}
-    _, auto_warnings = split_keys(inventory.entries, "auto")
-    selection["warnings"] = {"auto": auto_warnings, "patient": strict_warnings,
+    selection["warnings"] = {"auto": list(inventory.warnings), "patient": strict_warnings,  # scan split by "auto"
                              "study": split_keys(inventory.entries, "study")[1]}
     info = {
         "key": key,
@@ -307,7 +299,7 @@ def build_cache(
         "skipped_examples": (skipped + not_used)[:10],
         "failed_files": skipped,  # selected, yet unreadable
         "selection": selection,
-        "brain_rule": {"brain_hu": list(BRAIN_HU), "head_hu_min": HEAD_HU_MIN, "bone_hu_min": BONE_HU_MIN},
+        "brain_rule": {"brain_hu": list(BRAIN_HU), "head_hu_min": BODY_THRESHOLD_HU, "bone_hu_min": BONE_HU_MIN},
     }
     (staging / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     if final.exists():  # stale cache of the same key prefix

@@ -32,22 +32,15 @@ def write_text(path: Path, text: str) -> None:
 def _save_grid_png(
     images: np.ndarray, path: Path, grid: Grid, rows: int, cols: int, row_labels: list[str] | None = None
 ) -> None:
-    """float (rows·cols, S, S) in [0, 1] -> PNG over the model's whole window (ctgen.render, else Pillow)."""
-    try:
-        from ctgen.preprocess import from_model
-        from ctgen.render import grid_image, save_png
+    """float (rows·cols, S, S) in [0, 1] -> PNG at the brain window (ctgen.render)."""
+    from ctgen.preprocess import from_model
+    from ctgen.render import grid_image, save_png
 
-        lo, hi = WINDOW_DEFAULT  # the brain range, whatever the HU map: pictures stay comparable across runs
-        picture = grid_image(
-            from_model(images, grid), ((lo + hi) / 2, hi - lo), rows=rows, cols=cols, row_labels=row_labels
-        )
-        save_png(picture, path, force=True)
-    except ImportError:
-        from PIL import Image
-
-        size = images.shape[-1]
-        tiles = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(rows, cols, size, size)
-        Image.fromarray(tiles.transpose(0, 2, 1, 3).reshape(rows * size, cols * size)).save(path)
+    lo, hi = WINDOW_DEFAULT  # the brain range, whatever the HU map: pictures stay comparable across runs
+    picture = grid_image(
+        from_model(images, grid), ((lo + hi) / 2, hi - lo), rows=rows, cols=cols, row_labels=row_labels
+    )
+    save_png(picture, path, force=True)
 
 
 def open_run(cfg: TrainConfig, command: str, ctx: ddp.Dist, stack: ExitStack
