@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         with data.split_by(args.split_by):
-            if config.data and not config.resume and os.environ.get("RANK", "0") == "0":
-                _show_selection(config)
-            train(config, command=command_line("train", argv))
+            train(config, command=command_line("train", argv), show_selection=True)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -111,27 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ddp.shutdown()
     return 0
-
-
-def _show_selection(config) -> None:
-    """Build (or find) the slice cache and print what the archive held: used, and skipped by reason. The
-    training loop then finds the cache ready."""
-    from train.data import build_cache, describe_selection
-
-    if config.quiet:
-        cache = build_cache(config.data, config.cache, config.grid, workers=config.workers)
-    else:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        with console.status("selecting and preprocessing the archive ...") as status:
-
-            def on_file(done: int, total: int) -> None:
-                status.update(f"selecting and preprocessing the archive: {done}/{total} files")
-
-            cache = build_cache(config.data, config.cache, config.grid, workers=config.workers, progress=on_file)
-    for line in describe_selection(cache):
-        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

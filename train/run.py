@@ -3,6 +3,7 @@ repaired), its data in memory, its text files and pictures. Only rank 0 writes f
 
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from ctgen.preprocess import WINDOW_DEFAULT, Grid
 from train import ddp
 from train.checkpoint import LAST, METRICS, load_checkpoint_verified, lock_run, remove_stale_files, repair_run
 from train.config import RESUMABLE, TrainConfig
-from train.data import build_cache, open_cache, split_indices, split_patients
+from train.data import build_cache, describe_selection, open_cache, split_indices, split_patients
 from train.model import BetaVAE
 from train.objectives import OBJECTIVES
 
@@ -115,9 +116,11 @@ class Data:
         return x.contiguous(memory_format=torch.channels_last)  # NHWC: faster convolutions on GPU and CPU
 
 
-def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: Any, checkpoint: dict | None) -> Data:
+def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: Any, checkpoint: dict | None, *,
+              show_selection: bool = False) -> Data:
     """Cache (rank 0 builds, the others open it), patient split (checked against a resumed run's), the
-    used slices in RAM or on the GPU. Raises InputError."""
+    used slices in RAM or on the GPU; ``show_selection`` prints what the archive held on a fresh run (even
+    with --quiet). Raises InputError."""
     grid = cfg.grid
     cache_dir: str | tuple[str, str] | None = None
     if ctx.main:
@@ -132,6 +135,9 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
             else:
                 cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers)
             cache_dir = str(cache.path)
+            if show_selection and checkpoint is None:
+                for line in describe_selection(cache):
+                    print(line, file=sys.stderr, flush=True)
         except CtgenError as exc:
             ddp.broadcast_object(ctx, ("error", str(exc)))  # release the waiting ranks, then fail
             raise

@@ -105,8 +105,9 @@ def _all_finite(ctx: ddp.Dist, values: torch.Tensor) -> bool:
     return ddp.all_reduce_sum(ctx, bad).item() == 0
 
 
-def train(cfg: TrainConfig, *, command: str = "") -> dict[str, Any]:
+def train(cfg: TrainConfig, *, command: str = "", show_selection: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in ``cfg.out``; returns a summary dict (run, best_val_loss, metrics).
+    ``show_selection``: on a fresh run, print on stderr what the archive held (used, skipped by reason).
 
     Raises InputError for bad data or options, OutputError when the run folder holds a run and neither
     --resume nor --force is given (or another process trains in it), ModelError for a damaged checkpoint
@@ -116,11 +117,11 @@ def train(cfg: TrainConfig, *, command: str = "") -> dict[str, Any]:
     ctx = ddp.init(device.type)
     with ExitStack() as stack:
         cfg, command, checkpoint = open_run(cfg, command, ctx, stack)
-        return _train(cfg, command, checkpoint, ctx, device, stack)
+        return _train(cfg, command, checkpoint, ctx, device, stack, show_selection)
 
 
 def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ctx: ddp.Dist, device: torch.device,
-           stack: ExitStack) -> dict[str, Any]:  # fmt: skip
+           stack: ExitStack, show_selection: bool) -> dict[str, Any]:  # fmt: skip
     run = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -137,7 +138,7 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
 
         console = Console(stderr=True)
 
-    data = load_data(cfg, ctx, device, console, checkpoint)
+    data = load_data(cfg, ctx, device, console, checkpoint, show_selection=show_selection)
     n_train, n_val = len(data.train_rows), len(data.val_rows)
 
     # ---- model, optimizer, objective -----------------------------------------------------------
