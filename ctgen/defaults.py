@@ -13,3 +13,5 @@ WINDOWS: dict[str, tuple[float, float]] = {  # display windows (center, width) i
     "subdural": (75.0, 215.0),
     "bone": (600.0, 2800.0),
 }
+
+BODY_THRESHOLD_HU = -500.0  # above: body (head, and table, holder, anything solid in the field): head masks, centring

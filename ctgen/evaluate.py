@@ -22,6 +22,7 @@ from ctgen import metrics
 from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.latent import sample_prior
+from ctgen.metrics.disentangle import SCORE_NAMES
 from ctgen.preprocess import WINDOW_DEFAULT, Grid, from_model, to_model
 
 __all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
@@ -440,15 +441,14 @@ def card_metrics(report: dict) -> dict:
             "recon_set": f"{recon['n_images']} slices, {recon['set']}", "kl_per_unit": activity["kl_per_unit"],
             "units_by_kl": activity["units_by_kl"], "active_units": activity["active_units"],
             "active_units_by_variance": activity["active_units_by_variance"]}
-    keys = ("mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap")
     dense, heldout = report.get("disentanglement_dense") or {}, report.get("disentanglement") or {}
     scores = dense if "mig" in dense else heldout  # the dense set, when scored, names the units
     if "mig" in scores:
-        card["disentanglement"] = {key: scores[key] for key in keys} | {"set": scores["set"]}
+        card["disentanglement"] = {key: scores[key] for key in SCORE_NAMES} | {"set": scores["set"]}
         card["unit_factors"] = dict(scores["unit_factors"])
         card["unit_labels"] = dict(scores.get("unit_labels") or {})
     if "mig" in dense and "mig" in heldout:
-        card["disentanglement_heldout"] = {key: heldout[key] for key in keys} | {"set": heldout["set"]}
+        card["disentanglement_heldout"] = {key: heldout[key] for key in SCORE_NAMES} | {"set": heldout["set"]}
     memorisation = report.get("memorisation") or {}
     if "median_ratio" in memorisation:
         card["memorisation"] = {key: memorisation[key] for key in ("median_ratio", "fraction_copied", "quantile")}

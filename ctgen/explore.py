@@ -37,7 +37,9 @@ import numpy as np
 from ctgen import __version__
 from ctgen.api import Generator
 from ctgen.errors import CtgenError, InputError
-from ctgen.serving import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, Disconnected, GuardedHandler, GuardedHTTPServer, disconnects
+from ctgen.serving import (
+    MAX_CONNECTIONS, REQUEST_TIMEOUT_S, Disconnected, GuardedHandler, GuardedHTTPServer, disconnects, one_line,
+)
 
 __all__ = ["MAX_UPLOAD_BYTES", "ExploreServer", "is_loopback", "start_server"]
 
@@ -203,7 +205,7 @@ class _Handler(GuardedHandler):
         if not self._body_read:
             self.close_connection = True  # an unread request body would garble the next request
         try:
-            self._json({"error": _one_line(message)}, status)
+            self._json({"error": one_line(message)}, status)
         except Disconnected:
             self.close_connection = True
 
@@ -308,7 +310,7 @@ class _Handler(GuardedHandler):
         except RecursionError:
             raise _HttpError(HTTPStatus.BAD_REQUEST, "request is not valid JSON (nested too deeply)") from None
         except ValueError as error:  # bad JSON or UTF-8, NaN/Infinity, a number of thousands of digits
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({_one_line(str(error))[:120]})") from None
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({one_line(str(error))[:120]})") from None
         if not isinstance(request, dict):
             raise _HttpError(HTTPStatus.BAD_REQUEST, "request must be a JSON object")
         return request
@@ -338,7 +340,7 @@ def _query_seed(query: dict[str, list[str]], default: int) -> int:
     text = values[-1].strip()
     if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_SEED:
         raise _HttpError(HTTPStatus.BAD_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}, "
-                                                 f"got {_one_line(text)[:40]!r}")
+                                                 f"got {one_line(text)[:40]!r}")
     return int(text)
 
 
@@ -353,7 +355,7 @@ def _query_temperature(query: dict[str, list[str]]) -> float:
         temperature = math.nan
     if not 0.0 <= temperature <= MAX_TEMPERATURE:  # NaN fails too
         raise _HttpError(HTTPStatus.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
-                                                 f"got {_one_line(text)[:40]!r}")
+                                                 f"got {one_line(text)[:40]!r}")
     return temperature
 
 
@@ -409,7 +411,3 @@ def _dicom(generator: Generator, hu: np.ndarray, window: tuple[float, float]) ->
         pydicom.dcmwrite(buffer, writer.dataset(0, hu), enforce_file_format=True)
     return buffer.getvalue()
 
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 300 else line[:297] + "..."

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ctgen.defaults import MAX_TILT_DEG
+from ctgen.defaults import BODY_THRESHOLD_HU, MAX_TILT_DEG
 
-__all__ = ["BODY_THRESHOLD_HU", "BRAIN_FRACTION_MIN", "WORK_MM", "brain_fraction", "head_centroid", "head_mask",
-           "label", "slice_warnings"]
+__all__ = ["BODY_THRESHOLD_HU", "BRAIN_FRACTION_MIN", "WORK_MM", "axial_tilt_deg", "brain_fraction", "head_centroid",
+           "head_mask", "label", "slice_warnings"]
 
-BODY_THRESHOLD_HU = -500.0  # above: body (and table, holder, anything solid in the field)
 BONE_HU_MIN = 300.0
 BRAIN_HU = (0.0, 80.0)
 BRAIN_FRACTION_MIN = 0.1  # below this share of brain-range tissue inside the skull, a slice holds no brain
@@ -307,11 +306,19 @@ def slice_warnings(hu: np.ndarray, spacing_mm: tuple[float, float] | None, grid_
     if fraction < BRAIN_FRACTION_MIN:
         found.append(f"no brain in the slice (brain fraction {fraction:.2f})")
     if orientation is not None and len(orientation) == 6:
-        row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
-        normal = np.cross(row, col)
-        norm = float(np.linalg.norm(normal))
-        if norm > 1e-6:
-            tilt = math.degrees(math.acos(min(1.0, abs(normal[2]) / norm)))
-            if tilt > MAX_TILT_DEG:
-                found.append(f"not axial (slice normal {tilt:.0f}° from the head-foot axis)")
+        tilt = axial_tilt_deg(orientation)  # NaN for a degenerate orientation: no warning
+        if tilt > MAX_TILT_DEG:
+            found.append(f"not axial (slice normal {tilt:.0f}° from the head-foot axis)")
     return found
+
+
+def axial_tilt_deg(orientation: Sequence[float]) -> float:
+    """Angle in degrees between the slice normal of ImageOrientationPatient (6 direction cosines) and the
+    head-foot axis: 0 for axial, 90 for coronal or sagittal slices."""
+    row, col = orientation[:3], orientation[3:6]
+    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+    norm = math.sqrt(sum(v * v for v in normal))
+    if norm < 1e-6:
+        return float("nan")
+    return math.degrees(math.acos(min(1.0, abs(normal[2]) / norm)))
+

@@ -252,7 +252,7 @@ class Model:
 
     def _new_session(self, graph: str, path: Path, provider: str) -> _Session:
         self._check_graph(graph, path)
-        return _Session(path, graph_entry(self.card, graph), provider)
+        return _Session(path, provider)
 
     def _probe_cuda(self, graph: str, cuda_path: Path, cpu_path: Path) -> _Session:
         """First session on "auto"/"cuda": CUDA if it really loads, else CPU ("auto") or ModelError ("cuda")."""
@@ -280,7 +280,7 @@ class Model:
 class _Session:
     """One graph on one ONNX Runtime session; inputs fed by name, IO binding on CUDA."""
 
-    def __init__(self, path: Path, entry: dict[str, Any], provider: str):
+    def __init__(self, path: Path, provider: str):  # path: a graph check_graph has passed (the card's names)
         ort = _onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = _cpu_count()
@@ -305,11 +305,6 @@ class _Session:
         self.run_options.log_severity_level = _QUIET
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
-        expected_inputs, expected_outputs = entry["inputs"], entry["outputs"]
-        if self.input_names != list(expected_inputs):
-            raise ModelError(path, f"inputs {self.input_names} do not match the card ({list(expected_inputs)})")
-        if self.output_names != list(expected_outputs):
-            raise ModelError(path, f"outputs {self.output_names} do not match the card ({list(expected_outputs)})")
 
     def run(self, feeds: dict[str, np.ndarray], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
         """The outputs for ``feeds``; each must be finite and of shape (N, *shape). Raises ModelError."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ctgen.defaults import BODY_THRESHOLD_HU
 from ctgen.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +38,6 @@ __all__ = [
 
 WINDOW_DEFAULT = (-50.0, 250.0)  # HU mapped to [0, 1] for the model (lo, hi)
 AIR_HU = -1000.0  # fill value outside the scanned field of view
-BODY_THRESHOLD_HU = -500.0  # HU above this count as head (and anything else in the field) for centring
 # Plausible pixel spacings, in mm, of an input slice and of a model grid. Far outside them the resampling
 # would read thousands of input pixels per model pixel (or none at all): such values are header damage.
 SPACING_RANGE_MM = (0.05, 20.0)

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ctgen.metrics.disentangle import SCORE_NAMES
+
 __all__ = ["REPORT_FILES", "check_out", "draw_figures", "interpret", "kl_bar_chart", "markdown_table",
            "render_markdown", "report_folder", "write_report"]
 
@@ -149,10 +151,9 @@ def _read_disentanglement(scores: dict) -> tuple[str, str]:
 
 
 def _disentanglement_markdown(scores: dict, title: str, say: dict, suffix: str) -> list[str]:
-    names = ["mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap"]
     skipped = ", ".join(f"{name} ({why})" for name, why in scores["factors_skipped"].items()) or "none"
     labels = scores.get("unit_labels") or {}
-    return [f"## {title}", markdown_table(["metric", "value"], [[name, scores[name]] for name in names]),
+    return [f"## {title}", markdown_table(["metric", "value"], [[name, scores[name]] for name in SCORE_NAMES]),
             f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
             f"skipped: {skipped}.", say[f"disentanglement{suffix}"], f"### {title}: factor → unit",
             markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],

@@ -27,6 +27,7 @@ from typing import Any
 from ctgen.defaults import MAX_TILT_DEG
 from ctgen.dicom.common import patient_key
 from ctgen.errors import DicomError, InputError
+from ctgen.geometry import axial_tilt_deg  # re-exported
 from ctgen.nifti import is_nifti, sidecar_path
 
 __all__ = ["MAX_TILT_DEG", "REASONS", "SKIP_REASONS", "SPLIT_BY", "Entry", "Inventory", "axial_tilt_deg",
@@ -211,17 +212,6 @@ def scan(sources: Sequence[str | os.PathLike], *, split_by: str = "auto", max_ti
     _mark_duplicates(entries)
     warnings = _assign_keys(entries, split_by)
     return Inventory([str(s) for s in sources], entries, warnings, split_by, float(max_tilt_deg))
-
-
-def axial_tilt_deg(orientation: Sequence[float]) -> float:
-    """Angle in degrees between the slice normal of ImageOrientationPatient (6 direction cosines) and the
-    head-foot axis: 0 for axial, 90 for coronal or sagittal slices."""
-    row, col = orientation[:3], orientation[3:6]
-    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
-    norm = math.sqrt(sum(v * v for v in normal))
-    if norm < 1e-6:
-        return float("nan")
-    return math.degrees(math.acos(min(1.0, abs(normal[2]) / norm)))
 
 
 def write_inventory(inventory: Inventory, path: str | os.PathLike, *, force: bool = False) -> Path:

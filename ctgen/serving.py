@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = ["BODY_DEADLINE_S", "MAX_CONNECTIONS", "REQUEST_TIMEOUT_S", "Disconnected", "GuardedHTTPServer",
-           "GuardedHandler", "disconnects"]
+           "GuardedHandler", "disconnects", "one_line"]
 
 REQUEST_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed (idle keep-alive too)
 BODY_DEADLINE_S = 120.0  # a request body must arrive within this, however it trickles in
@@ -99,7 +99,7 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         if isinstance(error, (OSError, Disconnected)):
             return
         sys.stderr.write(f"ctgen: internal error serving {client_address[0]}: "
-                         f"{_one_line(f'{type(error).__name__}: {error}')}\n")
+                         f"{one_line(f'{type(error).__name__}: {error}')}\n")
 
 
 class GuardedHandler(BaseHTTPRequestHandler):
@@ -143,6 +143,7 @@ def _refuse(connection: socket.socket, limit: int) -> None:
         pass
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """Text as one line of at most 300 characters (for JSON error bodies and logs)."""
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."

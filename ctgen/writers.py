@@ -20,6 +20,7 @@ import numpy as np
 
 from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries
 from ctgen.errors import ArgumentError, InputError
+from ctgen.sources import split_source
 
 __all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "output_timestamp",
            "save_npy", "tile_scale", "unique_names"]
@@ -63,14 +64,12 @@ def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _slice_path(source: str | os.PathLike) -> Path:
-    text = os.fspath(source)
-    path, _, index = text.rpartition("#")
-    if not path or not index.isdigit() or Path(text).exists():
-        path, index = text, ""
+    file, index = split_source(source)
+    path = os.fspath(file)
     for suffix in (".nii.gz", ".nii"):
         if path.lower().endswith(suffix):
             path = path[: -len(suffix)] + ".nii"  # one suffix left for Path.stem to drop
-    return Path(f"{Path(path).with_suffix('')}_{int(index):03d}" if index else path)
+    return Path(f"{Path(path).with_suffix('')}_{index:03d}" if index is not None else path)
 
 
 def save_npy(array: np.ndarray, path: Path, *, force: bool) -> Path:

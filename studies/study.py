@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ctgen.metrics.disentangle import SCORE_NAMES
+
 __all__ = ["grid_points", "run_study", "study_row"]
 
 
@@ -80,8 +82,7 @@ def study_row(run: Path, report: dict[str, Any]) -> dict[str, Any]:
         "val_loss_jitter": _jitter([m["val_loss"] for m in lines[-3:]]),
         "mae_hu": recon["mae_hu"], "psnr_db": recon["psnr_db"], "ssim": recon["ssim"],
         "active_units": activity["active_units"], "total_kl": float(sum(activity["kl_per_unit"])),
-        **{key: scores.get(key) for key in ("mig", "beta_vae", "factor_vae", "dci_disentanglement",
-                                            "dci_completeness", "dci_informativeness", "sap")},
+        **{key: scores.get(key) for key in SCORE_NAMES},
         "unit_factors": scores.get("unit_factors", {}),
         "factor_units": {name: {"unit": entry["unit"], "nmi": entry["nmi"], "chance": entry.get("chance_nmi")}
                          for name, entry in (scores.get("units") or {}).items()},

@@ -19,7 +19,11 @@ import numpy as np
 from ctgen.errors import InputError
 from ctgen.metrics.fit import fit_logistic, lasso, predict_logistic, split_indices, standardize
 
-__all__ = ["discretize", "mig", "beta_vae_score", "factor_vae_score", "dci", "sap", "disentanglement_report"]
+__all__ = ["SCORE_NAMES", "discretize", "mig", "beta_vae_score", "factor_vae_score", "dci", "sap",
+           "disentanglement_report"]
+
+# the scores ``disentanglement_report`` gives, in the order reports and cards list them
+SCORE_NAMES = ("mig", "beta_vae", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap")
 
 
 def discretize(factors: np.ndarray, bins: int = 20) -> np.ndarray:
