@@ -31,7 +31,7 @@ from ctgen.latent import (
 )
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
-from ctgen.preprocess import Grid, from_model, to_model
+from ctgen.preprocess import Grid, from_model, to_grid_hu
 from ctgen.prior import PRIORS
 from ctgen.sources import gather_files, read_slices, slice_count, slice_sources, split_source
 
@@ -187,11 +187,9 @@ class Generator:
     def _on_grid(self, hu: np.ndarray, spacing, name: str, with_hu: bool, orientation) -> GridSlice:
         from ctgen.geometry import slice_warnings
 
-        wide = None
-        if with_hu:
-            display = Grid(size=self.grid.size, spacing_mm=self.grid.spacing_mm, window_hu=DISPLAY_WINDOW_HU)
-            wide = from_model(to_model(hu, spacing, display), display)
-        image = to_model(hu, spacing, self.grid)
+        resampled = to_grid_hu(hu, spacing, self.grid)  # once, for the model image and the HU on the grid
+        image = self.grid.hu_map.to_unit(resampled)
+        wide = np.clip(resampled, *DISPLAY_WINDOW_HU) if with_hu else None
         found = slice_warnings(hu, None if spacing is None else tuple(float(v) for v in spacing), self.grid.size,
                                self.grid.spacing_mm, orientation)
         return GridSlice(name, image, wide, tuple(found))

@@ -23,7 +23,8 @@ from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.latent import sample_prior
 from ctgen.metrics.disentangle import SCORE_NAMES
-from ctgen.preprocess import WINDOW_DEFAULT, Grid, from_model, to_model
+from ctgen.api import DISPLAY_WINDOW_HU as WIDE_HU  # originals on the grid, unclipped: masks, pictures
+from ctgen.preprocess import WINDOW_DEFAULT, Grid, from_model, to_grid_hu
 
 __all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
 
@@ -31,7 +32,6 @@ REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # r
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)
 NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
-WIDE_HU = (-1024.0, 3072.0)  # originals on the model grid without clipping: head masks and pictures
 ACTIVE_KL = 0.01  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
@@ -145,28 +145,23 @@ def _choose(count: int, budget: int, rng: np.random.Generator, held: np.ndarray 
     return np.sort(np.concatenate(picked))
 
 
-def _on_grid(ct: Any, grid: Grid) -> np.ndarray:
-    """A Slice -> full-range HU float32 (S, S) on the model grid (for head masks and pictures)."""
-    wide = Grid(size=grid.size, spacing_mm=grid.spacing_mm, window_hu=WIDE_HU)
-    return from_model(to_model(ct.hu, ct.spacing_mm, wide), wide)
-
-
 def _read(files: list[Path], indices: Any, grid: Grid, train_keys: set[str] | None, skipped: list[str],
           progress: Progress, stage: str):
-    """Yield (index, Slice, model image float32 (S, S), held out?, patient key) per readable file; the
-    reasons of the others go to ``skipped``."""
+    """Yield (index, full-range HU float32 (S, S) on the model grid (head masks, pictures), model image float32
+    (S, S), held out?, patient key) per readable file; the reasons of the others go to ``skipped``."""
     from ctgen.dicom import read_slice
 
     for done, index in enumerate(indices, 1):
         progress(stage, done, len(indices))
         try:
             ct = read_slice(files[index])
-            image = to_model(ct.hu, ct.spacing_mm, grid)
+            resampled = to_grid_hu(ct.hu, ct.spacing_mm, grid)  # once, for the model image and the HU
         except CtgenError as error:
             skipped.append(error.reason)  # not the path: file names can name patients
             continue
+        image, wide = grid.hu_map.to_unit(resampled), np.clip(resampled, *WIDE_HU)
         key = patient_key(ct.patient_id, ct.series_uid or str(Path(files[index]).parent))
-        yield index, ct, image, train_keys is None or not {key, ct.patient_id} & train_keys, key
+        yield index, wide, image, train_keys is None or not {key, ct.patient_id} & train_keys, key
 
 
 def _chunks(count: int, size: int):
@@ -234,13 +229,13 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     chosen = _choose(len(files), max_slices, rng, held)
 
     grid, images, originals, is_held, kept, skipped, patients = model.grid, [], [], [], [], [], set()
-    for index, ct, image, held_out, key in _read(files, chosen, grid, train_keys, skipped, progress, "reading"):
+    for index, wide, image, held_out, key in _read(files, chosen, grid, train_keys, skipped, progress, "reading"):
         patients.add(key)
         images.append(image)
         is_held.append(held_out)
         kept.append(index)
         if held_out:
-            originals.append(_on_grid(ct, grid))
+            originals.append(wide)
     if not images:
         raise InputError(study, f"none of the {len(chosen)} slices could be read ({skipped[0]})")
     images, is_held, originals = np.stack(images), np.array(is_held), np.stack(originals) if originals else None
@@ -416,7 +411,8 @@ def _real_slices(model) -> tuple[list[dict], list[np.ndarray]]:
             if path is None:
                 raise InputError(name, "not in this pydicom installation")
             ct = read_slice(path)
-            image, hu = to_model(ct.hu, ct.spacing_mm, grid), _on_grid(ct, grid)
+            resampled = to_grid_hu(ct.hu, ct.spacing_mm, grid)  # once, for the model image and the HU
+            image, hu = grid.hu_map.to_unit(resampled), np.clip(resampled, *WIDE_HU)
             recon = from_model(model.decode(model.encode(image[None, None])[0]), grid)
             target = from_model(image[None], grid)
             scores = metrics.reconstruction_report(target, recon, mask=metrics.head_mask(hu[None]))

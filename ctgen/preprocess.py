@@ -32,6 +32,7 @@ __all__ = [
     "Grid",
     "batch_to_model",
     "from_model",
+    "to_grid_hu",
     "to_model",
     "window_to_unit",
 ]
@@ -209,7 +210,7 @@ def to_model(
     Without spacing, warns (UserWarning) and resizes keeping the aspect ratio so the longer side spans
     the grid. Raises InputError for a non 2-D image or a spacing outside SPACING_RANGE_MM.
     """
-    return _to_model(hu, spacing_mm, grid, center=center, source=None)
+    return grid.hu_map.to_unit(_to_grid_hu(hu, spacing_mm, grid, center=center, source=None))
 
 
 def batch_to_model(slices: Sequence[Slice], grid: Grid, *, center: bool = True) -> np.ndarray:
@@ -220,7 +221,8 @@ def batch_to_model(slices: Sequence[Slice], grid: Grid, *, center: bool = True) 
     out = np.empty((len(slices), 1, grid.size, grid.size), dtype=np.float32)
     for index, item in enumerate(slices):
         source = getattr(item, "path", None) or f"slice {index}"
-        out[index, 0] = _to_model(item.hu, item.spacing_mm, grid, center=center, source=source)
+        resampled = _to_grid_hu(item.hu, item.spacing_mm, grid, center=center, source=source)
+        out[index, 0] = grid.hu_map.to_unit(resampled)
     return out
 
 
@@ -240,7 +242,16 @@ def from_model(images: np.ndarray, grid: Grid) -> np.ndarray:
     return grid.hu_map.to_hu(unit)
 
 
-def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -> np.ndarray:
+def to_grid_hu(
+    hu: np.ndarray, spacing_mm: tuple[float, float] | None, grid: Grid, *, center: bool = True
+) -> np.ndarray:
+    """Steps 1 and 2 of ``to_model`` without the HU map: float32 (S, S) in HU, not clipped (outside the input:
+    air). ``grid.hu_map.to_unit`` of it is ``to_model``'s image; callers that want both the model image and
+    the slice's HU on the grid resample once. Raises as ``to_model``."""
+    return _to_grid_hu(hu, spacing_mm, grid, center=center, source=None)
+
+
+def _to_grid_hu(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -> np.ndarray:
     hu = np.asarray(hu, dtype=np.float32)
     if hu.ndim != 2 or hu.size == 0:
         raise InputError(source, f"expected a 2-D HU image, got shape {hu.shape}")
@@ -283,7 +294,7 @@ def _to_model(hu, spacing_mm, grid: Grid, *, center: bool, source: str | None) -
         resampled = resampled @ _dense(taps_cols, band_cols, cols).T  # (S, S): no transposed copy needed
     coverage = band_rows.sum(axis=1, dtype=np.float32)[:, None] * band_cols.sum(axis=1, dtype=np.float32)[None, :]
     resampled += np.float32(-AIR_HU) * (coverage - np.float32(1.0))
-    return grid.hu_map.to_unit(resampled)
+    return resampled
 
 
 def _plausible_spacing(value: float) -> bool:
