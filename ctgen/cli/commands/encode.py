@@ -88,7 +88,7 @@ def encode(
                 encoded += len(batch.sources)
                 advance(len(batch.sources))
         done = [source for batch in batches for source in batch.sources]
-        found = [one for batch in batches for one in (batch.warnings or [()] * len(batch.sources))]
+        found = [one for batch in batches for one in batch.warnings]  # iter_encode always fills them
         if not stream:
             empty = np.empty((0, generator.latent_size), np.float32)
             mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
@@ -116,8 +116,8 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
     return items
 
 
-def _print_lines(files, mu, logvar, json_line, warnings=None) -> None:
+def _print_lines(files, mu, logvar, json_line, warnings) -> None:
     if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i],
-                                           warnings[i] if warnings else ()) + "\n" for i, f in enumerate(files)))
+        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i]) + "\n"
+                                 for i, f in enumerate(files)))
         sys.stdout.flush()
