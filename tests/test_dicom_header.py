@@ -75,3 +75,25 @@ def test_enhanced_geometry_comes_from_the_functional_groups(archive):
     header = read_header(archive[0] / "C" / "enhanced.dcm")
     assert header.frames == 3 and header.orientation == (1, 0, 0, 0, 1, 0)
     assert header.pixel_spacing_mm == (3.5, 3.5) and header.slice_thickness_mm == 5.0
+
+
+def test_a_cut_inside_a_sequence_items_element_header_is_truncated(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    item = Dataset()
+    item.add_new(0x00091010, "OB", b"\x01" * 64)  # a long-VR element inside an undefined-length item
+    item.is_undefined_length_sequence_item = True
+    ds.add_new(0x00091020, "SQ", Sequence([item]))
+    ds[0x00091020].is_undefined_length = True
+    full = tmp_path / "full.dcm"
+    ds.save_as(full, enforce_file_format=True)
+    data = full.read_bytes()
+    ob = data.index(b"\x09\x00\x10\x10OB")  # the element's header: tag, VR, 2 reserved bytes, 4-byte length
+    assert data[ob - 8 : ob] == b"\xfe\xff\x00\xe0\xff\xff\xff\xff"  # inside an undefined-length item
+    assert _parse_fast(data, len(data), open(full, "rb")) is not None  # the fast path reads the whole file
+    for cut in range(ob + 1, ob + 12):  # every cut inside the 12-byte header
+        path = tmp_path / f"cut{cut}.dcm"
+        path.write_bytes(data[:cut])
+        assert read_header(path).truncated, cut
