@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ctgen.errors import DicomError
+from ctgen.geometry import axial_tilt_deg
 
 __all__ = ["NIFTI_SUFFIXES", "Volume", "is_nifti", "read_sidecar", "read_volume", "sidecar_path", "volume_header"]
 
@@ -142,8 +143,7 @@ def _volume(path, image) -> Volume:
     spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise DicomError(path, f"bad voxel size {spacing}")
-    normal = np.cross(affine[:3, 0], affine[:3, 1])
-    tilt = math.degrees(math.acos(min(1.0, abs(normal[2]) / max(np.linalg.norm(normal), 1e-12))))
+    tilt = axial_tilt_deg((*affine[:3, 0], *affine[:3, 1]))  # the voxel axes as row and column directions
     shape = tuple(int(n) for n in image.shape[:3])
     return Volume(path=str(path), shape=shape, spacing_mm=spacing, tilt_deg=tilt, sidecar=read_sidecar(path))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ctgen.defaults import MAX_TILT_DEG
-from ctgen.dicom.common import patient_key
+from ctgen.dicom.common import MODALITY_BY_SOP, SC_SOP, patient_key
 from ctgen.errors import DicomError, InputError
 from ctgen.geometry import axial_tilt_deg  # re-exported
 from ctgen.nifti import is_nifti, sidecar_path
@@ -38,9 +38,6 @@ REASONS = ("ok", "not-dicom", "truncated", "no-image", "not-ct", "colour", "seco
 SKIP_REASONS = REASONS[1:]
 SPLIT_BY = ("auto", "patient", "study")
 INVENTORY_SUFFIXES = (".csv", ".jsonl")
-_SC_SOP = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture, and .7.1-.7.4 its multi-frame kinds
-_CT_SOPS = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
-_MR_SOPS = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}
 _LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM"}
 _ROW_FIELDS = ("path", "reason", "detail", "patient", "study", "series", "frames", "series_number",
                "slice_thickness_mm", "kernel", "fov_mm", "spacing_mm", "tilt_deg")
@@ -275,10 +272,9 @@ def _reason(header, tilt: float | None, max_tilt_deg: float) -> tuple[str, str]:
             "the file ends inside its header"
     if header.pixels == "none":
         return "no-image", f"no pixel data ({_sop_name(header.sop_class) or header.modality or 'unknown kind'})"
-    if header.sop_class.startswith(_SC_SOP):
+    if header.sop_class.startswith(SC_SOP):
         return "secondary-capture", f"secondary capture{f' ({header.conversion_type})' if header.conversion_type else ''}"
-    modality = header.modality or ("CT" if header.sop_class in _CT_SOPS else "MR" if header.sop_class in _MR_SOPS
-                                   else "")
+    modality = header.modality or MODALITY_BY_SOP.get(header.sop_class, "")
     if modality != "CT":
         return "not-ct", f"modality {modality or 'unknown'}"
     if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
@@ -334,8 +330,6 @@ def _decide_nifti(path: Path, max_tilt_deg: float) -> Entry:
         entry.reason, entry.detail = "not-ct", "no values below -500: not CT in HU"
     else:
         entry.reason, entry.detail = _orientation_reason(volume.tilt_deg, max_tilt_deg)
-    if entry.reason != "ok":
-        entry.frames = volume.slices
     return entry
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-SC_SOP = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+SC_SOP = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage (.7.1-.7.4: its multi-frame kinds)
+# the modality a file without a Modality value has, by its SOP class: CT, enhanced CT, legacy converted CT; MR
+MODALITY_BY_SOP = {CT_SOP: "CT", CT_SOP + ".1": "CT", CT_SOP + ".2": "CT",
+                   "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.4.1": "MR"}
 
 
 def one_line(exc: BaseException) -> str:

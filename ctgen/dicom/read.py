@@ -31,6 +31,7 @@ from pydicom.uid import (
 )
 
 from ctgen.dicom.common import CT_SOP as _CT_SOP
+from ctgen.dicom.common import MODALITY_BY_SOP
 from ctgen.dicom.common import one_line as _one_line
 from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated, check_pixel_count
 from ctgen.errors import CtgenError, DicomError
@@ -40,8 +41,6 @@ from ctgen.preprocess import SPACING_RANGE_MM
 __all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "AIR_HU"]
 
 AIR_HU = -1000.0  # what PixelPaddingValue pixels of a CT become
-_MODALITY_BY_SOP = {_CT_SOP: "CT", _CT_SOP + ".1": "CT", _CT_SOP + ".2": "CT",  # CT, enhanced, legacy
-                    "1.2.840.10008.5.1.4.1.1.4": "MR", "1.2.840.10008.5.1.4.1.1.4.1": "MR"}
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # warnings.catch_warnings (how _guard silences pydicom) swaps process-wide state and is not thread-safe:
@@ -198,7 +197,7 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
     if not ds.PixelData:
         raise DicomError(path, "pixel data is empty")
-    modality = str(ds.get("Modality") or _MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
+    modality = str(ds.get("Modality") or MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
     if modality not in (("CT", "MR") if allow_mr else ("CT",)):
         hint = " (pass allow_mr=True to read MR)" if modality == "MR" else ""
         raise DicomError(path, f"modality {modality or 'unknown'} is not CT{hint}")
