@@ -202,7 +202,7 @@ def test_example_slices_ship_and_run(model, workdir):
     (["samplx"], None),  # unknown: the full app lists the commands
 ])
 def test_main_builds_only_the_command_that_runs(argv, expected):
-    from ctgen.cli.app import _COMMANDS, _invoked_command
+    from ctgen.cli.typer_app import _COMMANDS, _invoked_command
 
     assert _invoked_command(argv) == expected
     assert set(typer.main.get_command(app).commands) == set(_COMMANDS)  # the full app keeps every command

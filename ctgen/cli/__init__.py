@@ -1,11 +1,23 @@
-"""The ``ctgen`` command line: the Typer app (``app``) and the console-script entry point (``main``).
+"""The ``ctgen`` command line: the console-script entry point (``main``) and the Typer app (``app``).
 
-Commands live in ``ctgen.cli.commands``, one module each; they parse options, call the pipeline
-(``ctgen.api``), write and print.
+Commands live in ``ctgen.cli.commands``, one module each; they parse options and call their action
+(``ctgen.cli.actions``), which calls the pipeline (``ctgen.api``), writes and prints. ``app`` is imported
+on first use: the fast path (``ctgen.cli.fast``) never imports Typer.
 """
 
 from __future__ import annotations
 
-from ctgen.cli.app import app, main
+from typing import Any
+
+from ctgen.cli.entry import main
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the Typer app, imported on first use
+        from ctgen.cli.typer_app import app
+
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

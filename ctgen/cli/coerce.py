@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["install"]
+__all__ = ["coerce_value", "install", "kind_of"]
 
 _PLAIN = (str, int, float, bool, Path)
 
@@ -38,6 +38,55 @@ def _is_plain(annotation: Any) -> bool:
     return annotation in _PLAIN
 
 
+def kind_of(annotation: Any) -> str:
+    """The coercion of a plain annotation: "choice", "list", "bool", "int", "float", "path" or "str"."""
+    annotation = _unwrap(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return "choice"
+    if typing.get_origin(annotation) is list:
+        return "list"
+    return {bool: "bool", int: "int", float: "float", Path: "path"}.get(annotation, "str")
+
+
+def coerce_value(kind: str, value: Any, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+                 maximum: float | None = None) -> Any:
+    """An option's value from its command-line text (``kind`` from ``kind_of``; "path" gives the Path unchecked).
+    Raises ValueError with the message for the user. Shared by Typer (through ``install``) and ctgen.cli.fast."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if kind == "list":
+        return [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if kind == "choice":
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, choices))}.")
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "t", "yes", "y", "on"):
+            return True
+        if text in ("0", "false", "f", "no", "n", "off"):
+            return False
+        raise ValueError(f"{value!r} is not a valid boolean.")
+    if kind in ("int", "float"):
+        number_type = int if kind == "int" else float
+        try:
+            number = number_type(value) if not isinstance(value, number_type) else value
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{value!r} is not a valid {'integer' if kind == 'int' else 'number'}.") from None
+        if kind == "float" and not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number.")
+        if minimum is not None and number < minimum:
+            raise ValueError(f"{number} is smaller than the minimum {minimum}.")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"{number} is larger than the maximum {maximum}.")
+        return number
+    if kind == "path":
+        return Path(value)
+    return str(value)
+
+
 def install() -> bool:
     """Route plain-typed options through ``PlainParam``; returns whether Typer could be taught to."""
     try:
@@ -53,46 +102,16 @@ def install() -> bool:
     @dataclass(frozen=True)
     class PlainParam(_coercion.RuntimeParam):
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            annotation = _unwrap(self.annotation)
-            if typing.get_origin(annotation) is list:
-                return [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
-            return _coerce(annotation, value, self.parameter_info, param, ctx)
+            return _coerce(_unwrap(self.annotation), value, self.parameter_info, param, ctx)
 
     def _coerce(annotation: Any, value: Any, info: Any, param: Any, ctx: Any) -> Any:
-        def bad(message: str) -> BadParameter:
-            return BadParameter(message, ctx=ctx, param=param)
-
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
-        if typing.get_origin(annotation) is typing.Literal:
-            choices = typing.get_args(annotation)
-            if value not in choices:
-                raise bad(f"{value!r} is not one of {', '.join(map(repr, choices))}.")
-            return value
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "t", "yes", "y", "on"):
-                return True
-            if text in ("0", "false", "f", "no", "n", "off"):
-                return False
-            raise bad(f"{value!r} is not a valid boolean.")
-        if annotation in (int, float):
-            try:
-                number = annotation(value) if not isinstance(value, annotation) else value
-            except (TypeError, ValueError, OverflowError):
-                raise bad(f"{value!r} is not a valid {'integer' if annotation is int else 'number'}.") from None
-            if annotation is float and not math.isfinite(number):
-                raise bad(f"{value!r} is not a finite number.")
-            if info.min is not None and number < info.min:
-                raise bad(f"{number} is smaller than the minimum {info.min}.")
-            if info.max is not None and number > info.max:
-                raise bad(f"{number} is larger than the maximum {info.max}.")
-            return number
         if annotation is Path:
             return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
-        return str(value)
+        try:
+            return coerce_value(kind_of(annotation), value, choices=typing.get_args(annotation),
+                                minimum=info.min, maximum=info.max)
+        except ValueError as error:
+            raise BadParameter(str(error), ctx=ctx, param=param) from None
 
     def build_runtime_param(descriptor: Any) -> Any:
         info = descriptor.parameter_info

@@ -133,11 +133,9 @@ class Run:
     def exit_if_skipped(self, total: int) -> None:
         """After --skip-bad: a summary line on stderr and exit 1 when any input was skipped."""
         if self.failures:
-            import typer
-
             print(f"ctgen: {len(self.failures)} of {total} inputs failed and were skipped", file=sys.stderr,
                   flush=True)
-            raise typer.Exit(1)
+            raise SystemExit(1)
 
     def record(self, kind: str, path: Path | str, **extra: Any) -> None:
         self.summary["outputs"].append({"kind": kind, "path": str(path), **extra})

@@ -5,7 +5,8 @@
 A shell loop that calls ctgen once per file pays the start-up every time. The floor of a command is
 ``python -c "import numpy, onnxruntime"`` (plus pydicom for commands that read DICOM): what no ctgen could
 avoid. Each figure is the median (and min-max) of ``--runs`` runs, all measured in this one run, one after
-another; the gap is the command's median minus its floor's. One unmeasured warm-up run per command first (bytecode
+another, round-robin; the gap is the command's median minus its floor's. Rows marked "Typer path" run the same
+command line with CTGEN_NO_FAST_PATH=1 (see ctgen.cli.fast). One unmeasured warm-up run per command first (bytecode
 caches, the page cache), as in a shell loop over many files.
 """
 
@@ -29,13 +30,21 @@ FLOORS = {"numpy + onnxruntime": "import numpy, onnxruntime",
           "numpy + onnxruntime + pydicom": "import numpy, onnxruntime, pydicom"}
 
 
-def timed(command: list[str], cwd: Path, runs: int) -> list[float]:
-    subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # warm-up
-    times = []
-    for _ in range(runs):
+def timed(commands: dict[str, tuple[list[str], dict[str, str]]], cwd: Path, runs: int) -> dict[str, list[float]]:
+    """Seconds per run of each command; the runs go round-robin (one of each, then again) so that a change in
+    the machine's load while the benchmark runs touches every command alike."""
+    def once(command: list[str], extra: dict[str, str]) -> float:
         started = time.perf_counter()
-        subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
+        subprocess.run(command, cwd=cwd, env={**ENV, **extra}, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+    for command, extra in commands.values():  # warm-up
+        once(command, extra)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, (command, extra) in commands.items():
+            times[name].append(once(command, extra))
     return times
 
 
@@ -66,6 +75,11 @@ def main() -> int:
         "reconstruct one.dcm": (["reconstruct", slice_a, "--out", "rec/", "--force", "-m", args.model],
                                 "numpy + onnxruntime + pydicom"),
         "units": (["units", "-m", args.model], None),
+        # the same command lines through the Typer app (CTGEN_NO_FAST_PATH=1): what the fast path saves
+        "sample --n 1 --out x.png (Typer path)": (["sample", "--n", "1", "--out", "x.png", "--force", "-m", args.model],
+                                                  "numpy + onnxruntime"),
+        "encode one.dcm (uncompressed, Typer path)": (["encode", "plain.dcm", "-m", args.model],
+                                                      "numpy + onnxruntime + pydicom"),
         "info": (["info", "-m", args.model], "numpy + onnxruntime + pydicom"),
     }
     with tempfile.TemporaryDirectory() as folder:
@@ -75,8 +89,12 @@ def main() -> int:
         plain.decompress()  # the example as native pixel data: no decoder plug-in to import
         plain.save_as(work / "plain.dcm")
         (work / "z.csv").write_text(",".join(["0"] * latent_size) + "\n")
-        floors = {name: timed([sys.executable, "-c", code], work, args.runs) for name, code in FLOORS.items()}
-        results = {name: timed(ctgen + argv, work, args.runs) for name, (argv, _) in commands.items()}
+        typer_path = {"CTGEN_NO_FAST_PATH": "1"}
+        measured = timed({**{f"floor {name}": ([sys.executable, "-c", code], {}) for name, code in FLOORS.items()},
+                          **{name: (ctgen + argv, typer_path if "Typer path" in name else {})
+                             for name, (argv, _) in commands.items()}}, work, args.runs)
+        floors = {name: measured[f"floor {name}"] for name in FLOORS}
+        results = {name: measured[name] for name in commands}
     print(f"start-up, median (min-max) of {args.runs} runs, seconds; python {sys.version.split()[0]}")
     for name, times in floors.items():
         print(f"  floor {name:<34} {statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f})")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ctgen.cli.actions.decode import decode as run_decode
 from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
@@ -48,26 +48,4 @@ def decode(
     decoded_00000.png, … in input order (as DICOM, each its own series). Pipes:
     ctgen encode scans/ | ctgen decode - -o recon.png
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.latent_io import check_latents, read_latents
-    from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs
-
-    with Run("decode", quiet=quiet, json_summary=json_summary, force=force) as run:
-        display = parse_window(window)
-        target = resolve_out(out, "decoded.png", (".png", ".npy")) if out is not None or per_file is None else None
-        vectors = read_latents(latents)
-        source = "<stdin>" if latents == "-" else latents
-        generator = run.load_generator(model, device)
-        check_latents(vectors, generator.latent_size, source)
-        width = max(5, len(str(len(vectors) - 1)))
-        outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
-                               names=[f"decoded_{index:0{width}d}" for index in range(len(vectors))],
-                               window=display, action=f"decode {Path(source).name}", force=force)
-        check_targets(outputs.targets, force=force)
-        with outputs, run.progress(len(vectors), "decoding") as advance:
-            for start, hu in generator.iter_decode(vectors, batch_size=batch_size):
-                outputs.write(start, hu)
-                advance(len(hu))
-        run.wrote(outputs.finish(title=f"decoded {Path(source).name} · {generator.card.name}"), "images")
-        run.finish(count=len(vectors), source=source)
+    run_decode(**locals())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
+from ctgen.cli.actions.encode import encode as run_encode
 from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
@@ -53,71 +53,4 @@ def encode(
     file stops the run with exit 1 and nothing written; with --skip-bad it is reported ("ctgen: skipped
     FILE: reason"), the rest is written, and the exit status is 1.
     """
-    import numpy as np
-
-    from ctgen.api import gather_files
-    from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.errors import ArgumentError, InputError
-    from ctgen.latent import parse_shard, take_shard
-    from ctgen.latent_io import LATENT_SUFFIXES, json_line, write_latents
-
-    with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
-        k, n = parse_shard(shard) if shard is not None else (1, 1)
-        target = resolve_out(out, "latents.npz", LATENT_SUFFIXES) if out is not None else None
-        if target is None and json_summary:
-            raise ArgumentError("json_summary", "needs --out: without it stdout carries the JSON lines")
-        if target is not None and target.suffix.lower() == ".npy" and logvar:
-            raise ArgumentError("logvar", f"{target}: .npy holds mu only; use .npz, .csv or .jsonl")
-        on_error = run.on_error(skip_bad)
-        files = gather_files(_expand_stdin(inputs), on_error=on_error)
-        if not files and not run.failures:
-            raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
-        ordered = take_shard(files, k, n)
-        if target is not None:
-            check_targets([target], force=force)
-        generator = run.load_generator(model, device)
-
-        stream = target is None and skip_bad  # lines as they come; otherwise all or nothing
-        batches, encoded = [], 0
-        with run.progress(len(ordered), f"encoding shard {k}/{n}" if n > 1 else "encoding") as advance:
-            for batch in generator.iter_encode(ordered, batch_size=batch_size, on_error=on_error):
-                if stream:
-                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, json_line, batch.warnings)
-                else:
-                    batches.append(batch)
-                encoded += len(batch.sources)
-                advance(len(batch.sources))
-        done = [source for batch in batches for source in batch.sources]
-        found = [one for batch in batches for one in batch.warnings]  # iter_encode always fills them
-        if not stream:
-            empty = np.empty((0, generator.latent_size), np.float32)
-            mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
-            log_variance = (np.concatenate([batch.logvar for batch in batches]) if batches else empty) if logvar else None
-            if target is None:
-                _print_lines(done, mu, log_variance, json_line, found)
-            else:
-                write_latents(target, done, mu, log_variance, force=force, model_name=generator.card.name,
-                              warnings=found)
-                run.wrote([{"kind": f"latents_{target.suffix.lower().lstrip('.')}", "path": str(target),
-                            "count": len(done), "logvar": logvar}], "latent vectors")
-        run.finish(encoded=encoded, failed=run.failures, shard=[k, n], files_in_shard=len(ordered))
-        listed = set(map(str, ordered))
-        run.exit_if_skipped(len(ordered) + sum(failure not in listed for failure in run.failures))
-
-
-def _expand_stdin(inputs: list[str]) -> list[str]:
-    """Replace "-" with the paths read from stdin, one per line."""
-    items: list[str] = []
-    for item in inputs:
-        if item == "-":
-            items.extend(line.strip() for line in sys.stdin if line.strip())
-        else:
-            items.append(item)
-    return items
-
-
-def _print_lines(files, mu, logvar, json_line, warnings) -> None:
-    if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i]) + "\n"
-                                 for i, f in enumerate(files)))
-        sys.stdout.flush()
+    run_encode(**locals())

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from ctgen.cli.actions.interpolate import interpolate as run_interpolate
 from ctgen.cli.options import (
     DeviceOption,
     ForceOption,
@@ -60,48 +61,4 @@ def interpolate(
     animation (interpolation.gif), --with-originals the inputs, --per-file one file per step (as DICOM,
     one ordered series that says what it is).
     """
-    from pathlib import Path
-
-    import numpy as np
-
-    from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.render import frames_loop, grid_image, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile, tile_scale
-
-    with Run("interpolate", quiet=quiet, json_summary=json_summary, force=force) as run:
-        display = parse_window(window)
-        strip_path = resolve_out(out, "interpolation.png", (".png",))
-        gif_path = strip_path.with_suffix(".gif") if gif else None
-        generator = run.load_generator(model, device)
-        names = (Path(first).name, Path(second).name)
-        times = np.linspace(0.0, 1.0, steps)
-        files = None
-        if per_file is not None:
-            action = f"interpolate: {method} from {names[0]} to {names[1]}, {steps} steps"
-            files = PerFile(per_file, [f"interpolation_{index:03d}" for index in range(steps)], file_format,
-                            window=display, card=generator.card, grid=generator.grid, action=action, force=force,
-                            groups=[0] * steps, descriptions=[f"ctgen {method} path (not anatomy)"],
-                            comments=[f"step {i + 1} of {steps}, t = {t:.3f}" for i, t in enumerate(times)])
-        check_targets([strip_path, *([gif_path] if gif_path else []), *(files.paths if files else [])], force=force)
-
-        ends = generator.load_all([first, second], with_hu=with_originals, slice_index=slice_index)
-        mu = generator.encode(ends)
-        frames = generator.interpolate(mu[0], mu[1], steps, method)
-
-        tiles = list(frames)
-        labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
-        if with_originals:
-            tiles, labels = [ends[0].hu, *tiles, ends[1].hu], ["A input", *labels, "B input"]
-        title = f"{names[0]} to {names[1]} · {method} · {generator.card.name}"
-        save_png(grid_image(np.stack(tiles), display, rows=1, cols=len(tiles), col_labels=labels, title=title,
-                            scale=tile_scale(generator.image_size)), strip_path, force=force)
-        run.wrote([{"kind": "strip_png", "path": str(strip_path), "count": steps}], "images")
-        if gif_path is not None:
-            save_gif(frames_loop(frames), gif_path, window=display, force=force)
-            run.wrote([{"kind": "gif", "path": str(gif_path), "count": 2 * steps - 2}], "frames")
-        if files is not None:
-            with files:
-                files.write(0, frames)
-            run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": steps,
-                        "files": [str(p) for p in files.paths]}], "files")
-        run.finish(method=method, steps=steps, inputs=[end.source for end in ends])
+    run_interpolate(**locals())

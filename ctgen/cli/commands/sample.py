@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from ctgen.cli.actions.sample import sample as run_sample
 from ctgen.cli.options import (
     BatchOption,
     DeviceOption,
@@ -54,26 +54,4 @@ def sample(
     (sample_00000.png, …; as DICOM each sample is its own series). Decodes in batches: --n 10000
     --per-file runs in flat memory. The same --seed gives byte-identical files.
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs
-
-    with Run("sample", quiet=quiet, json_summary=json_summary, force=force) as run:
-        display = parse_window(window)
-        target = resolve_out(out, "samples.png", (".png", ".npy")) if out is not None or per_file is None else None
-        generator = run.load_generator(model, device)
-        prior = prior if prior != "auto" else "fitted" if generator.has_fitted_prior else "standard"
-        latents = generator.latents(n, seed=seed, temperature=temperature, prior=prior)
-        width = max(5, len(str(n - 1)))
-        outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
-                               names=[f"sample_{index:0{width}d}" for index in range(n)], window=display,
-                               action=f"sample: {prior} prior, seed {seed}, temperature {temperature:g}, n {n}",
-                               force=force)
-        check_targets(outputs.targets, force=force)
-        with outputs, run.progress(n, "sampling") as advance:
-            for start, hu in generator.iter_decode(latents, batch_size=batch_size):
-                outputs.write(start, hu)
-                advance(len(hu))
-        run.wrote(outputs.finish(title=f"{generator.card.name} · {prior} prior · seed {seed} · T {temperature:g}"),
-                  "samples")
-        run.finish(n=n, seed=seed, temperature=temperature, prior=prior)
+    run_sample(**locals())

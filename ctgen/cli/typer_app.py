@@ -1,17 +1,15 @@
-"""The ``ctgen`` command line.
+"""The ``ctgen`` command line as a Typer app.
 
 Only Typer (and Rich, for help) is imported here: ``ctgen --version`` and ``ctgen --help`` must answer
 at once. Every command lives in ``ctgen/cli/commands/`` and imports numpy, ONNX Runtime and pydicom inside
-its body. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted.
+its body. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted
+(``ctgen.cli.failures``). The console script is ``ctgen.cli.entry.main``: it runs the per-file commands on
+the fast path (``ctgen.cli.fast``) when it can and this app otherwise.
 """
 
 from __future__ import annotations
 
-import errno
 import inspect
-import os
-import signal
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -33,33 +31,13 @@ from ctgen.cli.commands import (
 )
 from ctgen.cli.coerce import install as _plain_coercion
 from ctgen.cli.options import Device
-from ctgen.errors import ArgumentError, CtgenError
+from ctgen.cli.failures import debug_requested, exit_code
 
-__all__ = ["app", "main"]
+__all__ = ["SHARED_OPTIONS", "app", "run_typer"]
 
 _plain_coercion()  # options are coerced without importing pydantic (start-up time, see ctgen.cli.coerce)
 
 _DEBUG_KEY = "ctgen.debug"
-
-
-def _debug_requested(ctx: typer.Context | None = None) -> bool:
-    if ctx is not None and ctx.meta.get(_DEBUG_KEY):
-        return True
-    return os.environ.get("CTGEN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-
-
-# Python argument names whose command-line option is not simply --name-with-dashes
-_FLAGS = {"value_range": "--range", "file_format": "--format", "json_summary": "--json", "slice_path": "SLICE",
-          "z": "--units", "spacing_mm": "the pixel spacing", "name": "NAME", "slice_index": "--slice"}
-
-
-def _flag(argument: str) -> str:
-    """The command-line spelling of a Python argument named in an ArgumentError."""
-    return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
-
-
-def _fail(message: str) -> None:
-    print(f"ctgen: error: {message}", file=sys.stderr, flush=True)
 
 
 class _Group(TyperGroup):
@@ -70,33 +48,11 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
-        except ArgumentError as error:  # a bad option value is a usage error, named by its flag
-            if _debug_requested(ctx):
-                raise
-            _fail(f"{_flag(error.argument)}: {error.reason}")
-            raise typer.Exit(2) from None
-        except CtgenError as error:
-            if _debug_requested(ctx):
-                raise
-            _fail(str(error))
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            if _debug_requested(ctx):
-                raise
-            print("ctgen: interrupted", file=sys.stderr, flush=True)
-            raise typer.Exit(130) from None
-        except OSError as error:
-            if error.errno == errno.EPIPE or _debug_requested(ctx):
-                raise  # a closed pipe is handled by Typer (exit quietly)
-            where = f"{error.filename}: " if error.filename else ""
-            _fail(f"{where}{error.strerror or error}")
-            raise typer.Exit(1) from None
-        except Exception as error:  # noqa: BLE001 - the promise is: no traceback unless --debug
-            if _debug_requested(ctx):
-                raise
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _fail(f"internal error: {type(error).__name__}: {text} (run with --debug for the traceback)")
-            raise typer.Exit(1) from None
+        except BaseException as error:  # noqa: BLE001 - reported by exit_code, or raised again
+            code = exit_code(error, debug=debug_requested(bool(ctx.meta.get(_DEBUG_KEY))))
+            if code is None:
+                raise  # --debug, SystemExit, or a closed pipe (Typer exits quietly)
+            raise typer.Exit(code) from None
 
 
 _APP_SETTINGS: dict[str, Any] = dict(
@@ -120,6 +76,8 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# root options that become the defaults of the command's options of the same name (ctgen.cli.fast reads this)
+SHARED_OPTIONS = ("model", "device", "quiet", "json_summary", "force", "window", "seed")
 _SHARED = "Common options (before the command: apply to every command that has them)"
 
 
@@ -163,9 +121,9 @@ def _root(
         from ctgen.dicom import set_max_pixels
 
         set_max_pixels(max_pixels)
-    shared = {"model": model, "device": device, "quiet": quiet or None, "json_summary": json_summary or None,
-              "force": force or None, "window": window, "seed": seed}
-    shared = {name: value for name, value in shared.items() if value is not None}
+    given = {"model": model, "device": device, "quiet": quiet, "json_summary": json_summary, "force": force,
+             "window": window, "seed": seed}
+    shared = {name: given[name] for name in SHARED_OPTIONS if given[name] is not None and given[name] is not False}
     if shared:  # defaults for the command's own options (which still win when given after the command)
         ctx.default_map = {name: shared for name in ctx.command.commands}  # type: ignore[attr-defined]
 
@@ -222,20 +180,10 @@ def _invoked_command(argv: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app and exit with its status."""
-    # numpy's matrix products here are small (resampling one slice); BLAS worker threads would only
-    # compete with ONNX Runtime's for the cores and slow the reading pipeline several times over.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # SIGTERM (a batch system's kill, `timeout`) unwinds like Ctrl-C, so that no half-written output stays
-    signal.signal(signal.SIGTERM, _interrupt)
-    arguments = sys.argv[1:] if argv is None else list(argv)
+def run_typer(arguments: list[str]) -> None:
+    """Run the Typer app on an argument list (without the program name) and exit with its status."""
     # Typer introspects every command's signature when it builds the parser (about 40 ms for twelve): build
     # only the command that runs; --help, a bare `ctgen` and unknown commands get the full app
     command = _invoked_command(arguments)
     chosen = app if command is None else _make_app([command])
     typer.main.get_command(chosen).main(args=arguments, prog_name="ctgen")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

@@ -1,0 +1,195 @@
+"""The fast path (ctgen.cli.fast) against the Typer app: same argument list, same call, or it leaves the list to
+Typer. Parsing only: the actions are replaced by recorders, so nothing runs a model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctgen.cli import typer_app as app_module
+from ctgen.cli import fast
+from ctgen.cli.fast_spec import SPEC
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Recorded(BaseException):  # passes through the app's error handling
+    pass
+
+
+def typer_call(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, Any], int | None] | None:
+    """(command, keyword arguments, --max-pixels) as the Typer app would call the action; None if it refuses."""
+    import importlib
+
+    import ctgen.dicom
+
+    seen: dict[str, Any] = {"max_pixels": None}
+    monkeypatch.setattr(ctgen.dicom, "set_max_pixels", lambda value: seen.__setitem__("max_pixels", value))
+    for name in fast.FAST_COMMANDS:
+        def record(_name=name, **arguments):
+            seen["call"] = (_name, arguments)
+            raise _Recorded
+
+        monkeypatch.setattr(importlib.import_module(f"ctgen.cli.commands.{name}"), f"run_{name}", record)
+    command = app_module._invoked_command(argv)
+    chosen = app_module.app if command is None else app_module._make_app([command])
+    try:
+        typer.main.get_command(chosen).main(args=argv, prog_name="ctgen", standalone_mode=False)
+    except _Recorded:
+        return seen["call"][0], seen["call"][1], seen["max_pixels"]
+    except (Exception, SystemExit):  # noqa: BLE001 - a usage error, --help, ...
+        return None
+    return None
+
+
+def assert_same(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> fast.Call | None:
+    call = fast.parse(argv)
+    if call is None:
+        return None
+    expected = typer_call(argv, monkeypatch)
+    assert expected is not None, f"the fast path took {argv} and Typer refuses it"
+    command, arguments, max_pixels = expected
+    assert call.command == command
+    assert {k: (type(v), v) for k, v in call.arguments.items()} == {k: (type(v), v) for k, v in arguments.items()}, argv
+    assert call.max_pixels == max_pixels
+    return call
+
+
+def test_the_table_is_current():
+    # after changing an option of a fast command: python -m ctgen.cli.fast --write
+    assert fast.build_spec() == SPEC
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.dcm").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    for name in ("CTGEN_MODEL", "CTGEN_DEVICE", "CTGEN_MAX_PIXELS", "CTGEN_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+TAKEN = [  # what shell loops type: the fast path must take these
+    ["sample", "--n", "1", "--out", "x.png"],
+    ["sample", "-n", "4", "-o", "s.npy", "--seed", "7", "-t", "0.5", "--prior", "standard", "-f", "-q"],
+    ["sample", "--n=3", "--per-file", "folder", "--format", "dcm", "--window", "40,80", "--json"],
+    ["-m", "tiny", "--seed", "3", "--device", "cpu", "sample", "--seed", "5"],  # the command's own option wins
+    ["--quiet", "--json", "--force", "-w", "bone", "sample"],
+    ["--max-pixels", "1000", "--debug", "encode", "a.dcm"],
+    ["encode", "a.dcm", "folder", "-", "--out", "z.csv", "--logvar", "--skip-bad", "--batch-size", "8"],
+    ["encode", "--shard", "2/3", "--", "-odd-name.dcm"],
+    ["decode", "z.csv", "--out", "d.png", "--per-file", "new_folder"],
+    ["decode", "-", "-o", "folder/"],
+    ["reconstruct", "a.dcm", "folder", "--format", "png", "--out", "r.png"],
+    ["traverse", "a.dcm", "--units", "0-4", "--steps", "7", "--range", "2.5"],
+    ["traverse", "--units", "1,3"],
+    ["interpolate", "a.dcm", "a.dcm#3", "--steps", "8", "--method", "lerp", "--gif"],
+    ["interpolate", "a.dcm", "a.dcm", "--slice", "2", "--with-originals"],
+]
+
+LEFT_TO_TYPER = [  # help, errors and anything unusual: Typer parses and reports
+    ["sample", "--help"], ["-h"], ["--version"], ["sample", "-h"], ["sample", "--n", "0"],
+    ["sample", "--n", "x"], ["sample", "--bogus"], ["sample", "--out"], ["sample", "-n5"], ["sample", "--sam"],
+    ["sample", "--prior", "wide"], ["sample", "--temperature", "nan"], ["sample", "--force=yes"],
+    ["sample", "--per-file", "a.dcm"],  # a file where a folder goes
+    ["sample", "--seed", "-3"],  # a value that looks like an option
+    ["encode"], ["decode"], ["decode", "a", "b"], ["interpolate", "a.dcm"], ["samplx"], [], ["--model"],
+    ["--max-pixels", "0", "encode", "a.dcm"], ["info"], ["units"], ["scan", "folder"],
+]
+
+
+@pytest.mark.parametrize("argv", TAKEN, ids=" ".join)
+def test_the_fast_path_takes_common_command_lines_as_typer_does(argv, places, monkeypatch):
+    assert assert_same(argv, monkeypatch) is not None
+
+
+@pytest.mark.parametrize("argv", LEFT_TO_TYPER, ids=lambda argv: " ".join(argv) or "(nothing)")
+def test_anything_else_is_left_to_typer(argv, places):
+    assert fast.parse(argv) is None
+
+
+def test_environment_variables_come_before_the_root_options_as_in_click(places, monkeypatch):
+    monkeypatch.setenv("CTGEN_MODEL", "from-env")
+    monkeypatch.setenv("CTGEN_DEVICE", "cpu")
+    monkeypatch.setenv("CTGEN_MAX_PIXELS", "4096")
+    call = assert_same(["-m", "from-root", "sample"], monkeypatch)
+    assert call is not None and call.arguments["model"] == "from-env" and call.arguments["device"] == "cpu"
+    assert call.max_pixels == 4096
+    call = assert_same(["sample", "--model", "given"], monkeypatch)
+    assert call is not None and call.arguments["model"] == "given"
+    monkeypatch.setenv("CTGEN_DEVICE", "tpu")
+    assert fast.parse(["sample"]) is None  # a bad value from the environment: Typer names it
+
+
+_VALUES = {"int": ["1", "3", "0", "12", "-2", "x"], "float": ["0.5", "2", "1e-3", "nan", "-1.5"],
+           "path": ["folder", "new", "a.dcm", "folder/"], "bool": [],
+           "str": ["x.png", "s.npy", "z.csv", "folder/", "a.dcm#2", "0-4", "2/3", "40,80", "bone", "-", ""]}
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    """Mostly well-formed command lines built from the table (options in any order, every spelling, --x=v), with
+    now and then a bad value, a repeated option, a stray token or a missing argument."""
+    def option_tokens(param: dict[str, Any]) -> list[str]:
+        spelling = draw(st.sampled_from(param["opts"] + param["secondary_opts"]))
+        if param["flag"]:
+            return [spelling]
+        values = param["choices"] + ["bogus"] if param["type"] == "choice" else _VALUES[param["type"]]
+        value = draw(st.sampled_from(values))
+        return [f"{spelling}={value}"] if spelling.startswith("--") and draw(st.booleans()) else [spelling, value]
+
+    root = [token for param in draw(st.lists(st.sampled_from(list(SPEC["root"].values())), max_size=3))
+            for token in option_tokens(param)]
+    command = draw(st.sampled_from(list(fast.FAST_COMMANDS)))
+    params = list(SPEC["commands"][command].values())
+    pieces = [option_tokens(param) for param in draw(st.lists(st.sampled_from(
+        [param for param in params if param["kind"] == "option"]), max_size=6))]
+    for param in params:
+        if param["kind"] == "argument":
+            count = draw(st.integers(0 if not param["required"] else 1, 3 if param["nargs"] < 0 else 1))
+            pieces += [[draw(st.sampled_from(["a.dcm", "folder", "-", "a.dcm#1"]))] for _ in range(count)]
+    pieces = draw(st.permutations(pieces))
+    tokens = [token for piece in pieces for token in piece]
+    noise = draw(st.sampled_from([None, None, None, "--", "-h", "--unknown", "extra", "-qf"]))
+    if noise is not None:
+        tokens.insert(draw(st.integers(0, len(tokens))), noise)
+    return [*root, command, *tokens]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(argv=command_lines())
+def test_whatever_the_fast_path_takes_typer_takes_the_same_way(argv, places, monkeypatch):
+    assert_same(argv, monkeypatch)
+
+
+def test_errors_on_the_fast_path_are_one_line_with_the_exit_status(tmp_path):
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    environment.pop("CTGEN_NO_FAST_PATH", None)
+    (tmp_path / "bad.dcm").write_bytes(b"not dicom")
+    result = subprocess.run([sys.executable, "-m", "ctgen", "-q", "encode", "bad.dcm"], cwd=tmp_path,
+                            env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ctgen: error: ") and "bad.dcm" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "ctgen", "sample", "--out", "x.txt"], cwd=tmp_path,
+                            env=environment, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1) and result.stderr.startswith("ctgen: error: --out")
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_the_fast_path_imports_no_typer(tmp_path):
+    code = ("import sys; from ctgen.cli import main\ntry:\n    main(['-q', 'sample', '--n', '1', '--out', 'x.png'])\n"
+            "except SystemExit as done:\n    assert done.code == 0, done.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'click', 'rich', 'pydicom')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "x.png").stat().st_size > 0
