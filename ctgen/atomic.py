@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -49,6 +48,8 @@ def remove_dead_temporaries(folder: str | os.PathLike) -> list[Path]:
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
+                import shutil  # here: shutil (with bz2, lzma) costs start-up time
+
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
@@ -151,6 +152,8 @@ def atomic_folder(path: str | os.PathLike, *, force: bool) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(exc.filename or path, exc.strerror or str(exc)) from None
     finally:
+        import shutil
+
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -29,6 +29,7 @@ __all__ = [
     "incomplete_card_fields",
     "model_file",
     "read_card",
+    "read_listed_file",
     "sha256_file",
     "verify_files",
 ]
@@ -302,14 +303,36 @@ def verify_files(model_dir: str | os.PathLike, card: dict[str, Any], *, verify: 
     """Check that every file under the card's ``files`` exists in ``model_dir`` and, with ``verify``,
     that its sha256 matches the card. Raises ModelError naming the file.
     """
-    for filename, entry in card["files"].items():
-        file_path = model_file(model_dir, filename)
-        if not file_path.is_file():
-            raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
+    for filename in card["files"]:
         if verify:
-            actual = sha256_file(file_path)
-            if actual != entry["sha256"]:
-                raise ModelError(file_path, f"checksum mismatch (card says {entry['sha256']}, file has {actual})")
+            read_listed_file(model_dir, card, filename)
+        else:
+            file_path = model_file(model_dir, filename)
+            if not file_path.is_file():
+                raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
+
+
+def read_listed_file(model_dir: str | os.PathLike, card: dict[str, Any], filename: str, *,
+                     verify: bool = True) -> tuple[Path, bytes]:
+    """(path, bytes) of a file the card lists under ``files``, its sha256 checked against the card (``verify``)
+    on the very bytes returned, so that what is used is what was checked. Raises ModelError naming the file
+    (not listed, missing, unreadable, checksum mismatch)."""
+    file_path = model_file(model_dir, filename)
+    entry = card["files"].get(filename)
+    if entry is None:
+        raise ModelError(Path(model_dir) / CARD_FILE, f"files: {_shown(filename)} has no checksum")
+    try:
+        with open(file_path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise ModelError(file_path, f"missing (listed in {CARD_FILE})") from None
+    except OSError as exc:
+        raise ModelError(file_path, f"cannot be read ({exc.strerror or exc})") from None
+    if verify:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry["sha256"]:
+            raise ModelError(file_path, f"checksum mismatch (card says {entry['sha256']}, file has {actual})")
+    return file_path, data
 
 
 def incomplete_card_fields(card: dict[str, Any]) -> list[str]:
@@ -334,14 +357,14 @@ def graph_entry(card: dict[str, Any], graph: str) -> dict[str, Any]:
     return entry
 
 
-def check_graph(path: Path, graph: str, card: dict[str, Any]) -> None:
+def check_graph(path: Path, graph: str, card: dict[str, Any], data: bytes | None = None) -> None:
     """Check the graph file ``path`` (the card's ``graph``, "encoder" or "decoder") against the card.
 
     Read from its protobuf (``ctgen.onnx_graph``) before ONNX Runtime sees it: no external data, no
     control flow, the card's input and output names, float32 tensors of the card's image and latent size
-    (any batch size). Raises ModelError naming the file.
+    (any batch size). ``data``: the file's bytes when already read. Raises ModelError naming the file.
     """
-    summary = inspect_graph(path)
+    summary = inspect_graph(path, data)
     if summary.external_tensors:
         names = ", ".join(summary.external_tensors[:3])
         raise ModelError(path, f"keeps tensor data outside the file ({names}); the card's checksums cannot "

@@ -35,6 +35,7 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     incomplete_card_fields,
     model_file,
     read_card,
+    read_listed_file,
     sha256_file,
     verify_files,
 )
@@ -102,11 +103,13 @@ def load_model(
     """Load a model folder (see ``resolve_model_dir``) for ONNX Runtime.
 
     device: "auto" (CUDA when its provider really loads, else the CPU, quietly), "cpu" or "cuda"
-    (ModelError when CUDA cannot be used; checked here, not at the first run). verify: check the
-    graphs' sha256 against the card. precision: "auto" uses the fp16 graphs when the card has them and
-    CUDA is active; "fp32" never does. Raises ModelError (missing/corrupt model, or graphs that do not
-    match the card: input and output names, float32 tensors of the card's image and latent size, no
-    control flow, no external data) or InputError (options).
+    (ModelError when CUDA cannot be used; checked here, not at the first run). verify: check each file's
+    sha256 against the card, on the bytes that are then used, when it is first used (a command that only
+    decodes never reads the encoder; ``Model.verify`` checks every file at once). precision: "auto" uses the
+    fp16 graphs when the card has them and CUDA is active; "fp32" never does. Raises ModelError (a missing
+    model, card or listed file) or InputError (options); a corrupt graph, or one that does not match the card
+    (input and output names, float32 tensors of the card's image and latent size, no control flow, no external
+    data), raises ModelError when it is first used.
     """
     if device not in DEVICES:
         raise InputError(None, f"unknown device {device!r} (choose {', '.join(DEVICES)})")
@@ -114,10 +117,8 @@ def load_model(
         raise InputError(None, f"unknown precision {precision!r} (choose auto or fp32)")
     model_dir = resolve_model_dir(name_or_path)
     card = read_card(model_dir)
-    verify_files(model_dir, card, verify=verify)
-    model = Model(model_dir, card, device=device, precision=precision)
-    for graph in GRAPHS:  # the fp32 graphs now; fp16 ones (CUDA only) when a session loads them
-        model._check_graph(graph, model_file(model_dir, graph_entry(card, graph)["file"]))
+    verify_files(model_dir, card, verify=False)  # present; their checksums when each is read for use
+    model = Model(model_dir, card, device=device, precision=precision, verify=verify)
     if device == "cuda":
         model.provider  # noqa: B018 - builds the first session so that a missing CUDA fails here
     return model
@@ -129,7 +130,8 @@ class Model:
     Build with ``load_model``. Sessions are created on first use (``provider`` creates one).
     """
 
-    def __init__(self, path: Path, card: dict[str, Any], *, device: str = "auto", precision: str = "auto"):
+    def __init__(self, path: Path, card: dict[str, Any], *, device: str = "auto", precision: str = "auto",
+                 verify: bool = True):
         from ctgen.preprocess import Grid
 
         self.path = Path(path)
@@ -138,11 +140,11 @@ class Model:
         self.latent_size: int = card["latent_size"]
         self.device = device
         self.precision = precision
+        self.verify_checksums = verify
         self._lock = threading.Lock()
         self._provider: str | None = None
         self._sessions: dict[str, _Session] = {}
         self._prior = None
-        self._checked: set[Path] = set()
 
     def __repr__(self) -> str:
         provider = self._provider or "not started"
@@ -164,14 +166,25 @@ class Model:
             filename = entry.get("file") if isinstance(entry, dict) else None
             if not isinstance(filename, str) or filename not in self.card["files"]:
                 raise ModelError(self.path / CARD_FILE, "the prior's file is not listed (with its checksum) under files")
-            self._prior = load_prior(self.path / filename, self.latent_size)
+            path, data = read_listed_file(self.path, self.card, filename, verify=self.verify_checksums)
+            self._prior = load_prior(path, self.latent_size, data)
         return self._prior
+
+    def verify(self) -> None:
+        """Check every file the card lists (sha256) and both fp32 graphs against the card now. Raises ModelError."""
+        for graph in GRAPHS:
+            path, data = read_listed_file(self.path, self.card, graph_entry(self.card, graph)["file"],
+                                          verify=self.verify_checksums)
+            check_graph(path, graph, self.card, data)
+        verify_files(self.path, self.card, verify=self.verify_checksums)
 
     @property
     def provider(self) -> str:
         """The execution provider really in use: "CUDAExecutionProvider" or "CPUExecutionProvider"."""
         if self._provider is None and self.device == "cpu":
             return CPU
+        if self._provider is None and self.device == "auto" and _cuda_unavailable(_onnxruntime()):
+            self._provider = CPU  # known without loading a graph
         if self._provider is None:
             self._session("decoder")
         assert self._provider is not None
@@ -220,12 +233,6 @@ class Model:
             (images[start:stop],) = session.run({"z": z[start:stop]}, [(1, size, size)])
         return images
 
-    def _check_graph(self, graph: str, path: Path) -> None:
-        """Check a graph file against the card before ONNX Runtime loads it (once per file). Raises ModelError."""
-        if path not in self._checked:
-            check_graph(path, graph, self.card)
-            self._checked.add(path)
-
     def _session(self, graph: str) -> _Session:
         session = self._sessions.get(graph)
         if session is not None:
@@ -237,8 +244,8 @@ class Model:
 
     def _create_session(self, graph: str) -> _Session:
         entry = graph_entry(self.card, graph)
-        fp32_path = model_file(self.path, entry["file"])
-        fp16_path = model_file(self.path, entry["fp16_file"]) if entry.get("fp16_file") and self.precision == "auto" else None
+        fp32_path = entry["file"]
+        fp16_path = entry["fp16_file"] if entry.get("fp16_file") and self.precision == "auto" else None
         if self._provider == CPU or self.device == "cpu":
             session = self._new_session(graph, fp32_path, CPU)
         elif self._provider == CUDA:
@@ -250,20 +257,29 @@ class Model:
         self._provider = session.provider
         return session
 
-    def _new_session(self, graph: str, path: Path, provider: str) -> _Session:
-        self._check_graph(graph, path)
-        return _Session(path, provider)
+    def _new_session(self, graph: str, filename: str, provider: str) -> _Session:
+        return _Session(*self._checked_graph(graph, filename), provider)
 
-    def _probe_cuda(self, graph: str, cuda_path: Path, cpu_path: Path) -> _Session:
+    def _checked_graph(self, graph: str, filename: str) -> tuple[Path, bytes]:
+        """(path, bytes) of one of the card's graph files, read once: its checksum and its match with the card
+        are checked on the bytes that ONNX Runtime then loads. Raises ModelError."""
+        path, data = read_listed_file(self.path, self.card, filename, verify=self.verify_checksums)
+        check_graph(path, graph, self.card, data)
+        return path, data
+
+    def _probe_cuda(self, graph: str, cuda_path: str, cpu_path: str) -> _Session:
         """First session on "auto"/"cuda": CUDA if it really loads, else CPU ("auto") or ModelError ("cuda")."""
         ort = _onnxruntime()
-        if CUDA not in ort.get_available_providers():
-            reason = "this onnxruntime build has no CUDA provider (install onnxruntime-gpu, e.g. ctgen[cuda])"
-        else:
+        reason = _cuda_unavailable(ort)
+        remedy = "install the CUDA and cuDNN libraries with pip install 'ctgen[cuda]', or use --device auto or cpu"
+        if reason is not None and reason.startswith("no NVIDIA driver"):
+            remedy = "use --device auto or cpu"  # no pip package helps
+        if reason is None:
+            path, data = self._checked_graph(graph, cuda_path)  # a bad graph is reported as itself
             with _quiet_native_output() as captured:
                 _preload_cuda_libraries(ort)
                 try:
-                    session = self._new_session(graph, cuda_path, CUDA)
+                    session = _Session(path, data, CUDA)
                 except ModelError:
                     session = None
             if session is not None and session.provider == CUDA:
@@ -272,15 +288,14 @@ class Model:
                 return session  # ORT already fell back to the CPU with the right graph
             reason = "the CUDA provider did not load" + _load_failure_hint(captured())
         if self.device == "cuda":
-            raise ModelError(self.path, f"device cuda: {reason}; install the CUDA and cuDNN libraries with "
-                                        "pip install 'ctgen[cuda]', or use --device auto or cpu")
+            raise ModelError(self.path, f"device cuda: {reason}; {remedy}")
         return self._new_session(graph, cpu_path, CPU)
 
 
 class _Session:
     """One graph on one ONNX Runtime session; inputs fed by name, IO binding on CUDA."""
 
-    def __init__(self, path: Path, provider: str):  # path: a graph check_graph has passed (the card's names)
+    def __init__(self, path: Path, data: bytes, provider: str):  # data: the bytes check_graph has passed
         ort = _onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = _cpu_count()
@@ -295,7 +310,7 @@ class _Session:
             # heuristic conv algorithms: exhaustive search re-runs for every new batch size
             providers = [(CUDA, {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
         try:
-            self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(data, sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ModelError(path, f"ONNX Runtime cannot load it ({_first_line(exc)})") from None
         self.path = path
@@ -357,6 +372,28 @@ def _onnxruntime() -> Any:
     except ImportError as exc:
         raise ModelError(None, f"onnxruntime is not installed ({exc})") from None
     return onnxruntime
+
+
+def _cuda_unavailable(ort: Any) -> str | None:
+    """Why the CUDA provider cannot load here, when that is known without trying; None: try it."""
+    if CUDA not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA provider (install onnxruntime-gpu, e.g. ctgen[cuda])"
+    if not _cuda_driver_present():
+        return "no NVIDIA driver on this machine (libcuda cannot be loaded)"
+    return None
+
+
+def _cuda_driver_present() -> bool:
+    """Whether the NVIDIA driver's library loads: without it the CUDA provider cannot, and trying (loading the
+    CUDA and cuDNN libraries, then failing) costs a CPU-only machine about 8 ms on every ctgen call."""
+    name = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
 
 
 def _preload_cuda_libraries(ort: Any) -> None:

@@ -42,14 +42,16 @@ class _Malformed(Exception):
     pass
 
 
-def inspect_graph(path: str | os.PathLike) -> GraphSummary:
-    """Read ``path`` as an ONNX ModelProto; raises ModelError (naming the file) when it is not one."""
+def inspect_graph(path: str | os.PathLike, data: bytes | None = None) -> GraphSummary:
+    """Read ``path`` (or its bytes ``data``, already read) as an ONNX ModelProto; raises ModelError (naming the
+    file) when it is not one."""
     path = Path(path)
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_GRAPH_BYTES + 1)
-    except OSError as exc:
-        raise ModelError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if data is None:
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read(MAX_GRAPH_BYTES + 1)
+        except OSError as exc:
+            raise ModelError(path, f"cannot be read ({exc.strerror or exc})") from None
     if len(data) > MAX_GRAPH_BYTES:
         raise ModelError(path, "larger than an ONNX file can be (2 GiB)")
     summary = GraphSummary()

@@ -8,6 +8,7 @@ lie. numpy only; sampling is seeded and prefix-stable (sample i of n equals samp
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,11 @@ def save_prior(prior: MixturePrior, path: str | os.PathLike) -> None:
         np.savez(handle, weights=prior.weights, means=prior.means, cholesky=prior.cholesky)
 
 
-def load_prior(path: str | os.PathLike, latent_size: int) -> MixturePrior:
-    """Read and check a prior file. Raises ModelError naming the file."""
+def load_prior(path: str | os.PathLike, latent_size: int, data: bytes | None = None) -> MixturePrior:
+    """Read and check a prior file (``data``: its bytes, when already read). Raises ModelError naming the file."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(path if data is None else io.BytesIO(data), allow_pickle=False) as archive:
             weights, means, cholesky = (np.asarray(archive[key], dtype=np.float64)
                                         for key in ("weights", "means", "cholesky"))
     except (OSError, KeyError, ValueError) as error:

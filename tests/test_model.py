@@ -111,10 +111,15 @@ def test_checksum_mismatch_is_a_model_error(tiny_model_copy):
     data[-10] ^= 0xFF
     encoder.write_bytes(bytes(data))
     card_sha = json.loads((tiny_model_copy / "model.json").read_text())["files"]["encoder.onnx"]["sha256"]
-    with pytest.raises(ModelError) as info:
-        load_model(tiny_model_copy)
-    assert str(info.value).startswith(f"{encoder}: checksum mismatch (card says {card_sha}")
-    assert load_model(tiny_model_copy, verify=False).card["name"] == "tiny"
+    model = load_model(tiny_model_copy, device="cpu")  # each graph is checked when it is first used
+    assert model.decode(np.zeros((1, 8), np.float32)).shape == (1, 1, 64, 64)  # the decoder is intact
+    for check in (lambda: model.encode(np.zeros((1, 1, 64, 64), np.float32)), model.verify):
+        with pytest.raises(ModelError) as info:
+            check()
+        assert str(info.value).startswith(f"{encoder}: checksum mismatch (card says {card_sha}")
+    unchecked = load_model(tiny_model_copy, verify=False, device="cpu")
+    unchecked.verify()  # the flipped byte is in a weight: the graph itself still passes
+    assert unchecked.encode(np.zeros((1, 1, 64, 64), np.float32))[0].shape == (1, 8)
 
 
 def test_missing_graph_is_a_model_error(tiny_model_copy):
@@ -125,8 +130,9 @@ def test_missing_graph_is_a_model_error(tiny_model_copy):
 
 def test_unloadable_graph_is_a_model_error_naming_the_file(tiny_model_copy):
     (tiny_model_copy / "decoder.onnx").write_bytes(b"\x08\x07garbage")
+    model = load_model(tiny_model_copy, verify=False, device="cpu")
     with pytest.raises(ModelError, match=r"decoder\.onnx: not an ONNX model \(wire type 7 at byte 3\)"):
-        load_model(tiny_model_copy, verify=False, device="cpu")  # read before ONNX Runtime gets it
+        model.decode(np.zeros((1, 8), np.float32))  # read before ONNX Runtime gets it
 
 
 @pytest.mark.parametrize(
@@ -151,8 +157,9 @@ def test_bad_cards_are_model_errors_naming_the_card(tiny_model_copy, change, mes
 
 def test_graph_inputs_must_match_the_card(tiny_model_copy):
     _write_card(tiny_model_copy, lambda c: c["graphs"]["decoder"].update(inputs={"latent": ["N", 8]}))
+    model = load_model(tiny_model_copy, device="cpu")
     with pytest.raises(ModelError, match=r"decoder\.onnx: inputs \['z'\] do not match the card \(\['latent'\]\)"):
-        load_model(tiny_model_copy, device="cpu")
+        model.decode(np.zeros((1, 8), np.float32))
 
 
 # ------------------------------------------------------------------------------- devices
@@ -331,7 +338,7 @@ def _endless_loop_decoder():
 def test_endless_loop_graph_is_refused_before_it_runs(tiny_model_copy):  # item 14
     _install(tiny_model_copy, _endless_loop_decoder())
     with pytest.raises(ModelError, match=r"decoder\.onnx: uses control flow \(Loop\), which the exporter never writes"):
-        load_model(tiny_model_copy, device="cpu")
+        load_model(tiny_model_copy, device="cpu").verify()  # graphs are checked before use
 
 
 def test_control_flow_inside_a_local_function_is_refused(tiny_model_copy):  # item 14
@@ -345,7 +352,7 @@ def test_control_flow_inside_a_local_function_is_refused(tiny_model_copy):  # it
     model.opset_import.append(helper.make_opsetid("local", 1))
     _install(tiny_model_copy, model)
     with pytest.raises(ModelError, match=r"uses control flow \(Loop\)"):
-        load_model(tiny_model_copy, device="cpu")
+        load_model(tiny_model_copy, device="cpu").verify()  # graphs are checked before use
 
 
 def test_external_weights_are_refused(tiny_model_copy):  # item 15
@@ -354,7 +361,7 @@ def test_external_weights_are_refused(tiny_model_copy):  # item 15
     weights = tiny_model_copy / "weights.bin"
     weights.write_bytes(np.full(LATENT * SIZE * SIZE, np.nan, np.float32).tobytes() + weights.read_bytes()[-8:])
     with pytest.raises(ModelError, match=r"decoder\.onnx: keeps tensor data outside the file \(W"):
-        load_model(tiny_model_copy, device="cpu")
+        load_model(tiny_model_copy, device="cpu").verify()  # graphs are checked before use
 
 
 def test_a_decoder_that_gives_nan_is_a_model_error(tiny_model_copy):  # item 15: whatever the weights say
@@ -386,7 +393,7 @@ def test_a_decoder_that_gives_nan_is_a_model_error(tiny_model_copy):  # item 15:
 def test_card_values_are_checked_against_types_and_graphs(tiny_model_copy, change, message):  # item 16
     _write_card(tiny_model_copy, change)
     with pytest.raises(ModelError, match=message):
-        load_model(tiny_model_copy, device="cpu")
+        load_model(tiny_model_copy, device="cpu").verify()  # graphs are checked before use
 
 
 @pytest.mark.parametrize(("text", "message"), [

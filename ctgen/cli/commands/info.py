@@ -12,7 +12,8 @@ from ctgen.cli.options import DeviceOption, JsonOption, ModelOption
 def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary: JsonOption = False) -> None:
     """The model card in brief, the execution provider actually used and the versions of the stack.
 
-    Starts the sessions (that is how the provider is known). Printed on stdout; --json for scripts.
+    Checks every file of the model against the card's checksums and finds the provider (starting a session
+    where CUDA may load). Printed on stdout; --json for scripts.
     """
     import numpy
     import pydicom
@@ -21,6 +22,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     from ctgen.model import load_model
 
     vae = load_model(model, device=device)
+    vae.verify()
     provider = vae.provider
     import onnxruntime
 
