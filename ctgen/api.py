@@ -215,8 +215,11 @@ class Generator:
         """
         from concurrent.futures import Future, ThreadPoolExecutor  # only batch reads need threads (start-up)
 
+        on_cpu = self.model.provider == "CPUExecutionProvider"
         if workers is None:
-            workers = 1 if self.model.provider == "CPUExecutionProvider" else 4
+            workers = 1 if on_cpu else 4
+        if on_cpu:
+            self.model.spare_cores(workers)  # ONNX Runtime's threads and the readers each get cores of their own
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ctgen-read") as pool:
             pending: deque[Future] = deque()
             upcoming = iter(_jobs(paths))

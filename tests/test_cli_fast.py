@@ -193,3 +193,15 @@ def test_the_fast_path_imports_no_typer(tmp_path):
                             capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_command_line_keeps_freed_slice_memory_for_reuse():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    code = "from ctgen.cli.entry import _keep_freed_memory as keep; print(keep())"  # in its own process
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "True"

@@ -78,6 +78,24 @@ def test_sessions_are_built_on_first_use(tiny_model_dir):
     assert set(model._sessions) == {"decoder"}
 
 
+@pytest.mark.filterwarnings("ignore:.*no brain in the slice")  # flat squares, not heads
+def test_a_reading_pipeline_leaves_cores_to_its_readers(tiny_model_dir, tmp_path):
+    from ctgen.api import Generator
+    from ctgen.dicom import write_series
+
+    cores = model_module._cpu_count()
+    plain = load_model(tiny_model_dir, device="cpu")
+    plain.decode(np.zeros((1, 8), np.float32))  # no readers: every core
+    assert plain._sessions["decoder"].session.get_session_options().intra_op_num_threads == cores
+    write_series(np.full((2, 64, 64), 30.0, np.float32), tmp_path / "s", spacing_mm=(3.0, 3.0), description="t",
+                 derivation="t")
+    generator = Generator(load_model(tiny_model_dir, device="cpu"))
+    batches = list(generator.iter_encode(sorted((tmp_path / "s").iterdir())))
+    assert sum(len(batch.sources) for batch in batches) == 2
+    session = generator.model._sessions["encoder"].session
+    assert session.get_session_options().intra_op_num_threads == max(1, cores - 1)  # one reader thread on the CPU
+
+
 # ------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize(
     ("call", "argument", "message"),
