@@ -13,7 +13,6 @@ import ctypes
 import io
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,6 +433,8 @@ def _quiet_native_output() -> Iterator[Any]:
     """
     text: list[str] = []
     python_out = io.StringIO()
+    import tempfile  # here: it costs 4 ms of start-up, and only the CUDA probe needs it
+
     with tempfile.TemporaryFile() as sink:
         saved: list[tuple[int, int]] = []
         for stream in (sys.stdout, sys.stderr):

@@ -92,6 +92,22 @@ def test_png_is_deterministic_and_atomic(tmp_path, hu_tiles):
         np.testing.assert_array_equal(np.asarray(reread), np.asarray(render()))
 
 
+@pytest.mark.parametrize("shape", [(7, 5), (64, 80), (300, 400), (33, 21, 3)])
+def test_png_bytes_are_pillows_own(tmp_path, shape):
+    import io
+
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    pixels[: shape[0] // 2] //= 16  # smooth and noisy rows: the encoder picks different filters
+    written = save_png(pixels, tmp_path / "a.png")
+    with Image.open(written) as image:
+        assert image.mode == ("L" if len(shape) == 2 else "RGB") and not image.info
+        assert np.array_equal(np.asarray(image), pixels)
+    reference = io.BytesIO()
+    Image.fromarray(pixels).save(reference, format="PNG", compress_level=6)
+    if len(reference.getvalue()) < 60_000:  # Pillow's save splits larger data into several IDAT chunks
+        assert written.read_bytes() == reference.getvalue()
+
+
 def test_save_png_overwrite_protection(tmp_path):
     path = save_png(np.zeros((4, 4), np.uint8), tmp_path / "x.png")
     with pytest.raises(OutputError, match="already exists"):
