@@ -142,7 +142,6 @@ def write_report(rows: list[dict[str, Any]], report_dir: Path, *, command: str, 
 
 def main(argv: list[str] | None = None) -> int:
     from ctgen.errors import CtgenError
-    from train import data
     from train.__main__ import add_arguments, command_line, config_from_args
 
     parser = argparse.ArgumentParser(prog="python -m studies.objectives", description=__doc__.splitlines()[0])
@@ -155,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.data or []) != 1:
         parser.error("give one --data folder")
     try:
-        with data.split_by(args.split_by):  # every run splits its patients the same way
-            run_objectives(config_from_args(args), args.data[0], args.dense_train, args.dense, args.report,
-                           max_slices=args.max_slices, command=command_line("studies.objectives", argv))
+        run_objectives(config_from_args(args), args.data[0], args.dense_train, args.dense, args.report,
+                       max_slices=args.max_slices, command=command_line("studies.objectives", argv))
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -120,7 +120,6 @@ def run_study(base, data: str, report_dir: Path, *, latents: list[int], betas: l
 def main(argv: list[str] | None = None) -> int:
     from ctgen.errors import CtgenError
     from studies.sweep import parse_list
-    from train import data
     from train.__main__ import add_arguments, command_line, config_from_args
 
     parser = argparse.ArgumentParser(prog="python -m studies.study", description=__doc__.splitlines()[0])
@@ -141,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         latents, betas = parse_list(args.latent, int), parse_list(args.beta, float)
         args.latent, args.beta = args.at_latent, args.at_beta
         base = config_from_args(args)
-        with data.split_by(args.split_by):  # every run splits its patients the same way
-            run_study(base, args.data[0], args.report, latents=latents, betas=betas, at_beta=args.at_beta,
-                      at_latent=args.at_latent, max_slices=args.max_slices,
-                      command=command_line("studies.study", argv), rescore=args.rescore, title=args.title)
+        run_study(base, args.data[0], args.report, latents=latents, betas=betas, at_beta=args.at_beta,
+                  at_latent=args.at_latent, max_slices=args.max_slices,
+                  command=command_line("studies.study", argv), rescore=args.rescore, title=args.title)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

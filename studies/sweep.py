@@ -103,7 +103,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], command: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ctgen.errors import CtgenError
-    from train import data, ddp
+    from train import ddp
     from train.__main__ import add_arguments, command_line, config_from_args
 
     parser = argparse.ArgumentParser(prog="python -m studies.sweep", description="Train a grid of latent sizes and βs.")
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         latents, betas = parse_list(args.latent, int), parse_list(args.beta, float)
         args.latent, args.beta = latents[0], betas[0]
-        with data.split_by(args.split_by):  # every run splits its patients the same way
-            rows = run_sweep(config_from_args(args), latents, betas, command=command_line("studies.sweep", argv))
+        rows = run_sweep(config_from_args(args), latents, betas, command=command_line("studies.sweep", argv))
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

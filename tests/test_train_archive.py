@@ -45,3 +45,12 @@ def test_training_uses_the_ok_slices_prints_the_selection_and_splits_the_anonymi
     assert "kept as one patient" in together.stderr
     split = json.loads((tmp_path / "run2" / "split.json").read_text())
     assert len(split["train_patients"]) + len(split["val_patients"]) == 2
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["train"]["split_by"] == "patient"
+
+    # --resume takes the split rule from the run, as it takes the data: without --split-by the run goes on
+    # with the same patients (it used to fall back to "auto", find 3 patients and refuse to resume)
+    resumed = subprocess.run([sys.executable, "-m", "train", "--out", str(tmp_path / "run2"), "--resume", "--epochs", "2",
+                              "--quiet"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "run2" / "split.json").read_text()) == split

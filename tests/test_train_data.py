@@ -159,14 +159,12 @@ def test_split_by_groups_the_cache_by_patient_study_or_both_rules(archive, tmp_p
     root, _ = archive
     auto = data.build_cache([root], tmp_path / "cache", GRID, workers=1)
     assert len(set(auto.patients)) == 3 and auto.split_by == "auto"
-    with data.split_by("patient"):
-        together = data.build_cache([root], tmp_path / "cache", GRID, workers=1)
+    together = data.build_cache([root], tmp_path / "cache", GRID, workers=1, split_by="patient")
     assert together.path == auto.path  # one cache serves every mode
     assert len(set(together.patients)) == 2 and "kept as one patient" in data.describe_selection(together)[2]
     assert len(set(data.open_cache(auto.path, "study").patients)) == 3
     a_and_b = {p for p, r in zip(auto.patients, auto.records) if "/A/" in r["file"] or "/B/" in r["file"]}
     split = data.split_patients(auto.patients, val_fraction=0.34, seed=0)
     assert len(a_and_b) == 2 and not set(split["train_patients"]) & set(split["val_patients"])
-    with pytest.raises(InputError):
-        with data.split_by("series"):
-            pass
+    with pytest.raises(InputError, match="--split-by must be one of"):
+        data.open_cache(auto.path, "series")

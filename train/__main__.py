@@ -93,13 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data is required (except with --resume)")
 
     from ctgen.errors import CtgenError
-    from train import data, ddp
+    from train import ddp
     from train.train import train
 
     try:
         config = config_from_args(args)
-        with data.split_by(args.split_by):
-            train(config, command=command_line("train", argv), show_selection=True)
+        train(config, command=command_line("train", argv), show_selection=True)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

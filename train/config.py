@@ -45,6 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     val_fraction: float = 0.2
+    split_by: str = "auto"  # how slices group into patients for the split: ctgen.scan.SPLIT_BY (kept on --resume)
     filter_brain: bool = False
     brain_threshold: float = BRAIN_FRACTION_MIN
     workers: int = 2

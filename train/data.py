@@ -25,7 +25,6 @@ vertex score near 0; mid-brain slices score well above the default threshold BRA
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import json
 import multiprocessing
@@ -56,28 +55,20 @@ __all__ = [
     "describe_selection",
     "list_inputs",
     "open_cache",
-    "split_by",
     "split_patients",
     "split_indices",
 ]
 
 CACHE_VERSION = 2
 _SPLIT_FIELDS = {"auto": "patient", "patient": "patient_id_key", "study": "study"}
-# the --split-by of the running command (python -m train sets it around train(); see ``split_by``)
-_SPLIT_BY: contextvars.ContextVar[str] = contextvars.ContextVar("ctgen_train_split_by", default="auto")
 
 
-@contextlib.contextmanager
-def split_by(mode: str):
-    """Within this block, caches group slices into patients by ``mode``: "auto" (PatientID; the study when the
-    ID is empty; ID, birth date and sex when one ID holds different people), "patient" or "study"."""
+def _check_split_by(mode: str) -> str:
+    """``mode`` when it is one of SPLIT_BY: "auto" (PatientID; the study when the ID is empty; ID, birth date and
+    sex when one ID holds different people), "patient" or "study". Raises InputError."""
     if mode not in SPLIT_BY:
         raise InputError(None, f"--split-by must be one of {', '.join(SPLIT_BY)}, got {mode!r}")
-    token = _SPLIT_BY.set(mode)
-    try:
-        yield
-    finally:
-        _SPLIT_BY.reset(token)
+    return mode
 
 
 def _preprocess_fingerprint() -> str:
@@ -143,9 +134,9 @@ class SliceCache:
         return np.array([record["brain_fraction"] for record in self.records], dtype=np.float32)
 
 
-def open_cache(path: str | os.PathLike, split_by: str | None = None) -> SliceCache:
-    """Open a complete cache folder; InputError when it is missing or incomplete. ``split_by`` (default: the
-    enclosing ``split_by`` block's, else "auto") sets how its slices group into patients."""
+def open_cache(path: str | os.PathLike, split_by: str = "auto") -> SliceCache:
+    """Open a complete cache folder; InputError when it is missing or incomplete. ``split_by`` (one of
+    SPLIT_BY) sets how its slices group into patients."""
     path = Path(path)
     try:
         info = json.loads((path / "info.json").read_text())
@@ -156,7 +147,7 @@ def open_cache(path: str | os.PathLike, split_by: str | None = None) -> SliceCac
     if len(records) != count:
         raise InputError(path, f"manifest has {len(records)} records, info.json says {count}")
     images = np.memmap(path / "images.f16", dtype=np.float16, mode="r", shape=(count, size, size))
-    return SliceCache(path=path, images=images, records=records, info=info, split_by=split_by or _SPLIT_BY.get())
+    return SliceCache(path=path, images=images, records=records, info=info, split_by=_check_split_by(split_by))
 
 
 def _read_one(job: tuple[str, dict[str, str], Grid]) -> tuple[str, list[dict[str, Any]], list[bytes], str | None]:
@@ -217,14 +208,14 @@ def build_cache(
     *,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
-    split_by: str | None = None,
+    split_by: str = "auto",
 ) -> SliceCache:
     """Open the cache for these inputs and grid, building it first when it is missing or stale.
 
     Only the files that ``ctgen.scan`` finds usable are read: no localizers, reformats, duplicates, secondary
     captures or other skipped files (the selection lands in info.json and inventory.jsonl).
     ``progress(done, total)`` is called after each file while selecting and again while building. ``split_by``
-    (default: the enclosing ``split_by`` block's) sets how ``SliceCache.patients`` groups slices; the cache
+    (one of SPLIT_BY) sets how ``SliceCache.patients`` groups slices; the cache
     holds the keys of every mode. Raises InputError when the sources hold no usable slice, OutputError when
     the cache root cannot be written.
     """

@@ -15,6 +15,7 @@ import torch
 from ctgen.atomic import atomic_file
 from ctgen.errors import CtgenError, InputError, ModelError, OutputError
 from ctgen.preprocess import WINDOW_DEFAULT, Grid
+from ctgen.scan import SPLIT_BY
 from train import ddp
 from train.checkpoint import LAST, METRICS, load_checkpoint_verified, lock_run, remove_stale_files, repair_run
 from train.config import RESUMABLE, TrainConfig
@@ -76,6 +77,8 @@ def open_run(cfg: TrainConfig, command: str, ctx: ddp.Dist, stack: ExitStack
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr <= 0 or cfg.capacity_steps < 1 or cfg.factor_hidden < 1:
         raise InputError(None, "--batch-size, --capacity-steps and --factor-hidden must be positive, --epochs >= 0, "
                                "--lr > 0")  # fmt: skip
+    if cfg.split_by not in SPLIT_BY:
+        raise InputError(None, f"--split-by must be one of {', '.join(SPLIT_BY)}, not {cfg.split_by!r}")
     if cfg.objective not in OBJECTIVES:
         raise InputError(None, f"--objective {cfg.objective}: choose from {', '.join(OBJECTIVES)}")
     if cfg.capacity_max is not None and cfg.objective != "betavae":
@@ -131,9 +134,10 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
                     def on_file(done: int, total: int) -> None:
                         status.update(f"preprocessing DICOM into the slice cache: {done}/{total} files")
 
-                    cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers, progress=on_file)
+                    cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers, progress=on_file,
+                                        split_by=cfg.split_by)
             else:
-                cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers)
+                cache = build_cache(cfg.data, cfg.cache, grid, workers=cfg.workers, split_by=cfg.split_by)
             cache_dir = str(cache.path)
             if show_selection and checkpoint is None:
                 for line in describe_selection(cache):
@@ -145,7 +149,7 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
     if isinstance(cache_dir, tuple):
         raise InputError(None, f"rank 0 could not build the cache: {cache_dir[1]}")
     if not ctx.main:
-        cache = open_cache(cache_dir)
+        cache = open_cache(cache_dir, cfg.split_by)
 
     patients = cache.patients
     split = split_patients(patients, val_fraction=cfg.val_fraction, seed=cfg.seed)
