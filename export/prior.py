@@ -31,17 +31,20 @@ COMPONENTS = (1, 2, 4, 8, 16, 32)
 VAL_FRACTION = 0.2  # without a split.json: this share of patients (seeded) chooses the number of components
 
 
-def _patient_keys(files: list[Path]) -> list[str]:
-    """The split's patient key of every file, from its header alone."""
-    import pydicom
+def _selection(data: str | os.PathLike, split: str | os.PathLike | None) -> tuple[list[Path], dict[str, str], list[str]]:
+    """The files ``ctgen.scan`` finds usable under ``data`` (as training selects them), each file's patient key
+    under the run's ``split_by`` (its config.json beside split.json; "auto" without one), and one line per
+    file scan skipped."""
+    from ctgen.scan import scan
 
-    from ctgen.dicom import patient_key
-
-    keys = []
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"])
-        keys.append(patient_key(str(ds.get("PatientID") or ""), str(ds.get("SeriesInstanceUID") or path.parent)))
-    return keys
+    split_by = "auto"
+    if split is not None and (config := Path(split).with_name("config.json")).is_file():
+        split_by = json.loads(config.read_text(encoding="utf-8")).get("train", {}).get("split_by") or "auto"
+    inventory = scan([data], split_by=split_by)
+    skipped = [f"{entry.path}: {entry.reason}" + (f" ({entry.detail})" if entry.detail else "")
+               for entry in inventory.skipped]
+    return [Path(entry.path) for entry in inventory.used], {entry.path: entry.patient for entry in inventory.used}, \
+        skipped
 
 
 def _split(keys: list[str], split: str | os.PathLike | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,21 +66,33 @@ def _split(keys: list[str], split: str | os.PathLike | None, seed: int) -> tuple
 
 
 def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: str | os.PathLike | None = None,
-              components: tuple[int, ...] = COMPONENTS, seed: int = 0, command: str | None = None) -> dict[str, Any]:
+              components: tuple[int, ...] = COMPONENTS, seed: int = 0, command: str | None = None,
+              skipped: list[str] | None = None) -> dict[str, Any]:
     """Fit, choose and write the mixture prior of ``model_dir`` from the slices under ``data``; returns the
-    card's "prior" section. Raises InputError, DicomError, ModelError."""
+    card's "prior" section. The slices are those ``ctgen.scan`` selects (as training does); a file it skips, or
+    one that cannot be read after all, is left out, and its "path: reason" line is appended to ``skipped``.
+    Raises InputError (no usable slice), ModelError."""
     from sklearn.mixture import GaussianMixture
 
-    from ctgen.api import Generator, gather_files
+    from ctgen.api import Generator
     from ctgen.model import load_model
+    from ctgen.sources import split_source
 
+    skipped = [] if skipped is None else skipped
     model_dir = Path(model_dir)
     generator = Generator(load_model(model_dir, device="cpu"))
-    files = gather_files([data])
+    files, patients, not_used = _selection(data, split)
+    skipped.extend(not_used)
     if not files:
-        raise InputError(data, "no DICOM files found")
-    train, val = _split(_patient_keys(files), split, seed)
-    mu = np.concatenate([batch.mu for batch in generator.iter_encode(files)]).astype(np.float64)
+        raise InputError(data, f"no usable CT slices ({len(not_used)} files skipped)")
+    keys, codes = [], []
+    for batch in generator.iter_encode(files, on_error=lambda path, error: skipped.append(f"{path}: {error.reason}")):
+        keys.extend(patients[str(split_source(source)[0])] for source in batch.sources)  # FILE#K: a frame
+        codes.append(batch.mu)
+    if not codes:
+        raise InputError(data, f"none of the {len(files)} usable files could be read ({skipped[-1]})")
+    train, val = _split(keys, split, seed)
+    mu = np.concatenate(codes).astype(np.float64)
     table, best = [], None
     for count in components:
         if count > train.sum():
@@ -96,7 +111,8 @@ def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: s
     save_prior(prior, model_dir / PRIOR_FILE)
     section = {"file": PRIOR_FILE, "kind": "gaussian-mixture", "covariance": "full", "components": prior.components,
                "fitted_on": {"data": str(data), "split": None if split is None else str(split),
-                             "train_slices": int(train.sum()), "val_slices": int(val.sum())},
+                             "train_slices": int(train.sum()), "val_slices": int(val.sum()),
+                             "skipped_files": len(skipped)},
                "selection": {"rule": "highest mean log-likelihood of the validation slices' codes", "table": table},
                "command": command}
 
@@ -118,13 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     command = " ".join(["python -m export.prior", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    skipped: list[str] = []
     try:
         counts = tuple(int(item) for item in args.components.split(",") if item.strip())
         section = fit_prior(args.model_dir, args.data, split=args.split, components=counts, seed=args.seed,
-                            command=command)
+                            command=command, skipped=skipped)
     except (CtgenError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for line in skipped:
+            print(f"warning: skipped {line}", file=sys.stderr)
+        if skipped:
+            print(f"warning: {len(skipped)} files skipped", file=sys.stderr)
     chosen = next(row for row in section["selection"]["table"] if row["components"] == section["components"])
     print(f"wrote {Path(args.model_dir) / PRIOR_FILE}: {section['components']} components (validation "
           f"log-likelihood {chosen['val_log_likelihood']:.2f}); {Path(args.model_dir) / CARD_FILE} updated",
