@@ -162,3 +162,35 @@ def test_run_lock_is_exclusive(tmp_path):
                 pass
     with lock_run(tmp_path):  # released
         pass
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks are POSIX")
+def test_run_lock_file_is_removed_after_a_clean_finish_only(tmp_path):
+    # issue 24 item 10: runs/NAME/.lock stayed behind
+    with lock_run(tmp_path):
+        assert (tmp_path / ".lock").is_file()
+    assert not (tmp_path / ".lock").exists()
+    with pytest.raises(RuntimeError), lock_run(tmp_path):
+        raise RuntimeError("training failed")
+    assert (tmp_path / ".lock").is_file()  # a failed run keeps it, as a crash would
+
+
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks are POSIX")
+def test_run_lock_follows_a_lock_file_replaced_while_waiting(tmp_path, monkeypatch):
+    """A process that opened .lock just before a finishing run removed it locks the new file, not the orphan."""
+    import fcntl
+
+    path = tmp_path / ".lock"
+    calls = []
+    flock = fcntl.flock
+
+    def flock_after_removal(fd, operation):
+        if not calls:  # the first attempt: the file we opened is removed and another process makes a new one
+            path.unlink()
+            path.write_text("")
+        calls.append(fd)
+        return flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
+    with lock_run(tmp_path):
+        assert len(calls) == 2

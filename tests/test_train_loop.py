@@ -140,6 +140,30 @@ def test_command_line_writes_tensorboard_events(study, cache_root, tmp_path):
     assert [m["epoch"] for m in metrics(run)] == [1, 2]
 
 
+def test_command_line_names_the_run_and_the_export_command(study, tmp_path, capsys, monkeypatch):
+    # issue 24 item 10: silent about what comes next, about the cache folder it creates, and the .lock left behind
+    import shlex
+
+    from export.__main__ import main as export_main
+    from train.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", str(study), "--out", "runs/first", "--image-size", "64", "--width", "8", "--latent", "8",
+            "--epochs", "1", "--batch-size", "6", "--quiet", "--workers", "1", "--no-tensorboard"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["run: runs/first", "next: python -m export runs/first --out models/first"]
+    assert [line for line in err.splitlines() if "cache folder" in line] == [
+        f"creating the slice cache folder cache{os.sep} (shared by later runs; --cache moves it)"]
+    assert (tmp_path / "cache").is_dir() and not (tmp_path / "runs" / "first" / ".lock").exists()
+
+    assert main([*argv[:3], "runs/second", *argv[4:]]) == 0
+    out, err = capsys.readouterr()
+    assert "cache folder" not in err and out.splitlines()[0] == "run: runs/second"  # the folder exists: said once
+    export = shlex.split(out.splitlines()[1].removeprefix("next: "))[3:]  # the export command runs as printed
+    assert export_main(export) == 0 and (tmp_path / "models" / "second" / "model.json").is_file()
+
+
 def test_sweep_table(study, cache_root, tmp_path):
     from studies.sweep import COLUMNS, run_sweep
 

@@ -1,6 +1,7 @@
 """``python -m train --data DIR [DIR ...] --out runs/x [options]`` (also under ``torchrun --nproc_per_node=N``).
 
-Progress and messages go to stderr; errors print one line and exit 1.
+Progress and messages go to stderr; when the run finishes, stdout names the run folder and the export command
+to run next. Errors print one line and exit 1.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import shlex
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = config_from_args(args)
-        train(config, command=command_line("train", argv), show_selection=True)
+        summary = train(config, command=command_line("train", argv), show_selection=True)
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -107,7 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         ddp.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(next_steps(summary["run"]))
     return 0
+
+
+def next_steps(run: str) -> str:
+    """What stdout says when a run finishes: the run folder, and the export command to run next."""
+    model = str(Path("models") / Path(run).name)
+    return f"run: {run}\nnext: python -m export {shlex.quote(run)} --out {shlex.quote(model)}"
 
 
 if __name__ == "__main__":

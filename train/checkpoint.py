@@ -184,23 +184,33 @@ def remove_stale_files(run: str | os.PathLike) -> list[Path]:
 
 @contextlib.contextmanager
 def lock_run(run: str | os.PathLike):
-    """Hold an exclusive lock on the run folder (POSIX); OutputError when another process holds it."""
+    """Hold an exclusive lock on the run folder (POSIX); OutputError when another process holds it. The lock
+    file ``.lock`` is removed when the block ends without an exception."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; one process per run folder is the user's promise
         yield
         return
     path = Path(run) / ".lock"
-    try:
-        handle = open(path, "a")
-    except OSError as exc:
-        raise OutputError(path, f"cannot be created ({exc.strerror or exc})") from None
-    try:
+    while True:
+        try:
+            handle = open(path, "a")
+        except OSError as exc:
+            raise OutputError(path, f"cannot be created ({exc.strerror or exc})") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise OutputError(run, "another training process is using this run folder") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # a finishing run removed the file we opened: lock the one now there
+    try:
         yield
+        path.unlink(missing_ok=True)  # a clean finish leaves no lock file behind (still held while removed)
     finally:
         handle.close()
 

@@ -3,6 +3,7 @@ repaired), its data in memory, its text files and pictures. Only rank 0 writes f
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -123,10 +124,13 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
               show_selection: bool = False) -> Data:
     """Cache (rank 0 builds, the others open it), patient split (checked against a resumed run's), the
     used slices in RAM or on the GPU; ``show_selection`` prints what the archive held on a fresh run (even
-    with --quiet). Raises InputError."""
+    with --quiet), and says when it creates the cache folder. Raises InputError."""
     grid = cfg.grid
     cache_dir: str | tuple[str, str] | None = None
     if ctx.main:
+        if show_selection and not Path(cfg.cache).exists():
+            print(f"creating the slice cache folder {cfg.cache}{os.sep} (shared by later runs; --cache moves it)",
+                  file=sys.stderr, flush=True)
         try:
             if console is not None:
                 with console.status("preprocessing DICOM into the slice cache ...") as status:
