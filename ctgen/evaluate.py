@@ -431,11 +431,15 @@ def _real_slices(model) -> tuple[list[dict], list[np.ndarray]]:
 
 
 def card_metrics(report: dict) -> dict:
-    """The compact figures for a model card's "metrics" from an ``evaluate_model`` report (JSON-ready)."""
+    """The compact figures for a model card's "metrics" from an ``evaluate_model`` report (JSON-ready).
+
+    The card's own ``kl_per_unit``, ``units_by_kl`` and ``active_units`` stay as the export wrote them (the KL
+    that the exported unit order was made by); the evaluated slices' KL comes as ``eval_kl_per_unit``."""
     recon, activity = report["reconstruction"], report["activity"]
     card = {"recon_mae_hu": recon["mae_hu"], "recon_psnr_db": recon["psnr_db"], "recon_ssim": recon["ssim"],
-            "recon_set": f"{recon['n_images']} slices, {recon['set']}", "kl_per_unit": activity["kl_per_unit"],
-            "units_by_kl": activity["units_by_kl"], "active_units": activity["active_units"],
+            "recon_set": f"{recon['n_images']} slices, {recon['set']}",
+            "eval_kl_per_unit": activity["kl_per_unit"], "eval_active_units": activity["active_units"],
+            "eval_kl_set": f"{report['study'].get('evaluated')} evaluated slices of {report['study'].get('path')}",
             "active_units_by_variance": activity["active_units_by_variance"]}
     dense, heldout = report.get("disentanglement_dense") or {}, report.get("disentanglement") or {}
     scores = dense if "mig" in dense else heldout  # the dense set, when scored, names the units

@@ -45,7 +45,7 @@ def report_dir(tiny_model_dir, study, split, tmp_path_factory) -> Path:
     result = invoke("evaluate", study, "--split", split, "--model", tiny_model_dir, "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["command"] == "evaluate" and summary["metrics"]["active_units"] >= 0
+    assert summary["command"] == "evaluate" and summary["metrics"]["eval_active_units"] >= 0
     return out
 
 
@@ -217,9 +217,20 @@ def test_attach_puts_the_figures_into_the_card_and_keeps_checksums(report_dir, t
     card = json.loads((tiny_model_copy / "model.json").read_text())
     report = json.loads((report_dir / "metrics.json").read_text())
     assert card["metrics"]["recon_mae_hu"] == pytest.approx(report["reconstruction"]["mae_hu"])
-    assert card["metrics"]["units_by_kl"] == report["activity"]["units_by_kl"]
     assert card["evaluation"]["note"] == "beta=1: the plain ELBO"
-    assert load_model(tiny_model_copy).card.units_by_kl == report["activity"]["units_by_kl"]  # checksums still hold
+    assert load_model(tiny_model_copy).card.units_by_kl == list(range(8))  # checksums still hold
+    # issue 24 item 9: the card keeps the KL the export ordered the units by; the evaluation's sits beside it
+    assert card["metrics"]["units_by_kl"] == list(range(8)) and card["metrics"]["kl_per_unit"][0] == 3.0
+    assert card["metrics"]["eval_kl_per_unit"] == report["activity"]["kl_per_unit"]
+    units = invoke("units", "-m", tiny_model_copy, "--json")
+    listing = json.loads(units.stdout)
+    assert [row["rank"] for row in listing["units"]] == [row["unit"] + 1 for row in listing["units"]]
+    assert [row["eval_kl"] for row in listing["units"]] == report["activity"]["kl_per_unit"]
+    assert listing["sets"]["kl"] == "the training run's validation patients"
+    assert listing["sets"]["eval_kl"].startswith("18 evaluated slices of ")
+    table = invoke("units", "-m", tiny_model_copy)
+    assert "on the training run's validation patients" in table.stdout and "eval KL" in table.stdout
+    assert "eval KL: on 18 evaluated slices" in table.stderr
 
 
 def test_attach_without_a_report_is_one_line_error(tiny_model_copy, tmp_path, capsys):

@@ -94,9 +94,22 @@ def _shown(value):
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
+def kl_set(card) -> str:
+    """Where the card's per-unit KL (the one the export ordered the units by) was measured, in words."""
+    metrics = card.get("metrics") or {}
+    if "kl_per_unit" in ((card.get("evaluation") or {}).get("figures") or ()):
+        # cards attached before issue 24: the evaluation's KL replaced the one the units were ordered by
+        return "the evaluated slices (export.attach; the unit numbers follow the training validation KL)"
+    source = str(metrics.get("kl_source") or "")
+    if source in ("checkpoint", "run metrics.jsonl"):
+        return "the training run's validation patients"
+    return source or "an unrecorded set"
+
+
 def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
-    """Latent units ranked by KL divergence (nats, from the card's validation metrics), with the factor each
-    carries when the card names one.
+    """Latent units ranked by KL divergence (nats, on the set the export ordered the units by: the training
+    run's validation patients), with the factor each carries when the card names one; beside it the KL of
+    the slices ``ctgen evaluate`` measured, when the card holds it.
 
     Units with high KL carry information; units near 0 are inactive (the prior). Reads only the card.
     """
@@ -104,22 +117,28 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
 
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
+    metrics = card.get("metrics") or {}
     kl, labels = card.kl_per_unit, card.unit_labels
-    active = (card.get("metrics") or {}).get("active_units")
+    active = metrics.get("active_units")
     total = sum(kl) if kl else 0.0
+    evaluated = metrics.get("eval_kl_per_unit")
+    evaluated = evaluated if isinstance(evaluated, list) and len(evaluated) == card.latent_size else None
     rows = [{"rank": rank, "unit": unit, "kl": kl[unit] if kl else None,
              "share": kl[unit] / total if kl and total > 0 else None,
              "active": (rank <= active) if isinstance(active, int) else None, "factor": labels.get(unit)}
+            | ({"eval_kl": evaluated[unit]} if evaluated else {})
             for rank, unit in enumerate(card.units_by_kl, start=1)]
+    sets = {"kl": kl_set(card)} | ({"eval_kl": str(metrics.get("eval_kl_set") or "ctgen evaluate")} if evaluated else {})
     if json_summary:
-        print(json.dumps({"model": card.name, "path": str(model_dir), "active_units": active, "units": rows}))
+        print(json.dumps({"model": card.name, "path": str(model_dir), "active_units": active, "units": rows,
+                          "sets": sets}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{card.name}: latent units by KL (nats)", title_justify="left")
+    table = Table(title=f"{card.name}: latent units by KL (nats) on {sets['kl']}", title_justify="left")
     for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"),
-                          ("factor", "left"), ("", "left")):
+                          *((("eval KL", "right"),) if evaluated else ()), ("factor", "left"), ("", "left")):
         table.add_column(name, justify=justify)
     largest = max((row["kl"] for row in rows if row["kl"] is not None), default=0.0) or 1.0
     for row in rows:
@@ -127,7 +146,10 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
         bar = "█" * round(20 * row["kl"] / largest) if row["kl"] else ""
         marker = "" if row["active"] is None else (" active" if row["active"] else "")
-        table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share, row["factor"] or "", bar + marker)
+        table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share,
+                      *((f"{row['eval_kl']:.3f}",) if evaluated else ()), row["factor"] or "", bar + marker)
     Console(highlight=False, soft_wrap=True).print(table)
+    if evaluated:
+        print(f"ctgen: note: eval KL: on {sets['eval_kl']} (ctgen evaluate)", file=sys.stderr, flush=True)
     if kl is None:
         print("ctgen: note: the card has no per-unit KL; units listed in index order", file=sys.stderr, flush=True)
