@@ -364,9 +364,20 @@ def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int, k
         p = np.bincount(codes) / len(codes)
         chance = (min(20, len(mu)) - 1) * (len(p) - 1) / (2 * len(mu)) / -np.sum(p[p > 0] * np.log(p[p > 0]))
         scores["units"][names[k]]["chance_nmi"] = min(1.0, float(chance))
+    # a factor constant within each patient is also carried by any unit that merely tells the patients apart:
+    # such a factor is judged against what patient identity alone reaches (with few patients, everything)
+    patients = np.asarray(table["patients"], dtype=object)[rows]
+    _, patient_index = np.unique(patients, return_inverse=True)
+    for k, name in enumerate(names):
+        entry = scores["units"][name]
+        per_patient = np.unique(np.stack([patient_index.reshape(-1), values[:, k]], axis=1), axis=0)
+        entry["patient_level"] = len(per_patient) == patient_index.max() + 1
+        entry["patient_nmi"] = (metrics.identity_nmi(patient_index, values[:, k], seed=seed)
+                                if entry["patient_level"] else None)
+        entry["baseline_nmi"] = max(entry["chance_nmi"], entry["patient_nmi"] or 0.0)
     unit_factors: dict[str, str] = {}
-    for name, entry in sorted(scores["units"].items(), key=lambda item: item[1]["chance_nmi"] - item[1]["nmi"]):
-        if entry["nmi"] - entry["chance_nmi"] >= UNIT_FACTOR_MIN_NMI and str(entry["unit"]) not in unit_factors:
+    for name, entry in sorted(scores["units"].items(), key=lambda item: item[1]["baseline_nmi"] - item[1]["nmi"]):
+        if entry["nmi"] - entry["baseline_nmi"] >= UNIT_FACTOR_MIN_NMI and str(entry["unit"]) not in unit_factors:
             unit_factors[str(entry["unit"])] = name
     nmi = np.asarray(scores.pop("nmi"))
     chance = np.array([scores["units"][name]["chance_nmi"] for name in names])
@@ -374,7 +385,8 @@ def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int, k
                                "chance_nmi": float(chance[int(np.argmax(nmi[unit]))])}
                    for unit in np.flatnonzero(kl > ACTIVE_KL)}  # every active unit: the factor it carries best
     return {**scores, "unit_factors": unit_factors, "unit_labels": unit_labels,
-            "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI, "n_slices": len(mu), "set": what, "factors_used": names,
+            "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI, "n_slices": len(mu), "n_patients": len(set(patients)),
+            "set": what, "factors_used": names,
             "factors_skipped": skipped}
 
 

@@ -104,14 +104,7 @@ def interpret(report: dict) -> dict:
             lines[f"disentanglement{suffix}"], lines[f"unit_factors{suffix}"] = _read_disentanglement(scores)
     realism = report.get("realism") or {}
     if "heldout_b" in realism:
-        anatomy = realism["anatomy"]
-        samples = [name[len("samples_"):] for name in realism if name.startswith("samples_")]
-        figures = "; ".join(f"{name} prior: precision {realism['samples_' + name]['precision']:.2f}, "
-                            f"{anatomy['samples_' + name]['fail_share']:.1%} fail the anatomical check" for name in samples)
-        lines["realism"] = (f"Realism against held-out slices (precision of a second held-out half "
-                            f"{realism['heldout_b']['precision']:.2f}, of reconstructions "
-                            f"{realism['reconstructions']['precision']:.2f}): {figures}; held-out slices fail the "
-                            f"check {anatomy['heldout']['fail_share']:.1%} of the time.")
+        lines["realism"] = _read_realism(realism)
     memo = report["memorisation"]
     if "median_ratio" in memo:
         copying = memo["fraction_copied"] > max(0.05, 3 * memo["quantile"]) or memo["median_ratio"] < 0.8
@@ -124,11 +117,48 @@ def interpret(report: dict) -> dict:
     if real.get("mean_mae_hu") is not None:
         mae = recon["mae_hu"]
         ratio = real["mean_mae_hu"] / max(mae, 1e-6)
-        lines["real_slices"] = (f"Real slices: mean error {real['mean_mae_hu']:.1f} HU, {ratio:.1f}x the "
-                                f"{mae:.1f} HU on the study's {recon['set']}: "
-                                + ("about the same error as on the study." if ratio < 1.5 else
-                                   "real scans are reproduced clearly worse than the study's images."))
+        lines["real_slices"] = (f"Real slices: mean error {real['mean_mae_hu']:.1f} HU, {ratio:.2f}x the "
+                                f"{mae:.1f} HU on the study's {recon['set']}: " + _compare_error(ratio))
     return lines
+
+
+SAME_ERROR = 0.10  # errors within ±10 % of each other read as "about the same"
+
+
+def _compare_error(ratio: float) -> str:
+    """How an error compares with a reference error ``ratio`` times as large, in words (one rule for all)."""
+    if abs(ratio - 1.0) <= SAME_ERROR:
+        return "about the same error as on the study."
+    if ratio < 1.0:
+        return f"{1 - ratio:.0%} less error than on the study's images."
+    return f"{ratio - 1:.0%} more error than on the study's images: real scans are reproduced worse."
+
+
+def _read_realism(realism: dict) -> str:
+    """The realism reading: precision (how near images lie to real ones in a coarse feature space) and the
+    anatomical check (skull ring and brain) are separate measurements, named as such, with what limits each."""
+    anatomy, reference = realism["anatomy"], realism["heldout_b"]
+    samples = [name[len("samples_"):] for name in realism if name.startswith("samples_")]
+    precision = {name: realism[f"samples_{name}"]["precision"] for name in samples}
+    failing = {name: anatomy[f"samples_{name}"]["fail_share"] for name in samples}
+    text = (f"Precision (share of images whose coarse layout — 64² pixels at -50..250 HU — lies within the "
+            f"{reference['k']}-nearest-neighbour radius of one of {reference['n_real']} held-out slices): "
+            + ", ".join(f"{name} prior samples {value:.2f}" for name, value in precision.items())
+            + f", reconstructions {realism['reconstructions']['precision']:.2f}, a second held-out half "
+            f"{reference['precision']:.2f}. The anatomical check is a separate test (a closed skull ring with brain "
+            "inside): " + ", ".join(f"{value:.0%} of {name} prior samples" for name, value in failing.items())
+            + f" and {anatomy['heldout']['fail_share']:.0%} of held-out slices fail it.")
+    if reference["n_real"] < 50 and min([reference["precision"], *precision.values()]) >= 0.9:
+        text += (f" With {reference['n_real']} reference slices the neighbourhoods are wide: precision cannot tell "
+                 "realistic images from others here.")
+    blind = [name for name in samples if precision[name] >= 0.8 and failing[name] >= 0.5]
+    if blind:
+        text += (f" The {' and '.join(blind)} prior samples have the coarse layout of real slices yet lack a closed "
+                 "skull with brain inside: precision does not see that, the anatomical check does.")
+    if anatomy["heldout"]["fail_share"] >= 0.5:
+        text += (" Most held-out slices fail the check too: it does not fit this study's slices (levels without a "
+                 "closed skull ring?), so its figures say little here.")
+    return text
 
 
 def _read_disentanglement(scores: dict) -> tuple[str, str]:
@@ -139,15 +169,30 @@ def _read_disentanglement(scores: dict) -> tuple[str, str]:
     overall = (f"On {scores['set']}: MIG {mig:.2f}: {spread}; DCI disentanglement {scores['dci_disentanglement']:.2f}, "
                f"completeness {scores['dci_completeness']:.2f}, linear R² {scores['dci_informativeness']:.2f}.")
     units, margin = scores["units"], scores["unit_factor_min_nmi"]
-    tracked = [name for name, entry in units.items() if entry["nmi"] - entry["chance_nmi"] >= margin]
+    tracked = [name for name, entry in units.items() if entry["nmi"] - _baseline(entry) >= margin]
     untracked = [name for name in units if name not in tracked]
     chance = max(entry["chance_nmi"] for entry in units.values())
-    carried = (f"{len(tracked)} of {len(units)} factors have a unit whose normalised MI beats chance by {margin:g} or "
-               f"more ({', '.join(tracked) or 'none'})" + (f"; no single unit carries {', '.join(untracked)}"
-                                                           if untracked else "")
+    carried = (f"{len(tracked)} of {len(units)} factors have a unit whose normalised MI beats chance (and, for a "
+               f"factor that varies only between patients, patient identity) by {margin:g} or more "
+               f"({', '.join(tracked) or 'none'})" + (f"; no single unit carries {', '.join(untracked)}"
+                                                      if untracked else "")
                + f" (chance level up to {chance:.2f} with {scores['n_slices']} slices"
                + ("; too few slices for these MI figures to mean much)." if chance > 0.5 else ")."))
+    by_patient = {name: entry["patient_nmi"] for name, entry in units.items() if entry.get("patient_level")}
+    if by_patient:
+        patients = scores.get("n_patients")
+        level = max(by_patient.values())
+        carried += (f" Patient-level factors ({', '.join(by_patient)}) are judged against a unit that only tells the "
+                    f"{patients} patients apart, which reaches normalised MI up to {level:.2f}"
+                    + (f": with {patients} patients, patient-level factors cannot be told apart from patient identity."
+                       if level > 1 - margin else "."))
     return overall, carried
+
+
+def _baseline(entry: dict) -> float:
+    """What a factor's best unit must beat: chance, or for a patient-level factor what patient identity reaches
+    (reports from before issue 24 hold chance only)."""
+    return entry.get("baseline_nmi", entry["chance_nmi"])
 
 
 def _disentanglement_markdown(scores: dict, title: str, say: dict, suffix: str) -> list[str]:
@@ -156,11 +201,13 @@ def _disentanglement_markdown(scores: dict, title: str, say: dict, suffix: str) 
     return [f"## {title}", markdown_table(["metric", "value"], [[name, scores[name]] for name in SCORE_NAMES]),
             f"{scores['n_slices']} slices ({scores['set']}); factors: {', '.join(scores['factors_used'])}; "
             f"skipped: {skipped}.", say[f"disentanglement{suffix}"], f"### {title}: factor → unit",
-            markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level"],
-                           [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"]]
-                            for name, e in scores["units"].items()]),
+            markdown_table(["factor", "best unit", "normalised MI", "second unit", "normalised MI", "chance level",
+                            "patient identity"],
+                           [[name, f"u{e['unit']}", e["nmi"], f"u{e['second_unit']}", e["second_nmi"], e["chance_nmi"],
+                             e.get("patient_nmi")] for name, e in scores["units"].items()]),
             "Normalised MI = I(unit; factor) / H(factor), plug-in estimate on 20 quantile bins; chance level: its "
-            "expected value for an unrelated unit.", say[f"unit_factors{suffix}"],
+            "expected value for an unrelated unit; patient identity: what a unit that only tells the patients apart "
+            "reaches, for a factor constant within each patient ('-' for the others).", say[f"unit_factors{suffix}"],
             f"### {title}: unit → factor (every active unit)",
             markdown_table(["unit", "factor it carries best", "normalised MI", "chance level"],
                            [[f"u{unit}", e["factor"], e["nmi"], e["chance_nmi"]] for unit, e in

@@ -280,3 +280,18 @@ def test_archives_without_a_factors_table_are_scored_on_header_factors(tiny_mode
     report = evaluate_model(load_model(tiny_model_dir), folder, max_slices=12, real=False)
     assert report["study"]["factors"] == "DICOM headers"
     assert report["disentanglement"]["factors_used"] == ["position_in_series"]
+
+
+def test_patient_level_factors_are_judged_against_patient_identity(report_dir):
+    # issue 24 item 7: with few patients every patient-level factor is a relabelling of patient identity
+    report = json.loads((report_dir / "metrics.json").read_text())
+    scores = report["disentanglement"]
+    assert scores["n_patients"] == 3
+    by_patient = {name for name, entry in scores["units"].items() if entry["patient_level"]}
+    assert by_patient and "level" not in by_patient  # the level varies within a patient
+    for name in by_patient:
+        assert scores["units"][name]["patient_nmi"] == pytest.approx(1.0)
+        assert name not in scores["unit_factors"].values()
+    reading = report["interpretation"]["unit_factors"]
+    assert "with 3 patients, patient-level factors cannot be told apart from patient identity" in reading
+    assert "patient identity" in (report_dir / "report.md").read_text()

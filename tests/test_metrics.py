@@ -19,6 +19,7 @@ from ctgen.metrics import (
     downsample,
     factor_vae_score,
     head_mask,
+    identity_nmi,
     kl_per_unit,
     latent_activity,
     mae_hu,
@@ -192,6 +193,16 @@ def test_mig_perfect_versus_rotated(codes):
     assert mig(codes["hadamard"], codes["factors"])["mig"] < 0.1
     ignored = mig(codes["ignore"], codes["factors"])["per_factor"]
     assert ignored[3] < 0.1 and min(ignored[:3]) > 0.85
+
+
+def test_identity_nmi_is_one_for_few_groups_and_near_chance_for_many():
+    # issue 24 item 7: with 12 patients, a unit that only identifies patients carries every patient-level factor
+    rng = np.random.default_rng(0)
+    few = np.repeat(np.arange(12), 30)
+    assert identity_nmi(few, rng.normal(size=12)[few]) == pytest.approx(1.0)
+    many = np.repeat(np.arange(1000), 2)
+    level = identity_nmi(many, rng.normal(size=1000)[many])
+    assert 0.0 < level < 0.15  # 20 bins of 50 random patients each: about the plug-in bias
 
 
 def test_beta_vae_and_factor_vae_score_a_perfect_code_near_one(codes):

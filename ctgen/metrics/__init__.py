@@ -24,6 +24,7 @@ from ctgen.metrics.disentangle import (
     discretize,
     disentanglement_report,
     factor_vae_score,
+    identity_nmi,
     mig,
     sap,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "latent_activity",
     "discretize",
     "mig",
+    "identity_nmi",
     "beta_vae_score",
     "factor_vae_score",
     "dci",

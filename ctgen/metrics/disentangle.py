@@ -19,7 +19,7 @@ import numpy as np
 from ctgen.errors import InputError
 from ctgen.metrics.fit import fit_logistic, lasso, predict_logistic, split_indices, standardize
 
-__all__ = ["SCORE_NAMES", "discretize", "mig", "beta_vae_score", "factor_vae_score", "dci", "sap",
+__all__ = ["SCORE_NAMES", "discretize", "mig", "identity_nmi", "beta_vae_score", "factor_vae_score", "dci", "sap",
            "disentanglement_report"]
 
 # the scores ``disentanglement_report`` gives, in the order reports and cards list them
@@ -112,6 +112,28 @@ def mig(latents: np.ndarray, factors: np.ndarray, *, bins: int = 20) -> dict:
         "factor_entropy": factor_entropy.tolist(),
         "factors_used": used,
     }
+
+
+def identity_nmi(groups: np.ndarray, factor: np.ndarray, *, bins: int = 20, seed: int = 0, draws: int = 8) -> float:
+    """The normalised MI with ``factor`` float (N,) of a unit that merely identifies the groups ``groups`` (N,)
+    (e.g. patients): the group index in a random order, discretised as ``mig`` discretises units; the mean
+    over ``draws`` orders. A factor that is constant within each group reaches 1.0 when there are at most
+    ``bins`` groups: no unit can then be told apart from one that identifies groups."""
+    factor_codes = discretize(np.asarray(factor, dtype=np.float64), bins)[:, 0]
+    factor_entropy = float(_entropy(np.bincount(factor_codes)))
+    _, index = np.unique(np.asarray(groups), return_inverse=True)
+    index = index.reshape(-1)
+    if factor_entropy <= 0 or len(index) != len(factor_codes):
+        return 0.0
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        unit_codes = discretize(rng.permutation(int(index.max()) + 1)[index].astype(np.float64), bins)[:, 0]
+        n_values = int(factor_codes.max()) + 1
+        joint = np.bincount(unit_codes * n_values + factor_codes)
+        information = float(_entropy(np.bincount(unit_codes))) + factor_entropy - float(_entropy(joint))
+        values.append(information / factor_entropy)
+    return float(np.clip(np.mean(values), 0.0, 1.0))
 
 
 def _groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
