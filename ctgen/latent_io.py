@@ -197,3 +197,28 @@ def check_latents(latents: np.ndarray, latent_size: int, source: str) -> None:
     if bad.any():
         rows = ", ".join(str(i + 1) for i in np.flatnonzero(bad)[:5])
         raise InputError(source, f"NaN or infinite values in row {rows}")
+
+
+def latent_names(source: str, count: int) -> list[str] | None:
+    """The source name of each of the ``count`` latent rows in ``source`` (``encode``'s "files": the .npz array,
+    the CSV column "file", the JSON lines' "file" key), or None when the file names none (.npy, stdin, bare
+    rows) or not one per row. Only for labels: it never raises."""
+    path = Path(source)
+    names: list[str] | None = None
+    try:
+        if source == "-" or not path.is_file():
+            return None
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                names = [str(name) for name in archive["files"]] if "files" in archive.files else None
+        elif suffix == ".csv":
+            table = [row for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8"))) if row]
+            if table and "file" in (header := [cell.strip() for cell in table[0]]):
+                names = [row[header.index("file")] for row in table[1:]]
+        elif suffix in (".jsonl", ".ndjson", ".json", ".txt"):
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            names = [record["file"] for record in records if isinstance(record, dict) and "file" in record]
+    except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError):
+        return None
+    return [Path(name).name for name in names] if names is not None and len(names) == count else None

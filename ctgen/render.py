@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from ctgen.atomic import atomic_file
 from ctgen.errors import ArgumentError, InputError
 
-__all__ = ["WINDOWS", "frames_loop", "grid_image", "hconcat", "parse_window", "save_gif", "save_png", "to_uint8"]
+__all__ = ["FONT_PX", "PICTURE_PX", "WINDOWS", "frames_loop", "grid_image", "hconcat", "labelled_frames",
+           "parse_window", "save_gif", "save_png", "to_uint8"]
 
 from ctgen.defaults import WINDOWS  # noqa: E402 - re-exported: the display windows by name
 
@@ -28,6 +29,8 @@ BACKGROUND = 0  # margins around labels
 SEPARATOR = 96  # 1-px lines between tiles
 TEXT = 255
 PAD = 4  # pixels around label text
+PICTURE_PX = 256  # the least a person needs per image: pictures enlarge smaller model grids to this
+FONT_PX = 16  # label text size (Pillow's built-in scalable font; its old bitmap font where FreeType is missing)
 
 
 def parse_window(spec: str) -> tuple[float, float]:
@@ -74,13 +77,17 @@ def grid_image(
     col_labels: Sequence[str] | None = None,
     title: str | None = None,
     scale: int = 1,
+    tile_px: int | None = None,
+    tile_labels: Sequence[str] | None = None,
 ) -> Image.Image:
     """Tiles in a rows x cols grid -> grayscale ("L") PIL image.
 
     ``hu_images``: HU float (rows*cols, H, W) or (rows*cols, 1, H, W), row-major; uint8 tiles are used
     as they are. ``window``: one (center, width) for all tiles or one per column (e.g. a difference
-    column). Tiles are enlarged ``scale`` times (nearest neighbour) and separated by 1-px lines; row
-    labels go on the left, column labels on top, the title above them, in PIL's default font.
+    column). Tiles are enlarged ``scale`` times (nearest neighbour), or with ``tile_px`` resampled (Lanczos)
+    so that their shorter side has at least ``tile_px`` pixels, and separated by 1-px lines; row labels go
+    on the left, column labels on top, the title above them, ``tile_labels`` (one per tile) in a band above
+    each tile, in a FONT_PX font; column and tile labels too long for a tile are shortened with "...".
     Raises InputError when counts or label lengths do not match.
     """
     tiles = np.asarray(hu_images)
@@ -88,7 +95,8 @@ def grid_image(
         tiles = tiles[:, 0]
     if rows < 1 or cols < 1 or tiles.ndim != 3 or len(tiles) != rows * cols:
         raise InputError(None, f"grid of {rows} x {cols} needs ({rows * cols}, H, W) images, got shape {tiles.shape}")
-    for name, labels, count in (("row", row_labels, rows), ("column", col_labels, cols)):
+    for name, labels, count in (("row", row_labels, rows), ("column", col_labels, cols),
+                                ("tile", tile_labels, rows * cols)):
         if labels is not None and len(labels) != count:
             raise InputError(None, f"{len(labels)} {name} labels for {count} {name}s")
     if int(scale) != scale or scale < 1:
@@ -97,14 +105,21 @@ def grid_image(
     pixels = _window_columns(tiles, window, cols)
     if scale > 1:
         pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+    if tile_px is not None:
+        pixels = _enlarge(pixels, tile_px)
     _, tile_h, tile_w = pixels.shape
-    body = np.full((rows * (tile_h + 1) - 1, cols * (tile_w + 1) - 1), SEPARATOR, dtype=np.uint8)
-    for index, tile in enumerate(pixels):
-        row, col = divmod(index, cols)
-        body[row * (tile_h + 1) : row * (tile_h + 1) + tile_h, col * (tile_w + 1) : col * (tile_w + 1) + tile_w] = tile
-
     font = _font()
     line_h = _text_size(font, "Ag|")[1] + 2 * PAD
+    caption_h = line_h if tile_labels is not None else 0
+    pitch_h = caption_h + tile_h + 1
+    body = np.full((rows * pitch_h - 1, cols * (tile_w + 1) - 1), SEPARATOR, dtype=np.uint8)
+    for row in range(rows):
+        body[row * pitch_h : row * pitch_h + caption_h] = BACKGROUND
+    for index, tile in enumerate(pixels):
+        row, col = divmod(index, cols)
+        y = row * pitch_h + caption_h
+        body[y : y + tile_h, col * (tile_w + 1) : col * (tile_w + 1) + tile_w] = tile
+
     left = max((_text_size(font, str(label))[0] for label in row_labels), default=0) + 2 * PAD if row_labels else 0
     title_h = line_h if title else 0
     top = title_h + (line_h if col_labels else 0)
@@ -118,11 +133,28 @@ def grid_image(
     if title:
         _draw_centered(draw, font, str(title), left + body.shape[1] / 2, title_h / 2, max_width=width)
     for col, label in enumerate(col_labels or ()):
-        _draw_centered(draw, font, str(label), left + col * (tile_w + 1) + tile_w / 2, title_h + line_h / 2)
+        _draw_centered(draw, font, _fit(font, str(label), tile_w - 2 * PAD), left + col * (tile_w + 1) + tile_w / 2,
+                       title_h + line_h / 2)
+    for index, label in enumerate(tile_labels or ()):
+        row, col = divmod(index, cols)
+        _draw_centered(draw, font, _fit(font, str(label), tile_w - 2 * PAD), left + col * (tile_w + 1) + tile_w / 2,
+                       top + row * pitch_h + caption_h / 2)
     for row, label in enumerate(row_labels or ()):
         text_w, _ = _text_size(font, str(label))
-        _draw_centered(draw, font, str(label), left - PAD - text_w / 2, top + row * (tile_h + 1) + tile_h / 2)
+        _draw_centered(draw, font, str(label), left - PAD - text_w / 2, top + row * pitch_h + caption_h + tile_h / 2)
     return image
+
+
+def labelled_frames(hu_frames: np.ndarray | Sequence[np.ndarray], window, labels: Sequence[str], *,
+                    tile_px: int = PICTURE_PX) -> list[Image.Image]:
+    """One "L" image per frame (HU (H, W) each, or uint8): enlarged to ``tile_px`` like ``grid_image`` with its
+    label in a band on top; all the same size (labels too long are shortened), ready for ``save_gif`` or
+    ``save_png``. Raises InputError when the counts differ."""
+    frames = list(hu_frames)
+    if len(frames) != len(labels):
+        raise InputError(None, f"{len(labels)} labels for {len(frames)} frames")
+    return [grid_image(np.asarray(frame)[None], window, rows=1, cols=1, tile_px=tile_px, tile_labels=[label])
+            for frame, label in zip(frames, labels)]
 
 
 def hconcat(images: Sequence[Image.Image | np.ndarray], *, gap: int = 1) -> Image.Image:
@@ -248,9 +280,32 @@ def _window_columns(tiles: np.ndarray, window, cols: int) -> np.ndarray:
     return out
 
 
+def _enlarge(pixels: np.ndarray, tile_px: int) -> np.ndarray:
+    """uint8 (N, H, W) -> uint8 (N, H', W') with min(H', W') >= ``tile_px`` (Lanczos); larger tiles unchanged."""
+    _, height, width = pixels.shape
+    if min(height, width) >= tile_px:
+        return pixels
+    factor = tile_px / min(height, width)
+    size = (round(width * factor), round(height * factor))
+    return np.stack([np.asarray(Image.fromarray(tile).resize(size, Image.Resampling.LANCZOS)) for tile in pixels])
+
+
+def _fit(font, text: str, width: int) -> str:
+    """``text``, or its end behind "..." when it is wider than ``width`` pixels (names differ at their ends)."""
+    if _text_size(font, text)[0] <= width:
+        return text
+    for start in range(1, len(text)):
+        if _text_size(font, "..." + text[start:])[0] <= width:
+            return "..." + text[start:]
+    return "..."
+
+
 @lru_cache(maxsize=1)
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
+    try:
+        return ImageFont.load_default(size=FONT_PX)  # Pillow >= 10.1 with FreeType
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
 
 
 def _text_size(font, text: str) -> tuple[int, int]:

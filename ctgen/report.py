@@ -42,10 +42,10 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
 
     from ctgen.latent import traverse
     from ctgen.preprocess import from_model
-    from ctgen.render import WINDOWS, grid_image
+    from ctgen.render import PICTURE_PX, WINDOWS, grid_image
 
-    scale, brain = max(1, 128 // model.grid.size), WINDOWS["brain"]  # tiles of 128 px or more, as elsewhere
-    columns = {"col_labels": ["original", "reconstruction", f"diff ±{DIFF_HU:g} HU"], "scale": scale}
+    scale, brain = {"tile_px": PICTURE_PX}, WINDOWS["brain"]  # tiles of PICTURE_PX or more, as elsewhere
+    columns = {"col_labels": ["original", "reconstruction", f"diff ±{DIFF_HU:g} HU"], **scale}
     activity = report["activity"]
     units = activity["units_by_kl"][: min(5, model.latent_size)]
     named = (report.get("disentanglement") or {}).get("unit_factors", {})
@@ -56,9 +56,9 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
         "kl_per_unit.png": kl_bar_chart(activity["kl_per_unit"], activity["threshold"]),
         "traversal.png": grid_image(
             from_model(model.decode(traverse(start, units, TRAVERSAL_OFFSETS)), model.grid), brain, rows=len(units),
-            cols=len(TRAVERSAL_OFFSETS), row_labels=labels, col_labels=offsets, scale=scale,
+            cols=len(TRAVERSAL_OFFSETS), row_labels=labels, col_labels=offsets, **scale,
             title=f"traversal around {pictures['traversal_label']}, top units by KL"),
-        "samples.png": grid_image(pictures["samples"], brain, rows=4, cols=8, scale=scale,
+        "samples.png": grid_image(pictures["samples"], brain, rows=4, cols=8, **scale,
                                   title="samples from the prior (seeded)"),
     }
     for name, what in (("reconstructions", report["reconstruction"]["set"]), ("real_slices", "pydicom's real CT")):

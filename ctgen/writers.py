@@ -23,14 +23,9 @@ from ctgen.errors import ArgumentError, InputError
 from ctgen.sources import split_source
 
 __all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "output_timestamp",
-           "save_npy", "tile_scale", "unique_names"]
+           "save_npy", "unique_names"]
 
 MAX_GRID_IMAGES = 1024  # a labelled grid of more tiles is unreadable (and large): use --per-file
-
-
-def tile_scale(size: int) -> int:
-    """Enlargement of grid tiles so that small models still give readable pictures (tiles >= 128 px)."""
-    return max(1, 128 // int(size))
 
 
 def derivation(card, action: str) -> str:
@@ -126,26 +121,28 @@ class GridTiles:
     def write(self, start: int, hu: np.ndarray) -> None:
         self._batches.append(hu)
 
-    def save(self, window, *, title: str, force: bool, label: str = "#") -> None:
-        """Square-ish grid, rows labelled with the index of their first image; empty cells are air."""
-        from ctgen.render import grid_image, save_png
+    def save(self, window, *, title: str, force: bool, labels: Sequence[str] | None = None) -> None:
+        """Square-ish grid of PICTURE_PX tiles, each labelled (``labels``, default ``#index``); empty cells are air."""
+        from ctgen.render import PICTURE_PX, grid_image, save_png
 
         tiles = np.concatenate(self._batches)
         cols = math.ceil(math.sqrt(len(tiles)))
         rows = math.ceil(len(tiles) / cols)
+        captions = list(labels) if labels is not None else [f"#{index}" for index in range(len(tiles))]
         if rows * cols > len(tiles):
             air = np.full((rows * cols - len(tiles), *tiles.shape[1:]), -1000.0, dtype=np.float32)
             tiles = np.concatenate([tiles, air])
-        labels = [f"{label}{row * cols}" for row in range(rows)]
-        picture = grid_image(tiles, window, rows=rows, cols=cols, row_labels=labels, title=title,
-                             scale=tile_scale(tiles.shape[-1]))
+            captions += [""] * len(air)
+        picture = grid_image(tiles, window, rows=rows, cols=cols, tile_labels=captions, title=title,
+                             tile_px=PICTURE_PX)
         save_png(picture, self.path, force=force)
 
 
 class PerFile:
     """HU images written one file each into a folder, batch by batch: ``<name>.png|.dcm|.npy``.
 
-    PNG: windowed 8-bit; NPY: float32 HU (S, S); DCM: derived, de-identified CT images (``ctgen.dicom``), one
+    PNG: windowed 8-bit, enlarged to PICTURE_PX with its label on top (``labels``, default the names); NPY:
+    float32 HU (S, S) on the model grid; DCM: derived, de-identified CT images (``ctgen.dicom``), one
     study per run. ``groups`` puts images into series (group g -> series g + 1, ordered by index, described
     by ``descriptions[g]``); by default every image is its own series, so unrelated images (prior samples)
     are never stacked into a fake volume. ``comments`` go into each file's ImageComments.
@@ -154,9 +151,10 @@ class PerFile:
 
     def __init__(self, folder: Path, names: Sequence[str], file_format: str, *, window, card, grid, action: str,
                  force: bool, groups: Sequence[int] | None = None, descriptions: Sequence[str] | None = None,
-                 comments: Sequence[str] | None = None):
+                 comments: Sequence[str] | None = None, labels: Sequence[str] | None = None):
         self.folder = Path(folder)
         self.format = file_format
+        self.labels = list(labels) if labels is not None else list(names)
         self.window = window
         self.force = force
         self.paths = [self.folder / f"{name}.{file_format}" for name in names]
@@ -175,7 +173,7 @@ class PerFile:
 
     def write(self, start: int, hu: np.ndarray) -> None:
         """Write images ``start .. start + len(hu)``: HU float32 (B, S, S)."""
-        from ctgen.render import save_png, to_uint8
+        from ctgen.render import labelled_frames, save_png
 
         for offset, image in enumerate(hu):
             index = start + offset
@@ -183,7 +181,7 @@ class PerFile:
             if self._dicom is not None:
                 self._dicom.write(index, image, path, force=self.force)
             elif self.format == "png":
-                save_png(to_uint8(image, self.window), path, force=self.force)
+                save_png(labelled_frames([image], self.window, [self.labels[index]])[0], path, force=self.force)
             else:
                 save_npy(image.astype(np.float32), path, force=self.force)
             self.claims.add(path)
@@ -235,12 +233,13 @@ class _DicomSeries:
 
 class ImageOutputs:
     """The image outputs of ``sample`` and ``decode``: ``out`` (grid .png, .npy stack) and ``per_file`` (a
-    folder, see ``PerFile``). Check ``targets``, then ``with outputs:`` write batches, then ``finish``.
+    folder, see ``PerFile``). ``labels``: a caption per image for the pictures (default: ``#index`` on the grid,
+    the names on per-file PNGs). Check ``targets``, then ``with outputs:`` write batches, then ``finish``.
     """
 
     def __init__(self, generator, *, out: Path | None, per_file: Path | None, file_format: str, names: Sequence[str],
-                 window, action: str, force: bool):
-        self.count, self.window, self.force = len(names), window, force
+                 window, action: str, force: bool, labels: Sequence[str] | None = None):
+        self.count, self.window, self.force, self.labels = len(names), window, force, labels
         self.grid: GridTiles | None = None
         self.stack: NpyStack | None = None
         self.files: PerFile | None = None
@@ -251,7 +250,7 @@ class ImageOutputs:
             self.stack = NpyStack(out, (self.count, size, size), force=force)
         if per_file is not None:
             self.files = PerFile(per_file, names, file_format, window=window, card=generator.card,
-                                 grid=generator.grid, action=action, force=force)
+                                 grid=generator.grid, action=action, force=force, labels=labels)
 
     @property
     def targets(self) -> list[Path]:
@@ -282,7 +281,7 @@ class ImageOutputs:
         """Save the grid (after the ``with`` block); return a record of every output for the summary."""
         records = []
         if self.grid is not None:
-            self.grid.save(self.window, title=title, force=self.force)
+            self.grid.save(self.window, title=title, force=self.force, labels=self.labels)
             records.append({"kind": "grid_png", "path": str(self.grid.path), "count": self.count})
         if self.stack is not None:
             records.append({"kind": "npy_stack", "path": str(self.stack.path), "count": self.count,

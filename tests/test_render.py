@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from ctgen.errors import InputError, OutputError
-from ctgen.render import WINDOWS, grid_image, hconcat, parse_window, save_gif, save_png, to_uint8
+from ctgen.render import (PICTURE_PX, WINDOWS, grid_image, hconcat, labelled_frames, parse_window, save_gif, save_png,
+                          to_uint8)
 
 
 @pytest.fixture
@@ -155,3 +156,45 @@ def test_hconcat():
     assert joined[0, 5] == 96 and joined[0, 0] == 200 and joined[0, 6] == 100 and joined[9, 6] == 0
     with pytest.raises(InputError):
         hconcat([])
+
+
+# ------------------------------------------------------------------ issue 24 item 8: pictures a person can read
+def test_labels_are_at_least_14_px_tall():
+    from ctgen.render import _font, _text_size
+
+    assert _text_size(_font(), "Ag|")[1] >= 14
+
+
+def test_tile_px_enlarges_small_tiles_smoothly(hu_tiles):
+    picture = grid_image(hu_tiles, (40, 80), rows=2, cols=3, tile_px=PICTURE_PX)
+    tile_w = round(40 * PICTURE_PX / 32)  # the shorter side (32) becomes 256
+    assert picture.size == (3 * tile_w + 2, 2 * PICTURE_PX + 1)
+    row = np.asarray(picture)[10, :tile_w].astype(int)
+    assert len(np.unique(row)) > 40  # resampled, not 8-px blocks of 40 grey levels
+    large = np.zeros((2, 300, 300), np.float32)
+    assert grid_image(large, (40, 80), rows=1, cols=2, tile_px=PICTURE_PX).size == (601, 300)  # never shrunk
+
+
+def test_tile_labels_are_drawn_in_a_band_and_never_run_together(hu_tiles):
+    names = ["a.dcm", "toc.dcm", "a-very-long-source-name-that-cannot-fit-over-one-tile_0042.dcm", "x", "y", "z"]
+    picture = np.asarray(grid_image(hu_tiles, (40, 80), rows=2, cols=3, tile_px=PICTURE_PX, tile_labels=names))
+    blank = np.asarray(grid_image(hu_tiles, (40, 80), rows=2, cols=3, tile_px=PICTURE_PX, tile_labels=[""] * 6))
+    assert picture.shape == blank.shape and picture.shape[0] > 2 * PICTURE_PX + 2 * 14
+    band = picture.shape[0] // 2 - PICTURE_PX  # caption band height
+    tile_w = (picture.shape[1] - 2) // 3
+    for index in range(6):
+        row, col = divmod(index, 3)
+        y, x = row * (band + PICTURE_PX + 1), col * (tile_w + 1)
+        caption = picture[y : y + band, x : x + tile_w]
+        assert not np.array_equal(caption, blank[y : y + band, x : x + tile_w]), names[index]
+        assert caption[:, :2].max() == 0 and caption[:, -2:].max() == 0  # kept inside its own tile
+    with pytest.raises(InputError, match="tile labels"):
+        grid_image(hu_tiles, (40, 80), rows=2, cols=3, tile_labels=["a"])
+
+
+def test_labelled_frames_share_one_size_for_a_gif(hu_tiles, tmp_path):
+    frames = labelled_frames(hu_tiles, (40, 80), ["u3 -2.0", "u3 recon", "u3 +2.0 with a long tail", "a", "b", "c"])
+    assert len({frame.size for frame in frames}) == 1 and frames[0].width >= PICTURE_PX
+    path = save_gif(frames, tmp_path / "u3.gif")
+    with Image.open(path) as gif:
+        assert gif.size == frames[0].size and gif.n_frames == 6

@@ -22,7 +22,7 @@ def decode(
 ) -> None:
     """Decode latent vectors to CT slices: a grid PNG (decoded.png) and/or one file per vector."""
     from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.latent_io import check_latents, read_latents
+    from ctgen.latent_io import check_latents, latent_names, read_latents
     from ctgen.render import parse_window
     from ctgen.writers import ImageOutputs
 
@@ -36,7 +36,8 @@ def decode(
         width = max(5, len(str(len(vectors) - 1)))
         outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
                                names=[f"decoded_{index:0{width}d}" for index in range(len(vectors))],
-                               window=display, action=f"decode {Path(source).name}", force=force)
+                               window=display, action=f"decode {Path(source).name}", force=force,
+                               labels=latent_names(latents, len(vectors)))
         check_targets(outputs.targets, force=force)
         with outputs, run.progress(len(vectors), "decoding") as advance:
             for start, hu in generator.iter_decode(vectors, batch_size=batch_size):

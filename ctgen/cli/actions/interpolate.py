@@ -31,8 +31,8 @@ def interpolate(
     import numpy as np
 
     from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.render import frames_loop, grid_image, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile, tile_scale
+    from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
+    from ctgen.writers import PerFile
 
     with Run("interpolate", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -60,10 +60,11 @@ def interpolate(
             tiles, labels = [ends[0].hu, *tiles, ends[1].hu], ["A input", *labels, "B input"]
         title = f"{names[0]} to {names[1]} · {method} · {generator.card.name}"
         save_png(grid_image(np.stack(tiles), display, rows=1, cols=len(tiles), col_labels=labels, title=title,
-                            scale=tile_scale(generator.image_size)), strip_path, force=force)
+                            tile_px=PICTURE_PX), strip_path, force=force)
         run.wrote([{"kind": "strip_png", "path": str(strip_path), "count": steps}], "images")
         if gif_path is not None:
-            save_gif(frames_loop(frames), gif_path, window=display, force=force)
+            steps_labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
+            save_gif(frames_loop(labelled_frames(frames, display, steps_labels)), gif_path, force=force)
             run.wrote([{"kind": "gif", "path": str(gif_path), "count": 2 * steps - 2}], "frames")
         if files is not None:
             with files:

@@ -30,8 +30,8 @@ def reconstruct(
     from ctgen.api import gather_files, slice_sources
     from ctgen.cli.run import Run, check_targets, is_folder
     from ctgen.errors import ArgumentError, InputError
-    from ctgen.render import grid_image, parse_window, save_png
-    from ctgen.writers import PerFile, tile_scale, unique_names
+    from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
+    from ctgen.writers import PerFile, unique_names
 
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -63,7 +63,7 @@ def reconstruct(
                 figures = f"MAE {item.mae_hu:.1f} HU · RMSE {item.rmse_hu:.1f} HU" if item.mae_hu is not None \
                     else "no head found"
                 panel = grid_image(np.stack([item.slice.hu, item.recon_hu, item.recon_hu - item.target_hu]), windows,
-                                   rows=1, cols=3, col_labels=labels, scale=tile_scale(generator.image_size),
+                                   rows=1, cols=3, col_labels=labels, tile_px=PICTURE_PX,
                                    title=f"{Path(item.slice.source).name} · {figures}")
                 save_png(panel, panels[position], force=force)
                 run.wrote([{"kind": "panel_png", "path": str(panels[position]), "file": item.slice.source}], "panel",

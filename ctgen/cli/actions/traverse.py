@@ -28,8 +28,8 @@ def traverse(
     from ctgen.cli.run import Run, check_targets, resolve_out
     from ctgen.errors import ArgumentError
     from ctgen.latent import offsets
-    from ctgen.render import frames_loop, grid_image, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile, tile_scale
+    from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
+    from ctgen.writers import PerFile
 
     with Run("traverse", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -61,12 +61,14 @@ def traverse(
                              row_labels=[generator.card.unit_label(unit) for unit in chosen],
                              col_labels=[f"{delta:+.1f}" if delta else middle for delta in deltas],
                              title=f"traversal around {origin} · {generator.card.name}",
-                             scale=tile_scale(generator.image_size))
+                             tile_px=PICTURE_PX)
         save_png(picture, grid_path, force=force)
         run.wrote([{"kind": "grid_png", "path": str(grid_path), "count": len(hu), "units": chosen}], "images")
         for row, gif_path in enumerate(gif_paths):
-            save_gif(frames_loop(hu[row * len(deltas) : (row + 1) * len(deltas)]), gif_path, window=display,
-                     force=force)
+            frames = labelled_frames(hu[row * len(deltas) : (row + 1) * len(deltas)], display,
+                                     [f"u{chosen[row]} {delta:+.1f}" if delta else f"u{chosen[row]} {middle}"
+                                      for delta in deltas])
+            save_gif(frames_loop(frames), gif_path, force=force)
             run.wrote([{"kind": "gif", "path": str(gif_path), "unit": chosen[row], "count": 2 * len(deltas) - 2}],
                       "frames")
         if files is not None:
