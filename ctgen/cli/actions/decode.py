@@ -22,9 +22,11 @@ def decode(
 ) -> None:
     """Decode latent vectors to CT slices: a grid PNG (decoded.png) and/or one file per vector."""
     from ctgen.cli.run import Run, check_targets, resolve_out
-    from ctgen.latent_io import check_latents, latent_names, read_latents
+    from ctgen.latent_io import check_latents, read_latents
     from ctgen.render import parse_window
     from ctgen.writers import ImageOutputs
+
+    from ctgen.latent_io import latent_names  # the rows' source names, for the pictures' labels
 
     with Run("decode", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
