@@ -100,6 +100,6 @@ SliceOption = Annotated[
         metavar="K",
         help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
              "or name it FILE#K.",
-        show_default=False,
+        show_default="the middle one (n // 2), with a note",
     ),
 ]
