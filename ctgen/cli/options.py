@@ -20,7 +20,8 @@ ModelOption = Annotated[
         "-m",
         envvar="CTGEN_MODEL",
         metavar="NAME|PATH",
-        help="Model name under models/ or path to a model folder.",
+        help="A model folder, or a NAME looked up in this order: ./models/NAME (working folder), then the "
+             "shipped models.",
         rich_help_panel=_COMMON,
         show_default="default",
     ),
