@@ -28,7 +28,8 @@ def encode(
         str | None,
         typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
                      help="Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on "
-                          "stdout; a folder (DIR/) gets latents.npz."),
+                          "stdout; a folder (DIR/) gets latents.npz. All but .npy record the model, which decode "
+                          "checks."),
     ] = None,
     logvar: Annotated[bool, typer.Option("--logvar", help="Also write the posterior log-variances.")] = False,
     shard: Annotated[
