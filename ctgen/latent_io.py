@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,13 +212,7 @@ def _parse_text(text: str, source: str) -> LatentFile:
 
 def _parse_json_lines(text: str, source: str) -> LatentFile:
     rows, found = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(source, f"line {number}: not JSON ({error.msg})") from None
+    for number, record in _json_records(text, source):
         if isinstance(record, dict):
             found.append(_model_of(record))
             key = next((k for k in _KEYS if k in record), None)
@@ -229,6 +223,25 @@ def _parse_json_lines(text: str, source: str) -> LatentFile:
             raise InputError(source, f"line {number}: expected a list of numbers")
         rows.append([np.nan if value is None else value for value in record])
     return LatentFile(_rows(rows, source), _models(found))
+
+
+def _json_records(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each JSON line; a whole text that is one JSON object (the explorer's export,
+    written over several lines) is one record."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        yield 1, whole
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(source, f"line {number}: not JSON ({error.msg})") from None
 
 
 def _parse_csv(text: str, source: str) -> LatentFile:

@@ -65,3 +65,12 @@ def test_json_lines_of_several_models(tmp_path):
     (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n")
     read = load_latents(str(tmp_path / "mixed.jsonl"))
     assert read.models == (MINE, OTHER) and read.foreign(MINE) == OTHER and len(read.vectors) == 4
+
+
+def test_the_explorers_json_export_reads_with_its_model(tmp_path):
+    export = {"model": "mine", "encoder_sha256": MINE.encoder_sha256, "latent_size": 3, "z": [0.5, 1, 2],
+              "ctgen": "0"}
+    (tmp_path / "ctgen-explore.json").write_text(json.dumps(export, indent=1) + "\n")
+    read = load_latents(str(tmp_path / "ctgen-explore.json"))
+    np.testing.assert_array_equal(read.vectors, [[0.5, 1, 2]])
+    assert read.models == (MINE,)
