@@ -88,3 +88,12 @@ def test_the_python_api_picks_the_middle_slice(enhanced, volume, model):
     np.testing.assert_array_equal(loaded.image, generator.load(volume, slice_index=1).image)
     assert generator.load(f"{volume}#1").note is None and len(heard) == 1
     assert generator.load(enhanced).source == f"{enhanced}#1"
+
+
+def test_explore_starts_from_the_middle_slice(enhanced, tiny_model_dir):
+    from test_explore import run_command
+
+    text = run_command(["--model", str(tiny_model_dir), "--port", "0", "--no-browser", "--device", "cpu",
+                        str(enhanced)])
+    assert f"ctgen: note: {enhanced} holds 2 slices; using #1 (the middle one); choose with --slice K" in text
+    assert "serving on http://127.0.0.1:" in text
