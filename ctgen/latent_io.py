@@ -1,8 +1,8 @@
 """Latent vectors in files: .npy, .npz, .csv and JSON lines, written by ``ctgen encode`` and read by ``ctgen decode``.
 
 Every format but .npy records the model that wrote the vectors (``LatentModel``: the card's name and its encoder's
-sha256, the identity the provenance of ctgen's outputs uses): .npz arrays "model" and "encoder_sha256", a leading
-CSV comment line ``# {"model": ..., "encoder_sha256": ...}``, the same two keys on every JSON line. An .npy file
+sha256, the identity the provenance of ctgen's outputs uses): .npz arrays "model" and "encoder_sha256", CSV
+columns of these names after the numbers, the same two keys on every JSON line. An .npy file
 holds the numbers only: numpy refuses headers with keys other than its own three, so it cannot say.
 """
 
@@ -112,16 +112,18 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
         header = ["file", *(f"mu_{i}" for i in range(width))]
         if logvar is not None:
             header += [f"logvar_{i}" for i in range(width)]
+        record = model.record() if model is not None else {}
+        header += list(record)
         if joined is not None:
             header.append("warnings")
+        model_cells = [_csv_cell(value) for value in record.values()]
         with atomic_file(path, force=force, mode="w") as handle:
-            if model is not None:
-                handle.write(f"# {json.dumps(model.record())}\n")
             handle.write(",".join(header) + "\n")
             for index, file in enumerate(files):
                 cells = [_csv_cell(file), floats(mu[index])]
                 if logvar is not None:
                     cells.append(floats(logvar[index]))
+                cells += model_cells
                 if joined is not None:
                     cells.append(_csv_cell(joined[index]))
                 handle.write(",".join(cells) + "\n")
@@ -148,7 +150,7 @@ def load_latents(source: str) -> LatentFile:
     """Latent vectors float32 (N, L) from a file or "-" (stdin: JSON lines or CSV), with the models it records.
 
     .npy: (N, L) or (L,); .npz: array "mu" or "z" (or its only array); .csv: columns mu_* or z_*
-    (or all numeric columns, with or without a header; leading lines that start with # are comments);
+    (or all numeric columns, with or without a header);
     JSON lines: objects with "mu" or "z", or bare lists. Raises InputError naming the source for unreadable
     input. Width and finiteness are checked by the caller (``check_latents``), the model too (``LatentFile``).
     """
@@ -184,9 +186,10 @@ def _model_of(record: Any) -> LatentModel | None:
     name, checksum = (record.get(key) for key in _MODEL_KEYS)
     name = name.item() if isinstance(name, np.ndarray) and name.ndim == 0 else name
     checksum = checksum.item() if isinstance(checksum, np.ndarray) and checksum.ndim == 0 else checksum
-    if not isinstance(name, str):
+    checksum = checksum if isinstance(checksum, str) and checksum else None
+    if not isinstance(name, str) or not (name or checksum):
         return None
-    return LatentModel(name, checksum if isinstance(checksum, str) and checksum else None)
+    return LatentModel(name, checksum)
 
 
 def _models(found: Sequence[LatentModel | None]) -> tuple[LatentModel, ...]:
@@ -245,28 +248,19 @@ def _json_records(text: str, source: str) -> Iterator[tuple[int, Any]]:
 
 
 def _parse_csv(text: str, source: str) -> LatentFile:
-    lines = text.splitlines(keepends=True)
-    comments = 0
-    while comments < len(lines) and (not lines[comments].strip() or lines[comments].lstrip().startswith("#")):
-        comments += 1
-    found = []
-    for line in lines[:comments]:
-        try:
-            found.append(_model_of(json.loads(line.lstrip().lstrip("#"))))
-        except json.JSONDecodeError:
-            pass  # a comment of someone else's
-    table = [row for row in csv.reader(io.StringIO("".join(lines[comments:]))) if any(cell.strip() for cell in row)]
-    if not table:
-        raise InputError(source, "no latent vectors")
+    table = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     names = [cell.strip() for cell in table[0]]
-    first_row = 1 + comments  # a line number where no blank line intervenes
+    first_row = 1
+    found: list[LatentModel | None] = []
     if all(_is_number(name) for name in names):
         columns = list(range(len(names)))
     else:
         columns = ([i for i, name in enumerate(names) if name.startswith("mu_")]
                    or [i for i, name in enumerate(names) if name.startswith("z_")]
-                   or [i for i, name in enumerate(names) if name not in ("file", "warnings")])
-        table, first_row = table[1:], first_row + 1
+                   or [i for i, name in enumerate(names) if name not in ("file", "warnings", *_MODEL_KEYS)])
+        table, first_row = table[1:], 2
+        named = {key: names.index(key) for key in _MODEL_KEYS if key in names}
+        found = [_model_of({key: row[i] for key, i in named.items() if i < len(row)}) for row in table] if named else []
     rows = []
     for number, row in enumerate(table, start=first_row):
         try:

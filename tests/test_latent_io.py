@@ -28,8 +28,8 @@ def test_every_format_but_npy_records_the_model(tmp_path, suffix):
 def test_the_records_as_written(tmp_path):
     mu = np.zeros((1, 2), np.float32)
     write_latents(tmp_path / "z.csv", ["a.dcm"], mu, None, force=False, model=MINE)
-    assert (tmp_path / "z.csv").read_text().splitlines()[:2] == [
-        f'# {{"model": "mine", "encoder_sha256": "{MINE.encoder_sha256}"}}', "file,mu_0,mu_1"]
+    assert (tmp_path / "z.csv").read_text().splitlines() == ["file,mu_0,mu_1,model,encoder_sha256",
+                                                             f"a.dcm,0.0,0.0,mine,{MINE.encoder_sha256}"]
     write_latents(tmp_path / "z.jsonl", ["a.dcm"], mu, None, force=False, model=MINE)
     line = json.loads((tmp_path / "z.jsonl").read_text())
     assert (line["model"], line["encoder_sha256"]) == ("mine", MINE.encoder_sha256)
@@ -49,8 +49,8 @@ def test_files_without_a_record_read_as_before(tmp_path):
         assert read.models == () and read.foreign(OTHER) is None
         np.testing.assert_array_equal(read.vectors, [[0.5, 1], [2, 3]])
     assert load_latents(str(tmp_path / "old.npz")).models == ()
-    (tmp_path / "comment.csv").write_text("# exported by hand\nmu_0,mu_1\n1,2\n")
-    np.testing.assert_array_equal(read_latents(str(tmp_path / "comment.csv")), [[1, 2]])
+    (tmp_path / "named.csv").write_text("file,a,b\nx.dcm,1,2\n")
+    np.testing.assert_array_equal(read_latents(str(tmp_path / "named.csv")), [[1, 2]])
 
 
 def test_an_earlier_npz_names_its_model_without_a_checksum(tmp_path):
