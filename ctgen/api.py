@@ -50,7 +50,8 @@ class SliceWarning(UserWarning):
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str = "auto") -> Generator:
-    """Load a model folder (a name under ``models/``, a path, or None for "default") as a ``Generator``.
+    """Load a model folder (a path, a name found as ``ctgen.model.resolve_model_dir`` says: ./models/NAME, then
+    the shipped models; None for "default") as a ``Generator``.
 
     device: "auto", "cpu" or "cuda" (see ``ctgen.load_model``). Raises ModelError / InputError.
     """

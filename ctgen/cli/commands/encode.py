@@ -47,7 +47,8 @@ def encode(
 ) -> None:
     """Encode CT slices to latent vectors (the posterior mean mu; --logvar adds log-variances).
 
-    Without --out, prints JSON lines on stdout: {"file": …, "mu": […]}. Rows follow the sorted file
+    Without --out, prints JSON lines on stdout: {"file": …, "mu": […], "model": …, "encoder_sha256": …}
+    (the model that wrote them, which decode checks). Rows follow the sorted file
     list; every axial slice of a NIfTI volume and every frame of a multi-frame file is encoded, named
     FILE#K. A slice unlike the model's training data (field of view, spacing, no brain, not axial) is
     encoded with a warning on stderr, recorded per slice in the output ("warnings") and in --json. A bad
