@@ -13,7 +13,7 @@ import os
 import warnings as _warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
 from ctgen.preprocess import Grid, from_model, to_grid_hu
 from ctgen.prior import PRIORS
-from ctgen.sources import gather_files, read_slices, slice_count, slice_sources, split_source
+from ctgen.sources import gather_files, one_slice, read_slices, slice_sources, split_source
 
 __all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "SliceWarning",
            "gather_files", "load_generator", "slice_sources", "split_source"]
@@ -50,7 +50,8 @@ class SliceWarning(UserWarning):
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str = "auto") -> Generator:
-    """Load a model folder (a name under ``models/``, a path, or None for "default") as a ``Generator``.
+    """Load a model folder (a path, a name found as ``ctgen.model.resolve_model_dir`` says: ./models/NAME, then
+    the shipped models; None for "default") as a ``Generator``.
 
     device: "auto", "cpu" or "cuda" (see ``ctgen.load_model``). Raises ModelError / InputError.
     """
@@ -69,6 +70,7 @@ class GridSlice:
     image: np.ndarray
     hu: np.ndarray | None = None
     warnings: tuple[str, ...] = ()  # what makes the slice unlike the training data (ctgen.geometry.slice_warnings)
+    note: str | None = None  # why this slice: "FILE holds n slices; using #K (the middle one)" when none was named
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class Generator:
         self.model = model
         # called as on_warnings(source, warnings) for each slice unlike the training data; None: SliceWarning
         self.on_warnings: WarningHandler | None = None
+        # called as on_notes(source, note) when ``load`` picks the middle slice of a file; None: not reported
+        self.on_notes: Callable[[str, str], None] | None = None
         self.card = model.card
         self.grid: Grid = model.grid
         self.latent_size: int = model.latent_size
@@ -137,8 +141,9 @@ class Generator:
         """One slice onto the model grid: a path (DICOM file, NIfTI volume, ``FILE#K``), a ``ctgen.dicom.Slice``
         or an HU array (H, W).
 
-        A file holding several slices (a volume's axial slices, a multi-frame file's frames) needs
-        ``slice_index`` K or the name ``FILE#K``. Arrays use ``spacing_mm`` ((row, column) or one number, in
+        Of a file holding several slices (a volume's axial slices, a multi-frame file's frames), slice
+        ``slice_index`` K or the one named ``FILE#K``; without either, the middle one (index n // 2, as
+        ``slice_sources`` numbers them), said in ``GridSlice.note`` and to ``on_notes``. Arrays use ``spacing_mm`` ((row, column) or one number, in
         mm); without it they must already be on the model grid (S, S). Resampled, centred and mapped by
         ``ctgen.preprocess.to_model``. ``with_hu`` also fills ``hu``; ``source`` renames the slice in
         ``GridSlice.source`` and warnings. A slice unlike the training data is reported (``on_warnings``) and
@@ -159,21 +164,15 @@ class Generator:
     def _load(self, item: Any, *, spacing_mm=None, with_hu: bool = False, slice_index: int | None = None,
               source: str | None = None) -> GridSlice:
         name = "array"
+        note = None
         if isinstance(item, (str, os.PathLike)):
-            path, index = split_source(item)
-            if slice_index is not None and index is not None and slice_index != index:
-                raise ArgumentError("slice_index", f"{item} names slice {index}, not {slice_index}")
-            index = slice_index if index is None else index
-            if index is None:
-                count = slice_count(path)
-                if count > 1:
-                    raise ArgumentError("slice_index", f"{path} holds {count} slices: choose one with --slice K "
-                                                       f"(0-{count - 1}) or name it {path}#K")
-            name = str(path) if index is None else f"{path}#{index}"
-            item = read_slices(path, None if index is None else [index])[0]
+            chosen = one_slice(item, slice_index)
+            name, note = chosen.source, chosen.note
+            item = read_slices(chosen.path, None if chosen.index is None else [chosen.index])[0]
         if hasattr(item, "hu") and hasattr(item, "spacing_mm"):
             name = name if name != "array" else (item.path or name)
-            return self._on_grid(item.hu, item.spacing_mm, source or name, with_hu, getattr(item, "orientation", None))
+            loaded = self._on_grid(item.hu, item.spacing_mm, source or name, with_hu, getattr(item, "orientation", None))
+            return loaded if note is None else replace(loaded, note=note)
         hu = np.asarray(item, dtype=np.float32)
         if hu.ndim != 2:
             raise InputError(None, f"expected an HU slice (H, W), got shape {hu.shape}")
@@ -195,6 +194,8 @@ class Generator:
         return GridSlice(name, image, wide, tuple(found))
 
     def _report(self, loaded: GridSlice) -> None:
+        if loaded.note is not None and self.on_notes is not None:
+            self.on_notes(loaded.source, loaded.note)
         if not loaded.warnings:
             return
         if self.on_warnings is not None:

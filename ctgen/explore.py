@@ -254,7 +254,8 @@ class _Handler(GuardedHandler):
         z = self._latent(request)
         generator = self.server.generator
         if file_format == "json":
-            body = json.dumps({"model": generator.card.get("name"), "latent_size": generator.latent_size,
+            body = json.dumps({"model": generator.card.get("name"), "encoder_sha256": generator.card.encoder_sha256,
+                               "latent_size": generator.latent_size,
                                "z": z.tolist(), "ctgen": __version__}, indent=1).encode() + b"\n"
         else:
             window = _window(request)

@@ -69,8 +69,10 @@ _preloaded = False
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
-    """The folder of a model: ``None`` -> "default"; an existing path -> itself; else a name under the
-    checkout's ``models/`` or the installed package's ``ctgen/_models/``. Raises ModelError if none exists.
+    """The folder of a model (``None``: "default"), the first of: ``name_or_path`` as a path (a folder, or its
+    model.json); ``./models/NAME`` under the working folder (where ``python -m export ... --out models/NAME``
+    writes); the shipped models (the checkout's ``models/NAME``, the installed package's ``ctgen/_models/NAME``).
+    Raises ModelError naming every place it looked.
     """
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
@@ -84,12 +86,25 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
     name = os.fspath(name_or_path)
     if not name or name.startswith(".") or "/" in name or os.sep in name:
         raise ModelError(path, "no such model folder")
-    for root in (_CHECKOUT_MODELS, _PACKAGE_MODELS):
+    roots = _model_roots()
+    for root, _ in roots:
         if (root / name / CARD_FILE).is_file():
             return root / name
-    available = sorted({p.parent.name for root in (_CHECKOUT_MODELS, _PACKAGE_MODELS) for p in root.glob(f"*/{CARD_FILE}")})
+    available = sorted({p.parent.name for root, _ in roots for p in root.glob(f"*/{CARD_FILE}")})
     hint = f"available: {', '.join(available)}" if available else "no models are installed"
-    raise ModelError(name, f"no such model under {_CHECKOUT_MODELS} or {_PACKAGE_MODELS} ({hint})")
+    looked = ", ".join([f"./{name}", *(f"{shown}/{name}" for _, shown in roots)])
+    raise ModelError(name, f"no such model: looked for {looked} ({hint})")
+
+
+def _model_roots() -> list[tuple[Path, str]]:
+    """(folder, as shown) where model names are looked up, in order: ./models, then the shipped ones; a folder
+    met twice (working in the checkout) once."""
+    roots: list[tuple[Path, str]] = []
+    for root, shown in ((Path.cwd() / "models", "./models"), (_CHECKOUT_MODELS, str(_CHECKOUT_MODELS)),
+                        (_PACKAGE_MODELS, str(_PACKAGE_MODELS))):
+        if all(os.path.abspath(root) != os.path.abspath(seen) for seen, _ in roots):
+            roots.append((root, shown))
+    return roots
 
 
 def load_model(

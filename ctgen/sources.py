@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctgen.errors import CtgenError, DicomError
+from ctgen.errors import ArgumentError, CtgenError, DicomError
 
-__all__ = ["gather_files", "read_slices", "slice_count", "slice_sources", "split_source"]
+__all__ = ["OneSlice", "gather_files", "one_slice", "read_slices", "slice_count", "slice_sources", "split_source"]
 
 _INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 ErrorHandler = Callable[[Any, CtgenError], None]
@@ -49,6 +50,42 @@ def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:
     if match is None or Path(text).exists():
         return Path(text), None
     return Path(match["path"]), int(match["index"])
+
+
+@dataclass(frozen=True)
+class OneSlice:
+    """The one slice a name stands for: ``path``, its ``index`` (None for a file read whole: one slice) and, when
+    the file holds several slices and none was named, ``middle_of``: how many (``index`` is then their middle)."""
+
+    path: Path
+    index: int | None
+    middle_of: int | None = None
+
+    @property
+    def source(self) -> str:
+        """The slice's name: the file, or ``FILE#K``."""
+        return str(self.path) if self.index is None else f"{self.path}#{self.index}"
+
+    @property
+    def note(self) -> str | None:
+        """One line for people when the middle slice was picked, else None."""
+        if self.middle_of is None:
+            return None
+        return f"{self.path} holds {self.middle_of} slices; using #{self.index} (the middle one)"
+
+
+def one_slice(source: str | os.PathLike, slice_index: int | None = None) -> OneSlice:
+    """Which slice ``source`` names: ``FILE#K`` or ``slice_index`` K, else a file's only slice, or the middle one
+    (index n // 2, numbered as ``slice_sources`` numbers them) of a file holding n > 1 slices (a volume's axial
+    slices, a multi-frame file's frames). Reads a header only. Raises ArgumentError ("slice_index") when
+    ``slice_index`` contradicts ``FILE#K``."""
+    path, index = split_source(source)
+    if slice_index is not None and index is not None and slice_index != index:
+        raise ArgumentError("slice_index", f"{os.fspath(source)} names slice {index}, not {slice_index}")
+    if index is not None or slice_index is not None:
+        return OneSlice(path, slice_index if index is None else index)
+    count = slice_count(path)
+    return OneSlice(path, count // 2, count) if count > 1 else OneSlice(path, None)
 
 
 def slice_count(path: str | os.PathLike) -> int:

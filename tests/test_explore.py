@@ -300,6 +300,7 @@ def test_export_formats(server, generator, tmp_path):
     assert status == 200 and content_type == "application/json"
     exported = json.loads(body)
     assert exported["z"] == pytest.approx(z, abs=1e-6) and exported["latent_size"] == 8
+    assert exported["encoder_sha256"] == generator.card.encoder_sha256  # the model, as ctgen decode checks it
 
     status, content_type, body = request(server, "/api/export", {"z": z, "format": "dcm", "window": "brain"})
     assert status == 200 and content_type == "application/dicom"

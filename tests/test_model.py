@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import ctgen.model as model_module
+from conftest import invoke, one_error_line
 from ctgen.errors import InputError, ModelError
 from ctgen.model import Model, incomplete_card_fields, load_model, read_card, resolve_model_dir
 
@@ -245,6 +246,8 @@ def test_runtime_never_imports_torch(tiny_model_dir):
 
 # ------------------------------------------------------------------------------- finding models
 def test_resolve_model_dir(tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no ./models here
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir, models / "default")
     shutil.copytree(tiny_model_dir, models / "tiny")
@@ -254,7 +257,8 @@ def test_resolve_model_dir(tiny_model_dir, tmp_path, monkeypatch):
     assert resolve_model_dir("tiny") == models / "tiny"
     assert resolve_model_dir(tiny_model_dir) == tiny_model_dir
     assert resolve_model_dir(tiny_model_dir / "model.json") == tiny_model_dir
-    with pytest.raises(ModelError, match=r"nope: no such model .*\(available: default, tiny\)"):
+    with pytest.raises(ModelError, match=r"nope: no such model: looked for \./nope, \./models/nope, .*"
+                                          r"\(available: default, tiny\)"):
         resolve_model_dir("nope")
     with pytest.raises(ModelError, match="no such model folder"):
         resolve_model_dir("./missing/folder")
@@ -263,11 +267,43 @@ def test_resolve_model_dir(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_installed_package_models_are_found(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     package_models = tmp_path / "_models"
     shutil.copytree(tiny_model_dir, package_models / "default")
     monkeypatch.setattr(model_module, "_CHECKOUT_MODELS", tmp_path / "no_checkout")
     monkeypatch.setattr(model_module, "_PACKAGE_MODELS", package_models)
     assert load_model().path == package_models / "default"
+
+
+def test_a_name_is_looked_up_under_the_working_folders_models_first(tiny_model_dir, tmp_path, monkeypatch):
+    """`python -m export ... --out models/mine` then `ctgen ... --model mine`, from the same folder."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, shipped / "default")
+    shutil.copytree(tiny_model_dir, shipped / "mine")
+    shutil.copytree(tiny_model_dir, tmp_path / "work" / "models" / "mine")
+    monkeypatch.setattr(model_module, "_CHECKOUT_MODELS", shipped)
+    monkeypatch.setattr(model_module, "_PACKAGE_MODELS", tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path / "work")
+    assert resolve_model_dir("mine") == tmp_path / "work" / "models" / "mine"  # before the shipped "mine"
+    assert resolve_model_dir(None) == shipped / "default"  # not under ./models: the shipped one
+    (tmp_path / "work" / "mine").mkdir()
+    assert resolve_model_dir("mine") == Path("mine")  # an existing path as given comes first
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir("mine") == shipped / "mine"
+    with pytest.raises(ModelError) as caught:
+        resolve_model_dir("other")
+    assert str(caught.value) == (f"other: no such model: looked for ./other, ./models/other, {shipped / 'other'}, "
+                                 f"{tmp_path / 'nowhere' / 'other'} (available: default, mine)")
+
+
+def test_model_option_finds_a_model_exported_under_the_working_folder(tiny_model_dir, workdir, heads):
+    one_error_line(invoke("encode", heads[0], "--model", "mine"), "mine: no such model: looked for ./mine, "
+                                                                   "./models/mine, ")
+    shutil.copytree(tiny_model_dir, workdir / "models" / "mine")
+    result = invoke("encode", heads[0], "--model", "mine")
+    assert result.exit_code == 0, result.stderr
+    result = invoke("encode", heads[0], env={"CTGEN_MODEL": "mine"})
+    assert result.exit_code == 0, result.stderr
 
 
 # ------------------------------------------------------------------------------- the shipped model

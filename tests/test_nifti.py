@@ -10,7 +10,7 @@ import pytest
 
 nibabel = pytest.importorskip("nibabel")
 
-from conftest import invoke, one_usage_line  # noqa: E402
+from conftest import invoke  # noqa: E402
 from ctgen.dicom import read_frames, read_series, read_slice, write_series  # noqa: E402
 from ctgen.examples import example_path  # noqa: E402
 from ctgen.nifti import read_volume, volume_header  # noqa: E402
@@ -89,8 +89,9 @@ def test_a_volume_encodes_to_the_latents_of_its_dicom_series(series, tmp_path, m
 
 def test_one_slice_of_a_volume_for_interpolate_traverse_and_reconstruct(series, tmp_path, model, workdir):
     volume = _nifti_of(series[0].parent, tmp_path / "vol.nii", scaled=False)
-    one_usage_line(invoke("traverse", volume, "-m", model), "--slice", "holds 3 slices")
-    assert invoke("traverse", volume, "--slice", "1", "-m", model, "--units", "0-1").exit_code == 0
+    result = invoke("traverse", volume, "-m", model, "--units", "0-1", "--json")  # the middle slice, with a note
+    assert result.exit_code == 0 and json.loads(result.stdout)["center"] == "vol.nii#1", result.stderr
+    assert invoke("traverse", volume, "--slice", "1", "-m", model, "--units", "0-1", "--force").exit_code == 0
     result = invoke("interpolate", f"{volume}#0", f"{volume}#2", "--steps", "3", "-m", model, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["inputs"] == [f"{volume}#0", f"{volume}#2"]

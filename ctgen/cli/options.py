@@ -20,7 +20,8 @@ ModelOption = Annotated[
         "-m",
         envvar="CTGEN_MODEL",
         metavar="NAME|PATH",
-        help="Model name under models/ or path to a model folder.",
+        help="A model folder, or a NAME looked up in this order: ./models/NAME (working folder), then the "
+             "shipped models.",
         rich_help_panel=_COMMON,
         show_default="default",
     ),
@@ -100,6 +101,6 @@ SliceOption = Annotated[
         metavar="K",
         help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
              "or name it FILE#K.",
-        show_default=False,
+        show_default="the middle one (n // 2), with a note",
     ),
 ]

@@ -110,7 +110,14 @@ class Run:
                                  "latent_size": model.latent_size, "image_size": model.grid.size}
         generator = Generator(model)
         generator.on_warnings = self.slice_warnings
+        generator.on_notes = self.slice_note
         return generator
+
+    def slice_note(self, source: str, note: str) -> None:
+        """The pipeline picked the middle slice of a file: one note line on stderr (unless --quiet), and an entry
+        under "notes" in the --json summary."""
+        self.summary.setdefault("notes", []).append({"file": source, "note": note})
+        self.note(f"ctgen: note: {note}; choose with --slice K")
 
     def slice_warnings(self, source: str, found: Sequence[str]) -> None:
         """A slice unlike the model's training data: one warning line on stderr, and an entry under "warnings"

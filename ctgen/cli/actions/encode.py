@@ -27,7 +27,7 @@ def encode(
     from ctgen.cli.run import Run, check_targets, resolve_out
     from ctgen.errors import ArgumentError, InputError
     from ctgen.latent import parse_shard, take_shard
-    from ctgen.latent_io import LATENT_SUFFIXES, json_line, write_latents
+    from ctgen.latent_io import LATENT_SUFFIXES, LatentModel, write_latents
 
     with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
         k, n = parse_shard(shard) if shard is not None else (1, 1)
@@ -44,13 +44,17 @@ def encode(
         if target is not None:
             check_targets([target], force=force)
         generator = run.load_generator(model, device)
+        written_by = LatentModel.of(generator.card)
+        if target is not None and target.suffix.lower() == ".npy":
+            run.note(f"ctgen: note: {target} holds the numbers only, not which model wrote them (.npz, .csv and "
+                     ".jsonl record it)")
 
         stream = target is None and skip_bad  # lines as they come; otherwise all or nothing
         batches, encoded = [], 0
         with run.progress(len(ordered), f"encoding shard {k}/{n}" if n > 1 else "encoding") as advance:
             for batch in generator.iter_encode(ordered, batch_size=batch_size, on_error=on_error):
                 if stream:
-                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, json_line, batch.warnings)
+                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, batch.warnings, written_by)
                 else:
                     batches.append(batch)
                 encoded += len(batch.sources)
@@ -62,10 +66,9 @@ def encode(
             mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
             log_variance = (np.concatenate([batch.logvar for batch in batches]) if batches else empty) if logvar else None
             if target is None:
-                _print_lines(done, mu, log_variance, json_line, found)
+                _print_lines(done, mu, log_variance, found, written_by)
             else:
-                write_latents(target, done, mu, log_variance, force=force, model_name=generator.card.name,
-                              warnings=found)
+                write_latents(target, done, mu, log_variance, force=force, model=written_by, warnings=found)
                 run.wrote([{"kind": f"latents_{target.suffix.lower().lstrip('.')}", "path": str(target),
                             "count": len(done), "logvar": logvar}], "latent vectors")
         run.finish(encoded=encoded, failed=run.failures, shard=[k, n], files_in_shard=len(ordered))
@@ -84,8 +87,10 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
     return items
 
 
-def _print_lines(files, mu, logvar, json_line, warnings) -> None:
+def _print_lines(files, mu, logvar, warnings, model) -> None:
+    from ctgen.latent_io import json_line
+
     if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i]) + "\n"
-                                 for i, f in enumerate(files)))
+        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i], model)
+                                 + "\n" for i, f in enumerate(files)))
         sys.stdout.flush()

@@ -39,7 +39,8 @@ def interpolate(
         strip_path = resolve_out(out, "interpolation.png", (".png",))
         gif_path = strip_path.with_suffix(".gif") if gif else None
         generator = run.load_generator(model, device)
-        names = (Path(first).name, Path(second).name)
+        ends = generator.load_all([first, second], with_hu=with_originals, slice_index=slice_index)
+        names = (Path(ends[0].source).name, Path(ends[1].source).name)
         times = np.linspace(0.0, 1.0, steps)
         files = None
         if per_file is not None:
@@ -50,7 +51,6 @@ def interpolate(
                             comments=[f"step {i + 1} of {steps}, t = {t:.3f}" for i, t in enumerate(times)])
         check_targets([strip_path, *([gif_path] if gif_path else []), *(files.paths if files else [])], force=force)
 
-        ends = generator.load_all([first, second], with_hu=with_originals, slice_index=slice_index)
         mu = generator.encode(ends)
         frames = generator.interpolate(mu[0], mu[1], steps, method)
 

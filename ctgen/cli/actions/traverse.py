@@ -39,7 +39,10 @@ def traverse(
         chosen = generator.units(units)
         digits = len(str(generator.latent_size - 1))
         gif_paths = [gif_dir / f"u{unit:0{digits}d}.gif" for unit in chosen] if gif_dir is not None else []
-        origin = Path(slice_path).name if slice_path is not None else "prior mean"
+        if slice_index is not None and slice_path is None:
+            raise ArgumentError("slice_index", "picks a slice of SLICE; give one")
+        loaded = generator.load(slice_path, slice_index=slice_index) if slice_path is not None else None
+        origin = Path(loaded.source).name if loaded is not None else "prior mean"
         files = None
         if per_file is not None:
             files = PerFile(per_file, [f"u{unit:0{digits}d}_{delta:+.2f}" for unit in chosen for delta in deltas],
@@ -52,11 +55,9 @@ def traverse(
                                       for delta in deltas])
         check_targets([grid_path, *gif_paths, *(files.paths if files else [])], force=force)
 
-        if slice_index is not None and slice_path is None:
-            raise ArgumentError("slice_index", "picks a slice of SLICE; give one")
-        center = generator.encode(generator.load(slice_path, slice_index=slice_index))[0] if slice_path else None
+        center = generator.encode(loaded)[0] if loaded is not None else None
         hu = generator.traverse(center, chosen, deltas)
-        middle = "recon" if slice_path is not None else "z=0"
+        middle = "recon" if loaded is not None else "z=0"
         picture = grid_image(hu, display, rows=len(chosen), cols=len(deltas),
                              row_labels=[generator.card.unit_label(unit) for unit in chosen],
                              col_labels=[f"{delta:+.1f}" if delta else middle for delta in deltas],

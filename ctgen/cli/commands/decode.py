@@ -38,13 +38,19 @@ def decode(
     model: ModelOption = None,
     device: DeviceOption = "auto",
     batch_size: BatchOption = None,
+    any_model: Annotated[
+        bool, typer.Option("--any-model", help="Decode latents that their file says another model wrote (a "
+                           "warning instead of an error).")
+    ] = False,
     force: ForceOption = False,
     json_summary: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Decode latent vectors to CT slices: a grid PNG (decoded.png) and/or one file per vector.
 
-    Every vector must have the model's latent size and finite values; per-file outputs are named
+    Every vector must have the model's latent size and finite values, and come from this model: latents
+    whose file names another model (as encode records it in .npz, .csv and .jsonl) are refused unless
+    --any-model is given; files that name no model are taken as they are. Per-file outputs are named
     decoded_00000.png, … in input order (as DICOM, each its own series). Pipes:
     ctgen encode scans/ | ctgen decode - -o recon.png
     """

@@ -28,7 +28,8 @@ def encode(
         str | None,
         typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
                      help="Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on "
-                          "stdout; a folder (DIR/) gets latents.npz."),
+                          "stdout; a folder (DIR/) gets latents.npz. All but .npy record the model, which decode "
+                          "checks."),
     ] = None,
     logvar: Annotated[bool, typer.Option("--logvar", help="Also write the posterior log-variances.")] = False,
     shard: Annotated[
@@ -46,7 +47,8 @@ def encode(
 ) -> None:
     """Encode CT slices to latent vectors (the posterior mean mu; --logvar adds log-variances).
 
-    Without --out, prints JSON lines on stdout: {"file": …, "mu": […]}. Rows follow the sorted file
+    Without --out, prints JSON lines on stdout: {"file": …, "mu": […], "model": …, "encoder_sha256": …}
+    (the model that wrote them, which decode checks). Rows follow the sorted file
     list; every axial slice of a NIfTI volume and every frame of a multi-frame file is encoded, named
     FILE#K. A slice unlike the model's training data (field of view, spacing, no brain, not axial) is
     encoded with a warning on stderr, recorded per slice in the output ("warnings") and in --json. A bad
