@@ -31,7 +31,7 @@ from ctgen.cli.commands import (
     traverse,
 )
 from ctgen.cli.coerce import install as _plain_coercion
-from ctgen.cli.options import Device
+from ctgen.cli.options import BOUNDS, Device
 from ctgen.cli.failures import debug_requested, exit_code
 
 __all__ = ["SHARED_OPTIONS", "app", "run_typer"]
@@ -134,11 +134,13 @@ def _root(
                                  rich_help_panel=_SHARED, show_default=False)
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Random seed.", rich_help_panel=_SHARED, show_default=False)
+        int | None, typer.Option("--seed", **BOUNDS["seed"], help="Random seed.", rich_help_panel=_SHARED,
+                                 show_default=False)
     ] = None,
     max_pixels: Annotated[
         int | None,
-        typer.Option("--max-pixels", min=1, metavar="N", envvar="CTGEN_MAX_PIXELS", show_default="2^26",
+        typer.Option("--max-pixels", **BOUNDS["max_pixels"], metavar="N", envvar="CTGEN_MAX_PIXELS",
+                     show_default="2^26",
                      help="Refuse DICOM files whose rows x columns x frames exceed N, before decoding them.",
                      rich_help_panel=_SHARED),
     ] = None,
