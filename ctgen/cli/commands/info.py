@@ -59,8 +59,9 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     if json_summary:
         print(json.dumps(summary))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from ctgen.cli.run import rich_console
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -86,7 +87,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
         table.add_row(name, f"sha256 {sha}")
     table.add_row("provider", f"{provider} (--device {device})")
     table.add_row("versions", ", ".join(f"{key} {value}" for key, value in summary["versions"].items()))
-    Console(highlight=False, soft_wrap=True).print(table)
+    rich_console().print(table)
 
 
 def _shown(value):
@@ -114,8 +115,9 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
     if json_summary:
         print(json.dumps({"model": card.name, "path": str(model_dir), "active_units": active, "units": rows}))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from ctgen.cli.run import rich_console
 
     table = Table(title=f"{card.name}: latent units by KL (nats)", title_justify="left")
     for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"),
@@ -128,6 +130,6 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         bar = "█" * round(20 * row["kl"] / largest) if row["kl"] else ""
         marker = "" if row["active"] is None else (" active" if row["active"] else "")
         table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share, row["factor"] or "", bar + marker)
-    Console(highlight=False, soft_wrap=True).print(table)
+    rich_console().print(table)
     if kl is None:
         print("ctgen: note: the card has no per-unit KL; units listed in index order", file=sys.stderr, flush=True)
