@@ -121,6 +121,8 @@ BEYOND_BOUNDS = [  # issue 23.11: (arguments, the option named): internal errors
     (["interpolate", "a.dcm", "b.dcm", "--steps", "99999999999999999999"], "--steps"),
     (["traverse", "--range", "1e308"], "--range"),
     (["encode", "a.dcm", "--batch-size", "99999999999999999999"], "--batch-size"),
+    (["sample", "--num", "3"], "--num"),  # and issue 24, item 6: unknown options, the same on both paths
+    (["encode", "a.dcm", "--bacth-size", "8"], "--bacth-size"),
 ]
 _EACH = """
 import contextlib, io, json, sys
