@@ -125,6 +125,8 @@ USAGE_LINES = [  # (argument list, the whole line on stderr)
     (["sample", "-x"], "-x: no such option"),
     (["sample", "--debug"], "--debug: no such option of ctgen sample (give it before the command: ctgen --debug "
                             "sample …)"),
+    (["--n", "4", "sample"], "--n: no such option before the command (--n is an option of sample: give it after "
+                             "the command)"),
     (["smaple"], "smaple: no such command (did you mean sample?)"),
     (["--quiet", "travers"], "travers: no such command (did you mean traverse?)"),
     (["sample", "--n", "many"], "--n: 'many' is not a valid integer"),

@@ -74,6 +74,10 @@ def _unknown_option_hint(option: str, ctx: Any) -> str:
     parent = ctx.parent
     if parent is not None and option in _spellings(parent.command.params):
         return f" of ctgen {ctx.info_name} (give it before the command: ctgen {option} {ctx.info_name} …)"
+    commands = getattr(ctx.command, "commands", {})
+    owners = [name for name, command in commands.items() if option in _spellings(command.params)]
+    if parent is None and owners:  # `ctgen --n 4 sample`
+        return f" before the command ({option} is an option of {', '.join(owners)}: give it after the command)"
     return suggestion(option, [*_spellings(ctx.command.params), *ctx.help_option_names])
 
 
