@@ -4,7 +4,7 @@
 interpolates and traverses; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
 write and print. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``, ``spacing_mm``
 per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, ``iter_encode``,
-``iter_decode``) keep memory flat over archives of any size.
+``iter_decode``, ``iter_sample``) keep memory flat over archives of any size.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ctgen.latent import (
     DEFAULT_TRAVERSE_UNITS,
     interpolate,
     parse_units,
-    sample_prior,
+    prior_batches,
 )
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
@@ -275,18 +275,39 @@ class Generator:
         (N(0, I)) or "auto" (fitted when the model has one). ``temperature`` scales the spread: N(0, T²) for
         the standard prior, each component's covariance by T² for the fitted one. Raises ArgumentError.
         """
+        batches = self.iter_latents(n, seed=seed, temperature=temperature, prior=prior, batch_size=max(n, 1))
+        return np.concatenate([np.zeros((0, self.latent_size), np.float32), *batches])
+
+    def iter_latents(self, n: int, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto",
+                     batch_size: int | None = None) -> Iterator[np.ndarray]:
+        """``latents(n, ...)`` in consecutive float32 (≤ batch_size, L) batches, each drawn when asked for: the
+        same values in flat memory for any ``n``. Raises ArgumentError here, not at the first batch."""
         if prior not in PRIORS:
             raise ArgumentError("prior", f"unknown prior {prior!r} (choose {', '.join(PRIORS)})")
         fitted = self.model.prior if prior != "standard" else None
         if prior == "fitted" and fitted is None:
             raise ArgumentError("prior", f"model {self.card.name} has no fitted prior (export.prior adds one)")
+        step = batch_size or self.batch_size
         if fitted is not None:
-            return fitted.sample(n, seed=seed, temperature=temperature)
-        return sample_prior(n, self.latent_size, seed=seed, temperature=temperature)
+            return fitted.batches(n, seed=seed, temperature=temperature, batch_size=step)
+        return prior_batches(n, self.latent_size, seed=seed, temperature=temperature, batch_size=step)
 
     def sample(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto") -> np.ndarray:
         """``n`` random slices from a prior (see ``latents``): HU float32 (n, S, S). Same seed, same images."""
         return self.decode(self.latents(n, seed=seed, temperature=temperature, prior=prior))
+
+    def iter_sample(self, n: int, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto",
+                    batch_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``sample(n, ...)`` as (start, HU float32 (B, S, S)) batches: latents drawn batch by batch, so memory
+        stays flat for any ``n``. Raises ArgumentError here, not at the first batch."""
+        batches = self.iter_latents(n, seed=seed, temperature=temperature, prior=prior, batch_size=batch_size)
+        return self._decoded(batches)
+
+    def _decoded(self, batches: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        start = 0
+        for z in batches:
+            yield start, self.decode(z)
+            start += len(z)
 
     def encode(self, slices: Any, *, spacing_mm: tuple[float, float] | float | None = None) -> np.ndarray:
         """Posterior means mu, float32 (N, L), of CT slices.

@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_TRAVERSE_STEPS",
     "interpolate",
     "sample_prior",
+    "prior_batches",
+    "check_draw",
     "lerp",
     "slerp",
     "offsets",
@@ -48,17 +50,37 @@ def sample_prior(n: int, latent_size: int, *, seed: int, temperature: float = 1.
 
     Same seed → same values, whatever the caller later does with them (batching, slicing):
     sample ``i`` of ``sample_prior(n, ...)`` equals sample ``i`` of ``sample_prior(m, ...)``
-    for every ``m > i``. Raises InputError for n < 0 or temperature < 0.
+    for every ``m > i``. Raises ArgumentError for n < 0 or temperature < 0.
     """
+    batches = prior_batches(n, latent_size, seed=seed, temperature=temperature, batch_size=max(n, 1))
+    return np.concatenate([np.zeros((0, latent_size), np.float32), *batches])
+
+
+def prior_batches(n: int, latent_size: int, *, seed: int, temperature: float = 1.0,
+                  batch_size: int) -> Iterator[np.ndarray]:
+    """``sample_prior(n, ...)`` in consecutive float32 (≤ batch_size, latent_size) batches: the same values,
+    each batch drawn when it is asked for, so memory stays flat for any ``n``. Raises ArgumentError here."""
+    check_draw(n, temperature, batch_size)
+    return _normal_batches(np.random.default_rng(seed), n, latent_size, temperature, batch_size)
+
+
+def _normal_batches(rng: np.random.Generator, n: int, latent_size: int, temperature: float,
+                    batch_size: int) -> Iterator[np.ndarray]:
+    # Draw in float64 then cast: one row after another from the same stream, so the prefix property holds
+    # (batches or not) and results do not depend on numpy's float32 ziggurat.
+    for start in range(0, n, batch_size):
+        z = rng.standard_normal((min(batch_size, n - start), latent_size))
+        yield (z * temperature).astype(np.float32)
+
+
+def check_draw(n: int, temperature: float, batch_size: int = 1) -> None:
+    """Raise ArgumentError unless ``n`` latents can be drawn at ``temperature`` in batches of ``batch_size``."""
     if n < 0:
         raise ArgumentError("n", f"must be >= 0, got {n}")
     if not temperature >= 0 or not np.isfinite(temperature):
         raise ArgumentError("temperature", f"must be a finite number >= 0, got {temperature}")
-    rng = np.random.default_rng(seed)
-    # Draw in float64 then cast: one row after another from the same stream, so the
-    # prefix property holds and results do not depend on numpy's float32 ziggurat.
-    z = rng.standard_normal((n, latent_size))
-    return (z * temperature).astype(np.float32)
+    if batch_size < 1:
+        raise ArgumentError("batch_size", f"must be >= 1, got {batch_size}")
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

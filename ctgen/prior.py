@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ctgen.errors import ArgumentError, ModelError
+from ctgen.errors import ModelError
+from ctgen.latent import check_draw
 
 __all__ = ["PRIOR_FILE", "PRIORS", "MixturePrior", "load_prior", "save_prior"]
 
@@ -45,14 +47,24 @@ class MixturePrior:
 
         Components and noise come from two streams of ``seed``, so the first rows do not depend on ``n``.
         """
-        if n < 0:
-            raise ArgumentError("n", f"must be >= 0, got {n}")
-        if not temperature >= 0 or not np.isfinite(temperature):
-            raise ArgumentError("temperature", f"must be a finite number >= 0, got {temperature}")
-        chosen = np.random.default_rng([seed, 1]).choice(self.components, size=n, p=self.weights)
-        noise = np.random.default_rng([seed, 2]).standard_normal((n, self.latent_size))
-        z = self.means[chosen] + temperature * np.einsum("nij,nj->ni", self.cholesky[chosen], noise)
-        return z.astype(np.float32)
+        batches = self.batches(n, seed=seed, temperature=temperature, batch_size=max(n, 1))
+        return np.concatenate([np.zeros((0, self.latent_size), np.float32), *batches])
+
+    def batches(self, n: int, *, seed: int, temperature: float = 1.0, batch_size: int) -> Iterator[np.ndarray]:
+        """``sample(n, ...)`` in consecutive float32 (≤ batch_size, L) batches: the same values, each batch drawn
+        when it is asked for (flat memory for any ``n``). Raises ArgumentError here."""
+        check_draw(n, temperature, batch_size)
+        return self._batches(np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]), n, temperature,
+                             batch_size)
+
+    def _batches(self, components: np.random.Generator, noise: np.random.Generator, n: int, temperature: float,
+                 batch_size: int) -> Iterator[np.ndarray]:
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            chosen = components.choice(self.components, size=count, p=self.weights)
+            epsilon = noise.standard_normal((count, self.latent_size))
+            z = self.means[chosen] + temperature * np.einsum("nij,nj->ni", self.cholesky[chosen], epsilon)
+            yield z.astype(np.float32)
 
 
 def save_prior(prior: MixturePrior, path: str | os.PathLike) -> None:

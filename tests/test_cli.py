@@ -64,6 +64,25 @@ def test_sample_per_file_formats_and_json(model, workdir):
     assert picture.shape[1] == 256 and picture.shape[0] > 256 and picture[:20].max() == 255
 
 
+def test_per_file_sampling_draws_latents_batch_by_batch(model, workdir, monkeypatch):
+    from ctgen.api import Generator, load_generator
+
+    generator = load_generator(model, device="cpu")
+    as_always = generator.sample(5, seed=3, temperature=0.7)  # the samples that --seed 3 has always given
+
+    def all_at_once(*args, **kwargs):
+        raise AssertionError("sample drew every latent up front")
+
+    monkeypatch.setattr(Generator, "latents", all_at_once)
+    result = invoke("sample", "--n", 5, "-m", model, "--seed", 3, "-t", 0.7, "--per-file", "npy", "--format", "npy",
+                    "--batch-size", 2, "-q")
+    assert result.exit_code == 0, result.stderr
+    files = np.stack([np.load(workdir / "npy" / f"sample_{index:05d}.npy") for index in range(5)])
+    assert files.tobytes() == as_always.tobytes()
+    start, first = next(generator.iter_sample(10**12, seed=3, temperature=0.7, batch_size=2))  # terabytes at once
+    assert start == 0 and first.tobytes() == as_always[:2].tobytes()
+
+
 def test_sample_dicom_is_derived_and_names_the_model(model, workdir, tiny_model_dir):
     result = invoke("sample", "--n", 3, "-m", model, "--per-file", "dcm", "--format", "dcm", "-o", "grid.png")
     assert result.exit_code == 0, result.stderr

@@ -92,6 +92,21 @@ def test_every_option_value_error_exits_2_and_bad_inputs_exit_1(command, model, 
     print(f"ctgen {command}: walked {walked}")
 
 
+def test_every_numeric_option_declares_its_bounds():
+    # issue 23.11: a count, seed, step or range beyond them is a usage error on every command (and on the fast
+    # path, whose table copies them), before anything is allocated or computed
+    from ctgen.cli.options import BOUNDS
+
+    root = typer.main.get_command(app)
+    unbounded = [f"{name} {param.opts[0]}" for name, command in [("ctgen", root), *COMMANDS.items()]
+                 for param in command.params if param.param_type_name == "option" and not param.is_flag
+                 and _annotation(param) in (int, float) and (param.min is None or param.max is None)]
+    assert unbounded == []
+    declared = {(param.min, param.max) for command in [root, *COMMANDS.values()] for param in command.params
+                if getattr(param, "min", None) is not None}
+    assert declared <= {(bounds["min"], bounds["max"]) for bounds in BOUNDS.values()}  # one table
+
+
 @pytest.mark.parametrize("command, args", [
     ("interpolate", ["{bad}", "{good}"]), ("interpolate", ["{good}", "{missing}"]), ("traverse", ["{bad}"]),
     ("encode", ["{bad}"]), ("encode", ["{missing}"]), ("reconstruct", ["{bad}"]), ("decode", ["{bad}"]),

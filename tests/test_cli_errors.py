@@ -113,7 +113,40 @@ def test_usage_errors_exit_2(workdir, args):
     assert result.exit_code == 2, (result.exit_code, result.stderr)
     assert "Traceback" not in result.stderr
     assert result.stdout == "" or not args  # bare `ctgen` prints its help
+    if args:
+        one_usage_line(result)  # no usage box
     assert files_under(workdir) == []
+
+
+USAGE_LINES = [  # (argument list, the whole line on stderr)
+    (["sample", "--num", "3"], "--num: no such option (did you mean --n?)"),
+    (["sample", "--temprature", "0.5"], "--temprature: no such option (did you mean --temperature?)"),
+    (["traverse", "--unit", "0"], "--unit: no such option (did you mean --units?)"),
+    (["sample", "-x"], "-x: no such option"),
+    (["sample", "--debug"], "--debug: no such option of ctgen sample (give it before the command: ctgen --debug "
+                            "sample …)"),
+    (["--n", "4", "sample"], "--n: no such option before the command (--n is an option of sample: give it after "
+                             "the command)"),
+    (["smaple"], "smaple: no such command (did you mean sample?)"),
+    (["--quiet", "travers"], "travers: no such command (did you mean traverse?)"),
+    (["sample", "--n", "many"], "--n: 'many' is not a valid integer"),
+    (["sample", "--device", "gpu"], "--device: 'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["sample", "--n"], "--n: needs a value"),
+    (["sample", "--force=yes"], "--force: does not take a value"),
+    (["interpolate", "a.dcm"], "B.dcm: missing argument"),
+    (["sample", "extra"], "extra: unexpected argument to ctgen sample"),
+]
+
+
+@pytest.mark.parametrize("args, line", USAGE_LINES, ids=[" ".join(args) for args, _ in USAGE_LINES])
+def test_usage_errors_are_one_line_naming_the_option(workdir, args, line):
+    result = invoke(*args)
+    assert (result.exit_code, result.stderr, result.stdout) == (2, f"ctgen: error: {line}\n", "")
+
+
+def test_help_is_still_typers(workdir):
+    result = invoke("sample", "--help")
+    assert result.exit_code == 0 and "--temperature" in result.stdout and "Usage" in result.stdout
 
 
 def test_device_cuda_is_honoured_or_refused(model, workdir):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CT_SMALL, DEFAULT_MODEL, REPO_ROOT, files_under, run_ctgen
+from conftest import CT_SMALL, DEFAULT_MODEL, REPO_ROOT, files_under, run_ctgen, save_dicom, write_heads
 
 
 def test_version_and_help_start_fast(tmp_path):
@@ -113,3 +113,31 @@ def test_mission_commands_on_the_shipped_model(tmp_path):
         result = run_ctgen(args, cwd=tmp_path)
         assert result.returncode == 0, (args, result.stderr)
     assert {"samples.png", "interpolation.png", "traverse.png"} <= set(files_under(tmp_path))
+
+
+def test_tables_written_to_a_pipe_keep_each_row_on_one_line(tiny_model_dir, tmp_path):  # issue 24, item 5
+    import shutil
+
+    import pydicom
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / ("a-rather-long-folder-name-" * 4) / "tiny")
+    info = run_ctgen(["info", "-m", model], cwd=tmp_path)  # stdout is a pipe here, as in `ctgen info | less`
+    assert info.returncode == 0, info.stderr
+    rows = info.stdout.splitlines()
+    keys = [row.split()[0] for row in rows]
+    assert keys[:3] == ["model", "grid", "latent"] and "versions" in keys and len(keys) == len(set(keys)), rows
+    assert f"({model})" in rows[0]  # the path whole, not split mid-word
+
+    archive = tmp_path / "archive"
+    description = "axial brain without contrast, soft tissue kernel, 5 mm slices"  # LO: up to 64
+    for path in write_heads(archive, 3):
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = description
+        save_dicom(ds, path)
+    (archive / "cut.dcm").write_bytes(path.read_bytes()[:1000])
+    scan = run_ctgen(["scan", archive], cwd=tmp_path)  # stderr is a pipe, as in `ctgen scan DIR 2> log`
+    assert scan.returncode == 0, scan.stderr
+    table = scan.stderr.splitlines()
+    body = [line for line in table if line.startswith("│")]
+    assert len(body) == 2, scan.stderr  # the series, and the truncated file of it: one line each
+    assert f"#1 {description}" in body[0] and description in body[1] and "1 truncated" in body[1]

@@ -109,3 +109,44 @@ def test_bit_depths_that_make_gdcm_abort_are_refused(tmp_path, bits):  # items 2
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # GDCM's C++ exception: SIGABRT
     assert result.stderr.splitlines()[-1].startswith("ctgen.errors.DicomError: "), result.stderr[-2000:]
     assert "is not supported" in result.stderr
+
+
+BEYOND_BOUNDS = [  # issue 23.11: (arguments, the option named): internal errors, MemoryError or NaN before
+    (["sample", "--n", "99999999999999999999"], "--n"),
+    (["sample", "--seed", "-1"], "--seed"),
+    (["--seed", "-1", "sample"], "--seed"),
+    (["sample", "--temperature", "1e308"], "--temperature"),
+    (["traverse", "--steps", "99999999999999999999"], "--steps"),
+    (["traverse", "--steps", "1000000000"], "--steps"),
+    (["interpolate", "a.dcm", "b.dcm", "--steps", "99999999999999999999"], "--steps"),
+    (["traverse", "--range", "1e308"], "--range"),
+    (["encode", "a.dcm", "--batch-size", "99999999999999999999"], "--batch-size"),
+    (["sample", "--num", "3"], "--num"),  # and issue 24, item 6: unknown options, the same on both paths
+    (["encode", "a.dcm", "--bacth-size", "8"], "--bacth-size"),
+]
+_EACH = """
+import contextlib, io, json, sys
+from ctgen.cli import main
+seen = []
+for argv in json.loads(sys.argv[1]):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            main(argv)
+        except SystemExit as done:
+            seen.append([done.code, stderr.getvalue()])
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+def test_option_values_beyond_their_bounds_are_usage_errors(tmp_path, fast_path):  # issue 23, item 11
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CTGEN_NO_FAST_PATH": "1" if fast_path == "off" else ""}
+    result = subprocess.run([sys.executable, "-c", _EACH, json.dumps([argv for argv, _ in BEYOND_BOUNDS])],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for (argv, option), (code, stderr) in zip(BEYOND_BOUNDS, json.loads(result.stdout), strict=True):
+        assert code == 2 and stderr.count("\n") == 1 and stderr.startswith(f"ctgen: error: {option}: "), (argv, stderr)
+    assert os.listdir(tmp_path) == []

@@ -5,13 +5,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ctgen.errors import InputError
+from ctgen.errors import ArgumentError, InputError
 from ctgen.latent import (
     iter_batches,
     lerp,
     offsets,
     parse_shard,
     parse_units,
+    prior_batches,
     sample_prior,
     slerp,
     take_shard,
@@ -25,6 +26,26 @@ def test_sample_prior_is_deterministic_and_prefix_stable():
     assert a.tobytes() == sample_prior(10, 8, seed=3).tobytes()
     assert np.array_equal(sample_prior(4, 8, seed=3), a[:4])
     assert not np.array_equal(sample_prior(10, 8, seed=4), a)
+
+
+def test_prior_batches_draw_the_same_values_batch_by_batch():
+    whole = sample_prior(37, 8, seed=11, temperature=0.7)
+    as_always = (np.random.default_rng(11).standard_normal((37, 8)) * 0.7).astype(np.float32)
+    assert whole.tobytes() == as_always.tobytes()  # the same seed gives the samples it always gave
+    batches = prior_batches(37, 8, seed=11, temperature=0.7, batch_size=8)
+    assert [len(batch) for batch in prior_batches(37, 8, seed=11, batch_size=8)] == [8, 8, 8, 8, 5]
+    assert np.concatenate(list(batches)).tobytes() == whole.tobytes()
+    assert sample_prior(0, 8, seed=0).shape == (0, 8)
+
+
+def test_prior_batches_are_drawn_when_asked_for():
+    # a trillion latents of 8 float64 would be 64 TB: only the first batch may be drawn
+    first = next(prior_batches(10**12, 8, seed=5, batch_size=4))
+    assert first.tobytes() == sample_prior(4, 8, seed=5).tobytes()
+    with pytest.raises(ArgumentError, match="temperature"):  # checked at the call, before any batch
+        prior_batches(3, 8, seed=0, temperature=float("nan"), batch_size=2)
+    with pytest.raises(ArgumentError, match="batch_size"):
+        prior_batches(3, 8, seed=0, batch_size=0)
 
 
 def test_sample_prior_temperature_scales():

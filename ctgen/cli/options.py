@@ -10,6 +10,25 @@ import typer
 _COMMON = "Common options"
 _OUTPUT = "Output"
 
+# The range of every numeric option, declared with the option (Typer's min/max, which the fast path's table in
+# fast_spec.py copies): a value outside is a usage error naming the option, before anything is read, allocated
+# or computed (a seed numpy refuses, --n that overflows, 10^9 traversal steps, an offset of 1e308).
+BOUNDS: dict[str, dict[str, float]] = {
+    "seed": {"min": 0, "max": 2**32 - 1},  # numpy takes any non-negative integer; 32 bits, as most tools
+    "n": {"min": 1, "max": 10**6},  # streamed, but each file still costs about 0.6 kB of names and records
+    "temperature": {"min": 0.0, "max": 100.0},  # prior standard deviations (0: the prior's means)
+    "range": {"min": 0.0, "max": 100.0},  # prior standard deviations; 0 is refused by the action
+    "traverse_steps": {"min": 1, "max": 1000},
+    "interpolate_steps": {"min": 2, "max": 1000},
+    "batch_size": {"min": 1, "max": 4096},
+    "slice": {"min": 0, "max": 2**31 - 1},
+    "max_slices": {"min": 1, "max": 10**7},
+    "diff_range": {"min": 1.0, "max": 10000.0},  # HU
+    "max_pixels": {"min": 1, "max": 2**40},
+    "max_tilt": {"min": 0.0, "max": 90.0},  # degrees
+    "port": {"min": 0, "max": 65535},
+}
+
 Device = Literal["auto", "cpu", "cuda"]
 FileFormat = Literal["png", "dcm", "npy"]
 
@@ -56,13 +75,14 @@ WindowOption = Annotated[
     ),
 ]
 SeedOption = Annotated[
-    int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.", rich_help_panel=_COMMON)
+    int, typer.Option("--seed", **BOUNDS["seed"], help="Random seed: the same seed gives the same bytes.",
+                      rich_help_panel=_COMMON)
 ]
 BatchOption = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        min=1,
+        **BOUNDS["batch_size"],
         help="Images per inference batch.",
         rich_help_panel=_COMMON,
         show_default="16 of 128² on the CPU, fewer for larger images; the model's choice on CUDA",
@@ -97,7 +117,7 @@ SliceOption = Annotated[
     int | None,
     typer.Option(
         "--slice",
-        min=0,
+        **BOUNDS["slice"],
         metavar="K",
         help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
              "or name it FILE#K.",

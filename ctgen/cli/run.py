@@ -19,7 +19,7 @@ from typing import Any
 from ctgen.atomic import Claims
 from ctgen.errors import ArgumentError, CtgenError, OutputError
 
-__all__ = ["Run", "check_targets", "is_folder", "resolve_out"]
+__all__ = ["Run", "check_targets", "is_folder", "resolve_out", "rich_console"]
 
 
 class Run:
@@ -55,11 +55,9 @@ class Run:
 
     @property
     def console(self):
-        """The Rich console on stderr, made when first needed (tables, progress bars): Rich costs start-up time."""
+        """The Rich console on stderr (``rich_console``), made when first needed: Rich costs start-up time."""
         if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+            self._console = rich_console(stderr=True)
         return self._console
 
     def note(self, text: str) -> None:
@@ -166,6 +164,24 @@ class Run:
         self.summary.update(extra)
         if self.json_summary:
             print(json.dumps(self.summary), flush=True)
+
+
+def rich_console(*, stderr: bool = False):
+    """The Rich console of every table ctgen prints (stdout, or stderr with ``stderr``).
+
+    On a terminal, Rich's own width. Written to a pipe or a file, Rich would assume 80 columns and wrap a table
+    into one-letter columns and paths split mid-word (``ctgen info | less``, ``ctgen scan DIR 2> log``): there
+    no row is wrapped, so each row is one line that grep and less can read whole.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = PIPED_WIDTH
+    return console
+
+
+PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: wider than any row
 
 
 def resolve_out(out: str | os.PathLike | None, default_name: str, suffixes: Sequence[str]) -> Path:

@@ -10,6 +10,7 @@ the fast path (``ctgen.cli.fast``) when it can and this app otherwise.
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +31,7 @@ from ctgen.cli.commands import (
     traverse,
 )
 from ctgen.cli.coerce import install as _plain_coercion
-from ctgen.cli.options import Device
+from ctgen.cli.options import BOUNDS, Device
 from ctgen.cli.failures import debug_requested, exit_code
 
 __all__ = ["SHARED_OPTIONS", "app", "run_typer"]
@@ -53,6 +54,32 @@ class _Group(TyperGroup):
             if code is None:
                 raise  # --debug, SystemExit, or a closed pipe (Typer exits quietly)
             raise typer.Exit(code) from None
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's ``main``, but a usage error is one line on stderr (``ctgen.cli.usage``), not Typer's box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from typer._click.exceptions import ClickException
+
+        from ctgen.cli import usage
+
+        try:
+            returned = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            sys.exit(usage.report(error))
+        except typer.Abort:
+            print("ctgen: aborted", file=sys.stderr, flush=True)
+            sys.exit(1)
+        sys.exit(returned if isinstance(returned, int) else 0)
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            from ctgen.cli.usage import UnknownCommand
+
+            raise UnknownCommand(name, self.list_commands(ctx), ctx)
+        return super().resolve_command(ctx, args)
 
 
 _APP_SETTINGS: dict[str, Any] = dict(
@@ -107,11 +134,13 @@ def _root(
                                  rich_help_panel=_SHARED, show_default=False)
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Random seed.", rich_help_panel=_SHARED, show_default=False)
+        int | None, typer.Option("--seed", **BOUNDS["seed"], help="Random seed.", rich_help_panel=_SHARED,
+                                 show_default=False)
     ] = None,
     max_pixels: Annotated[
         int | None,
-        typer.Option("--max-pixels", min=1, metavar="N", envvar="CTGEN_MAX_PIXELS", show_default="2^26",
+        typer.Option("--max-pixels", **BOUNDS["max_pixels"], metavar="N", envvar="CTGEN_MAX_PIXELS",
+                     show_default="2^26",
                      help="Refuse DICOM files whose rows x columns x frames exceed N, before decoding them.",
                      rich_help_panel=_SHARED),
     ] = None,

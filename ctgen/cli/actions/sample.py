@@ -33,7 +33,7 @@ def sample(
         target = resolve_out(out, "samples.png", (".png", ".npy")) if out is not None or per_file is None else None
         generator = run.load_generator(model, device)
         prior = prior if prior != "auto" else "fitted" if generator.has_fitted_prior else "standard"
-        latents = generator.latents(n, seed=seed, temperature=temperature, prior=prior)
+        batches = generator.iter_sample(n, seed=seed, temperature=temperature, prior=prior, batch_size=batch_size)
         width = max(5, len(str(n - 1)))
         outputs = ImageOutputs(generator, out=target, per_file=per_file, file_format=file_format,
                                names=[f"sample_{index:0{width}d}" for index in range(n)], window=display,
@@ -41,7 +41,7 @@ def sample(
                                force=force)
         check_targets(outputs.targets, force=force)
         with outputs, run.progress(n, "sampling") as advance:
-            for start, hu in generator.iter_decode(latents, batch_size=batch_size):
+            for start, hu in batches:  # latents drawn batch by batch: flat memory for any --n
                 outputs.write(start, hu)
                 advance(len(hu))
         run.wrote(outputs.finish(title=f"{generator.card.name} · {prior} prior · seed {seed} · T {temperature:g}"),

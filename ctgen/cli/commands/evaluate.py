@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctgen.cli.options import DeviceOption, ForceOption, JsonOption, ModelOption, QuietOption, SeedOption
+from ctgen.cli.options import BOUNDS, DeviceOption, ForceOption, JsonOption, ModelOption, QuietOption, SeedOption
 
 
 def evaluate(
@@ -30,8 +30,9 @@ def evaluate(
                           "factors.csv): disentanglement and unit names are scored there too."),
     ] = None,
     max_slices: Annotated[
-        int, typer.Option("--max-slices", min=1, help="Encode at most this many slices (a seeded choice; half "
-                          "held-out when the factors table names the patients).")
+        int, typer.Option("--max-slices", **BOUNDS["max_slices"],
+                          help="Encode at most this many slices (a seeded choice; half held-out when the factors "
+                               "table names the patients).")
     ] = 2000,
     out: Annotated[
         Path, typer.Option("--out", "-o", file_okay=False, help="Report folder (replaced only with --force).",

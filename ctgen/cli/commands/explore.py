@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ctgen.cli.options import (
+    BOUNDS,
     DeviceOption,
     JsonOption,
     ModelOption,
@@ -24,7 +25,7 @@ def explore(
                        "instead of the prior mean; a file, or VOLUME#K.", show_default=False),
     ] = None,
     slice_index: SliceOption = None,
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (0: any free port).")] = 8765,
+    port: Annotated[int, typer.Option("--port", "-p", **BOUNDS["port"], help="TCP port (0: any free port).")] = 8765,
     host: Annotated[
         str,
         typer.Option("--host", help="Address to listen on. Anything but loopback lets other machines use the "

@@ -59,8 +59,9 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     if json_summary:
         print(json.dumps(summary))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from ctgen.cli.run import rich_console
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -86,7 +87,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
         table.add_row(name, f"sha256 {sha}")
     table.add_row("provider", f"{provider} (--device {device})")
     table.add_row("versions", ", ".join(f"{key} {value}" for key, value in summary["versions"].items()))
-    Console(highlight=False, soft_wrap=True).print(table)
+    rich_console().print(table)
 
 
 def _shown(value):
@@ -133,8 +134,9 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         print(json.dumps({"model": card.name, "path": str(model_dir), "active_units": active, "units": rows,
                           "sets": sets}))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from ctgen.cli.run import rich_console
 
     table = Table(title=f"{card.name}: latent units by KL (nats) on {sets['kl']}", title_justify="left")
     for name, justify in (("rank", "right"), ("unit", "right"), ("KL", "right"), ("share", "right"),
@@ -148,7 +150,7 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         marker = "" if row["active"] is None else (" active" if row["active"] else "")
         table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share,
                       *((f"{row['eval_kl']:.3f}",) if evaluated else ()), row["factor"] or "", bar + marker)
-    Console(highlight=False, soft_wrap=True).print(table)
+    rich_console().print(table)
     if evaluated:
         print(f"ctgen: note: eval KL: on {sets['eval_kl']} (ctgen evaluate)", file=sys.stderr, flush=True)
     if kl is None:

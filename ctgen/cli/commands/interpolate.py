@@ -8,6 +8,7 @@ import typer
 
 from ctgen.cli.actions.interpolate import interpolate as run_interpolate
 from ctgen.cli.options import (
+    BOUNDS,
     DeviceOption,
     ForceOption,
     FormatOption,
@@ -27,7 +28,8 @@ def interpolate(
     second: Annotated[str, typer.Argument(metavar="B.dcm", help="Slice at the end.", show_default=False)],
     slice_index: SliceOption = None,
     steps: Annotated[
-        int, typer.Option("--steps", "-s", min=2, help="Images in the strip, both ends included.")
+        int, typer.Option("--steps", "-s", **BOUNDS["interpolate_steps"],
+                          help="Images in the strip, both ends included.")
     ] = DEFAULT_INTERPOLATION_STEPS,
     method: Annotated[
         Literal["slerp", "lerp"],

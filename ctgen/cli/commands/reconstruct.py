@@ -8,6 +8,7 @@ import typer
 
 from ctgen.cli.actions.reconstruct import reconstruct as run_reconstruct
 from ctgen.cli.options import (
+    BOUNDS,
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -30,7 +31,8 @@ def reconstruct(
                      help="Folder for one panel PNG per slice (<name>.png), or a .png file for a single input."),
     ] = None,
     diff_range: Annotated[
-        float, typer.Option("--diff-range", min=1.0, help="HU difference shown as black/white in the difference panel.")
+        float, typer.Option("--diff-range", **BOUNDS["diff_range"],
+                            help="HU difference shown as black/white in the difference panel.")
     ] = 100.0,
     per_file: PerFileOption = None,
     file_format: FormatOption = "npy",

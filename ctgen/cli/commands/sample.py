@@ -8,6 +8,7 @@ import typer
 
 from ctgen.cli.actions.sample import sample as run_sample
 from ctgen.cli.options import (
+    BOUNDS,
     BatchOption,
     DeviceOption,
     ForceOption,
@@ -22,9 +23,10 @@ from ctgen.cli.options import (
 
 
 def sample(
-    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of samples.")] = 16,
+    n: Annotated[int, typer.Option("--n", "-n", **BOUNDS["n"], help="Number of samples.")] = 16,
     temperature: Annotated[
-        float, typer.Option("--temperature", "-t", min=0.0, help="Prior standard deviation T (lower: more typical).")
+        float, typer.Option("--temperature", "-t", **BOUNDS["temperature"],
+                            help="Prior standard deviation T (lower: more typical).")
     ] = 1.0,
     prior: Annotated[
         Literal["auto", "fitted", "standard"],

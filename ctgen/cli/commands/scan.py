@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from ctgen.cli.options import ForceOption, JsonOption, QuietOption
+from ctgen.cli.options import BOUNDS, ForceOption, JsonOption, QuietOption
 from ctgen.defaults import MAX_TILT_DEG
 
 
@@ -30,7 +30,7 @@ def scan(
     ] = "auto",
     max_tilt: Annotated[
         float,
-        typer.Option("--max-tilt", min=0.0, max=90.0, metavar="DEG",
+        typer.Option("--max-tilt", **BOUNDS["max_tilt"], metavar="DEG",
                      help="Slices whose normal is farther than this from the head-foot axis are not-axial."),
     ] = MAX_TILT_DEG,
     force: ForceOption = False,

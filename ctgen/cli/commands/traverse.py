@@ -9,6 +9,7 @@ import typer
 
 from ctgen.cli.actions.traverse import traverse as run_traverse
 from ctgen.cli.options import (
+    BOUNDS,
     DeviceOption,
     ForceOption,
     FormatOption,
@@ -35,10 +36,11 @@ def traverse(
                                'the card names: "level,rotation".')
     ] = DEFAULT_TRAVERSE_UNITS,
     value_range: Annotated[
-        float, typer.Option("--range", "-r", help="Largest offset added to a unit (> 0).")
+        float, typer.Option("--range", "-r", **BOUNDS["range"], help="Largest offset added to a unit (> 0).")
     ] = DEFAULT_TRAVERSE_RANGE,
     steps: Annotated[
-        int, typer.Option("--steps", "-s", min=1, help="Columns: offsets from -range to +range (odd; even rounds up).")
+        int, typer.Option("--steps", "-s", **BOUNDS["traverse_steps"],
+                          help="Columns: offsets from -range to +range (odd; even rounds up).")
     ] = DEFAULT_TRAVERSE_STEPS,
     out: Annotated[
         str | None,
