@@ -167,11 +167,11 @@ class PerFile:
         remove_dead_temporaries(self.folder)
 
     def __enter__(self) -> PerFile:
+        self.claims.__enter__()  # records every file written inside the block (ctgen.atomic)
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            self.claims.rollback()
+        self.claims.__exit__(kind, value, traceback)
 
     def write(self, start: int, hu: np.ndarray) -> None:
         """Write images ``start .. start + len(hu)``: HU float32 (B, S, S)."""
@@ -186,7 +186,6 @@ class PerFile:
                 save_png(to_uint8(image, self.window), path, force=self.force)
             else:
                 save_npy(image.astype(np.float32), path, force=self.force)
-            self.claims.add(path)
 
 
 class _DicomSeries:

@@ -85,7 +85,8 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
 
 
 def _print_lines(files, mu, logvar, json_line, warnings) -> None:
+    from ctgen.cli.run import write_stdout
+
     if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i]) + "\n"
-                                 for i, f in enumerate(files)))
-        sys.stdout.flush()
+        write_stdout("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i]) + "\n"
+                             for i, f in enumerate(files)))
