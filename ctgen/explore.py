@@ -356,26 +356,20 @@ def _png(hu: np.ndarray, window: tuple[float, float]) -> bytes:
 
 
 def _dicom(generator: Generator, hu: np.ndarray, window: tuple[float, float]) -> bytes:
-    """One derived, de-identified CT image of ``hu`` (ctgen.dicom's writer), as bytes; the same image gives
-    the same bytes (UIDs derive from the model and the pixels, the date from ``output_timestamp``)."""
+    """One derived, de-identified CT image of ``hu`` (``ctgen.writers.derived_series``), as bytes; the same
+    image gives the same bytes (UIDs derive from the model, the pixels and the window)."""
     import hashlib
     import warnings
 
     import pydicom
-    from pydicom.uid import generate_uid
 
-    from ctgen.dicom import SeriesWriter
-    from ctgen.writers import derivation, output_timestamp
+    from ctgen.writers import derived_series
 
-    spacing = generator.grid.spacing_mm
-    entropy = ["ctgen explore", generator.card.encoder_sha256, hashlib.sha256(hu.tobytes()).hexdigest(), str(window)]
-    writer = SeriesWriter((1, *hu.shape), "explore export", spacing_mm=(spacing, spacing), window=window,
-                          description="ctgen explore", derivation=derivation(generator.card, "explore"),
-                          study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
-                          series_uid=generate_uid(entropy_srcs=[*entropy, "series"]), timestamp=output_timestamp())
+    writer = derived_series((1, *hu.shape), "explore export", card=generator.card,
+                            spacing_mm=generator.grid.spacing_mm, action="explore", window=window,
+                            key=[hashlib.sha256(hu.tobytes()).hexdigest(), str(window)])
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pydicom.dcmwrite(buffer, writer.dataset(0, hu), enforce_file_format=True)
     return buffer.getvalue()
-
