@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, files_under, invoke, one_error_line
+from conftest import DEFAULT_MODEL, REPO_ROOT, files_under, invoke, one_error_line
 from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries, temporary_path
 from ctgen.errors import OutputError
 
@@ -82,19 +82,21 @@ def test_per_file_dicom_on_a_full_disk_takes_everything_back(model, full_disk, w
     assert files_under(full_disk) == [] and list(full_disk.iterdir()) == []  # the folder it made too
 
 
-def _fill(folder: Path) -> None:
-    with open(folder / "filler", "wb") as handle:
+def _fill(folder: Path, room: int) -> None:
+    """Fill the file system of ``folder`` up to ``room`` free bytes."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
         with pytest.raises(OSError):
             while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
+                handle.write(b"\0" * 4096)
+        handle.truncate(handle.tell() - room)
 
 
-def test_dicom_on_a_disk_full_from_the_start_is_one_line(model, full_disk, tmp_path):
-    """The pixel data's write fails inside pydicom, which wraps the error with a whole traceback in its message:
-    still one line naming the file, on the real process's stderr."""
-    _fill(full_disk)
-    result = subprocess.run([sys.executable, "-m", "ctgen", "sample", "--n", "3", "-m", model, "--per-file",
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(), reason="models/default is not built")
+def test_dicom_on_a_disk_full_from_the_start_is_one_line(full_disk, tmp_path):
+    """The pixel data's write (32 KB at 128², more than the file's buffer) fails inside pydicom, which wraps the
+    error with a whole traceback in its message: still one line naming the file, on the real process's stderr."""
+    _fill(full_disk, room=8192)  # the header fits, the pixel data does not
+    result = subprocess.run([sys.executable, "-m", "ctgen", "sample", "--n", "3", "-m", DEFAULT_MODEL, "--per-file",
                              str(full_disk / "d"), "--format", "dcm"], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
     assert result.returncode == 1
