@@ -4,7 +4,9 @@ A file is written to a hidden temporary sibling (``.NAME.ctgen-PID-HEX.tmp``), f
 committed: renamed over the target with ``force``, otherwise *linked* into place, which fails when the
 target exists, so two runs can never overwrite each other's files, however they interleave. A folder is
 built as a hidden sibling and renamed into place. On any exception (Ctrl-C and SIGTERM included, see
-``ctgen.cli``) the temporary is removed; a ``Claims`` record removes the files a run already committed.
+``ctgen.cli``) the temporary is removed. While a ``Claims`` transaction is open (``with Claims():``, as every
+command's run holds one), every file, folder and parent folder committed here is recorded in it, and a
+failed run takes them all back: new ones are removed, files replaced with ``force`` get their old content back.
 Temporaries left by a process that was killed outright (SIGKILL, power loss) carry its PID:
 ``remove_dead_temporaries`` recognises and deletes them the next time ctgen writes into that folder.
 """
@@ -76,7 +78,14 @@ def commit(temporary: Path, path: Path, *, force: bool) -> None:
     """
     try:
         if force:
-            os.replace(temporary, path)
+            backup = _backup(path)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                if backup is not None:
+                    os.unlink(backup)
+                raise
+            _claimed(path, "file", backup)
             return
         try:
             os.link(temporary, path)  # atomic and exclusive: EEXIST when another process got there first
@@ -88,6 +97,7 @@ def commit(temporary: Path, path: Path, *, force: bool) -> None:
             if os.path.lexists(path):  # a file system without hard links: check, then rename
                 raise OutputError(path, "already exists (use --force to overwrite)") from None
             os.replace(temporary, path)
+        _claimed(path, "file")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -108,7 +118,7 @@ def atomic_file(path: str | os.PathLike, *, force: bool, mode: str = "wb") -> It
         raise OutputError(path, "already exists (use --force to overwrite)")
     temporary = temporary_path(path)
     try:  # the temporary is created inside the try: a Ctrl-C right after it appears still removes it
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(path.parent)
         with open(temporary, mode.replace("w", "x"), encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
@@ -118,8 +128,20 @@ def atomic_file(path: str | os.PathLike, *, force: bool, mode: str = "wb") -> It
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(exc, OSError):
-            raise OutputError(exc.filename or path, exc.strerror or str(exc)) from None
+            raise _output_error(exc, path) from None
         raise
+
+
+def _output_error(error: OSError, path: Path) -> OutputError:
+    """An OSError as one line naming the file. Writers that wrap the system's error (pydicom re-raises it with
+    the tag and a whole traceback in its message) are looked through to the error they wrap."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return OutputError(cause.filename or path, cause.strerror)
+        cause = cause.__cause__ or cause.__context__
+    text = str(error).strip()
+    return OutputError(path, text.splitlines()[0] if text else type(error).__name__)
 
 
 @contextlib.contextmanager
@@ -135,7 +157,8 @@ def atomic_folder(path: str | os.PathLike, *, force: bool) -> Iterator[Path]:
     staging = temporary_path(path)
     old = None
     try:
-        staging.mkdir(parents=True)
+        _make_folders(staging.parent)
+        staging.mkdir()
         yield staging
         if os.path.lexists(path):
             if not path.is_dir():
@@ -149,8 +172,9 @@ def atomic_folder(path: str | os.PathLike, *, force: bool) -> Iterator[Path]:
                 os.replace(old, path)
                 old = None
             raise
+        _claimed(path, "tree")
     except OSError as exc:
-        raise OutputError(exc.filename or path, exc.strerror or str(exc)) from None
+        raise _output_error(exc, path) from None
     finally:
         import shutil
 
@@ -159,21 +183,102 @@ def atomic_folder(path: str | os.PathLike, *, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-class Claims:
-    """The files one run has committed, so that a failed or interrupted run can take them all back.
+_OPEN: list[Claims] = []  # the transactions open in this process, innermost last
 
-    ``add(path)`` after each commit; ``rollback()`` deletes every file added (not ones that existed before
-    and were replaced with force, which cannot be restored).
+
+def _claimed(path: Path, kind: str, backup: Path | None = None) -> None:
+    if _OPEN:
+        _OPEN[-1].add(path, kind=kind, backup=backup)
+    elif backup is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(backup)
+
+
+def _backup(path: Path) -> Path | None:
+    """A hard link to the file that ``force`` is about to replace, so that a failed run can put it back (only
+    while a transaction is open, and only where the file system has hard links)."""
+    if not _OPEN or not os.path.isfile(path) or os.path.islink(path):
+        return None
+    backup = temporary_path(path, "old")
+    try:
+        os.link(path, backup)
+    except OSError:
+        return None
+    return backup
+
+
+def _make_folders(folder: Path) -> None:
+    """``mkdir -p folder``, recording each folder it creates in the open transaction (removed again, if empty,
+    when the run fails)."""
+    missing = []
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:
+            if not each.is_dir():
+                raise
+            continue
+        _claimed(each, "folder")
+
+
+class Claims:
+    """A transaction of the outputs one run makes, so that a failed or interrupted run takes them all back.
+
+    ``with Claims():`` records every file, folder (``atomic_folder``) and parent folder that ``ctgen.atomic``
+    commits inside the block, from any thread. When the block raises, ``rollback``; when it ends well, the
+    records pass to the enclosing transaction (or, at the outermost, are final). ``add(path)`` records a file
+    by hand. ``rollback()`` deletes new files and folders (created parent folders only if empty) and puts back
+    the files that were replaced with ``force``.
     """
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
+        self._entries: list[tuple[Path, str, Path | None]] = []
 
-    def add(self, path: Path) -> None:
+    def add(self, path: Path, *, kind: str = "file", backup: Path | None = None) -> None:
         self.paths.append(Path(path))
+        self._entries.append((Path(path), kind, backup))
 
     def rollback(self) -> None:
-        for path in reversed(self.paths):
+        for path, kind, backup in reversed(self._entries):
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                if backup is not None:
+                    os.replace(backup, path)
+                elif kind == "file":
+                    os.unlink(path)
+                elif kind == "folder":
+                    os.rmdir(path)
+                else:
+                    import shutil
+
+                    shutil.rmtree(path)
+        self._entries.clear()
+        self.paths.clear()
+
+    def __enter__(self) -> Claims:
+        _OPEN.append(self)
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.close(keep=kind is None)
+
+    def close(self, *, keep: bool) -> None:
+        """End the transaction: keep the outputs (handing them to the enclosing one) or roll them back."""
+        with contextlib.suppress(ValueError):
+            _OPEN.remove(self)
+        if not keep:
+            self.rollback()
+            return
+        if _OPEN:
+            _OPEN[-1]._entries.extend(self._entries)
+            _OPEN[-1].paths.extend(self.paths)
+        else:
+            for _path, _kind, backup in self._entries:
+                if backup is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)
+        self._entries.clear()
         self.paths.clear()

@@ -9,9 +9,11 @@ DICOM bytes) -> {z}; ``GET /api/sample?seed=N[&temperature=T]`` -> {z}; ``POST /
 411 (no length), 413 (upload too large), 500 or 503 (too many connections). Every JSON answer is standard
 JSON (no NaN or Infinity).
 
-Hostile clients: parameters are parsed strictly (seeds, temperatures, latent values and JSON nesting within
-stated bounds, else 400); each connection has a socket timeout and a deadline for its body, the number of
-connections is capped, and clients that vanish mid-request are dropped without a word on the console.
+Hostile clients: every request field is checked strictly, in one place per endpoint (``_FIELDS``, ``_QUERY``):
+unknown fields, wrong JSON types (a bool or a string where a number is due), non-finite numbers, values out
+of bounds and deep JSON nesting are a 400, as is an upload the reader cannot read, whatever broke in it;
+client input never gets a 500. Each connection has a socket timeout and a deadline for its body, the number
+of connections is capped, and clients that vanish mid-request are dropped without a word on the console.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
-import math
 import os
-import re
 import socket
 import socketserver
 import tempfile
@@ -30,7 +30,7 @@ from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -38,7 +38,8 @@ from ctgen import __version__
 from ctgen.api import Generator
 from ctgen.errors import CtgenError, InputError
 from ctgen.serving import (
-    MAX_CONNECTIONS, REQUEST_TIMEOUT_S, Disconnected, GuardedHandler, GuardedHTTPServer, disconnects, one_line,
+    MAX_CONNECTIONS, REQUEST_TIMEOUT_S, BadRequest, Disconnected, GuardedHandler, GuardedHTTPServer, choice_field,
+    disconnects, float_parameter, int_parameter, json_object, numbers_field, one_line, query_parameters,
 )
 
 __all__ = ["MAX_UPLOAD_BYTES", "ExploreServer", "is_loopback", "start_server"]
@@ -50,6 +51,10 @@ VISIBLE_UNITS = 10  # sliders shown unfolded; the rest go into a <details>
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 10.0  # the prior is N(0, T²); beyond this the decoder only sees noise
 MAX_LATENT_VALUE = 1000.0  # |z| per unit; the sliders span ±4
+MAX_WINDOW_HU = 100_000.0  # |center| and width of a display window given as numbers
+MAX_FILENAME = 255
+_FIELDS = {"/api/decode": ("z", "window"), "/api/export": ("z", "format", "window")}  # JSON request fields
+_QUERY = {"/api/sample": ("seed", "temperature")}  # query parameters; other endpoints take none
 _STATIC = {  # URL path -> (file in ctgen/static, content type)
     "/": ("explore.html", "text/html; charset=utf-8"),
     "/explore.js": ("explore.js", "text/javascript; charset=utf-8"),
@@ -146,11 +151,16 @@ class ExploreServer(GuardedHTTPServer):
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
-            with self.inference_lock:
-                return self.generator.encode(self.generator.load(temporary, source=name))[0]
-        except CtgenError as error:
-            reason = getattr(error, "reason", None) or str(error)
-            raise InputError(name, reason.replace(temporary, name)) from None
+            try:
+                image = self.generator.load(temporary, source=name)
+            except CtgenError as error:
+                reason = getattr(error, "reason", None) or str(error)
+            except Exception as error:  # noqa: BLE001 - a hostile upload may break the reader in any way: a 400
+                reason = f"cannot read: {type(error).__name__}: {error}"
+            else:
+                with self.inference_lock:
+                    return self.generator.encode(image)[0]
+            raise InputError(name, one_line(reason.replace(temporary, name)))
         finally:
             Path(temporary).unlink(missing_ok=True)
 
@@ -185,7 +195,8 @@ class _Handler(GuardedHandler):
             self._check_site()
             route = routes.get(url.path)
             if route is not None:
-                route(parse_qs(url.query))
+                self._fields = _FIELDS.get(url.path, ())
+                route(query_parameters(url.query, _QUERY.get(url.path, ())))
             elif self.command == "GET" and url.path in _STATIC:
                 self._static(*_STATIC[url.path])
             elif url.path in _STATIC or url.path.startswith("/api/"):
@@ -196,6 +207,8 @@ class _Handler(GuardedHandler):
             self.close_connection = True
         except _HttpError as error:
             self._fail(error.message, error.status)
+        except BadRequest as error:
+            self._fail(str(error), HTTPStatus.BAD_REQUEST)
         except CtgenError as error:
             self._fail(str(error), HTTPStatus.BAD_REQUEST)
         except Exception as error:  # noqa: BLE001 - one bad request must never stop the server
@@ -228,18 +241,19 @@ class _Handler(GuardedHandler):
         self._json(self.server.state())
 
     def _sample(self, query: dict[str, list[str]]) -> None:
-        seed = _query_seed(query, self.server.seed)
-        temperature = _query_temperature(query)
+        seed = int_parameter(query, "seed", self.server.seed, high=MAX_SEED)
+        temperature = float_parameter(query, "temperature", 1.0, high=MAX_TEMPERATURE)
         z = self.server.generator.latents(1, seed=seed, temperature=temperature)[0]
         self._json({"z": z.tolist(), "seed": seed, "temperature": temperature})
 
     def _decode(self, query: dict[str, list[str]]) -> None:
         request = self._read_json()
-        hu = self.server.decode_hu(self._latent(request))
-        self._send(_png(hu, _window(request)), "image/png")
+        z, window = self._latent(request), self._window(request)
+        self._send(_png(self.server.decode_hu(z), window), "image/png")
 
     def _encode(self, query: dict[str, list[str]]) -> None:
         name = Path(unquote(self.headers.get("X-Filename") or "")).name or "upload.dcm"  # the page URL-encodes it
+        name = one_line(name)[:MAX_FILENAME]
         data = self._read_body(self.server.max_upload_bytes, what="DICOM upload")
         if not data:
             raise _HttpError(HTTPStatus.BAD_REQUEST, f"{name}: empty upload")
@@ -248,17 +262,14 @@ class _Handler(GuardedHandler):
 
     def _export(self, query: dict[str, list[str]]) -> None:
         request = self._read_json()
-        file_format = str(request.get("format", "png")).lower()
-        if file_format not in _EXPORT_TYPES:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"unknown export format {file_format!r} (png, dcm or json)")
-        z = self._latent(request)
+        file_format = choice_field(request.get("format", "png"), "export format", list(_EXPORT_TYPES))
+        z, window = self._latent(request), self._window(request)
         generator = self.server.generator
         if file_format == "json":
             body = json.dumps({"model": generator.card.get("name"), "encoder_sha256": generator.card.encoder_sha256,
                                "latent_size": generator.latent_size,
                                "z": z.tolist(), "ctgen": __version__}, indent=1).encode() + b"\n"
         else:
-            window = _window(request)
             hu = self.server.decode_hu(z)
             body = _png(hu, window) if file_format == "png" else _dicom(generator, hu, window)
         self._send(body, _EXPORT_TYPES[file_format],
@@ -266,18 +277,24 @@ class _Handler(GuardedHandler):
 
     # ------------------------------------------------------------------------------------ helpers
     def _latent(self, request: dict[str, Any]) -> np.ndarray:
+        """The request's ``z``: a JSON array of exactly L numbers, each finite and within ±MAX_LATENT_VALUE."""
         size = self.server.generator.latent_size
-        try:
-            z = np.asarray(request.get("z"), dtype=np.float32)
-        except (TypeError, ValueError):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "z must be a list of numbers") from None
-        if z.shape != (size,):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"z must hold {size} numbers, got shape {list(z.shape)}")
-        if not np.isfinite(z).all():
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "z contains NaN or infinite values")
-        if np.abs(z).max(initial=0.0) > MAX_LATENT_VALUE:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"z values must lie within ±{MAX_LATENT_VALUE:g}")
-        return z
+        return np.asarray(numbers_field(request.get("z"), "z", length=size, bound=MAX_LATENT_VALUE), np.float32)
+
+    def _window(self, request: dict[str, Any]) -> tuple[float, float]:
+        """The request's display window: a name from the state's windows ("start" too), "C,W", or [center,
+        width] in HU; brain when absent."""
+        from ctgen.render import parse_window
+
+        spec = request.get("window", "brain")
+        if isinstance(spec, list):
+            center, width = numbers_field(spec, "window", length=2, bound=MAX_WINDOW_HU)
+            return parse_window(f"{center!r},{width!r}")
+        if not isinstance(spec, str):
+            raise BadRequest(f"window must be a name, \"C,W\" or [center, width], got {type(spec).__name__}")
+        if spec.strip().lower() == "start":
+            return self.server.window
+        return parse_window(spec[:80])
 
     def _read_body(self, limit: int, *, what: str) -> bytes:
         length_text = self.headers.get("Content-Length")
@@ -305,16 +322,7 @@ class _Handler(GuardedHandler):
         return data
 
     def _read_json(self) -> dict[str, Any]:
-        data = self._read_body(MAX_JSON_BYTES, what="JSON request")
-        try:
-            request = json.loads(data, parse_constant=_no_constant)
-        except RecursionError:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "request is not valid JSON (nested too deeply)") from None
-        except ValueError as error:  # bad JSON or UTF-8, NaN/Infinity, a number of thousands of digits
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"request is not valid JSON ({one_line(str(error))[:120]})") from None
-        if not isinstance(request, dict):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "request must be a JSON object")
-        return request
+        return json_object(self._read_body(MAX_JSON_BYTES, what="JSON request"), self._fields)
 
     def _json(self, payload: dict[str, Any], status: HTTPStatus = HTTPStatus.OK) -> None:
         self._send(json.dumps(payload, allow_nan=False).encode(), "application/json", status)
@@ -334,48 +342,8 @@ class _Handler(GuardedHandler):
             self.wfile.write(body)
 
 
-def _query_seed(query: dict[str, list[str]], default: int) -> int:
-    values = query.get("seed")
-    if not values:
-        return default
-    text = values[-1].strip()
-    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_SEED:
-        raise _HttpError(HTTPStatus.BAD_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}, "
-                                                 f"got {one_line(text)[:40]!r}")
-    return int(text)
-
-
-def _query_temperature(query: dict[str, list[str]]) -> float:
-    values = query.get("temperature")
-    if not values:
-        return 1.0
-    text = values[-1].strip()
-    try:
-        temperature = float(text) if len(text) <= 40 else math.nan
-    except ValueError:
-        temperature = math.nan
-    if not 0.0 <= temperature <= MAX_TEMPERATURE:  # NaN fails too
-        raise _HttpError(HTTPStatus.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, "
-                                                 f"got {one_line(text)[:40]!r}")
-    return temperature
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def _hostname(host: str) -> str:
     return urlsplit(f"//{host}").hostname or ""
-
-
-def _window(request: dict[str, Any]) -> tuple[float, float]:
-    """The request's display window: a preset name, "C,W", or [center, width]; brain when absent."""
-    from ctgen.render import parse_window
-
-    spec = request.get("window", "brain")
-    if isinstance(spec, list) and len(spec) == 2:
-        spec = f"{spec[0]},{spec[1]}"
-    return parse_window(str(spec))
 
 
 def _png(hu: np.ndarray, window: tuple[float, float]) -> bytes:
@@ -389,26 +357,20 @@ def _png(hu: np.ndarray, window: tuple[float, float]) -> bytes:
 
 
 def _dicom(generator: Generator, hu: np.ndarray, window: tuple[float, float]) -> bytes:
-    """One derived, de-identified CT image of ``hu`` (ctgen.dicom's writer), as bytes; the same image gives
-    the same bytes (UIDs derive from the model and the pixels, the date from ``output_timestamp``)."""
+    """One derived, de-identified CT image of ``hu`` (``ctgen.writers.derived_series``), as bytes; the same
+    image gives the same bytes (UIDs derive from the model, the pixels and the window)."""
     import hashlib
     import warnings
 
     import pydicom
-    from pydicom.uid import generate_uid
 
-    from ctgen.dicom import SeriesWriter
-    from ctgen.writers import derivation, output_timestamp
+    from ctgen.writers import derived_series
 
-    spacing = generator.grid.spacing_mm
-    entropy = ["ctgen explore", generator.card.encoder_sha256, hashlib.sha256(hu.tobytes()).hexdigest(), str(window)]
-    writer = SeriesWriter((1, *hu.shape), "explore export", spacing_mm=(spacing, spacing), window=window,
-                          description="ctgen explore", derivation=derivation(generator.card, "explore"),
-                          study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
-                          series_uid=generate_uid(entropy_srcs=[*entropy, "series"]), timestamp=output_timestamp())
+    writer = derived_series((1, *hu.shape), "explore export", card=generator.card,
+                            spacing_mm=generator.grid.spacing_mm, action="explore", window=window,
+                            key=[hashlib.sha256(hu.tobytes()).hexdigest(), str(window)])
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pydicom.dcmwrite(buffer, writer.dataset(0, hu), enforce_file_format=True)
     return buffer.getvalue()
-

@@ -5,23 +5,30 @@ backlog that does not reset clients under modest concurrency, a cap on connectio
 get 503 at once instead of a thread each), a socket timeout on every connection (idle keep-alive ones
 too), and no console output for clients that vanish mid-request (one line, never a traceback, for anything
 else). ``GuardedHandler`` reads request bodies in chunks within a deadline and turns socket failures into
-``Disconnected``. ``ctgen.explore`` builds on both.
+``Disconnected``. ``json_object``, the ``*_field`` and the ``*_parameter`` functions check a client's JSON
+request and query string strictly (only the named fields; a number is a JSON number, never a bool or a string,
+finite and within bounds), raising ``BadRequest`` (a 400) otherwise.
+``ctgen.explore`` builds on all of these.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
-__all__ = ["BODY_DEADLINE_S", "MAX_CONNECTIONS", "REQUEST_TIMEOUT_S", "Disconnected", "GuardedHTTPServer",
-           "GuardedHandler", "disconnects", "one_line"]
+__all__ = ["BODY_DEADLINE_S", "MAX_CONNECTIONS", "REQUEST_TIMEOUT_S", "BadRequest", "Disconnected",
+           "GuardedHTTPServer", "GuardedHandler", "choice_field", "disconnects", "float_parameter", "int_parameter",
+           "json_object", "number_field", "numbers_field", "one_line", "query_parameters"]
 
 REQUEST_TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed (idle keep-alive too)
 BODY_DEADLINE_S = 120.0  # a request body must arrive within this, however it trickles in
@@ -30,6 +37,10 @@ MAX_CONNECTIONS = 64  # served at once (one thread each); more get 503
 
 class Disconnected(Exception):
     """The client went away (reset, closed, or silent past the timeout) while we read or wrote."""
+
+
+class BadRequest(Exception):
+    """The client's request is malformed: answered 400 with this one-line message."""
 
 
 @contextlib.contextmanager
@@ -147,3 +158,107 @@ def one_line(text: str) -> str:
     """Text as one line of at most 300 characters (for JSON error bodies and logs)."""
     line = " ".join(text.split())
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+# ---------------------------------------------------------------------------------------- request fields
+def _kind(value: Any) -> str:
+    """What a JSON value is, for error messages (never the value itself: it may be huge)."""
+    kinds = {bool: "a boolean", str: "a string", list: "a list", dict: "an object", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number_field(value: Any, name: str, *, bound: float) -> float:
+    """A JSON number (int or float, not a bool or a string), finite, within ±``bound``; as a float.
+
+    Raises BadRequest. Huge integers are compared before they are converted, so they never overflow."""
+    if not _is_number(value):
+        raise BadRequest(f"{name} must be a number, got {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{name} contains NaN or infinite values")
+    if not -bound <= value <= bound:
+        raise BadRequest(f"{name} values must lie within ±{bound:g}")
+    return float(value)
+
+
+def numbers_field(value: Any, name: str, *, length: int, bound: float) -> list[float]:
+    """A JSON array of exactly ``length`` numbers, each as ``number_field``. Raises BadRequest."""
+    if not isinstance(value, list):
+        raise BadRequest(f"{name} must be a list of {length} numbers, got {_kind(value)}")
+    if len(value) != length:
+        raise BadRequest(f"{name} must hold {length} numbers, got {len(value)}")
+    for index, item in enumerate(value):
+        if not _is_number(item):
+            raise BadRequest(f"{name} must be a list of numbers: {name}[{index}] is {_kind(item)}")
+    return [number_field(item, name, bound=bound) for item in value]
+
+
+def choice_field(value: Any, name: str, choices: Sequence[str]) -> str:
+    """A JSON string among ``choices`` (compared in lower case). Raises BadRequest."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string, got {_kind(value)}")
+    text = value.strip().lower()
+    if text not in choices:
+        *others, last = choices
+        raise BadRequest(f"unknown {name} {one_line(value)[:40]!r}: use {', '.join(others)} or {last}")
+    return text
+
+
+def json_object(data: bytes, fields: Sequence[str]) -> dict[str, Any]:
+    """A request body that is a JSON object with no fields but ``fields`` (standard JSON: no NaN or Infinity,
+    nesting within the parser's recursion limit). Raises BadRequest."""
+    try:
+        request = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("request is not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # bad JSON or UTF-8, NaN/Infinity, a number of thousands of digits
+        raise BadRequest(f"request is not valid JSON ({one_line(str(error))[:120]})") from None
+    if not isinstance(request, dict):
+        raise BadRequest("request must be a JSON object")
+    unknown = [key for key in request if key not in fields]
+    if unknown:
+        raise BadRequest(f"unknown field {one_line(unknown[0])[:40]!r} (this request takes {', '.join(fields)})")
+    return request
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def query_parameters(text: str, allowed: Sequence[str]) -> dict[str, list[str]]:
+    """A query string's parameters (blank ones kept); any not in ``allowed`` is a BadRequest."""
+    query = parse_qs(text, keep_blank_values=True)
+    unknown = [key for key in query if key not in allowed]
+    if unknown:
+        takes = f"this request takes {', '.join(allowed)}" if allowed else "this request takes none"
+        raise BadRequest(f"unknown parameter {one_line(unknown[0])[:40]!r} ({takes})")
+    return query
+
+
+def int_parameter(query: dict[str, list[str]], name: str, default: int, *, high: int) -> int:
+    """Query parameter ``name`` (its last value) as a whole number from 0 to ``high``; ``default`` when absent."""
+    values = query.get(name)
+    if not values:
+        return default
+    text = values[-1].strip()
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > high:
+        raise BadRequest(f"{name} must be a whole number from 0 to {high}, got {one_line(text)[:40]!r}")
+    return int(text)
+
+
+def float_parameter(query: dict[str, list[str]], name: str, default: float, *, high: float) -> float:
+    """Query parameter ``name`` (its last value) as a number from 0 to ``high``; ``default`` when absent."""
+    values = query.get(name)
+    if not values:
+        return default
+    text = values[-1].strip()
+    try:
+        value = float(text) if len(text) <= 40 else math.nan
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= high:  # NaN fails too
+        raise BadRequest(f"{name} must be a number from 0 to {high:g}, got {one_line(text)[:40]!r}")
+    return value

@@ -22,8 +22,8 @@ from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries
 from ctgen.errors import ArgumentError, InputError
 from ctgen.sources import split_source
 
-__all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "output_timestamp",
-           "save_npy", "unique_names"]
+__all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "derived_series",
+           "output_timestamp", "save_npy", "unique_names"]
 
 MAX_GRID_IMAGES = 1024  # a labelled grid of more tiles is unreadable (and large): use --per-file
 
@@ -41,6 +41,27 @@ def output_timestamp() -> datetime:
     except ValueError:
         seconds = 0
     return datetime.fromtimestamp(max(0, seconds), tz=timezone.utc).replace(tzinfo=None)
+
+
+def derived_series(shape: tuple[int, int, int], where, *, card, spacing_mm: float, action: str, window,
+                   series: int = 0, key: Sequence[str] = (), description: str | None = None,
+                   comments: str | None = None):
+    """The ``ctgen.dicom.SeriesWriter`` of one series of images that ``action`` derived from ``card``'s model:
+    the one place where outputs get their UIDs and provenance. The study UID derives from the model's encoder
+    checksum, ``action`` and ``key``; the series UID from those and ``series`` (SeriesNumber ``series + 1``);
+    the provenance is ``derivation(card, action)`` and the dates ``output_timestamp()``, so the same call gives
+    byte-identical files. ``shape``: (N, H, W) of the series; ``spacing_mm``: the square pixel size."""
+    from pydicom.uid import generate_uid
+
+    from ctgen.dicom import SeriesWriter
+
+    entropy = ["ctgen", card.encoder_sha256, action, *key]
+    return SeriesWriter(shape, where, spacing_mm=(spacing_mm, spacing_mm),
+                        description=description or f"ctgen {action}"[:64], derivation=derivation(card, action),
+                        series_number=series + 1, window=tuple(window),
+                        study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
+                        series_uid=generate_uid(entropy_srcs=[*entropy, "series", str(series)]),
+                        timestamp=output_timestamp(), extra_comments=comments)
 
 
 def unique_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -165,11 +186,11 @@ class PerFile:
         remove_dead_temporaries(self.folder)
 
     def __enter__(self) -> PerFile:
+        self.claims.__enter__()  # records every file written inside the block (ctgen.atomic)
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            self.claims.rollback()
+        self.claims.__exit__(kind, value, traceback)
 
     def write(self, start: int, hu: np.ndarray) -> None:
         """Write images ``start .. start + len(hu)``: HU float32 (B, S, S)."""
@@ -184,15 +205,12 @@ class PerFile:
                 save_png(labelled_frames([image], self.window, [self.labels[index]])[0], path, force=self.force)
             else:
                 save_npy(image.astype(np.float32), path, force=self.force)
-            self.claims.add(path)
 
 
 class _DicomSeries:
     """The series plan of a per-file DICOM run: deterministic UIDs, one SeriesWriter per group."""
 
     def __init__(self, count: int, card, grid, action: str, window, groups, descriptions, comments):
-        from pydicom.uid import generate_uid
-
         self.groups = list(range(count)) if groups is None else [int(g) for g in groups]
         if len(self.groups) != count:
             raise InputError(None, f"{len(self.groups)} series groups for {count} images")
@@ -203,29 +221,18 @@ class _DicomSeries:
             sizes[group] = sizes.get(group, 0) + 1
         self.sizes, self.card, self.grid, self.action, self.window = sizes, card, grid, action, window
         self.descriptions, self.comments = descriptions, comments
-        self.entropy = ["ctgen", card.encoder_sha256, action]
-        self.study = generate_uid(entropy_srcs=[*self.entropy, "study"])
-        self.timestamp = output_timestamp()
         self.writers: dict[int, Any] = {}
 
     def write(self, index: int, hu: np.ndarray, path: Path, *, force: bool) -> None:
-        from pydicom.uid import generate_uid
-
-        from ctgen.dicom import SeriesWriter
-
         group, position = self.positions[index]
         writer = self.writers.get(group)
         if writer is None:
             if len(self.writers) > 64:  # groups arrive in order: keep few writers alive
                 self.writers.clear()
-            description = self.descriptions[group] if self.descriptions else f"ctgen {self.action}"[:64]
-            comment = self.comments[index] if self.comments else None
-            spacing = self.grid.spacing_mm
-            writer = SeriesWriter((self.sizes[group], *hu.shape), path, spacing_mm=(spacing, spacing),
-                                  description=description, derivation=derivation(self.card, self.action),
-                                  series_number=group + 1, window=tuple(self.window), study_uid=self.study,
-                                  series_uid=generate_uid(entropy_srcs=[*self.entropy, "series", str(group)]),
-                                  timestamp=self.timestamp, extra_comments=comment)
+            writer = derived_series((self.sizes[group], *hu.shape), path, card=self.card,
+                                    spacing_mm=self.grid.spacing_mm, action=self.action, window=self.window,
+                                    series=group, description=self.descriptions[group] if self.descriptions else None,
+                                    comments=self.comments[index] if self.comments else None)
             if self.comments is None:
                 self.writers[group] = writer
         writer.write(position, hu, path, force=force)

@@ -422,7 +422,7 @@ def test_sample_parameters_out_of_bounds_are_400(server, query, message):  # ite
     (b'{"z": [NaN, 0, 0, 0, 0, 0, 0, 0]}', "NaN is not a number JSON allows"),
     (b'{"z": [1e400, 0, 0, 0, 0, 0, 0, 0]}', "z contains NaN or infinite values"),
     (json.dumps({"z": [1e30] * 8}).encode(), "z values must lie within ±1000"),
-    (json.dumps({"z": [0.0] * 8, "window": [1e308, 1e308]}).encode(), "bad window"),
+    (json.dumps({"z": [0.0] * 8, "window": [1e308, 1e308]}).encode(), "window values must lie within"),
     (json.dumps({"z": [0.0] * 8, "window": [0, 1e-300]}).encode(), "bad window"),
 ])
 def test_hostile_json_bodies_are_400(server, body, message):  # item 11
@@ -510,3 +510,108 @@ def test_many_concurrent_clients_are_all_served(server):  # item 13: 2 of 500 we
     with ThreadPoolExecutor(max_workers=40) as pool:
         statuses = [status for batch in pool.map(client, range(40)) for status in batch]
     assert statuses == [200] * 200
+
+
+# ------------------------------------------------------------------ strict request fields (issue 23, item 15)
+_ZEROS = [0.0] * LATENT
+
+
+def _post(server, path: str, text: str) -> tuple[int, str]:
+    """(status, the error line or "") of a POST whose body is ``text`` as it stands (not re-encoded)."""
+    status, content_type, body = request(server, path, text.encode(), {"Content-Type": "application/json"})
+    if status == 200:
+        return status, ""
+    assert content_type == "application/json"
+    error = _strict_json(body)["error"]
+    assert "\n" not in error
+    return status, error
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"z": [' + "9" * 400 + ', 0, 0, 0, 0, 0, 0, 0]}', "z values must lie within ±1000"),  # was 500 OverflowError
+    ('{"z": [-' + "9" * 400 + ', 0, 0, 0, 0, 0, 0, 0]}', "z values must lie within ±1000"),
+    (json.dumps({"z": [True] * LATENT}), "z[0] is a boolean"),  # was 200 and an image
+    (json.dumps({"z": [0.0] * 7 + [False]}), "z[7] is a boolean"),
+    (json.dumps({"z": ["1"] * LATENT}), "z[0] is a string"),  # was 200 and an image
+    (json.dumps({"z": [[0.0]] * LATENT}), "z[0] is a list"),
+    (json.dumps({"z": [_ZEROS]}), f"z must hold {LATENT} numbers, got 1"),
+    (json.dumps({"z": "0" * LATENT}), "z must be a list of 8 numbers, got a string"),
+    (json.dumps({"z": None}), "got null"),
+    (json.dumps({"window": "brain"}), "z must be a list of 8 numbers, got null"),
+    (json.dumps({"z": _ZEROS, "window": True}), "window must be a name"),
+    (json.dumps({"z": _ZEROS, "window": 40}), "window must be a name"),
+    (json.dumps({"z": _ZEROS, "window": ["40", "80"]}), "window[0] is a string"),
+    (json.dumps({"z": _ZEROS, "window": [40, True]}), "window[1] is a boolean"),
+    (json.dumps({"z": _ZEROS, "window": [40, 80, 1]}), "window must hold 2 numbers"),
+    ('{"z": [0, 0, 0, 0, 0, 0, 0, 0], "window": [' + "9" * 400 + ", 80]}", "window values must lie within"),
+    (json.dumps({"z": _ZEROS, "window": "x" * 100_000}), "bad window"),
+    (json.dumps({"z": _ZEROS, "windw": "bone"}), "unknown field 'windw' (this request takes z, window)"),
+])
+def test_decode_fields_are_checked_strictly(server, text, message):
+    status, error = _post(server, "/api/decode", text)
+    assert status == 400 and message in error, error
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"format": True}, "export format must be a string, got a boolean"),
+    ({"format": ["png"]}, "export format must be a string, got a list"),
+    ({"format": "tiff"}, "unknown export format 'tiff': use png, dcm or json"),
+    ({"format": "json", "z": [True] * LATENT}, "z[0] is a boolean"),  # json export checked z loosely too
+    ({"format": "json", "window": {}}, "window must be a name"),
+    ({"format": "png", "slice": 3}, "unknown field 'slice'"),
+])
+def test_export_fields_are_checked_strictly(server, fields, message):
+    status, error = _post(server, "/api/export", json.dumps({"z": _ZEROS, **fields}))
+    assert status == 400 and message in error, error
+
+
+def test_query_parameters_are_checked_strictly(server):
+    for path, message in (("/api/sample?sed=1", "unknown parameter 'sed' (this request takes seed, temperature)"),
+                          ("/api/sample?seed=", "seed must be a whole number"),
+                          ("/api/sample?seed=true", "seed must be a whole number"),
+                          ("/api/state?x=1", "unknown parameter 'x' (this request takes none)")):
+        status, _, body = request(server, path)
+        assert status == 400 and message in _strict_json(body)["error"], (path, body)
+
+
+_HOSTILE_VALUES = [None, True, False, 0, -1, 1.5, -0.0, 1e308, -1e308, 10**400, "", "1", "brain", "nan", "x" * 5000,
+                   [], [True], ["1"], [None], [1e308] * LATENT, [10**400] * LATENT, {}, {"z": _ZEROS}, [[[]]]]
+
+
+def test_no_field_value_gets_a_500(server):
+    """Every field of every endpoint, set to each hostile JSON value: 200 or 400, never 500."""
+    for path, fields in (("/api/decode", ("z", "window")), ("/api/export", ("z", "format", "window"))):
+        for field in fields:
+            for value in _HOSTILE_VALUES:
+                status, error = _post(server, path, json.dumps({"z": _ZEROS, field: value}))
+                assert status in (200, 400), (path, field, value, status, error)
+    assert request(server, "/api/state")[0] == 200
+
+
+def test_the_start_window_is_accepted(synthetic_generator):  # the page sends the window's name, "start" too
+    server = start_server(synthetic_generator, port=0, window=(300.0, 1500.0))
+    try:
+        assert "start" in json.loads(request(server, "/api/state")[2])["windows"]
+        assert np.array_equal(decode_png(server, _ZEROS, window="start"), decode_png(server, _ZEROS, [300, 1500]))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """CT_small.dcm with ``depth`` nested undefined-length sequences put before its first data element."""
+    ds = pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+    meta_end = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
+    sequence = struct.pack("<HH2sHI", 0x0008, 0x0001, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    ends = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    raw = CT_SMALL.read_bytes()
+    return raw[:meta_end] + (sequence + item) * depth + ends * depth + raw[meta_end:]
+
+
+def test_an_upload_that_breaks_the_reader_is_400(server):  # was 500 RecursionError
+    status, _, body = request(server, "/api/encode", _nested_sequences(1000), {"X-Filename": "nested.dcm"})
+    error = _strict_json(body)["error"]
+    assert status == 400 and error.startswith("nested.dcm: ") and "\n" not in error, error
+    assert "ctgen-upload" not in error
+    assert request(server, "/api/state")[0] == 200

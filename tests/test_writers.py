@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, files_under, invoke, one_error_line
+from conftest import DEFAULT_MODEL, REPO_ROOT, files_under, invoke, one_error_line
 from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries, temporary_path
 from ctgen.errors import OutputError
 
@@ -79,7 +79,29 @@ def test_per_file_dicom_on_a_full_disk_takes_everything_back(model, full_disk, w
     result = invoke("sample", "--n", 300, "-m", model, "--per-file", full_disk / "d", "--format", "dcm")
     line = one_error_line(result, "No space left")
     assert "Traceback" not in line and ".ctgen-" not in line
-    assert files_under(full_disk) == []
+    assert files_under(full_disk) == [] and list(full_disk.iterdir()) == []  # the folder it made too
+
+
+def _fill(folder: Path, room: int) -> None:
+    """Fill the file system of ``folder`` up to ``room`` free bytes."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        with pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+        handle.truncate(handle.tell() - room)
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "model.json").is_file(), reason="models/default is not built")
+def test_dicom_on_a_disk_full_from_the_start_is_one_line(full_disk, tmp_path):
+    """The pixel data's write (32 KB at 128², more than the file's buffer) fails inside pydicom, which wraps the
+    error with a whole traceback in its message: still one line naming the file, on the real process's stderr."""
+    _fill(full_disk, room=8192)  # the header fits, the pixel data does not
+    result = subprocess.run([sys.executable, "-m", "ctgen", "sample", "--n", "3", "-m", DEFAULT_MODEL, "--per-file",
+                             str(full_disk / "d"), "--format", "dcm"], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"ctgen: error: {full_disk}/d/sample_00000.dcm: No space left on device"]
+    assert files_under(full_disk) == ["filler"] and list(full_disk.iterdir()) == [full_disk / "filler"]
 
 
 # ---------------------------------------------------------------------------------------- races
@@ -175,3 +197,82 @@ def test_npy_stack_is_streamed_in_order(tmp_path):
     with pytest.raises(Exception, match="2 of 5 images"), NpyStack(tmp_path / "t.npy", (5, 4, 4), force=False) as stack:
         stack.write(0, np.zeros((2, 4, 4), np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+
+
+# ---------------------------------------------------------------------------------------- the run's transaction
+def _ctgen_to_full_stdout(args, cwd: Path, fast_path: bool = True) -> subprocess.CompletedProcess:
+    """ctgen with stdout on /dev/full: every write to stdout fails with ENOSPC."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CTGEN_NO_FAST_PATH": "0" if fast_path else "1"}
+    with open("/dev/full", "w") as full:
+        return subprocess.run([sys.executable, "-m", "ctgen", *map(str, args)], cwd=cwd, env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+def _stdout_error(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ctgen: error")]
+    assert errors == ["ctgen: error: <stdout>: No space left on device"], result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_run_whose_stdout_fails_takes_its_outputs_back(model, workdir, fast_path):
+    from conftest import CT_SMALL
+
+    _stdout_error(_ctgen_to_full_stdout(["--json", "sample", "--n", 1, "-m", model, "--out", "s.png"], workdir,
+                                        fast_path))
+    _stdout_error(_ctgen_to_full_stdout(["--json", "encode", CT_SMALL, "-m", model, "--out", "l.npz"], workdir,
+                                        fast_path))
+    _stdout_error(_ctgen_to_full_stdout(["encode", CT_SMALL, "-m", model], workdir, fast_path))  # JSON lines
+    _stdout_error(_ctgen_to_full_stdout(["--json", "sample", "--n", 2, "-m", model, "--per-file", "new/sub"],
+                                        workdir, fast_path))
+    assert files_under(workdir) == [] and list(workdir.iterdir()) == []  # the folders it made are gone too
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_failed_forced_run_puts_the_old_file_back(model, workdir):
+    (workdir / "keep.png").write_bytes(b"the earlier picture")
+    _stdout_error(_ctgen_to_full_stdout(["--json", "--force", "sample", "--n", 1, "-m", model, "--out", "keep.png"],
+                                        workdir))
+    assert (workdir / "keep.png").read_bytes() == b"the earlier picture"
+    assert files_under(workdir) == ["keep.png"]
+
+
+def test_a_later_file_that_fails_takes_back_the_earlier_ones(model, workdir, monkeypatch):
+    import ctgen.cli.run as run_module
+
+    (workdir / "grid.png").write_bytes(b"not ours")  # the grid is saved last, after the per-file images
+    monkeypatch.setattr(run_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
+    result = invoke("sample", "--n", 4, "-m", model, "--per-file", "each", "--out", "grid.png")
+    one_error_line(result, "grid.png", "already exists")
+    assert files_under(workdir) == ["grid.png"] and not (workdir / "each").exists()
+
+
+def test_an_exception_anywhere_takes_the_outputs_back(model, workdir, monkeypatch):
+    import ctgen.cli.run as run_module
+
+    def broken_finish(self, **extra):
+        raise RuntimeError("a bug after the files were written")
+
+    monkeypatch.setattr(run_module.Run, "finish", broken_finish)
+    result = invoke("sample", "--n", 2, "-m", model, "--per-file", "each", "--out", "s.npy", "--quiet")
+    one_error_line(result, "internal error", "RuntimeError")
+    assert list(workdir.iterdir()) == []
+
+
+def test_transactions_nest_and_only_the_outermost_keeps(tmp_path):
+    (tmp_path / "old").write_bytes(b"old")
+    with pytest.raises(RuntimeError), Claims():
+        with Claims():
+            with atomic_file(tmp_path / "new" / "a", force=False) as handle:
+                handle.write(b"1")
+            with atomic_file(tmp_path / "old", force=True) as handle:
+                handle.write(b"replaced")
+        assert (tmp_path / "new" / "a").exists() and (tmp_path / "old").read_bytes() == b"replaced"
+        raise RuntimeError
+    assert files_under(tmp_path) == ["old"] and (tmp_path / "old").read_bytes() == b"old"
+    with Claims():
+        with atomic_file(tmp_path / "old", force=True) as handle:
+            handle.write(b"kept")
+    assert files_under(tmp_path) == ["old"] and (tmp_path / "old").read_bytes() == b"kept"  # no backup left

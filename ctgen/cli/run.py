@@ -1,13 +1,17 @@
 """What the commands share: one ``Run`` per command (stderr notes, warnings and progress, --skip-bad
-reporting, the --json summary) and the output targets (``resolve_out``, ``check_targets``).
+reporting, the --json summary), the output targets (``resolve_out``, ``check_targets``) and stdout
+(``write_stdout``).
 
 Every command checks *all* its targets before it computes anything, and the writers (``ctgen.writers``,
-``ctgen.atomic``) commit each file exclusively, so a failed run leaves no half-written output.
+``ctgen.atomic``) commit each file exclusively, so a failed run leaves no half-written output. A ``Run`` holds
+the transaction of every output its command commits: it is kept only when the command returns and stdout
+has been flushed; whatever fails (a later file, stdout, an exception anywhere, Ctrl-C) takes them all back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -19,7 +23,7 @@ from typing import Any
 from ctgen.atomic import Claims
 from ctgen.errors import ArgumentError, CtgenError, OutputError
 
-__all__ = ["Run", "check_targets", "is_folder", "resolve_out", "rich_console"]
+__all__ = ["Run", "check_targets", "is_folder", "resolve_out", "rich_console", "write_stdout"]
 
 
 class Run:
@@ -33,7 +37,7 @@ class Run:
         self._console = None
         self.summary: dict[str, Any] = {"command": command, "outputs": []}
         self.failures: list[str] = []
-        self.claims = Claims()  # single files this run committed: taken back if the run fails before finish()
+        self.outputs = Claims()  # every output this run commits (ctgen.atomic records them while it is open)
         self._finished = False
         self._warnings: contextlib.AbstractContextManager | None = None
 
@@ -42,13 +46,22 @@ class Run:
         self._warnings.__enter__()
         warnings.simplefilter("default")
         warnings.showwarning = self._show_warning
+        self.outputs.__enter__()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         assert self._warnings is not None
-        self._warnings.__exit__(*exc_info)
-        if exc_info[0] is not None and not self._finished:
-            self.claims.rollback()
+        # a run succeeds when it returns, or exits after finish() (--skip-bad's exit 1 keeps what it wrote)
+        succeeded = kind is None or (issubclass(kind, SystemExit) and self._finished)
+        try:
+            if succeeded:
+                write_stdout("")  # the data must have reached stdout before the outputs are kept
+        except BaseException:
+            succeeded = False
+            raise
+        finally:
+            self.outputs.close(keep=succeeded)
+            self._warnings.__exit__(kind, value, traceback)
 
     def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
         self.warn(str(message))
@@ -145,13 +158,9 @@ class Run:
     def record(self, kind: str, path: Path | str, **extra: Any) -> None:
         self.summary["outputs"].append({"kind": kind, "path": str(path), **extra})
 
-    def wrote(self, records: list[dict[str, Any]], what: str, *, claim: bool = True, note: bool = True) -> None:
-        """Record ``ctgen.writers`` output records, say on stderr what was written where, and (``claim``) take
-        the single files back should the run fail later."""
+    def wrote(self, records: list[dict[str, Any]], what: str, *, note: bool = True) -> None:
+        """Record ``ctgen.writers`` output records in the summary and say on stderr what was written where."""
         for record in records:
-            if claim:
-                for path in record.get("files") or [record["path"]]:
-                    self.claims.add(Path(path))
             self.summary["outputs"].append(record)
             if note:
                 count = record.get("count", 1)
@@ -160,10 +169,33 @@ class Run:
 
     def finish(self, **extra: Any) -> None:
         """Print the --json summary (one JSON object on stdout)."""
-        self._finished = True
         self.summary.update(extra)
         if self.json_summary:
-            print(json.dumps(self.summary), flush=True)
+            write_stdout(json.dumps(self.summary) + "\n")
+        self._finished = True
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout and flush it. Raises OutputError naming ``<stdout>`` when it cannot be written
+    (a full disk); a closed pipe stays an OSError (EPIPE), which the CLI ends quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as error:
+        if error.errno == errno.EPIPE:
+            raise
+        _drop_stdout()
+        raise OutputError("<stdout>", error.strerror or str(error)) from None
+
+
+def _drop_stdout() -> None:
+    """Send stdout to /dev/null: what is still buffered would fail again when Python exits, with a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a file (a test's captured stdout)
 
 
 def rich_console(*, stderr: bool = False):

@@ -88,9 +88,9 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
 
 
 def _print_lines(files, mu, logvar, warnings, model) -> None:
+    from ctgen.cli.run import write_stdout
     from ctgen.latent_io import json_line
 
     if len(files):
-        sys.stdout.write("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i], model)
-                                 + "\n" for i, f in enumerate(files)))
-        sys.stdout.flush()
+        write_stdout("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i], model) + "\n"
+                             for i, f in enumerate(files)))
