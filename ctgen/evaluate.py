@@ -31,7 +31,7 @@ __all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
 REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # real CT that pydicom ships
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)
-NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
+NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm", "warp_seed")
 ACTIVE_KL = 0.01  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation

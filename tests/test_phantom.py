@@ -32,7 +32,7 @@ from train.phantom import (  # noqa: E402
 NEUTRAL = {
     "level": 0.5, "scale_x": 1.0, "scale_y": 1.0, "rotation_deg": 0.0, "pitch_deg": 0.0, "shift_x_mm": 0.0,
     "shift_y_mm": 0.0, "atrophy_mm": 0.0, "skull_mm": 7.0, "contrast": 0.0, "contrast_hu": 0.0, "noise_hu": 0.0,
-    "blur_mm": 0.0,
+    "blur_mm": 0.0, "ventricle_mm": 0.0, "warp_mm": 0.0, "warp_seed": 0,
 }
 RANGES = {factor.name: (factor.low, factor.high) for factor in FACTORS}
 
@@ -69,7 +69,7 @@ def extent_mm(mask: np.ndarray, axis: int) -> float:
 def test_factor_table_is_documented():
     names = [factor.name for factor in FACTORS]
     assert len(names) == len(set(names))
-    assert set(NEUTRAL) == set(names)
+    assert set(NEUTRAL) == {*names, "warp_seed"}
     for factor in FACTORS:
         assert factor.low < factor.high and factor.per in ("patient", "slice") and factor.distribution
         assert factor.description
