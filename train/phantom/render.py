@@ -224,7 +224,7 @@ def _sample_planes(factors: Mapping[str, float], anatomy: Anatomy, *, tissues: b
 
     csf_distance = sample(anatomy.csf_distance_mm)
     eroded = np.clip(np.maximum(factors["atrophy_mm"] - csf_distance,
-                                factors["ventricle_mm"] - sample(anatomy.ventricle_mm)) + 0.5, 0.0, 1.0)
+                                _ventricle_growth(brain_mni, anatomy, factors["ventricle_mm"])) + 0.5, 0.0, 1.0)
     falx = _falx(brain_mni, csf_distance)
     contrast = factors["contrast_hu"] > 0
     vessel = sample(anatomy.vessel) if contrast or tissues else None
@@ -242,6 +242,17 @@ def _sample_planes(factors: Mapping[str, float], anatomy: Anatomy, *, tissues: b
         plane[inside] = values
         planes[name] = plane
     return dict(zip(planes, _upsample(np.stack(list(planes.values())))))
+
+
+def _ventricle_growth(mni: np.ndarray, anatomy: Anatomy, ventricle_mm: float) -> np.ndarray:
+    """``ventricle_mm`` minus the distance to the ventricles at points float64 (3, M); -inf beyond the field's
+    reach (only the points near the ventricles are sampled)."""
+    index = mni - anatomy.ventricle_origin_mm[:, None]
+    near = np.all((index >= 0) & (index <= np.array(anatomy.ventricle_mm.shape)[:, None] - 1), axis=0)
+    growth = np.full(mni.shape[1], -np.inf, dtype=np.float32)
+    if near.any():
+        growth[near] = ventricle_mm - ndimage.map_coordinates(anatomy.ventricle_mm, index[:, near], order=1)
+    return growth
 
 
 def _warp_mm(mni: np.ndarray, rms_mm: float, seed: int) -> np.ndarray:
