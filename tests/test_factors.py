@@ -96,6 +96,17 @@ def test_what_cannot_be_measured_is_nan():
                                                     "enhancing_fraction", "noise_hu"))
 
 
+def test_bone_around_no_brain_is_no_skull():
+    from pydicom.data import get_testdata_file
+
+    from ctgen.dicom import read_slice
+
+    neck = read_slice(get_testdata_file("CT_small.dcm"))  # a vertebra: marrow enclosed by cortical bone
+    found = measure_slice(neck.hu, neck.spacing_mm)
+    assert math.isfinite(found["head_area_mm2"])
+    assert all(math.isnan(found[name]) for name in ("skull_mm", "csf_fraction", "brain_hu", "enhancing_fraction"))
+
+
 def test_factor_table():
     names = [factor.name for factor in FACTORS]
     assert len(names) == len(set(names)) and all(factor.description for factor in FACTORS)

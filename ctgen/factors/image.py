@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ctgen.geometry import BONE_HU_MIN, head_mask, intracranial_mask
+from ctgen.geometry import BONE_HU_MIN, BRAIN_FRACTION_MIN, brain_fraction, head_mask, intracranial_mask
 
 __all__ = ["CSF_HU", "ENHANCING_HU", "measure_slice", "principal_axes"]
 
@@ -60,8 +60,9 @@ def principal_axes(mask: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0
 def measure_slice(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> dict[str, float]:
     """Every image factor of an HU slice float (H, W) with pixel spacing (row, column) in mm: a dict of floats
     in FACTORS' order of the image factors. A factor that cannot be measured is NaN: pose and size without a
-    head, mm and mm² without ``spacing_mm``, skull and tissue factors without a closed skull (below the skull
-    base, above the vertex), rotation for a round head."""
+    head, mm and mm² without ``spacing_mm``, skull and tissue factors without brain enclosed by bone
+    (``ctgen.geometry.brain_fraction`` under BRAIN_FRACTION_MIN: below the skull base, above the vertex, a neck),
+    rotation for a round head."""
     hu = np.asarray(hu, dtype=np.float32)
     spacing = spacing_mm if spacing_mm is not None else (1.0, 1.0)
     pixel_mm2 = spacing[0] * spacing[1]
@@ -75,9 +76,9 @@ def measure_slice(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None)
             out["rotation_deg"] = rotation
         if spacing_mm is not None:
             out.update(head_width_mm=width, head_length_mm=length, head_area_mm2=pixels * pixel_mm2)
-    cavity = intracranial_mask(hu, spacing_mm)
-    if not cavity.any():
+    if brain_fraction(hu, spacing_mm) < BRAIN_FRACTION_MIN:  # a cavity without brain: a vertebra, a sinus
         return out
+    cavity = intracranial_mask(hu, spacing_mm)
     if spacing_mm is not None:
         out["skull_mm"] = _skull_mm(hu, cavity, spacing)
     inner = intracranial_mask(hu, spacing_mm, INNER_MARGIN_MM)  # in pixels without spacing
