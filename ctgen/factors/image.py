@@ -40,12 +40,11 @@ def principal_axes(mask: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0
     (-90, 90]; length and width: the full axes (4 sqrt(eigenvalue)) of the ellipse with the same moments, the
     one nearer the image's vertical and the other (so a round head keeps its front-back length); elongation:
     long axis over short. None for an empty mask."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
+    cov = _covariance_mm(mask, spacing_mm)
+    if cov is None:
         return None
-    y = -(rows - rows.mean()) * spacing_mm[0]  # up on screen
-    x = (cols - cols.mean()) * spacing_mm[1]
-    cov = np.array([[x @ x, x @ y], [x @ y, y @ y]]) / len(x)
+    cov[0, 1] = cov[1, 0] = -cov[0, 1]  # (row down, col) -> (x right, y up): swap the axes, flip y
+    cov[0, 0], cov[1, 1] = cov[1, 1], cov[0, 0]
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     vx, vy = eigenvectors[:, 1]
     angle = math.degrees(math.atan2(-vx, vy))
@@ -55,6 +54,23 @@ def principal_axes(mask: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0
     short, long = (4.0 * math.sqrt(max(value, 0.0)) for value in eigenvalues)
     length, width = (long, short) if abs(vy) >= abs(vx) else (short, long)
     return angle, length, width, long / max(short, 1e-12)
+
+
+def _covariance_mm(mask: np.ndarray, spacing_mm) -> np.ndarray | None:
+    """Covariance float64 (2, 2) of the (row, col) positions in mm of a bool mask's pixels, from its row and
+    column sums (no index arrays); None for an empty mask."""
+    weights = mask.astype(np.float64)
+    count = weights.sum()
+    if count == 0:
+        return None
+    rows = np.arange(mask.shape[0]) * float(spacing_mm[0])
+    cols = np.arange(mask.shape[1]) * float(spacing_mm[1])
+    per_row, per_col = weights.sum(axis=1), weights.sum(axis=0)
+    mean_row, mean_col = per_row @ rows / count, per_col @ cols / count
+    row_row = per_row @ rows**2 / count - mean_row**2
+    col_col = per_col @ cols**2 / count - mean_col**2
+    row_col = rows @ (weights @ cols) / count - mean_row * mean_col
+    return np.array([[row_row, row_col], [row_col, col_col]])
 
 
 def measure_slice(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> dict[str, float]:
@@ -123,8 +139,7 @@ def _ventricle_mm2(smooth: np.ndarray, cavity: np.ndarray, inner: np.ndarray, sp
     """Area (mm²) of CSF-range pixels in the centre of the cavity: inside the ellipse with the cavity's moments
     shrunk to CENTRAL_RADIUS (where the lateral and third ventricles lie, away from the sulci)."""
     rows, cols = np.nonzero(cavity)
-    y, x = (rows - rows.mean()) * spacing[0], (cols - cols.mean()) * spacing[1]
-    cov = np.cov(np.stack([y, x]), bias=True)
+    cov = _covariance_mm(cavity, spacing)
     grid_y, grid_x = np.nonzero(inner)
     offsets = np.stack([(grid_y - rows.mean()) * spacing[0], (grid_x - cols.mean()) * spacing[1]])
     # inside the moments' ellipse when offsetᵀ cov⁻¹ offset <= 4 (a filled ellipse's boundary)
@@ -141,9 +156,7 @@ def _skull_mm(hu: np.ndarray, cavity: np.ndarray, spacing) -> float:
     RAYS_MIN of the rays meet bone within SKULL_GAP_MM of leaving the cavity."""
     rows, cols = np.nonzero(cavity)
     centre = np.array([rows.mean(), cols.mean()])
-    y, x = (rows - centre[0]) * spacing[0], (cols - centre[1]) * spacing[1]
-    cov = np.cov(np.stack([y, x]), bias=True)
-    precision = np.linalg.pinv(cov)
+    precision = np.linalg.pinv(_covariance_mm(cavity, spacing))
     step_mm = 0.25 * min(spacing)
     reach_mm = math.hypot(hu.shape[0] * spacing[0], hu.shape[1] * spacing[1])
     distance = np.arange(0.0, reach_mm, step_mm)
