@@ -169,30 +169,29 @@ def _skull_mm(hu: np.ndarray, cavity: np.ndarray, spacing) -> float:
     profile = np.where(valid, hu[ray_rows, ray_cols], np.float32(-1000.0))  # (RAYS, samples)
     in_cavity = cavity[ray_rows, ray_cols] & valid
     gap = int(round(SKULL_GAP_MM / step_mm))
-    thickness = []
-    for ray in range(RAYS):
-        outside = np.flatnonzero(~in_cavity[ray])
-        if outside.size == 0:
-            continue
-        exit_index = outside[0]
-        bone = np.flatnonzero(profile[ray, exit_index:] >= BONE_HU_MIN)
-        if bone.size == 0 or bone[0] > gap:
-            continue
-        start = exit_index + bone[0]
-        stop = start + (np.flatnonzero(profile[ray, start:] < BONE_HU_MIN)[:1].tolist() or [profile.shape[1] - start])[0]
-        run = profile[ray, start:stop]
-        before = min(float(profile[ray, max(exit_index - gap, 0)]), BONE_HU_MIN)
-        after = min(float(profile[ray, min(stop + gap, profile.shape[1] - 1)]), BONE_HU_MIN)
-        peak = float(run.max())
-        inner_edge = np.flatnonzero(run >= (peak + before) / 2.0)[0]
-        outer_edge = np.flatnonzero(run >= (peak + after) / 2.0)[-1]
-        if outer_edge < inner_edge:
-            continue
-        length = (outer_edge - inner_edge + 1) * step_mm
-        point = direction[:, ray] * distance[start]
-        normal = precision @ point
-        cosine = abs(float(normal @ direction[:, ray])) / max(float(np.linalg.norm(normal)), 1e-12)
-        thickness.append(length * cosine)
+    samples, rays = profile.shape[1], np.arange(RAYS)
+    index = np.arange(samples)
+    outside = ~in_cavity
+    exit_index = np.argmax(outside, axis=1)  # where each ray leaves the cavity
+    bone = profile >= BONE_HU_MIN
+    candidate = bone & (index >= exit_index[:, None])
+    start = np.argmax(candidate, axis=1)  # the first bone past it
+    measured = outside.any(axis=1) & candidate.any(axis=1) & (start - exit_index <= gap)
+    soft = ~bone & (index > start[:, None])
+    stop = np.where(soft.any(axis=1), np.argmax(soft, axis=1), samples)  # the end of that bone run
+    in_run = (index >= start[:, None]) & (index < stop[:, None])
+    before = np.minimum(profile[rays, np.maximum(exit_index - gap, 0)], BONE_HU_MIN)
+    after = np.minimum(profile[rays, np.minimum(stop + gap, samples - 1)], BONE_HU_MIN)
+    peak = np.where(in_run, profile, -np.inf).max(axis=1)
+    above_inner = in_run & (profile >= ((peak + before) / 2.0)[:, None])
+    above_outer = in_run & (profile >= ((peak + after) / 2.0)[:, None])
+    inner_edge = np.argmax(above_inner, axis=1)
+    outer_edge = samples - 1 - np.argmax(above_outer[:, ::-1], axis=1)
+    measured &= above_inner.any(axis=1) & above_outer.any(axis=1) & (outer_edge >= inner_edge)
+    length = (outer_edge - inner_edge + 1) * step_mm
+    normals = precision @ (direction * distance[np.minimum(start, samples - 1)])  # of the ellipse, where it hits
+    cosine = np.abs((normals * direction).sum(axis=0)) / np.maximum(np.linalg.norm(normals, axis=0), 1e-12)
+    thickness = (length * cosine)[measured]
     if len(thickness) < RAYS_MIN * RAYS:
         return _NAN
     return float(np.median(thickness))
