@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctgen.dicom.read import Slice
-from ctgen.factors import FACTORS, from_header, measure_series, measure_slice, slice_levels
+from ctgen.factors import FACTORS, from_header, measure_series, measure_slice, measure_slices, slice_levels
 
 IMAGE_FACTORS = [factor.name for factor in FACTORS if factor.source == "image"]
 
@@ -154,6 +155,18 @@ def test_series_levels_from_the_heads_extent():
     assert rows[0]["head_width_max_mm"] == pytest.approx(2.0 * math.sqrt(90.0**2 - 5.0**2), rel=0.03)
     assert rows[0]["head_length_max_mm"] == pytest.approx(1.1 * rows[0]["head_width_max_mm"], rel=0.03)
     assert all(row["slice_thickness_mm"] == 5.0 for row in rows)
+
+
+def test_slices_of_many_series_are_measured_series_by_series():
+    whole, part = ball_series(np.arange(-75.0, 95.0, 10.0)), ball_series(np.arange(-35.0, 45.0, 10.0))
+    part = [dataclasses.replace(one, series_uid="T") for one in part]
+    alone = dataclasses.replace(part[0], series_uid="")
+    mixed = [one for pair in zip(whole, part) for one in pair] + whole[len(part):] + [alone]
+    rows, warnings = measure_slices(mixed)
+    assert rows[0:2 * len(part):2] == measure_series(whole)[0][: len(part)]
+    assert rows[1:2 * len(part):2] == measure_series(part)[0]
+    assert list(warnings) == ["T"] and len(warnings["T"]) == 2
+    assert math.isnan(rows[-1]["level"]) and math.isfinite(rows[-1]["head_area_mm2"])
 
 
 def test_series_that_do_not_cover_the_head_say_so():

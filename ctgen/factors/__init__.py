@@ -2,7 +2,8 @@
 commands. numpy only.
 
 - ``measure_slice(hu, spacing_mm)``: the image factors of one HU slice.
-- ``measure_series(slices)``: those of every slice of a series, plus its level and the head's largest size.
+- ``measure_series(slices)``: those of every slice of a series, plus its level and the head's largest size;
+  ``measure_slices(slices)`` the same for slices of many series.
 - ``from_header(header)``: what the DICOM header says (age, sex, contrast, kVp, kernel, slice thickness).
 
 ``FACTORS`` names each factor with its unit and what it measures; a factor that cannot be measured on a slice
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 from ctgen.factors.header import SEX_CODES, from_header
 from ctgen.factors.image import CSF_HU, ENHANCING_HU, measure_slice, principal_axes
-from ctgen.factors.series import measure_series, slice_levels
+from ctgen.factors.series import measure_series, measure_slices, slice_levels
 
 
 class Factor(NamedTuple):
@@ -59,4 +60,4 @@ FACTORS: tuple[Factor, ...] = (
 )
 
 __all__ = ["CSF_HU", "ENHANCING_HU", "FACTORS", "SEX_CODES", "Factor", "from_header", "measure_series",
-           "measure_slice", "principal_axes", "slice_levels"]
+           "measure_slice", "measure_slices", "principal_axes", "slice_levels"]

@@ -16,7 +16,7 @@ import numpy as np
 from ctgen.factors.image import measure_slice
 from ctgen.geometry import BRAIN_FRACTION_MIN, brain_fraction
 
-__all__ = ["SERIES_SLICES_MIN", "VERTEX_AREA_MAX", "measure_series", "slice_levels"]
+__all__ = ["SERIES_SLICES_MIN", "VERTEX_AREA_MAX", "measure_series", "measure_slices", "slice_levels"]
 
 SERIES_SLICES_MIN = 3
 VERTEX_AREA_MAX = 0.3  # a top slice whose head cross-section is above this share of the largest is below the vertex
@@ -72,6 +72,24 @@ def measure_series(slices: Sequence) -> tuple[list[dict[str, float]], list[str]]
     for row, level, one in zip(rows, levels, slices):
         thickness = getattr(one, "slice_thickness_mm", None)
         row.update(level=float(level), **size, slice_thickness_mm=math.nan if thickness is None else float(thickness))
+    return rows, warnings
+
+
+def measure_slices(slices: Sequence) -> tuple[list[dict[str, float]], dict[str, list[str]]]:
+    """``measure_series`` over slices of any number of series (``ctgen.dicom.Slice`` objects, grouped by
+    ``series_uid``; a slice without one is a series of its own): a dict per slice in the given order, and the
+    warnings of each series that has any, by series UID."""
+    groups: dict[str, list[int]] = {}
+    for index, one in enumerate(slices):
+        groups.setdefault(one.series_uid or f"\0{index}", []).append(index)
+    rows: list[dict[str, float]] = [{} for _ in slices]
+    warnings: dict[str, list[str]] = {}
+    for uid, members in groups.items():
+        measured, said = measure_series([slices[index] for index in members])
+        for index, row in zip(members, measured):
+            rows[index] = row
+        if said and not uid.startswith("\0"):
+            warnings[uid] = said
     return rows, warnings
 
 
