@@ -93,6 +93,7 @@ FACTORS: tuple[Factor, ...] = (
            "RMS displacement of a smooth random deformation of the brain inside the skull (wavelengths 80-160 "
            "mm, fading out over 10 mm towards the inner table), the patient's own (warp_seed): no two brains alike"),
 )
+_SEPTUM_MM = 10.0  # more than the largest ventricle_mm: the septum pellucidum between the ventricles stays
 _WARP_MODES = 4
 _WARP_WAVELENGTH_MM = (80.0, 160.0)
 _WARP_TAPER_MM = 10.0  # the deformation fades out over this distance to the inner table
@@ -252,6 +253,7 @@ def _ventricle_growth(mni: np.ndarray, anatomy: Anatomy, ventricle_mm: float) ->
     growth = np.full(mni.shape[1], -np.inf, dtype=np.float32)
     if near.any():
         growth[near] = ventricle_mm - ndimage.map_coordinates(anatomy.ventricle_mm, index[:, near], order=1)
+        growth[near] -= _SEPTUM_MM * np.clip(1.5 - np.abs(mni[0, near]), 0.0, 1.0)  # the septum stays (2 mm)
     return growth
 
 
