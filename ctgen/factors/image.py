@@ -3,8 +3,9 @@
 The head is ``ctgen.geometry.head_mask`` (table and head holder left out), the cranial cavity
 ``ctgen.geometry.intracranial_mask``. Pose and size are the head mask's second moments in mm: the axes of the
 ellipse with the same moments (for a filled ellipse, exactly its axes). The skull is measured along rays from the
-cavity's centre, between the half-maximum edges of the first bone run past the cavity; the tissue inside the skull
-on the cavity shrunk by ``INNER_MARGIN_MM`` (clear of the inner table's blur), lightly smoothed against noise.
+cavity's centre, between the half-maximum edges of the first bone run past the cavity; the tissue inside the
+skull is measured on the cavity shrunk by ``INNER_MARGIN_MM`` (clear of the inner table's blur), lightly smoothed
+against noise. Skull and tissue are measured only where the bone encloses brain (``ctgen.geometry.brain_fraction``).
 """
 
 from __future__ import annotations
