@@ -31,7 +31,7 @@ __all__ = ["REAL_SLICES", "card_metrics", "evaluate_model", "load_factors"]
 REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # real CT that pydicom ships
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)
-NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm")
+NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm", "warp_seed")
 ACTIVE_KL = 0.01  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
@@ -74,6 +74,7 @@ def header_factors(files: list[Path]) -> dict:
     contrast (1 when the series names a contrast agent: CTA), kVp, reconstruction kernel and slice thickness.
     Files are given relative to nothing (absolute paths); columns missing from any header are skipped."""
     from ctgen.dicom.header import read_header
+    from ctgen.factors import from_header
 
     headers = [read_header(path) for path in files]
     by_series: dict[str, list[int]] = {}
@@ -91,20 +92,12 @@ def header_factors(files: list[Path]) -> dict:
         ranked = sorted(members, key=along_normal)
         for rank, index in enumerate(ranked):
             position[index] = rank / (len(ranked) - 1) if len(ranked) > 1 else 0.5
-    kernels = sorted({header.kernel for header in headers if header.kernel})
-
-    def column(values: list) -> list[float]:
-        return [math.nan if value is None else float(value) for value in values]
-
-    columns = {
-        "position_in_series": position,
-        "age_years": column([header.age_years for header in headers]),
-        "sex": column([{"M": 0.0, "F": 1.0}.get(header.sex) for header in headers]),
-        "contrast": [1.0 if header.contrast_agent else 0.0 for header in headers],
-        "kvp": column([header.kvp for header in headers]),
-        "kernel": column([kernels.index(header.kernel) if header.kernel else None for header in headers]),
-        "slice_thickness_mm": column([header.slice_thickness_mm for header in headers]),
-    }
+    values = [from_header(header) for header in headers]
+    kernels = sorted({value["kernel"] for value in values if value["kernel"]})
+    columns = {"position_in_series": position}
+    for name in ("age_years", "sex", "contrast", "kvp", "kernel", "slice_thickness_mm"):
+        columns[name] = ([float(kernels.index(value["kernel"])) if value["kernel"] else math.nan for value in values]
+                         if name == "kernel" else [value[name] for value in values])
     patients = [patient_key(header.patient_id, header.series_uid) for header in headers]
     return _factor_table([str(path) for path in files], patients, columns, {})
 

@@ -18,7 +18,7 @@ import numpy as np
 from ctgen.defaults import BODY_THRESHOLD_HU, MAX_TILT_DEG
 
 __all__ = ["BODY_THRESHOLD_HU", "BRAIN_FRACTION_MIN", "WORK_MM", "axial_tilt_deg", "brain_fraction", "head_centroid",
-           "head_mask", "label", "slice_warnings"]
+           "head_mask", "intracranial_mask", "label", "slice_warnings"]
 
 BONE_HU_MIN = 300.0
 BRAIN_HU = (0.0, 80.0)
@@ -278,12 +278,35 @@ def brain_fraction(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None
     if head_pixels == 0:
         return 0.0
     k = _block(spacing_mm, hu.shape)
-    bone = _blocks(hu >= np.float32(BONE_HU_MIN), k) > 0  # any bone in a cell: a thin skull stays a closed ring
-    inside = _fill_holes(bone) & ~bone
+    inside = _enclosed_cells(hu, k)
     if not inside.any():
         return 0.0
     brain = _blocks((hu >= np.float32(BRAIN_HU[0])) & (hu <= np.float32(BRAIN_HU[1])), k)
     return float(brain[inside].sum()) / head_pixels
+
+
+def _enclosed_cells(hu: np.ndarray, k: int) -> np.ndarray:
+    """bool cells of the working grid enclosed by bone and holding none."""
+    bone = _blocks(hu >= np.float32(BONE_HU_MIN), k) > 0  # any bone in a cell: a thin skull stays a closed ring
+    return _fill_holes(bone) & ~bone
+
+
+def intracranial_mask(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None,
+                      margin_mm: float = 0.0) -> np.ndarray:
+    """The cranial cavity of an HU slice float (H, W): bool (H, W), the largest region enclosed by bone
+    (HU >= 300), found on the working grid as ``brain_fraction`` finds it (so within a cell of the inner table),
+    then shrunk by ``margin_mm`` (in pixels without ``spacing_mm``). All False below the skull base (an open
+    bone ring), above the vertex or without a head."""
+    hu = np.asarray(hu, dtype=np.float32)
+    k = _block(spacing_mm, hu.shape)
+    cavity = _largest(_enclosed_cells(hu, k))
+    if cavity is None:
+        return np.zeros(hu.shape, bool)
+    mask = np.repeat(np.repeat(cavity, k, axis=0), k, axis=1)[: hu.shape[0], : hu.shape[1]]
+    steps = margin_mm / min(spacing_mm) if spacing_mm is not None else margin_mm
+    for _ in range(int(round(steps))):
+        mask = _erode(mask)
+    return mask
 
 
 # ------------------------------------------------------------------------------------------ model fit

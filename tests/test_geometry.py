@@ -10,7 +10,8 @@ from pydicom.data import get_testdata_file
 from conftest import head_hu
 from ctgen.dicom import read_slice
 from ctgen.geometry import (
-    BRAIN_FRACTION_MIN, _fill_holes, brain_fraction, head_centroid, head_mask, label, slice_warnings,
+    BRAIN_FRACTION_MIN, _fill_holes, brain_fraction, head_centroid, head_mask, intracranial_mask, label,
+    slice_warnings,
 )
 
 
@@ -117,3 +118,17 @@ def test_slice_warnings():
     assert any("pixel spacing 6.00 mm" in text for text in coarse)
     coronal = slice_warnings(head_hu(160), (1.5, 1.5), 128, 1.875, (1, 0, 0, 0, 0, -1))
     assert coronal == ["not axial (slice normal 90° from the head-foot axis)"]
+
+
+def test_intracranial_mask_is_the_skulls_inside():
+    hu = head_hu(160)  # brain inside r < 0.9 of the ellipse, skull ring to r = 1
+    yy, xx = np.mgrid[:160, :160]
+    r = np.hypot((yy - 80) / (0.42 * 160), (xx - 80) / (0.34 * 160))
+    cavity = intracranial_mask(hu, (1.5, 1.5))
+    assert cavity[r < 0.85].all() and not cavity[r > 0.9].any()
+    shrunk = intracranial_mask(hu, (1.5, 1.5), margin_mm=3.0)  # two pixels
+    assert shrunk[r < 0.8].all() and not shrunk[r > 0.87].any()
+    neck = hu.copy()
+    neck[neck > 300] = 40.0  # no skull
+    assert not intracranial_mask(neck, (1.5, 1.5)).any()
+    assert not intracranial_mask(np.full((32, 32), -1000.0)).any()

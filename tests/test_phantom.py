@@ -32,7 +32,7 @@ from train.phantom import (  # noqa: E402
 NEUTRAL = {
     "level": 0.5, "scale_x": 1.0, "scale_y": 1.0, "rotation_deg": 0.0, "pitch_deg": 0.0, "shift_x_mm": 0.0,
     "shift_y_mm": 0.0, "atrophy_mm": 0.0, "skull_mm": 7.0, "contrast": 0.0, "contrast_hu": 0.0, "noise_hu": 0.0,
-    "blur_mm": 0.0,
+    "blur_mm": 0.0, "ventricle_mm": 0.0, "warp_mm": 0.0, "warp_seed": 0,
 }
 RANGES = {factor.name: (factor.low, factor.high) for factor in FACTORS}
 
@@ -69,7 +69,7 @@ def extent_mm(mask: np.ndarray, axis: int) -> float:
 def test_factor_table_is_documented():
     names = [factor.name for factor in FACTORS]
     assert len(names) == len(set(names))
-    assert set(NEUTRAL) == set(names)
+    assert set(NEUTRAL) == {*names, "warp_seed"}
     for factor in FACTORS:
         assert factor.low < factor.high and factor.per in ("patient", "slice") and factor.distribution
         assert factor.description
@@ -188,6 +188,44 @@ def test_atrophy_enlarges_ventricles_and_sulci():
         fractions.append(tissues["csf"].sum() / intracranial(tissues).sum())
     assert fractions[0] < 0.2
     assert fractions[1] > fractions[0] + 0.02 and fractions[2] > fractions[1] + 0.04
+
+
+def test_ventricle_factor_enlarges_the_measured_csf():
+    from ctgen.factors import measure_slice
+
+    found = [measure_slice(render_slice(factors(ventricle_mm=size, noise_hu=4.0), np.random.default_rng(1)),
+                           (PIXEL_MM, PIXEL_MM)) for size in (0.0, 1.0, 2.5, 4.0)]
+    csf = [one["csf_fraction"] for one in found]
+    ventricles = [one["ventricle_mm2"] for one in found]
+    print(f"csf_fraction {np.round(csf, 3)}, ventricle_mm2 {np.round(ventricles)}")
+    assert all(b > a + 0.01 for a, b in zip(csf, csf[1:]))
+    assert all(b > a + 100.0 for a, b in zip(ventricles, ventricles[1:]))
+    tissues = [render_tissues(factors(ventricle_mm=size)) for size in (0.0, 4.0)]
+    # only the ventricles grow: the cortex's CSF rim (beyond 20 mm from the midline at this level) stays
+    lateral = np.abs(np.arange(512) - 256) * PIXEL_MM > 55.0
+    assert np.abs(tissues[1]["csf"][:, lateral] - tissues[0]["csf"][:, lateral]).max() < 1e-6
+
+
+def test_no_two_brains_are_the_same_and_a_seed_gives_the_same_brain():
+    same = factors(warp_mm=2.5, warp_seed=1)
+    first, again = render_slice(same), render_slice(same)
+    assert np.array_equal(first, again)
+    other = render_slice(factors(warp_mm=2.5, warp_seed=2))
+    straight = render_slice(factors())
+    brain = render_tissues(same)["gm"] > 0.5
+    assert np.abs(other - first)[brain].mean() > 2.0 and np.abs(straight - first)[brain].mean() > 2.0
+    # the skull keeps its shape: pose and size are the global factors' alone
+    assert np.array_equal(first > 300, straight > 300)
+    seeds = [sample_patient(np.random.default_rng(4))["warp_seed"] for _ in range(2)]
+    assert seeds[0] == seeds[1] != sample_patient(np.random.default_rng(5))["warp_seed"]
+    from train.phantom.render import _warp_mm
+
+    grid = np.stack(np.meshgrid(*[np.linspace(-90, 90, 25)] * 3, indexing="ij"))
+    displacement = _warp_mm(grid, 2.0, 7)
+    assert np.sqrt((displacement**2).sum(axis=0).mean()) == pytest.approx(2.0, rel=0.25)
+    assert np.array_equal(displacement, _warp_mm(grid, 2.0, 7))
+    step = np.diff(displacement, axis=1) / (180 / 24)
+    assert np.abs(step).max() < 0.5  # smooth: no folding
 
 
 def test_contrast_fills_the_vessels():

@@ -31,6 +31,9 @@ _MARGIN_MM = 32  # room around the brain for CSF, skull and scalp (coarse grid)
 _FINE_MARGIN_MM = 8  # room around the brain for the CSF rim and the inside margin of render.py
 _COARSE = 2  # distance fields live on a 2 mm grid (smooth; 8x cheaper to build)
 BRAIN_HU = {"gm": 39.0, "wm": 27.0, "csf": 6.0}
+_VENTRICLE_BOX = ((-32.0, -50.0, -8.0), (32.0, 35.0, 40.0))  # MNI mm around the lateral ventricles
+_VENTRICLE_DEPTH_MM = 12.0  # ... and this far inside the inner table
+_VENTRICLE_REACH_MM = 8  # their distance field reaches this far (beyond the largest enlargement, render.FACTORS)
 
 # Arteries as polylines (MNI mm, right hemisphere; mirrored when x != 0) with radius in mm.
 _ARTERIES: list[tuple[float, list[tuple[float, float, float]]]] = [
@@ -61,6 +64,8 @@ class Anatomy:
     base_hu: HU of the grey matter / white matter / CSF mixture (BRAIN_HU), CSF outside the brain.
     gm, wm: tissue fractions 0..1 (the rest of the intracranial space is CSF).
     csf_distance_mm: distance to the nearest CSF (for ventricle and sulcal enlargement).
+    ventricle_mm: distance to the lateral ventricles (mm, 0 inside), for their enlargement alone, on a 1 mm grid
+        cropped to the ventricles and _VENTRICLE_REACH_MM around them, whose voxel 0 is at ``ventricle_origin_mm``.
     vessel: fraction of each voxel filled by a contrast-fillable vessel.
     envelope_mm (coarse): signed distance to the inner table, positive outside.
     hull_mm (coarse): signed distance to a rounder hull of the envelope, from which the outer table
@@ -72,6 +77,8 @@ class Anatomy:
     gm: np.ndarray
     wm: np.ndarray
     csf_distance_mm: np.ndarray
+    ventricle_mm: np.ndarray
+    ventricle_origin_mm: np.ndarray
     vessel: np.ndarray
     coarse_origin_mm: np.ndarray
     coarse_mm: float
@@ -134,6 +141,10 @@ def load_anatomy() -> Anatomy:
     wm *= scale
     csf = intracranial & (gm + wm < 0.5)
     csf_distance = ndimage.distance_transform_edt(~csf).astype(np.float32)
+    ventricles = _ventricles(csf, fine_origin, envelope, nearest)
+    found = np.argwhere(ventricles)
+    crop = tuple(slice(max(int(a) - _VENTRICLE_REACH_MM, 0), int(b) + 1 + _VENTRICLE_REACH_MM)
+                 for a, b in zip(found.min(axis=0), found.max(axis=0)))
     base_hu = BRAIN_HU["gm"] * gm + BRAIN_HU["wm"] * wm + BRAIN_HU["csf"] * (1.0 - gm - wm)
     return Anatomy(
         origin_mm=fine_origin,
@@ -141,12 +152,29 @@ def load_anatomy() -> Anatomy:
         gm=gm,
         wm=wm,
         csf_distance_mm=csf_distance,
+        ventricle_mm=ndimage.distance_transform_edt(~ventricles[crop]).astype(np.float32),
+        ventricle_origin_mm=fine_origin + [part.start for part in crop],
         vessel=_vessels(gm.shape, fine_origin, envelope, coarse_origin),
         coarse_origin_mm=coarse_origin,
         coarse_mm=float(_COARSE),
         envelope_mm=envelope,
         hull_mm=hull,
     )
+
+
+def _ventricles(csf: np.ndarray, origin: np.ndarray, envelope: np.ndarray, nearest) -> np.ndarray:
+    """The lateral ventricles on the fine grid: the largest CSF component deep in the box that holds them
+    (a foramen of Monro joins the two; sulci and fissures stay near the inner table or outside the box)."""
+    lo, hi = np.array(_VENTRICLE_BOX[0]), np.array(_VENTRICLE_BOX[1])
+    start = np.clip(np.floor(lo - origin).astype(int), 0, csf.shape)
+    stop = np.clip(np.ceil(hi - origin).astype(int) + 1, 0, csf.shape)
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    deep = envelope[np.ix_(*(index[a:b] for index, a, b in zip(nearest, start, stop)))] < -_VENTRICLE_DEPTH_MM
+    labels, count = ndimage.label(csf[box] & deep)
+    ventricles = np.zeros(csf.shape, bool)
+    if count:
+        ventricles[box] = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    return ventricles
 
 
 def _skull_surfaces(brain: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -86,11 +86,22 @@ FACTORS: tuple[Factor, ...] = (
            "attenuation of blood in the arteries and venous sinuses"),
     Factor("noise_hu", 1.5, 8.0, "uniform", "patient", "HU", "standard deviation of image noise (slightly correlated)"),
     Factor("blur_mm", 0.3, 1.2, "uniform", "patient", "mm", "Gaussian sigma of the reconstruction kernel"),
+    # drawn after every factor above, so that a seed gives the patients it gave before these existed
+    Factor("ventricle_mm", 0.0, 4.0, "uniform, drawn last", "patient", "mm",
+           "lateral ventricles enlarged by this distance (on top of atrophy_mm)"),
+    Factor("warp_mm", 1.0, 3.0, "uniform, drawn last", "patient", "mm",
+           "RMS displacement of a smooth random deformation of the brain inside the skull (wavelengths 80-160 "
+           "mm, fading out over 10 mm towards the inner table), the patient's own (warp_seed): no two brains alike"),
 )
+_SEPTUM_MM = 10.0  # more than the largest ventricle_mm: the septum pellucidum between the ventricles stays
+_WARP_MODES = 4
+_WARP_WAVELENGTH_MM = (80.0, 160.0)
+_WARP_TAPER_MM = 10.0  # the deformation fades out over this distance to the inner table
 
 
 def sample_patient(rng: np.random.Generator) -> dict[str, float]:
-    """Draw every per-patient factor, plus ``level_start`` and ``level_end``, from ``rng``."""
+    """Draw every per-patient factor, plus ``level_start``, ``level_end`` and ``warp_seed`` (an int: the
+    deformation's own stream), from ``rng``."""
     values: dict[str, float] = {}
     for factor in FACTORS:
         if factor.per == "patient" and factor.distribution == "uniform":
@@ -101,6 +112,10 @@ def sample_patient(rng: np.random.Generator) -> dict[str, float]:
     values["contrast_hu"] = strength if contrast else 0.0
     values["level_start"] = float(rng.uniform(0.0, 0.06))
     values["level_end"] = float(rng.uniform(0.94, 1.0))
+    for factor in FACTORS:
+        if factor.distribution == "uniform, drawn last":
+            values[factor.name] = float(rng.uniform(factor.low, factor.high))
+    values["warp_seed"] = int(rng.integers(2**31))
     return values
 
 
@@ -125,8 +140,8 @@ def level_to_z_mm(factors: Mapping[str, float]) -> float:
 def render_slice(factors: Mapping[str, float], rng: np.random.Generator | None = None) -> np.ndarray:
     """Render one slice: HU, float32 (512, 512), clipped to [-1024, 3071].
 
-    ``factors`` holds every name in FACTORS (``level`` included). Noise of ``noise_hu`` is drawn from
-    ``rng``; with ``rng=None`` the slice is noise-free (the blur still applies).
+    ``factors`` holds every name in FACTORS (``level`` included) and ``warp_seed``. Noise of ``noise_hu`` is
+    drawn from ``rng``; with ``rng=None`` the slice is noise-free (the blur still applies).
     """
     planes = _sample_planes(factors, load_anatomy(), tissues=False)
     fractions = _fractions(planes, factors)
@@ -189,7 +204,6 @@ def _sample_planes(factors: Mapping[str, float], anatomy: Anatomy, *, tissues: b
     """
     n = MATRIX // _COARSE
     mni = _template_coords(factors, n, PIXEL_MM * _COARSE)
-    fine = mni - anatomy.origin_mm[:, None, None]  # voxel index on the 1 mm grid
     coarse = (mni - anatomy.coarse_origin_mm[:, None, None]) / anatomy.coarse_mm
     planes = {
         "envelope_mm": ndimage.map_coordinates(anatomy.envelope_mm, coarse, order=1, cval=100.0),
@@ -200,14 +214,19 @@ def _sample_planes(factors: Mapping[str, float], anatomy: Anatomy, *, tissues: b
         planes[name] = _ellipsoid(mni, center, radii)
 
     inside = planes["envelope_mm"] < _INSIDE_MARGIN_MM
-    points = fine[:, inside]  # (3, M): only the intracranial pixels touch the 1 mm volumes
+    brain_mni = mni[:, inside]  # (3, M): only the intracranial pixels touch the 1 mm volumes
+    if factors["warp_mm"] > 0:  # the brain moves inside a skull that keeps its shape
+        taper = np.clip(-planes["envelope_mm"][inside] / _WARP_TAPER_MM, 0.0, 1.0)
+        brain_mni = brain_mni + taper * _warp_mm(brain_mni, factors["warp_mm"], int(factors["warp_seed"]))
+    points = brain_mni - anatomy.origin_mm[:, None]  # voxel index on the 1 mm grid
 
     def sample(volume: np.ndarray) -> np.ndarray:
         return ndimage.map_coordinates(volume, points, order=1, cval=0.0)
 
     csf_distance = sample(anatomy.csf_distance_mm)
-    eroded = np.clip(factors["atrophy_mm"] + 0.5 - csf_distance, 0.0, 1.0)
-    falx = _falx(mni[:, inside], csf_distance)
+    eroded = np.clip(np.maximum(factors["atrophy_mm"] - csf_distance,
+                                _ventricle_growth(brain_mni, anatomy, factors["ventricle_mm"])) + 0.5, 0.0, 1.0)
+    falx = _falx(brain_mni, csf_distance)
     contrast = factors["contrast_hu"] > 0
     vessel = sample(anatomy.vessel) if contrast or tissues else None
     brain_hu = sample(anatomy.base_hu)
@@ -224,6 +243,35 @@ def _sample_planes(factors: Mapping[str, float], anatomy: Anatomy, *, tissues: b
         plane[inside] = values
         planes[name] = plane
     return dict(zip(planes, _upsample(np.stack(list(planes.values())))))
+
+
+def _ventricle_growth(mni: np.ndarray, anatomy: Anatomy, ventricle_mm: float) -> np.ndarray:
+    """``ventricle_mm`` minus the distance to the ventricles at points float64 (3, M); -inf beyond the field's
+    reach (only the points near the ventricles are sampled)."""
+    index = mni - anatomy.ventricle_origin_mm[:, None]
+    near = np.all((index >= 0) & (index <= np.array(anatomy.ventricle_mm.shape)[:, None] - 1), axis=0)
+    growth = np.full(mni.shape[1], -np.inf, dtype=np.float32)
+    if near.any():
+        growth[near] = ventricle_mm - ndimage.map_coordinates(anatomy.ventricle_mm, index[:, near], order=1)
+        growth[near] -= _SEPTUM_MM * np.clip(1.5 - np.abs(mni[0, near]), 0.0, 1.0)  # the septum stays (2 mm)
+    return growth
+
+
+def _warp_mm(mni: np.ndarray, rms_mm: float, seed: int) -> np.ndarray:
+    """A smooth displacement (MNI mm) at points float64 (3, ...): _WARP_MODES plane waves of random direction,
+    wavelength, phase and displacement, scaled to an RMS of ``rms_mm`` over space; the same ``seed``, the same
+    field."""
+    rng = np.random.default_rng(seed)
+    waves = rng.standard_normal((_WARP_MODES, 3))
+    waves *= (2 * np.pi / rng.uniform(*_WARP_WAVELENGTH_MM, _WARP_MODES) / np.linalg.norm(waves, axis=1))[:, None]
+    phases = rng.uniform(0.0, 2 * np.pi, _WARP_MODES)
+    displacements = rng.standard_normal((_WARP_MODES, 3))
+    displacements *= rms_mm / np.sqrt(0.5 * (displacements**2).sum())  # a sine's mean square is 1/2
+    out = np.zeros_like(mni)
+    for wave, phase, displacement in zip(waves, phases, displacements):
+        sine = np.sin(np.tensordot(wave, mni, axes=1) + phase)
+        out += displacement.reshape((3,) + (1,) * (mni.ndim - 1)) * sine
+    return out
 
 
 def _falx(mni: np.ndarray, csf_distance: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ SHEET_PATIENTS = 16  # contact sheet: the middle slice of the run's first 16 pat
 SHEET_SERIES_PATIENT = 0  # ... and every slice of its first patient
 LEVEL_MODES = ("even", "random")
 _PATIENT_FACTORS = [f.name for f in FACTORS if f.per == "patient"]
-CSV_COLUMNS = ["file", "patient_id", "slice_index", "level", "z_mm", *_PATIENT_FACTORS, "level_start", "level_end"]
+CSV_COLUMNS = ["file", "patient_id", "slice_index", "level", "z_mm", *_PATIENT_FACTORS, "level_start", "level_end",
+               "warp_seed"]
 
 
 def patient_id(index: int) -> str:
@@ -191,7 +192,7 @@ def _render_and_write(index, seed_sequence, slices, level_mode, seed, out, force
 
 
 def _format(value: float) -> str:
-    return f"{float(value):.6f}"
+    return str(value) if isinstance(value, int) else f"{float(value):.6f}"
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
