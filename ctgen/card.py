@@ -13,12 +13,13 @@ import math
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from ctgen.errors import InputError, ModelError
 from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, inspect_graph
 
 __all__ = [
+    "BoundUnit",
     "ModelCard",
     "CARD_FILE",
     "CARD_FORMAT",
@@ -68,6 +69,26 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class BoundUnit(NamedTuple):
+    """A latent unit bound at training to a measured factor (``ctgen.factors.FACTORS``): its posterior mean is the
+    standardised measurement, so ``value = mean + std * z`` in ``unit_of_measure`` ("deg", "mm", "" for a
+    fraction) and ``z = (value - mean) / std``."""
+
+    unit: int
+    factor: str
+    unit_of_measure: str
+    mean: float
+    std: float
+
+    def to_value(self, z):
+        """The factor's value (in ``unit_of_measure``) that latent value(s) ``z`` stand for."""
+        return self.mean + self.std * z
+
+    def to_z(self, value):
+        """The latent value(s) that stand for the factor's ``value`` (in ``unit_of_measure``)."""
+        return (value - self.mean) / self.std
 
 
 class ModelCard(dict):
@@ -134,6 +155,18 @@ class ModelCard(dict):
             if isinstance(factor, str) and factor and 0 <= index < self.latent_size:
                 labels[index] = factor
         return labels
+
+    @property
+    def bound_units(self) -> list[BoundUnit]:
+        """The units bound to measured factors (card section ``binding.units``), in unit order; [] for a model
+        trained without binding (and every card written before binding existed). Checked by ``read_card``."""
+        entries = (self.get("binding") or {}).get("units") or []
+        return [BoundUnit(int(e["unit"]), str(e["factor"]), str(e.get("unit_of_measure", "")), float(e["mean"]),
+                          float(e["std"])) for e in entries]
+
+    def bound_unit(self, factor: str) -> BoundUnit | None:
+        """The unit bound to ``factor``, or None."""
+        return next((bound for bound in self.bound_units if bound.factor == factor), None)
 
     def unit_for_factor(self, factor: str) -> int | None:
         """The unit the card names for ``factor`` (``metrics.unit_factors``), else the active unit that carries it
@@ -260,6 +293,34 @@ def _check_fields(card: dict[str, Any], card_path: Path) -> None:
     factors = metrics.get("unit_factors")
     if factors is not None and not isinstance(factors, (dict, list)):
         fail(f"metrics.unit_factors must be an object or a list, not {_shown(factors)}")
+    _check_binding(card, fail)
+
+
+def _check_binding(card: dict[str, Any], fail) -> None:
+    """``binding``: {"units": [{"unit", "factor", "unit_of_measure", "mean", "std"}, ...], ...}: distinct units
+    inside the latent, distinct factor names, finite means and positive finite standard deviations."""
+    binding = card.get("binding")
+    if binding is None:
+        return
+    if not isinstance(binding, dict) or not isinstance(binding.get("units", []), list):
+        fail(f"binding must be an object with a list of units, not {_shown(binding)}")
+    seen_units, seen_factors = set(), set()
+    for entry in binding.get("units", []):
+        if not isinstance(entry, dict):
+            fail(f"binding.units must hold objects, not {_shown(entry)}")
+        unit, factor = entry.get("unit"), entry.get("factor")
+        if not _is_int(unit) or not 0 <= unit < card["latent_size"] or unit in seen_units:
+            fail(f"binding.units: unit must be a distinct index below latent_size, not {_shown(unit)}")
+        if not isinstance(factor, str) or not factor.isidentifier() or factor in seen_factors:
+            fail(f"binding.units: factor must be a distinct name, not {_shown(factor)}")
+        if not isinstance(entry.get("unit_of_measure", ""), str) or len(entry.get("unit_of_measure", "")) > 20:
+            fail(f"binding.units.{factor}: unit_of_measure must be a short text")
+        mean, std = entry.get("mean"), entry.get("std")
+        if not (_is_number(mean) and math.isfinite(mean)) or not (_is_number(std) and math.isfinite(std) and std > 0):
+            fail(f"binding.units.{factor}: mean must be finite and std finite and positive, not {_shown(mean)}, "
+                 f"{_shown(std)}")
+        seen_units.add(unit)
+        seen_factors.add(factor)
 
 
 def _is_int(value: Any) -> bool:
