@@ -68,7 +68,7 @@ def build_card(
             files[graphs_fp16[graph].name] = _file_entry(graphs_fp16[graph], "fp16")
         graph_section[graph] = entry
     beta = loss.get("beta", train_config.get("beta"))
-    objective = {key: loss[key] for key in ("objective", "weights", "discriminator", "pairs") if key in loss}
+    objective = {key: loss[key] for key in ("objective", "weights", "discriminator", "pairs", "losses") if key in loss}
     capacity = loss.get("capacity")
     if capacity is None and train_config.get("capacity_max") is not None:
         capacity = {"max_nats": train_config["capacity_max"], "steps": train_config.get("capacity_steps"),

@@ -11,7 +11,8 @@ Architecture (the seed study's, sizes configurable)
     image_size must be divisible by 32 (64, 128, 256, ...).
 
 Loss (see ``vae_loss``), per batch of N images of S×S pixels in [0, 1]:
-    recon = (1/N) Σ_images Σ_pixels (x − x̂)²                  summed over pixels, batch mean
+    recon = (1/N) Σ_images Σ_pixels (x − x̂)²                  summed over pixels, batch mean ("l2", default)
+    recon = (1/N) Σ_images Σ_pixels |x − x̂|                   the same with --recon l1
     KL    = (1/N) Σ_images Σ_units ½(μ² + σ² − 1 − log σ²)    summed over latent units, batch mean
     loss  = recon + β·KL                                      (β-VAE, Higgins et al. 2017)
     loss  = recon + γ·|KL − C|, C = C_max·min(1, step/C_steps) (capacity annealing, Burgess et al. 2018)
@@ -19,6 +20,8 @@ Summed squared error is the negative log-likelihood of a Gaussian decoder with �
 up to a constant), so β = 1 is the plain ELBO of that model. Because the recon term grows with the number
 of pixels, the same β weighs the KL less at larger image sizes: a codebase that averages the squared error
 over pixels with weight β' is equivalent to β = β'·S² here; Higgins' normalised β is β·L/S².
+The image terms that any objective can add (MS-SSIM, focal frequency, patch adversarial) live in
+train.losses.
 Per-unit KL (the KL of each latent unit, averaged over the data) is what the training loop tracks; a unit is
 *active* when its KL exceeds ACTIVE_UNIT_KL = 0.01 nats.
 
@@ -36,10 +39,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS"]
+__all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS",
+           "RECONSTRUCTION_LOSSES"]
 
 ACTIVE_UNIT_KL = 0.01  # nats; a latent unit with mean KL above this carries information
-RECONSTRUCTION_LOSS = "squared error summed over pixels (window units, [0, 1]) per image, mean over the batch"
+RECONSTRUCTION_LOSSES = {  # vae_loss(reconstruction=...): what the checkpoint and the card say about it
+    "l2": "squared error summed over pixels (model units, [0, 1]) per image, mean over the batch",
+    "l1": "absolute error summed over pixels (model units, [0, 1]) per image, mean over the batch",
+}
+RECONSTRUCTION_LOSS = RECONSTRUCTION_LOSSES["l2"]
 STAGES = 5  # each halves the image: S -> S/32
 
 
@@ -166,7 +174,7 @@ class BetaVAE(nn.Module):
 @dataclass
 class LossTerms:
     loss: torch.Tensor  # scalar, what is optimised
-    recon: torch.Tensor  # scalar, summed squared error per image, batch mean
+    recon: torch.Tensor  # scalar, summed squared (or absolute: l1) error per image, batch mean
     kl: torch.Tensor  # scalar, KL summed over units, batch mean
     kl_units: torch.Tensor  # (L,), per-unit KL, batch mean
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # an objective's own scalar terms (TC, MI, ...)
@@ -187,10 +195,15 @@ def vae_loss(
     beta: float = 1.0,
     capacity: float | None = None,
     gamma: float = 100.0,
+    reconstruction: str = "l2",
 ) -> LossTerms:
-    """The loss of the module docstring. ``capacity`` (nats, the current C) switches to γ·|KL − C|."""
-    squared = (recon.float() - images.float()).square()
-    recon_term = squared.flatten(1).sum(1).mean()
+    """The loss of the module docstring. ``capacity`` (nats, the current C) switches to γ·|KL − C|;
+    ``reconstruction`` is "l2" or "l1" (RECONSTRUCTION_LOSSES). Raises ValueError for another name."""
+    if reconstruction not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {reconstruction!r} (choose from {', '.join(RECONSTRUCTION_LOSSES)})")
+    error = recon.float() - images.float()
+    error = error.square() if reconstruction == "l2" else error.abs()
+    recon_term = error.flatten(1).sum(1).mean()
     kl_units = kl_per_unit(mu, logvar).mean(0)
     kl = kl_units.sum()
     if capacity is None:
