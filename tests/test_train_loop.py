@@ -501,3 +501,12 @@ def test_resume_without_the_discriminator_state_is_refused(study, cache_root, tm
     save_checkpoint(checkpoint, tmp_path / "run" / "checkpoint_last.pt")
     with pytest.raises(ModelError, match="does not fit"):
         train(tiny(study, cache_root, tmp_path / "run", resume=True))
+
+
+@pytest.mark.parametrize("upsample", ["resize", "subpixel"])
+def test_decoder_upsampling_is_recorded_and_kept_on_resume(study, cache_root, tmp_path, upsample):
+    train(tiny(study, cache_root, tmp_path / "run", epochs=1, upsample=upsample))
+    train(tiny(study, cache_root, tmp_path / "run", resume=True))  # the option comes back from the checkpoint
+    checkpoint = load_checkpoint_verified(tmp_path / "run" / "checkpoint_last.pt")
+    assert checkpoint["config"]["upsample"] == checkpoint["train"]["upsample"] == upsample
+    assert checkpoint["epoch"] == 2 and BetaVAE.from_checkpoint(checkpoint).config.upsample == upsample

@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
     from ctgen.scan import SPLIT_BY
     from train.losses import RECON_LOSSES
+    from train.model import UPSAMPLE
     from train.objectives import OBJECTIVES
     from train.train import FIELD_OF_VIEW_MM, TrainConfig
 
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
         add("--latent", type=int, default=default.latent, help="latent size L")
         add("--beta", type=float, default=default.beta, help="KL weight of betavae and pairs (see train.model)")
     add("--width", type=int, default=default.width, help="channels of the first conv stage")
+    add("--upsample", choices=UPSAMPLE, default=default.upsample,
+        help="decoder stages: transposed (default) 4x4/2 transposed convolutions; resize: nearest x2 then conv "
+             "3x3; subpixel: conv 3x3 to 4C then PixelShuffle, ICNR-initialised (train.model)")
     add("--objective", choices=OBJECTIVES, default=default.objective,
         help="betavae: recon + β·KL; tcvae: β-TCVAE; factorvae: FactorVAE; pairs: Ada-GVAE on slice pairs "
              "of one patient (see train.objectives)")  # fmt: skip

@@ -27,6 +27,7 @@ class TrainConfig:
     hu_map: str = "ct"  # "ct": ctgen.preprocess.CT_MAP, the whole CT range; "window": HU -50..250 clipped (version-1)
     latent: int = 50
     width: int = 32
+    upsample: str = "transposed"  # decoder stages: transposed | resize | subpixel (train.model)
     objective: str = "betavae"  # one of train.objectives.OBJECTIVES
     beta: float = 4.0  # KL weight of betavae and pairs
     capacity_max: float | None = None  # nats; set to use recon + gamma·|KL - C| (betavae)
@@ -82,4 +83,4 @@ class TrainConfig:
 
     @property
     def model_config(self) -> VAEConfig:
-        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width)
+        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width, upsample=self.upsample)
