@@ -11,10 +11,10 @@ Sharpness, on HU images (N, S, S) clipped to the brain window WINDOW_HU (so bone
                            window units [0, 1]; 0 for an identity (pairs only: reconstructions).
 
 Anatomy kept (pairs: reconstructions against their originals; every mask comes from the original):
-    intracranial  pixels that bone (>= BONE_HU) encloses, eroded by ERODE_PX so partial volume with the skull
-                  stays out
+    intracranial  pixels that bone (>= BONE_HU) encloses, eroded by S/ERODE_DIVISOR px (7.5 mm on a 240 mm
+                  grid) so partial volume with the skull, and a blurred skull's halo, stay out
     tissue, CSF   intracranial pixels whose original, smoothed by a Gaussian of SMOOTH_PX (against noise),
-                  lies in TISSUE_HU or CSF_HU; the means are of the unsmoothed images
+                  lies in TISSUE_HU or CSF_HU; the means are of the unsmoothed images, clipped to WINDOW_HU
     grey, white   the same with GREY_HU and WHITE_HU (thresholds between the phantom's grey 39, white 27 and
                   CSF 6 HU: train.phantom.anatomy.BRAIN_HU; typical of real CT), or tissue maps when given
     contrast kept (mean_recon[tissue] − mean_recon[CSF]) / (mean_orig[tissue] − mean_orig[CSF]), pixels pooled
@@ -39,7 +39,7 @@ __all__ = ["BANDS", "WINDOW_HU", "anatomy_kept", "band_power_ratios", "gaussian_
 
 BANDS = {"0.125-0.25": (0.125, 0.25), "0.25-0.5": (0.25, 0.5)}  # cycles/px
 WINDOW_HU = (-50.0, 250.0)  # the brain window of the version-1 cards (and of the realism features)
-BONE_HU, ERODE_PX, SMOOTH_PX = 150.0, 2, 1.0
+BONE_HU, ERODE_DIVISOR, SMOOTH_PX = 150.0, 32, 1.0
 TISSUE_HU, CSF_HU = (20.0, 60.0), (-10.0, 15.0)
 GREY_HU, WHITE_HU = (34.0, 60.0), (20.0, 31.0)
 VENTRICLE_CSF_SHARE = 0.03
@@ -122,7 +122,7 @@ def _smooth(hu: np.ndarray, sigma_px: float) -> np.ndarray:
 def _intracranial(hu: np.ndarray) -> np.ndarray:
     bone = hu >= BONE_HU
     inside = ~bone & ~_outside(~bone)
-    for _ in range(ERODE_PX):
+    for _ in range(max(1, hu.shape[-1] // ERODE_DIVISOR)):
         inner = inside.copy()
         inner[:, 1:] &= inside[:, :-1]
         inner[:, :-1] &= inside[:, 1:]
@@ -154,6 +154,7 @@ def anatomy_kept(original_hu: np.ndarray, recon_hu: np.ndarray, tissue_maps: dic
     if original.shape != recon.shape:
         raise InputError(None, f"reconstructions {recon.shape} do not pair with originals {original.shape}")
     inside = _intracranial(original)
+    original, recon = np.clip(original, *WINDOW_HU), np.clip(recon, *WINDOW_HU)
     smooth_original, smooth_recon = _smooth(original, SMOOTH_PX), _smooth(recon, SMOOTH_PX)
     if tissue_maps is not None:
         grey, white, csf = (inside & (np.asarray(tissue_maps[name]) > 0.5) for name in ("gm", "wm", "csf"))
@@ -176,7 +177,7 @@ def anatomy_kept(original_hu: np.ndarray, recon_hu: np.ndarray, tissue_maps: dic
             "csf_dice": float(2 * overlap / total) if total else None,
             "grey_white_contrast_kept": kept(grey, white, np.ones(len(original), bool)),
             "n_slices": len(original), "n_ventricle_slices": int(levels.sum()), "masks": masks,
-            "rule": {"bone_hu": BONE_HU, "erode_px": ERODE_PX, "smooth_px": SMOOTH_PX, "tissue_hu": list(TISSUE_HU),
+            "rule": {"bone_hu": BONE_HU, "erode_px": max(1, original.shape[-1] // ERODE_DIVISOR), "smooth_px": SMOOTH_PX, "tissue_hu": list(TISSUE_HU),
                      "csf_hu": list(CSF_HU), "grey_hu": list(GREY_HU), "white_hu": list(WHITE_HU),
                      "ventricle_csf_share": VENTRICLE_CSF_SHARE}}  # fmt: skip
 
