@@ -333,7 +333,7 @@ def test_resize_and_subpixel_decoders_export_and_validate(tiny_checkpoint, tmp_p
                    "loss": {**checkpoint["loss"], "losses": ImageLoss(train_config, device=torch.device("cpu")).record()}}
     (tmp_path / "run").mkdir()
     save_checkpoint(checkpoint, tmp_path / "run" / "checkpoint_best.pt")
-    out = export_model(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "model")
+    out = export_model(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "model", fp16=upsample == "subpixel")
     card = _card(out)
     decoder_ops = {node.op_type for node in onnx.load(out / "decoder.onnx").graph.node}
     assert ("Resize" if upsample == "resize" else "DepthToSpace") in decoder_ops and "ConvTranspose" not in decoder_ops
@@ -344,3 +344,4 @@ def test_resize_and_subpixel_decoders_export_and_validate(tiny_checkpoint, tmp_p
     assert losses["adversarial"]["start_step"] == 100 and losses["focal_frequency"] is None
     assert card["training"]["config"]["upsample"] == upsample
     assert max(card["export"]["parity"]["max_abs_diff"]["decoder"].values()) < 1e-4
+    assert (out / "decoder_fp16.onnx").is_file() == (upsample == "subpixel")  # the CUDA graphs pass their parity too
