@@ -116,3 +116,22 @@ def test_bad_loss_options_are_input_errors():
         config(recon="huber").check_losses()
     with pytest.raises(InputError, match="--adv-start"):
         config(adv_start=-1).check_losses()
+
+
+def test_command_line_options_reach_the_config():
+    import argparse
+
+    from train.__main__ import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = config_from_args(parser.parse_args(["--out", "run"]))
+    assert (defaults.recon, defaults.ssim_weight, defaults.freq_weight, defaults.adv_weight, defaults.adv_start,
+            defaults.upsample) == ("l2", 0.0, 0.0, 0.0, 0, "transposed")  # fmt: skip
+    cfg = config_from_args(parser.parse_args(["--out", "run", "--recon", "l1", "--ssim-weight", "0.2", "--freq-weight",
+                                              "1", "--adv-weight", "0.01", "--adv-start", "500", "--upsample",
+                                              "subpixel"]))  # fmt: skip
+    assert (cfg.recon, cfg.ssim_weight, cfg.freq_weight, cfg.adv_weight, cfg.adv_start) == ("l1", 0.2, 1.0, 0.01, 500)
+    assert cfg.model_config.upsample == "subpixel"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "run", "--recon", "l3"])
