@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLOURS", "bar_chart", "line_chart", "scatter_chart", "side_by_side"]
+__all__ = ["COLOURS", "bar_chart", "line_chart", "scatter_chart", "side_by_side", "spectra_chart"]
 
 COLOURS = ("#285aaa", "#c83c28", "#289646", "#9650aa", "#e69614", "#555555")  # one per series, in order
 DPI = 100
@@ -85,6 +85,20 @@ def scatter_chart(groups: Mapping[str, Sequence[tuple[float, float, str]]], *, t
         for x, y, label in points:
             axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour)
     axes.set(title=title, xlabel=x_label, ylabel=y_label)
+    axes.legend(frameon=False, fontsize=8)
+    return _image(plt, figure)
+
+
+def spectra_chart(spectra: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
+                  bands: Sequence[tuple[float, float]] = (), size: tuple[float, float] = (5.2, 3.4)) -> Any:
+    """Radial power spectra (frequencies in cycles/px, power) as lines, power on a log scale, ``bands`` shaded."""
+    plt, figure, axes = _figure(size)
+    for index, (lo, hi) in enumerate(bands):  # alternate shades: neighbouring bands stay apart
+        axes.axvspan(lo, hi, color=("#eeeeee", "#dddddd")[index % 2], zorder=0)
+    for index, (name, (frequencies, power)) in enumerate(spectra.items()):
+        axes.plot(frequencies, power, color=COLOURS[index % len(COLOURS)], linewidth=1.2, label=name)
+    axes.set_yscale("log")
+    axes.set(title=title, xlabel="spatial frequency (cycles/px)", ylabel="power (HU² per coefficient)", xlim=(0, 0.5))
     axes.legend(frameon=False, fontsize=8)
     return _image(plt, figure)
 

@@ -268,8 +268,9 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
         priors["fitted"] = model.prior.sample(SAMPLES, seed=seed)
     decoded = {name: _decode(model, z, progress, f"sampling ({name} prior)") for name, z in priors.items()}
     samples = decoded["fitted" if "fitted" in decoded else "standard"]  # what `ctgen sample` draws
-    report["realism"] = _realism(originals, recon_hu, {name: from_model(images, grid) for name, images in
-                                                       decoded.items()})
+    samples_hu = {name: from_model(images, grid) for name, images in decoded.items()}
+    report["realism"] = _realism(originals, recon_hu, samples_hu)
+    report["sharpness"] = _sharpness(originals, recon_hu, samples_hu, pictures)
     report["memorisation"] = {"skipped": "needs --split (the training patients)"}
     if train_keys is not None:
         factor = max(1, grid.size // 32)  # memorisation compares 32 x 32 pictures: layout, not noise
@@ -332,6 +333,19 @@ def _realism(real_hu: np.ndarray, recon_hu: np.ndarray, samples_hu: dict[str, np
     section["anatomy"] = {name: {k: v for k, v in realism.anatomy_check(hu).items() if k != "passed"}
                           for name, hu in {"heldout": real_hu, **{f"samples_{n}": h for n, h in samples_hu.items()}}.items()}
     return section
+
+
+def _sharpness(originals: np.ndarray, recon_hu: np.ndarray, samples_hu: dict[str, np.ndarray],
+               pictures: dict | None) -> dict:
+    """Sharpness and anatomy kept (``ctgen.metrics.sharpness``) of reconstructions and samples against the
+    held-out originals; their radial spectra go to ``pictures["spectra"]`` for the figure."""
+    from ctgen.metrics import sharpness
+
+    if pictures is not None:
+        sets = {"originals": originals, "reconstructions": recon_hu, **{f"samples ({n} prior)": hu
+                                                                          for n, hu in samples_hu.items()}}
+        pictures["spectra"] = {name: sharpness.radial_power_spectrum(hu) for name, hu in sets.items()}
+    return sharpness.sharpness_report(originals, recon_hu, samples_hu)
 
 
 def _model_summary(model) -> dict:

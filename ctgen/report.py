@@ -15,7 +15,7 @@ __all__ = ["REPORT_FILES", "check_out", "draw_figures", "interpret", "kl_bar_cha
            "render_markdown", "report_folder", "write_report"]
 
 REPORT_FILES = ("metrics.json", "report.md", "kl_per_unit.png", "traversal.png", "samples.png",
-                "reconstructions.png", "real_slices.png")
+                "reconstructions.png", "real_slices.png", "spectra.png")
 TRAVERSAL_OFFSETS = (-3.0, -1.5, 0.0, 1.5, 3.0)
 DIFF_HU = 100.0  # difference panels: ±DIFF_HU is black / white
 
@@ -61,6 +61,8 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
         "samples.png": grid_image(pictures["samples"], brain, rows=4, cols=8, **scale,
                                   title="samples from the prior (seeded)"),
     }
+    if pictures.get("spectra"):
+        figures["spectra.png"] = spectra_figure(pictures["spectra"])
     for name, what in (("reconstructions", report["reconstruction"]["set"]), ("real_slices", "pydicom's real CT")):
         panels = pictures.get(name)
         if panels is not None and len(panels):
@@ -223,6 +225,36 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])
 
 
+def spectra_figure(spectra: dict) -> Any:
+    """Radial spectra of originals, reconstructions and samples, the sharpness bands shaded."""
+    from ctgen.charts import spectra_chart
+    from ctgen.metrics.sharpness import BANDS, WINDOW_HU
+
+    return spectra_chart(spectra, bands=list(BANDS.values()),
+                         title=f"radial power spectra, {WINDOW_HU[0]:g}..{WINDOW_HU[1]:g} HU")
+
+
+def sharpness_markdown(section: dict) -> list[str]:
+    """report.md's sharpness section from ``report["sharpness"]``."""
+    bands = list(section["bands_cycles_per_px"])
+    rows = [[name.replace("_", " "), *(ratios[band] for band in bands)]
+            for name, ratios in section["band_power_ratio"].items()]
+    anatomy = section["anatomy"]
+    return ["## Sharpness and anatomy kept",
+            markdown_table(["images", *(f"power kept {band} cycles/px" for band in bands)], rows),
+            f"Power of the images over that of {section['n_originals']} held-out originals in each band of the radially "
+            f"averaged spectrum (images clipped to {section['window_hu'][0]:g}..{section['window_hu'][1]:g} HU): 1 keeps "
+            f"the detail, less is blur. Log frequency distance of the reconstructions: "
+            f"{section['log_frequency_distance']:.3f} (0: identical).",
+            markdown_table(["tissue-to-CSF contrast kept", "CSF Dice inside the skull", "grey/white contrast kept",
+                            "slices at ventricle levels"],
+                           [[anatomy["tissue_csf_contrast_kept"], anatomy["csf_dice"],
+                             anatomy["grey_white_contrast_kept"], f"{anatomy['n_ventricle_slices']} of "
+                                                                  f"{anatomy['n_slices']}"]]),
+            f"Reconstructions against their originals, masks from the original ({anatomy['masks']}; "
+            "ctgen.metrics.sharpness): 1 keeps the contrast, 0 is a flat grey brain."]
+
+
 def render_markdown(report: dict) -> str:
     """report.md: one table per section, each followed by its interpretation."""
     model, study, say = report["model"], report["study"], report["interpretation"]
@@ -269,6 +301,8 @@ def render_markdown(report: dict) -> str:
                                  checks),
                   "The check: bone >= 150 HU (gaps of one 3.75 mm pixel bridged) must enclose at least 5 % of the "
                   "head, and at least half of what it encloses must be 0..80 HU.", say["realism"]]
+    if "sharpness" in report:
+        parts += sharpness_markdown(report["sharpness"])
     memo = report["memorisation"]
     parts.append("## Memorisation")
     if "median_ratio" in memo:

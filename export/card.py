@@ -68,7 +68,7 @@ def build_card(
             files[graphs_fp16[graph].name] = _file_entry(graphs_fp16[graph], "fp16")
         graph_section[graph] = entry
     beta = loss.get("beta", train_config.get("beta"))
-    objective = {key: loss[key] for key in ("objective", "weights", "discriminator", "pairs") if key in loss}
+    objective = {key: loss[key] for key in ("objective", "weights", "discriminator", "pairs", "losses") if key in loss}
     capacity = loss.get("capacity")
     if capacity is None and train_config.get("capacity_max") is not None:
         capacity = {"max_nats": train_config["capacity_max"], "steps": train_config.get("capacity_steps"),
@@ -189,6 +189,10 @@ def _file_entry(path: Path, precision: str) -> dict[str, Any]:
     return entry
 
 
+UPSAMPLE_SUMMARY = {"transposed": "ConvTranspose4x4/2", "resize": "nearest x2 + conv3x3",
+                    "subpixel": "conv3x3 to 4C + PixelShuffle(2) (ICNR)"}
+
+
 def _architecture(vae: BetaVAE) -> dict[str, Any]:
     config = vae.config
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
@@ -202,7 +206,8 @@ def _architecture(vae: BetaVAE) -> dict[str, Any]:
         "summary": (
             f"encoder: 5 stages of conv3x3 + conv4x4/2 (BatchNorm, LeakyReLU {config.leaky_slope}), channels "
             f"{channels}, {config.image_size} -> {side} px, linear -> 2x{config.latent_size} (mu, logvar); "
-            f"decoder: linear -> ({channels[-1]}, {side}, {side}), 5 ConvTranspose4x4/2 up to {config.image_size} px, "
+            f"decoder: linear -> ({channels[-1]}, {side}, {side}), 5 {UPSAMPLE_SUMMARY[config.upsample]} up to "
+            f"{config.image_size} px, "
             f"conv3x3, conv3x3 -> 1 channel, sigmoid"
         ),
         "parameters": {"encoder": encoder, "decoder": decoder, "total": count(vae)},

@@ -85,6 +85,20 @@ def test_metrics_json_sections(report_dir, study):
     assert "PHANTOM-0001" not in (report_dir / "metrics.json").read_text()  # no patient ids written
 
 
+def test_sharpness_section_figure_and_markdown(report_dir):
+    """issue 26: band power ratios of reconstructions and samples, LFD, anatomy kept, the spectra figure."""
+    section = json.loads((report_dir / "metrics.json").read_text())["sharpness"]
+    assert set(section["band_power_ratio"]) == {"reconstructions", "samples_standard"}
+    for ratios in section["band_power_ratio"].values():
+        assert set(ratios) == {"0.125-0.25", "0.25-0.5"} and all(value >= 0 for value in ratios.values())
+    assert section["log_frequency_distance"] > 0 and section["n_originals"] == 6
+    assert section["anatomy"]["n_slices"] == 6 and section["anatomy"]["masks"] == "HU thresholds on the original"
+    text = (report_dir / "report.md").read_text()
+    assert "## Sharpness and anatomy kept" in text and "![spectra.png](spectra.png)" in text
+    with Image.open(report_dir / "spectra.png") as image:
+        assert image.width > 300
+
+
 def test_unit_factors_name_valid_units(report_dir):
     report = json.loads((report_dir / "metrics.json").read_text())
     card = card_metrics(report)

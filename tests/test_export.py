@@ -307,3 +307,41 @@ def test_cli_exports_and_same_checkpoint_gives_same_bytes(tiny_checkpoint, tiny_
     assert card["files"] == original["files"]
     assert card["export"]["command"] == f"python -m export {tiny_checkpoint.parent} --out {out} --name tiny"
     shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------- decoders and losses of issue 26
+@pytest.mark.parametrize("upsample", ["resize", "subpixel"])
+def test_resize_and_subpixel_decoders_export_and_validate(tiny_checkpoint, tmp_path, upsample):
+    """The ONNX graph of each decoder passes the export's parity check; the card names the decoder's stages
+    and the training losses the checkpoint records."""
+    from dataclasses import asdict
+
+    from train.checkpoint import save_checkpoint
+    from train.config import TrainConfig
+    from train.losses import ImageLoss
+    from train.model import BetaVAE, VAEConfig
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    torch.manual_seed(0)
+    config = VAEConfig(**{**checkpoint["config"], "upsample": upsample})
+    vae = BetaVAE(config)
+    vae.train()
+    vae(torch.rand(4, 1, 64, 64))  # BatchNorm statistics away from their defaults: the folding is exercised
+    train_config = TrainConfig(image_size=64, width=8, latent=8, upsample=upsample, recon="l1", ssim_weight=0.1,
+                               adv_weight=0.01, adv_start=100)  # fmt: skip
+    checkpoint |= {"config": asdict(config), "model": vae.state_dict(), "train": asdict(train_config),
+                   "loss": {**checkpoint["loss"], "losses": ImageLoss(train_config, device=torch.device("cpu")).record()}}
+    (tmp_path / "run").mkdir()
+    save_checkpoint(checkpoint, tmp_path / "run" / "checkpoint_best.pt")
+    out = export_model(tmp_path / "run" / "checkpoint_best.pt", tmp_path / "model", fp16=upsample == "subpixel")
+    card = _card(out)
+    decoder_ops = {node.op_type for node in onnx.load(out / "decoder.onnx").graph.node}
+    assert ("Resize" if upsample == "resize" else "DepthToSpace") in decoder_ops and "ConvTranspose" not in decoder_ops
+    assert card["architecture"]["config"]["upsample"] == upsample
+    assert {"resize": "nearest x2", "subpixel": "PixelShuffle"}[upsample] in card["architecture"]["summary"]
+    losses = card["objective"]["losses"]
+    assert losses["reconstruction"] == "l1" and losses["ms_ssim"]["scales"] == 3
+    assert losses["adversarial"]["start_step"] == 100 and losses["focal_frequency"] is None
+    assert card["training"]["config"]["upsample"] == upsample
+    assert max(card["export"]["parity"]["max_abs_diff"]["decoder"].values()) < 1e-4
+    assert (out / "decoder_fp16.onnx").is_file() == (upsample == "subpixel")  # the CUDA graphs pass their parity too

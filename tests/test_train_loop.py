@@ -206,15 +206,22 @@ def assert_same_state(first: dict, second: dict) -> None:
             assert torch.equal(value, second["optimizer"]["state"][index][key])
 
 
-@pytest.mark.parametrize("objective", ["tcvae", "factorvae", "pairs"])
-def test_resume_is_exact_for_every_objective(study, cache_root, tmp_path, objective):
-    changes = {"objective": objective, "factor_hidden": 32}
+def straight_and_resumed(study: Path, cache_root: Path, tmp_path: Path, **changes) -> tuple[dict, dict]:
+    """The last checkpoints of 2 epochs straight and of 1 epoch + --resume to 2, asserted equal in model and
+    optimizer."""
     train(tiny(study, cache_root, tmp_path / "straight", **changes))
     train(tiny(study, cache_root, tmp_path / "resumed", epochs=1, **changes))
     train(tiny(study, cache_root, tmp_path / "resumed", resume=True))
     straight = torch.load(tmp_path / "straight" / "checkpoint_last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=True)
     assert_same_state(straight, resumed)
+    return straight, resumed
+
+
+@pytest.mark.parametrize("objective", ["tcvae", "factorvae", "pairs"])
+def test_resume_is_exact_for_every_objective(study, cache_root, tmp_path, objective):
+    changes = {"objective": objective, "factor_hidden": 32}
+    straight, resumed = straight_and_resumed(study, cache_root, tmp_path, **changes)
     assert straight["loss"]["objective"] == resumed["train"]["objective"] == objective
     if objective == "factorvae":
         for part in ("discriminator", "optimizer"):
@@ -248,6 +255,7 @@ from pathlib import Path
 import torch
 
 from train import ddp
+from train.losses import ImageLoss
 from train.objectives import FactorVAE
 from train.train import TrainConfig, train
 
@@ -267,6 +275,20 @@ for objective in ("tcvae", "factorvae", "pairs"):
                       epochs=1, batch_size=6, device="cpu", quiet=True, tensorboard=False, workers=1,
                       objective=objective, factor_hidden=32))
 torch.save(trained[-1].discriminator.state_dict(), out / f"discriminator{ddp.init('cpu').rank}.pt")
+patches = []
+original_after = ImageLoss.after_step
+
+
+def keep(self, extra):
+    patches.append(self)
+    return original_after(self, extra)
+
+
+ImageLoss.after_step = keep
+train(TrainConfig(data=[str(study)], out=str(out / "images"), cache=str(cache), image_size=64, width=8, latent=8,
+                  epochs=1, batch_size=6, device="cpu", quiet=True, tensorboard=False, workers=1, recon="l1",
+                  ssim_weight=0.1, freq_weight=1.0, adv_weight=0.01, adv_start=1))
+torch.save(patches[-1].discriminator.state_dict(), out / f"patch{ddp.init('cpu').rank}.pt")
 ddp.shutdown()
 """
 
@@ -298,6 +320,11 @@ def test_torchrun_every_objective(study, cache_root, tmp_path):
         assert checkpoint["step"] == (18 // 3 if objective == "pairs" else 18 // 6)
     first, second = (torch.load(tmp_path / f"discriminator{rank}.pt", weights_only=True) for rank in (0, 1))
     for name, tensor in first.items():  # the discriminator sits outside DDP: its gradients are averaged by hand
+        assert torch.equal(tensor, second[name]), name
+    (logged,) = metrics(tmp_path / "images")  # the image terms under DDP: the patch discriminator too
+    assert math.isfinite(logged["train_loss"]) and logged["train_adv_discriminator"] > 0
+    first, second = (torch.load(tmp_path / f"patch{rank}.pt", weights_only=True) for rank in (0, 1))
+    for name, tensor in first.items():
         assert torch.equal(tensor, second[name]), name
 
 
@@ -457,3 +484,53 @@ def test_kill_at_random_moments_then_resume(study, cache_root, straight_run, tmp
 def test_kill_at_random_moments_then_resume_many(study, cache_root, straight_run, tmp_path):
     for trial in range(20):
         kill_and_resume(study, cache_root, straight_run, tmp_path / f"trial{trial}" / "run", seed=100 + trial)
+
+
+# ------------------------------------------------------------------ image terms (train.losses): resume, bf16
+IMAGE_TERMS = {"recon": "l1", "ssim_weight": 0.1, "freq_weight": 1.0, "adv_weight": 0.01, "adv_start": 2}
+
+
+@pytest.mark.parametrize("objective", ["betavae", "factorvae", "pairs"])
+def test_resume_is_exact_with_every_image_term(study, cache_root, tmp_path, objective):
+    """2 epochs straight == 1 epoch + --resume 1 epoch, with the discriminator switched on in the first."""
+    changes = {"objective": objective, "factor_hidden": 32, **IMAGE_TERMS}
+    straight, resumed = straight_and_resumed(study, cache_root, tmp_path, **changes)
+    for name, tensor in straight["objective_state"]["patch_discriminator"].items():
+        assert torch.equal(tensor, resumed["objective_state"]["patch_discriminator"][name]), name
+    for key, value in straight["objective_state"]["patch_optimizer"]["state"][0].items():
+        assert torch.equal(value, resumed["objective_state"]["patch_optimizer"]["state"][0][key]), key
+    logged = metrics(tmp_path / "straight")
+    assert deterministic(logged) == deterministic(metrics(tmp_path / "resumed"))
+    assert all(f"train_{name}" in logged[-1] for name in ("ms_ssim", "freq", "adv", "adv_discriminator"))
+    assert "val_ms_ssim" in logged[-1] and "val_freq" in logged[-1]
+    assert logged[-1]["train_adv_discriminator"] > 0
+    record = straight["loss"]["losses"]
+    assert record["reconstruction"] == "l1" and record["adversarial"]["start_step"] == 2
+    assert straight["train"]["ssim_weight"] == 0.1 and "absolute" in straight["loss"]["reconstruction"]
+
+
+@pytest.mark.parametrize("objective", ["betavae", "tcvae"])
+def test_bf16_autocast_with_every_image_term(study, cache_root, tmp_path, objective):
+    summary = train(tiny(study, cache_root, tmp_path / "run", epochs=1, precision="bf16", objective=objective,
+                         **{**IMAGE_TERMS, "adv_start": 0}))  # fmt: skip
+    assert all(math.isfinite(summary["metrics"][key]) for key in ("train_loss", "val_loss", "train_adv"))
+
+
+def test_resume_without_the_discriminator_state_is_refused(study, cache_root, tmp_path):
+    train(tiny(study, cache_root, tmp_path / "run", epochs=1))
+    checkpoint = load_checkpoint_verified(tmp_path / "run" / "checkpoint_last.pt")
+    checkpoint["train"]["adv_weight"] = 0.01  # a run that claims a discriminator its checkpoint lacks
+    from train.checkpoint import save_checkpoint
+
+    save_checkpoint(checkpoint, tmp_path / "run" / "checkpoint_last.pt")
+    with pytest.raises(ModelError, match="does not fit"):
+        train(tiny(study, cache_root, tmp_path / "run", resume=True))
+
+
+@pytest.mark.parametrize("upsample", ["resize", "subpixel"])
+def test_decoder_upsampling_is_recorded_and_kept_on_resume(study, cache_root, tmp_path, upsample):
+    train(tiny(study, cache_root, tmp_path / "run", epochs=1, upsample=upsample))
+    train(tiny(study, cache_root, tmp_path / "run", resume=True))  # the option comes back from the checkpoint
+    checkpoint = load_checkpoint_verified(tmp_path / "run" / "checkpoint_last.pt")
+    assert checkpoint["config"]["upsample"] == checkpoint["train"]["upsample"] == upsample
+    assert checkpoint["epoch"] == 2 and BetaVAE.from_checkpoint(checkpoint).config.upsample == upsample

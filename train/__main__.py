@@ -25,6 +25,8 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) -> None:
     """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
     from ctgen.scan import SPLIT_BY
+    from train.losses import RECON_LOSSES
+    from train.model import UPSAMPLE
     from train.objectives import OBJECTIVES
     from train.train import FIELD_OF_VIEW_MM, TrainConfig
 
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
         add("--latent", type=int, default=default.latent, help="latent size L")
         add("--beta", type=float, default=default.beta, help="KL weight of betavae and pairs (see train.model)")
     add("--width", type=int, default=default.width, help="channels of the first conv stage")
+    add("--upsample", choices=UPSAMPLE, default=default.upsample,
+        help="decoder stages: transposed (default) 4x4/2 transposed convolutions; resize: nearest x2 then conv "
+             "3x3; subpixel: conv 3x3 to 4C then PixelShuffle, ICNR-initialised (train.model)")
     add("--objective", choices=OBJECTIVES, default=default.objective,
         help="betavae: recon + β·KL; tcvae: β-TCVAE; factorvae: FactorVAE; pairs: Ada-GVAE on slice pairs "
              "of one patient (see train.objectives)")  # fmt: skip
@@ -57,6 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--factor-hidden", type=int, default=default.factor_hidden, help="factorvae: discriminator layer width")
     add("--factor-lr", type=float, default=default.factor_lr, help="factorvae: discriminator learning rate")
     add("--pair-adjacent", action="store_true", help="pairs: pair each slice with a neighbouring slice")
+    add("--recon", choices=RECON_LOSSES, default=default.recon,
+        help="reconstruction term: l2 (default) summed squared error, l1 summed absolute error (train.model)")
+    add("--ssim-weight", type=float, default=default.ssim_weight,
+        help="weight of S²·(1 − MS-SSIM) (default 0: off; train.losses)")
+    add("--freq-weight", type=float, default=default.freq_weight,
+        help="weight of the focal frequency loss, Jiang et al. 2021 (default 0: off; train.losses)")
+    add("--adv-weight", type=float, default=default.adv_weight,
+        help="weight of the PatchGAN hinge term S²·(−D(x̂)) (default 0: no discriminator; train.losses)")
+    add("--adv-start", type=int, default=default.adv_start, metavar="STEP",
+        help="step at which the discriminator and its term switch on (default 0)")
     add("--epochs", type=int, default=default.epochs)
     add("--batch-size", type=int, default=default.batch_size, help="global batch (split across processes)")
     add("--lr", type=float, default=default.lr)

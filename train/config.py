@@ -27,6 +27,7 @@ class TrainConfig:
     hu_map: str = "ct"  # "ct": ctgen.preprocess.CT_MAP, the whole CT range; "window": HU -50..250 clipped (version-1)
     latent: int = 50
     width: int = 32
+    upsample: str = "transposed"  # decoder stages: transposed | resize | subpixel (train.model)
     objective: str = "betavae"  # one of train.objectives.OBJECTIVES
     beta: float = 4.0  # KL weight of betavae and pairs
     capacity_max: float | None = None  # nats; set to use recon + gamma·|KL - C| (betavae)
@@ -39,6 +40,12 @@ class TrainConfig:
     factor_hidden: int = 1000  # factorvae: units per discriminator layer
     factor_lr: float = 1e-4  # factorvae: discriminator learning rate
     pair_adjacent: bool = False  # pairs: partner is a neighbouring slice instead of any slice of the patient
+    # the reconstruction term and the image terms every objective can add (table: train.losses)
+    recon: str = "l2"  # "l2": summed squared error (version 1 and 2); "l1": summed absolute error
+    ssim_weight: float = 0.0  # weight of S²·(1 − MS-SSIM)
+    freq_weight: float = 0.0  # weight of the focal frequency loss
+    adv_weight: float = 0.0  # weight of S²·(−D(x̂)), the PatchGAN's hinge generator term; 0: no discriminator
+    adv_start: int = 0  # step at which the discriminator and its term switch on (warm-up)
     epochs: int = 20
     batch_size: int = 64  # global, in images: split across torchrun processes
     lr: float = 1e-3
@@ -57,6 +64,16 @@ class TrainConfig:
     quiet: bool = False
     tensorboard: bool = True
 
+    def check_losses(self) -> None:
+        """Raises InputError for an unknown --recon or a negative loss weight or --adv-start."""
+        from train.losses import RECON_LOSSES
+
+        if self.recon not in RECON_LOSSES:
+            raise InputError(None, f"--recon must be one of {', '.join(RECON_LOSSES)}, not {self.recon!r}")
+        for name in ("ssim_weight", "freq_weight", "adv_weight", "adv_start"):
+            if not getattr(self, name) >= 0:
+                raise InputError(None, f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+
     @property
     def grid(self) -> Grid:
         spacing = self.spacing_mm if self.spacing_mm is not None else FIELD_OF_VIEW_MM / self.image_size
@@ -66,4 +83,4 @@ class TrainConfig:
 
     @property
     def model_config(self) -> VAEConfig:
-        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width)
+        return VAEConfig(image_size=self.image_size, latent_size=self.latent, width=self.width, upsample=self.upsample)

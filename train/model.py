@@ -4,14 +4,23 @@ Architecture (the seed study's, sizes configurable)
     encoder, 10 convolutions: 5 stages of [conv 3x3 stride 1 -> conv 4x4 stride 2], each followed by
         BatchNorm + LeakyReLU; channels width, 2w, 4w, 8w, 8w (doubling, capped at 8·width); the image
         shrinks S -> S/32; flatten -> Linear -> 2L values split into (mu, logvar).
-    decoder, 7 convolutions: Linear -> LeakyReLU -> (8w, S/32, S/32); 5 ConvTranspose2d(4, stride 2,
-        padding 1) with BatchNorm + LeakyReLU back up to S; a conv 3x3 with BatchNorm + LeakyReLU and a
-        final conv 3x3 to one channel (``to_image``, float32 even under autocast); sigmoid, so images are
-        in [0, 1] (the window of ctgen.preprocess).
+    decoder, 7 convolutions: Linear -> LeakyReLU -> (8w, S/32, S/32); 5 upsampling stages ×2 with
+        BatchNorm + LeakyReLU back up to S; a conv 3x3 with BatchNorm + LeakyReLU and a final conv 3x3 to
+        one channel (``to_image``, float32 even under autocast); sigmoid, so images are in [0, 1] (the
+        model units of ctgen.preprocess). ``upsample`` picks the stage (C_in -> C_out channels):
+            transposed  ConvTranspose2d(4, stride 2, padding 1), 16·C_in·C_out weights (the default; version
+                        1 and 2 models). Its kernel overlaps unevenly, a known source of period-2 checkerboards
+                        (Odena et al. 2016).
+            resize      nearest-neighbour ×2, then conv 3x3: 9·C_in·C_out weights, no checkerboard by
+                        construction (ONNX Resize).
+            subpixel    conv 3x3 to 4·C_out, then PixelShuffle(2) (Shi et al. 2016): 36·C_in·C_out weights,
+                        ICNR-initialised (Aitken et al. 2017: the 4 sub-pixel kernels start equal, so at
+                        initialisation it is conv then nearest ×2, free of checkerboards; ONNX DepthToSpace).
     image_size must be divisible by 32 (64, 128, 256, ...).
 
 Loss (see ``vae_loss``), per batch of N images of S×S pixels in [0, 1]:
-    recon = (1/N) Σ_images Σ_pixels (x − x̂)²                  summed over pixels, batch mean
+    recon = (1/N) Σ_images Σ_pixels (x − x̂)²                  summed over pixels, batch mean ("l2", default)
+    recon = (1/N) Σ_images Σ_pixels |x − x̂|                   the same with --recon l1
     KL    = (1/N) Σ_images Σ_units ½(μ² + σ² − 1 − log σ²)    summed over latent units, batch mean
     loss  = recon + β·KL                                      (β-VAE, Higgins et al. 2017)
     loss  = recon + γ·|KL − C|, C = C_max·min(1, step/C_steps) (capacity annealing, Burgess et al. 2018)
@@ -19,6 +28,8 @@ Summed squared error is the negative log-likelihood of a Gaussian decoder with �
 up to a constant), so β = 1 is the plain ELBO of that model. Because the recon term grows with the number
 of pixels, the same β weighs the KL less at larger image sizes: a codebase that averages the squared error
 over pixels with weight β' is equivalent to β = β'·S² here; Higgins' normalised β is β·L/S².
+The image terms that any objective can add (MS-SSIM, focal frequency, patch adversarial) live in
+train.losses.
 Per-unit KL (the KL of each latent unit, averaged over the data) is what the training loop tracks; a unit is
 *active* when its KL exceeds ACTIVE_UNIT_KL = 0.01 nats.
 
@@ -36,11 +47,17 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS"]
+__all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS",
+           "RECONSTRUCTION_LOSSES"]
 
 ACTIVE_UNIT_KL = 0.01  # nats; a latent unit with mean KL above this carries information
-RECONSTRUCTION_LOSS = "squared error summed over pixels (window units, [0, 1]) per image, mean over the batch"
+RECONSTRUCTION_LOSSES = {  # vae_loss(reconstruction=...): what the checkpoint and the card say about it
+    "l2": "squared error summed over pixels (model units, [0, 1]) per image, mean over the batch",
+    "l1": "absolute error summed over pixels (model units, [0, 1]) per image, mean over the batch",
+}
+RECONSTRUCTION_LOSS = RECONSTRUCTION_LOSSES["l2"]
 STAGES = 5  # each halves the image: S -> S/32
+UPSAMPLE = ("transposed", "resize", "subpixel")
 
 
 @dataclass
@@ -50,10 +67,13 @@ class VAEConfig:
     width: int = 32  # channels of the first stage; later stages double, capped at 8·width
     in_channels: int = 1
     leaky_slope: float = 0.2
+    upsample: str = "transposed"  # decoder stages: one of UPSAMPLE (checkpoints without it are transposed)
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.upsample not in UPSAMPLE:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
         if self.latent_size < 1 or self.width < 1 or self.in_channels < 1:
             raise ValueError("latent_size, width and in_channels must be positive")
 
@@ -71,6 +91,28 @@ class VAEConfig:
 
 def _conv_block(conv: nn.Module, channels: int, slope: float) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.LeakyReLU(slope))
+
+
+def icnr_(weight: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """ICNR (Aitken et al. 2017), in place: a conv weight (C·r², C_in, k, k) feeding PixelShuffle(r) gets
+    r² equal copies of a Kaiming-initialised (C, C_in, k, k) kernel, so the shuffle starts as nearest ×r."""
+    out_channels = weight.shape[0] // scale**2
+    kernel = torch.empty(out_channels, *weight.shape[1:])
+    nn.init.kaiming_uniform_(kernel, a=5**0.5)  # nn.Conv2d's own initialisation
+    with torch.no_grad():
+        weight.copy_(kernel.repeat_interleave(scale**2, dim=0))  # channel c·r² + k -> output c, sub-pixel k
+    return weight
+
+
+def _upsample_stage(kind: str, in_ch: int, out_ch: int) -> list[nn.Module]:
+    """The modules of one ×2 decoder stage before its BatchNorm (module docstring)."""
+    if kind == "transposed":
+        return [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False)]
+    if kind == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
+    conv = nn.Conv2d(in_ch, 4 * out_ch, 3, 1, 1, bias=False)
+    icnr_(conv.weight)
+    return [conv, nn.PixelShuffle(2)]
 
 
 class BetaVAE(nn.Module):
@@ -96,7 +138,8 @@ class BetaVAE(nn.Module):
         ups: list[nn.Module] = []
         in_ch = chans[-1]
         for out_ch in up_channels:
-            ups.append(_conv_block(nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False), out_ch, slope))
+            stage = _upsample_stage(cfg.upsample, in_ch, out_ch)  # (N, in, s, s) -> (N, out, 2s, 2s)
+            ups.append(nn.Sequential(*stage, nn.BatchNorm2d(out_ch), nn.LeakyReLU(slope)))
             in_ch = out_ch
         ups.append(_conv_block(nn.Conv2d(in_ch, in_ch, 3, 1, 1, bias=False), in_ch, slope))
         self.decoder = nn.Sequential(*ups)  # (N, 8w, S/32, S/32) -> (N, w, S, S)
@@ -166,7 +209,7 @@ class BetaVAE(nn.Module):
 @dataclass
 class LossTerms:
     loss: torch.Tensor  # scalar, what is optimised
-    recon: torch.Tensor  # scalar, summed squared error per image, batch mean
+    recon: torch.Tensor  # scalar, summed squared (or absolute: l1) error per image, batch mean
     kl: torch.Tensor  # scalar, KL summed over units, batch mean
     kl_units: torch.Tensor  # (L,), per-unit KL, batch mean
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # an objective's own scalar terms (TC, MI, ...)
@@ -187,10 +230,15 @@ def vae_loss(
     beta: float = 1.0,
     capacity: float | None = None,
     gamma: float = 100.0,
+    reconstruction: str = "l2",
 ) -> LossTerms:
-    """The loss of the module docstring. ``capacity`` (nats, the current C) switches to γ·|KL − C|."""
-    squared = (recon.float() - images.float()).square()
-    recon_term = squared.flatten(1).sum(1).mean()
+    """The loss of the module docstring. ``capacity`` (nats, the current C) switches to γ·|KL − C|;
+    ``reconstruction`` is "l2" or "l1" (RECONSTRUCTION_LOSSES). Raises ValueError for another name."""
+    if reconstruction not in RECONSTRUCTION_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {reconstruction!r} (choose from {', '.join(RECONSTRUCTION_LOSSES)})")
+    error = recon.float() - images.float()
+    error = error.square() if reconstruction == "l2" else error.abs()
+    recon_term = error.flatten(1).sum(1).mean()
     kl_units = kl_per_unit(mu, logvar).mean(0)
     kl = kl_units.sum()
     if capacity is None:

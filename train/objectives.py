@@ -21,6 +21,9 @@ summed over pixels, KL summed over units, nats):
                recon + β·KL on both images. Patients with a single slice are left out (a slice paired with
                itself shares every unit, which is plain β-VAE and teaches nothing about sharing).
 
+Every objective takes the reconstruction term of --recon (l2 or l1, train.model) and adds the image
+terms of train.losses (MS-SSIM, focal frequency, patch adversarial) when their weights are set.
+
 Validation reports recon, KL per unit and val_loss in each objective's own terms: betavae and pairs
 recon + β·KL of each slice's own posterior (pairing is a training device), tcvae its weighted sum with N
 the validation slices, factorvae recon + KL + γ·TC with the current discriminator.
@@ -40,7 +43,8 @@ from torch import nn
 
 from train import ddp
 from train.data import derived_seed
-from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSS, LossTerms, vae_loss
+from train.losses import ImageLoss
+from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSSES, LossTerms, vae_loss
 
 __all__ = [
     "OBJECTIVES",
@@ -61,7 +65,8 @@ DISCRIMINATOR_BETAS = (0.5, 0.9)
 
 class Objective:
     """β-VAE; the base of the others. The loop calls, per step, ``loss`` -> backward -> optimizer step ->
-    ``after_step``; per validation batch ``evaluate``; per epoch ``epoch_order`` and ``val_loss``."""
+    ``after_step``; per validation batch ``evaluate``; per epoch ``epoch_order`` and ``val_loss``.
+    Subclasses override the underscored versions; the public ones add the image terms (train.losses)."""
 
     name = "betavae"
     images_per_item = 1  # items of epoch_order are single slices (pairs: two)
@@ -73,6 +78,9 @@ class Objective:
         self.cfg, self.device, self.autocast, self.ctx = cfg, device, autocast, ctx
         self.dataset_size = len(train_records)
         self.items_per_epoch = self.dataset_size
+        self.image_loss = ImageLoss(cfg, device=device, ctx=ctx)
+        self.extras = type(self).extras + self.image_loss.names
+        self.val_extras = type(self).val_extras + self.image_loss.val_names
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """Indices into the training slices, (K,) or (K, 2) for pairs, in this epoch's seeded order."""
@@ -86,20 +94,53 @@ class Objective:
 
     def loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int) -> LossTerms:
         """images float32 (B, 1, S, S), noise (B, L): the terms of one training step (loss to minimise)."""
+        terms, recon = self._loss(model, images, noise, step=step)
+        return self._add_image_terms(terms, images, recon, step)
+
+    def _loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int
+              ) -> tuple[LossTerms, torch.Tensor]:  # fmt: skip
+        """The objective's own terms and the reconstruction (B, 1, S, S) they came from."""
         with self.autocast():
             recon, mu, logvar = model(images, noise=noise)
         cfg = self.cfg
-        return vae_loss(images, recon, mu, logvar, beta=cfg.beta, capacity=self.capacity_at(step), gamma=cfg.gamma)
+        terms = self._vae_loss(images, recon, mu, logvar, beta=cfg.beta, capacity=self.capacity_at(step),
+                               gamma=cfg.gamma)  # fmt: skip
+        return terms, recon
+
+    def _vae_loss(self, images: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                  **weights: Any) -> LossTerms:  # fmt: skip
+        return vae_loss(images, recon, mu, logvar, reconstruction=self.cfg.recon, **weights)
+
+    def _add_image_terms(self, terms: LossTerms, images: torch.Tensor, recon: torch.Tensor, step: int | None
+                         ) -> LossTerms:  # fmt: skip
+        image = self.image_loss(images, recon, step)
+        if image.extra:  # no image terms: the loss stays the objective's own, bit for bit
+            terms.loss = terms.loss + image.loss
+            terms.extra.update(image.extra)
+        return terms
 
     def after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
-        """Called after the optimizer step (FactorVAE trains its discriminator here)."""
+        """Called after the optimizer step: the patch discriminator trains here, then ``_after_step``."""
+        self.image_loss.after_step(terms.extra)
+        self._after_step(terms, generator)
+
+    def _after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
+        """FactorVAE trains its discriminator here."""
 
     def evaluate(self, images: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                  noise: torch.Tensor, *, dataset_size: int) -> LossTerms:  # fmt: skip
         """Validation terms from the model's outputs on one batch (no grad); ``dataset_size`` slices in all."""
-        return vae_loss(images, recon, mu, logvar)
+        terms = self._evaluate(images, recon, mu, logvar, noise, dataset_size=dataset_size)
+        return self._add_image_terms(terms, images, recon, None)
+
+    def _evaluate(self, images: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                  noise: torch.Tensor, *, dataset_size: int) -> LossTerms:  # fmt: skip
+        return self._vae_loss(images, recon, mu, logvar)
 
     def val_loss(self, recon: float, kl: float, extras: dict[str, float], step: int) -> float:
+        return self._val_loss(recon, kl, extras, step) + self.image_loss.val_loss(extras)
+
+    def _val_loss(self, recon: float, kl: float, extras: dict[str, float], step: int) -> float:
         capacity = self.capacity_at(step)
         return recon + self.cfg.beta * kl if capacity is None else recon + self.cfg.gamma * abs(kl - capacity)
 
@@ -109,14 +150,22 @@ class Objective:
         capacity = None
         if cfg.capacity_max is not None:
             capacity = {"max_nats": cfg.capacity_max, "steps": cfg.capacity_steps, "gamma": cfg.gamma}
-        return {"objective": self.name, "reconstruction": RECONSTRUCTION_LOSS, "beta": cfg.beta,
-                "capacity": capacity, "active_unit_kl_nats": ACTIVE_UNIT_KL}  # fmt: skip
+        return {"objective": self.name, "reconstruction": RECONSTRUCTION_LOSSES[cfg.recon], "beta": cfg.beta,
+                "capacity": capacity, "active_unit_kl_nats": ACTIVE_UNIT_KL,
+                "losses": self.image_loss.record()}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any] | None:
         """Extra state for the checkpoint (None: nothing beyond the model and its optimizer)."""
+        return {**(self._state_dict() or {}), **self.image_loss.state_dict()} or None
+
+    def _state_dict(self) -> dict[str, Any] | None:
         return None
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self._load_state_dict(state)
+        self.image_loss.load_state_dict(state)
+
+    def _load_state_dict(self, state: dict[str, Any] | None) -> None:
         pass
 
 
@@ -156,22 +205,22 @@ class TCVAE(Objective):
     extras = val_extras = ("mi", "tc", "dim_kl")
 
     def _terms(self, images, recon, mu, logvar, noise, dataset_size: int) -> LossTerms:
-        terms = vae_loss(images, recon, mu, logvar)
+        terms = self._vae_loss(images, recon, mu, logvar)
         mi, tc, dim_kl = tc_decomposition(_sample(mu, logvar, noise), mu, logvar, dataset_size)
         cfg = self.cfg
         terms.loss = terms.recon + cfg.tc_alpha * mi + cfg.tc_beta * tc + cfg.tc_gamma * dim_kl
         terms.extra = {"mi": mi.detach(), "tc": tc.detach(), "dim_kl": dim_kl.detach()}
         return terms
 
-    def loss(self, model, images, noise, *, step):
+    def _loss(self, model, images, noise, *, step):
         with self.autocast():
             recon, mu, logvar = model(images, noise=noise)
-        return self._terms(images, recon, mu, logvar, noise, self.dataset_size)
+        return self._terms(images, recon, mu, logvar, noise, self.dataset_size), recon
 
-    def evaluate(self, images, recon, mu, logvar, noise, *, dataset_size):
+    def _evaluate(self, images, recon, mu, logvar, noise, *, dataset_size):
         return self._terms(images, recon, mu, logvar, noise, dataset_size)
 
-    def val_loss(self, recon, kl, extras, step):
+    def _val_loss(self, recon, kl, extras, step):
         cfg = self.cfg
         return recon + cfg.tc_alpha * extras["mi"] + cfg.tc_beta * extras["tc"] + cfg.tc_gamma * extras["dim_kl"]
 
@@ -242,27 +291,27 @@ class FactorVAE(Objective):
         self.optimizer.step()
         return loss.detach()
 
-    def loss(self, model, images, noise, *, step):
+    def _loss(self, model, images, noise, *, step):
         with self.autocast():
             recon, mu, logvar = model(images, noise=noise)
-        terms = vae_loss(images, recon, mu, logvar, beta=1.0)
+        terms = self._vae_loss(images, recon, mu, logvar, beta=1.0)
         z = _sample(mu, logvar, noise)
         tc = self.total_correlation(z)
         terms.loss = terms.loss + self.cfg.factor_gamma * tc
         terms.extra = {"tc": tc.detach()}
         self._codes = z.detach()
-        return terms
+        return terms, recon
 
-    def after_step(self, terms, generator):
+    def _after_step(self, terms, generator):
         terms.extra["discriminator"] = self.train_discriminator(self._codes, generator)
         self._codes = None
 
-    def evaluate(self, images, recon, mu, logvar, noise, *, dataset_size):
-        terms = vae_loss(images, recon, mu, logvar, beta=1.0)
+    def _evaluate(self, images, recon, mu, logvar, noise, *, dataset_size):
+        terms = self._vae_loss(images, recon, mu, logvar, beta=1.0)
         terms.extra = {"tc": self.total_correlation(_sample(mu, logvar, noise))}
         return terms
 
-    def val_loss(self, recon, kl, extras, step):
+    def _val_loss(self, recon, kl, extras, step):
         return recon + kl + self.cfg.factor_gamma * extras["tc"]
 
     def record(self):
@@ -271,10 +320,10 @@ class FactorVAE(Objective):
                 "discriminator": {"layers": DISCRIMINATOR_LAYERS, "hidden": cfg.factor_hidden, "optimizer": "Adam",
                                   "lr": cfg.factor_lr, "betas": list(DISCRIMINATOR_BETAS)}}  # fmt: skip
 
-    def state_dict(self):
+    def _state_dict(self):
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state):
+    def _load_state_dict(self, state):
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -355,12 +404,12 @@ class Pairs(Objective):
         mu, logvar, self._shared = ada_gvae_aggregate(mu, logvar)
         return mu, logvar
 
-    def loss(self, model, images, noise, *, step):
+    def _loss(self, model, images, noise, *, step):
         with self.autocast():
             recon, mu, logvar = model(images, noise=noise, posterior=self._aggregate)
-        terms = vae_loss(images, recon, mu, logvar, beta=self.cfg.beta)
+        terms = self._vae_loss(images, recon, mu, logvar, beta=self.cfg.beta)
         terms.extra = {"shared_units": self._shared.float().sum(1).mean()}
-        return terms
+        return terms, recon
 
     def record(self):
         return {**super().record(), "capacity": None,

@@ -78,6 +78,7 @@ def open_run(cfg: TrainConfig, command: str, ctx: ddp.Dist, stack: ExitStack
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr <= 0 or cfg.capacity_steps < 1 or cfg.factor_hidden < 1:
         raise InputError(None, "--batch-size, --capacity-steps and --factor-hidden must be positive, --epochs >= 0, "
                                "--lr > 0")  # fmt: skip
+    cfg.check_losses()
     if cfg.split_by not in SPLIT_BY:
         raise InputError(None, f"--split-by must be one of {', '.join(SPLIT_BY)}, not {cfg.split_by!r}")
     if cfg.objective not in OBJECTIVES:
