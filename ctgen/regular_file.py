@@ -38,11 +38,21 @@ def open_regular(path: str | os.PathLike, error: type[_PathError]) -> BinaryIO:
         raise
 
 
-def read_regular(path: str | os.PathLike, max_bytes: int, error: type[_PathError]) -> bytes:
+def read_regular(path: str | os.PathLike, max_bytes: int, error: type[_PathError], *,
+                 missing: str | None = None) -> bytes:
     """The bytes of ``path`` when it is a regular file of at most ``max_bytes`` bytes. Raises as
-    ``open_regular``, and ``error`` for a larger file."""
-    with open_regular(path, error) as stream:
+    ``open_regular`` (``error(path, missing)`` instead of FileNotFoundError when ``missing`` is given), and
+    ``error`` for a larger file."""
+    try:
+        stream = open_regular(path, error)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise error(path, missing) from None
+    with stream:
         try:
+            if os.fstat(stream.fileno()).st_size > max_bytes:
+                raise error(path, f"larger than {_size(max_bytes)}; refused")
             data = stream.read(max_bytes + 1)
         except OSError as exc:
             raise error(path, f"cannot be read ({exc.strerror or exc})") from None
