@@ -225,7 +225,8 @@ def _inspect(path, max_pixels: int | None) -> tuple[Volume, _Layout]:
         raise DicomError(path, f"truncated: the file holds {size:,} bytes, its header declares {offset + nbytes:,}")
     slope, intercept = _scaling(path, header, dtype)
     transform, affine = _orientation(path, header, stored_shape)
-    spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
+    with np.errstate(all="ignore"):
+        spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
     low, high = SPACING_RANGE_MM
     if not all(low <= s <= high for s in spacing[:2]):
         raise DicomError(path, f"implausible pixel spacing {spacing[0]:g} x {spacing[1]:g} mm (expected {low:g} "
@@ -304,7 +305,8 @@ def _orientation(path, header, stored_shape) -> tuple[np.ndarray, np.ndarray]:
             affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     except Exception:  # noqa: BLE001 - a damaged qform or sform
         raise DicomError(path, "the header's affine (qform or sform) cannot be computed") from None
-    spacing = [float(np.linalg.norm(affine[:3, axis])) for axis in range(3)]
+    with np.errstate(all="ignore"):  # huge values overflow to inf: refused below
+        spacing = [float(np.linalg.norm(affine[:3, axis])) for axis in range(3)]
     if not np.isfinite(affine).all() or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise DicomError(path, f"bad voxel size {tuple(spacing)}")
     try:
@@ -335,7 +337,8 @@ def _hu_slices(path, volume: Volume, layout: _Layout, indices):
             if layout.slope != 1.0 or layout.intercept != 0.0:
                 hu = hu * layout.slope + layout.intercept
             hu = np.ascontiguousarray(hu, dtype=np.float32)
-        if not np.isfinite(hu.sum(dtype=np.float64)):
+            finite = np.isfinite(hu.sum(dtype=np.float64))  # one pass; NaN or inf anywhere make the sum so
+        if not finite:
             bad = int(np.count_nonzero(~np.isfinite(hu)))
             if bad:
                 raise DicomError(path, f"slice {index} holds {bad:,} voxels that are not finite numbers "
