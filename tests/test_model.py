@@ -526,7 +526,7 @@ def _good_prior(components: int = 2, latent: int = 8) -> dict:
 
 _BAD_PRIORS = {
     "plain npy": (lambda: _npy_bytes(np.zeros(8)), "not a prior file"),
-    "corrupt zip": (lambda: _npz(**_good_prior())[:200] + b"\0" * 100 + _npz(**_good_prior())[300:], "prior.npz"),
+    "corrupt zip": (lambda: _npz(**_good_prior())[:200] + b"\0" * 100 + _npz(**_good_prior())[300:], "not a prior file"),
     "2^40 elements": (lambda: _npz_declaring(weights=(1 << 40,), means=(1 << 40, 8), cholesky=(1 << 40, 8, 8)),
                       "K from 1 to 1024"),
     "131,072 components": (lambda: _npz_declaring(weights=(131072,), means=(131072, 8), cholesky=(131072, 8, 8)),

@@ -152,17 +152,13 @@ from ctgen.errors import DicomError  # noqa: E402
 
 def _declaring(path, dims, *, version=1):
     """A small gzipped volume whose header declares ``dims`` voxels (the data holds a few)."""
-    header = nifti_bytes(ct_volume((4, 4, 1)), version=version, compress=False)
-    import nibabel as nib
-
-    kind = nib.Nifti1Header if version == 1 else nib.Nifti2Header
-    size = 348 if version == 1 else 540
-    hdr = kind(binaryblock=header[:size], check=False)
-    hdr["dim"] = [len(dims), *dims] + [1] * (7 - len(dims))
     import gzip
 
-    path.write_bytes(gzip.compress(hdr.binaryblock + header[size:], mtime=0) if str(path).endswith(".gz")
-                     else hdr.binaryblock + header[size:])
+    raw = nifti_bytes(ct_volume((4, 4, 1)), version=version)
+    size = 348 if version == 1 else 540
+    header = (nibabel.Nifti1Header if version == 1 else nibabel.Nifti2Header)(binaryblock=raw[:size], check=False)
+    header["dim"] = [len(dims), *dims] + [1] * (7 - len(dims))
+    path.write_bytes(gzip.compress(header.binaryblock + raw[size:], mtime=0))
     return path
 
 
