@@ -12,11 +12,13 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NamedTuple
 
 from ctgen.errors import InputError, ModelError
-from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, inspect_graph
+from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, MAX_GRAPH_BYTES, inspect_graph
+from ctgen.regular_file import read_regular
 
 __all__ = [
     "BoundUnit",
@@ -41,6 +43,10 @@ CARD_VERSION = 2  # 2: the HU map ("hu_map"); cards of version 1 have a plain "w
 REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
 MAX_CARD_BYTES = 4 << 20  # a card is a few kB; refuse to read megabytes of JSON
 MAX_LATENT_SIZE = 1 << 16
+# HU a card's window and map may name: every value 16-bit CT stores with the usual rescales; beyond it the
+# model's units -> HU in float32 overflow (a window of +-1e308 gives NaN images, such knots +inf)
+CT_RANGE_HU = (-32768.0, 65535.0)
+MIN_STEP_HU = 1e-3
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SECTIONS = ("architecture", "training", "export", "metrics", "evaluation")  # dicts when present
 # graph -> (default file, input names, output names); the card's "graphs" section may override the file
@@ -194,14 +200,9 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     """
     card_path = Path(model_dir) / CARD_FILE
     try:
-        with open(card_path, "rb") as stream:
-            data = stream.read(MAX_CARD_BYTES + 1)
+        data = read_regular(card_path, MAX_CARD_BYTES, ModelError)
     except FileNotFoundError:
         raise ModelError(card_path, "missing: not a ctgen model folder") from None
-    except OSError as exc:
-        raise ModelError(card_path, f"cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_CARD_BYTES:
-        raise ModelError(card_path, f"corrupt card: larger than {MAX_CARD_BYTES >> 20} MiB")
     try:
         card = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -254,6 +255,13 @@ def _check_fields(card: dict[str, Any], card_path: Path) -> None:
     window = card["window_hu"]
     if not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window):
         fail(f"window_hu must be two numbers [lo, hi], not {_shown(window)}")
+    _check_hu("window_hu", window, card_path)
+    hu_map = card.get("hu_map")
+    if isinstance(hu_map, dict) and hu_map.get("hu") is not None:
+        knots = hu_map["hu"]
+        if not isinstance(knots, list) or not all(_is_number(v) for v in knots):
+            fail(f"hu_map.hu must be a list of numbers, not {_shown(knots)}")
+        _check_hu("hu_map.hu", knots, card_path)
     files = card["files"]
     if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
                                               and _SHA256.fullmatch(v["sha256"]) for v in files.values()):
@@ -323,6 +331,18 @@ def _check_binding(card: dict[str, Any], fail) -> None:
         seen_factors.add(factor)
 
 
+def _check_hu(key: str, values: list, card_path: Path) -> None:
+    """HU values of a window or map: inside CT_RANGE_HU and each at least MIN_STEP_HU above the one before, so
+    that model units <-> HU stay finite in float32 (a window of 1e-40 HU divides by zero)."""
+    low, high = CT_RANGE_HU
+    outside = [v for v in values if not low <= v <= high]
+    if outside:
+        raise ModelError(card_path, f"{key} {_shown(outside[0])} lies outside the CT range {low:g} to {high:g} HU")
+    if not all(b - a >= MIN_STEP_HU for a, b in zip(values, values[1:])):
+        need = "needs lo < hi" if len(values) == 2 else "must increase strictly"
+        raise ModelError(card_path, f"{key} {_shown(values)} {need} (by {MIN_STEP_HU:g} HU at least)")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -369,26 +389,27 @@ def verify_files(model_dir: str | os.PathLike, card: dict[str, Any], *, verify: 
             read_listed_file(model_dir, card, filename)
         else:
             file_path = model_file(model_dir, filename)
-            if not file_path.is_file():
-                raise ModelError(file_path, f"missing (listed in {CARD_FILE})")
+            try:
+                mode = file_path.stat().st_mode
+            except OSError:
+                raise ModelError(file_path, f"missing (listed in {CARD_FILE})") from None
+            if not stat.S_ISREG(mode):
+                raise ModelError(file_path, "not a regular file")
 
 
 def read_listed_file(model_dir: str | os.PathLike, card: dict[str, Any], filename: str, *,
-                     verify: bool = True) -> tuple[Path, bytes]:
+                     verify: bool = True, max_bytes: int = MAX_GRAPH_BYTES) -> tuple[Path, bytes]:
     """(path, bytes) of a file the card lists under ``files``, its sha256 checked against the card (``verify``)
     on the very bytes returned, so that what is used is what was checked. Raises ModelError naming the file
-    (not listed, missing, unreadable, checksum mismatch)."""
+    (not listed, missing, not a regular file, larger than ``max_bytes``, unreadable, checksum mismatch)."""
     file_path = model_file(model_dir, filename)
     entry = card["files"].get(filename)
     if entry is None:
         raise ModelError(Path(model_dir) / CARD_FILE, f"files: {_shown(filename)} has no checksum")
     try:
-        with open(file_path, "rb") as stream:
-            data = stream.read()
+        data = read_regular(file_path, max_bytes, ModelError)
     except FileNotFoundError:
         raise ModelError(file_path, f"missing (listed in {CARD_FILE})") from None
-    except OSError as exc:
-        raise ModelError(file_path, f"cannot be read ({exc.strerror or exc})") from None
     if verify:
         actual = hashlib.sha256(data).hexdigest()
         if actual != entry["sha256"]:

@@ -176,12 +176,13 @@ class Model:
         if not entry:
             return None
         if self._prior is None:
-            from ctgen.prior import load_prior
+            from ctgen.prior import MAX_PRIOR_BYTES, load_prior
 
             filename = entry.get("file") if isinstance(entry, dict) else None
             if not isinstance(filename, str) or filename not in self.card["files"]:
                 raise ModelError(self.path / CARD_FILE, "the prior's file is not listed (with its checksum) under files")
-            path, data = read_listed_file(self.path, self.card, filename, verify=self.verify_checksums)
+            path, data = read_listed_file(self.path, self.card, filename, verify=self.verify_checksums,
+                                          max_bytes=MAX_PRIOR_BYTES)
             self._prior = load_prior(path, self.latent_size, data)
         return self._prior
 
@@ -193,12 +194,14 @@ class Model:
         self._spare_cores = max(0, int(count))
 
     def verify(self) -> None:
-        """Check every file the card lists (sha256) and both fp32 graphs against the card now. Raises ModelError."""
+        """Check every file the card lists (sha256), both fp32 graphs against the card, and the prior (as sampling
+        loads it) now. Raises ModelError."""
         for graph in GRAPHS:
             path, data = read_listed_file(self.path, self.card, graph_entry(self.card, graph)["file"],
                                           verify=self.verify_checksums)
             check_graph(path, graph, self.card, data)
         verify_files(self.path, self.card, verify=self.verify_checksums)
+        self.prior  # noqa: B018 - loading is the check
 
     @property
     def provider(self) -> str:

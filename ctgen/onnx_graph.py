@@ -47,11 +47,9 @@ def inspect_graph(path: str | os.PathLike, data: bytes | None = None) -> GraphSu
     file) when it is not one."""
     path = Path(path)
     if data is None:
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read(MAX_GRAPH_BYTES + 1)
-        except OSError as exc:
-            raise ModelError(path, f"cannot be read ({exc.strerror or exc})") from None
+        from ctgen.regular_file import read_regular
+
+        data = read_regular(path, MAX_GRAPH_BYTES, ModelError, missing="cannot be read (no such file)")
     if len(data) > MAX_GRAPH_BYTES:
         raise ModelError(path, "larger than an ONNX file can be (2 GiB)")
     summary = GraphSummary()

@@ -301,10 +301,10 @@ def _orientation_reason(tilt: float | None, max_tilt_deg: float, gantry_tilt: fl
 
 
 def _decide_nifti(path: Path, max_tilt_deg: float) -> Entry:
-    from ctgen.nifti import volume_header
+    from ctgen.nifti import check_volume
 
     try:
-        volume = volume_header(path)
+        volume = check_volume(path)  # the reader's checks; the voxels too where they decide
     except DicomError as error:
         return Entry(str(path), "not-dicom", error.reason, kind="nifti")
     side = volume.sidecar
@@ -326,21 +326,11 @@ def _decide_nifti(path: Path, max_tilt_deg: float) -> Entry:
         entry.reason, entry.detail = "not-ct", f"modality {modality} (sidecar)"
     elif _LOCALIZER_TYPES & image_type:
         entry.reason, entry.detail = "localizer", "image type in the sidecar"
-    elif not modality and not _looks_like_ct(path):
+    elif not modality and not (volume.min_hu is not None and volume.min_hu < -500.0):  # CT has air around the head
         entry.reason, entry.detail = "not-ct", "no values below -500: not CT in HU"
     else:
         entry.reason, entry.detail = _orientation_reason(volume.tilt_deg, max_tilt_deg)
     return entry
-
-
-def _looks_like_ct(path: Path) -> bool:
-    """A CT volume in HU holds air (< -500 HU) around the head; MR and other maps start at 0."""
-    from ctgen.nifti import read_volume
-
-    try:
-        return any(float(one.hu.min()) < -500.0 for one in read_volume(path))
-    except DicomError:
-        return False
 
 
 def _mark_duplicates(entries: list[Entry]) -> None:

@@ -454,7 +454,7 @@ def test_card_values_are_checked_against_types_and_graphs(tiny_model_copy, chang
     (b'{"format": "ctgen-model", "name": "\xff\xfe"}', r"corrupt card: not UTF-8 text \(byte 35\)"),
     (b"[" * 100_000 + b"]" * 100_000, "corrupt card: JSON nested too deeply"),
     (b'{"format": "ctgen-model", "latent_size": ' + b"9" * 5000 + b"}", "corrupt card: not valid JSON"),
-    (b" " * (5 << 20), "corrupt card: larger than 4 MiB"),
+    (b" " * (5 << 20), "model.json: larger than 4 MiB"),
 ])
 def test_unreadable_cards_are_one_model_error(tiny_model_copy, text, message):  # item 16
     (tiny_model_copy / "model.json").write_bytes(text)
@@ -519,3 +519,147 @@ def test_graph_checks_cost_little_at_load():  # items 14-16: measured, not assum
         summary = inspect_graph(DEFAULT_MODEL_DIR / name)
         assert not summary.subgraphs and not summary.external_tensors
     assert time.perf_counter() - started < 0.5  # about 10 ms for the shipped 6 MB pair
+
+
+# ------------------------------------------------------------------------------- hostile priors and cards
+def _install_prior(folder: Path, data: bytes, components: int = 2) -> Path:
+    """``data`` as the model's prior.npz, listed on the card with its checksum (as a tamperer would)."""
+    import hashlib
+
+    (folder / "prior.npz").write_bytes(data)
+    _write_card(folder, lambda c: (c.update(prior={"file": "prior.npz", "kind": "gaussian-mixture",
+                                                   "components": components}),
+                                   c["files"].update({"prior.npz": {"sha256": hashlib.sha256(data).hexdigest()}})))
+    return folder / "prior.npz"
+
+
+def _npz(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _npz_declaring(**shapes) -> bytes:
+    """A zip of .npy members whose headers declare ``shapes`` (float64) and hold 16 bytes of data each."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, shape in shapes.items():
+            member = io.BytesIO()
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            archive.writestr(f"{name}.npy", member.getvalue() + bytes(16))
+    return buffer.getvalue()
+
+
+def _good_prior(components: int = 2, latent: int = 8) -> dict:
+    return {"weights": np.full(components, 1 / components), "means": np.zeros((components, latent)),
+            "cholesky": np.repeat(np.eye(latent)[None], components, axis=0)}
+
+
+_BAD_PRIORS = {
+    "plain npy": (lambda: _npy_bytes(np.zeros(8)), "not a prior file"),
+    "corrupt zip": (lambda: _npz(**_good_prior())[:200] + b"\0" * 100 + _npz(**_good_prior())[300:], "not a prior file"),
+    "2^40 elements": (lambda: _npz_declaring(weights=(1 << 40,), means=(1 << 40, 8), cholesky=(1 << 40, 8, 8)),
+                      "K from 1 to 1024"),
+    "131,072 components": (lambda: _npz_declaring(weights=(131072,), means=(131072, 8), cholesky=(131072, 8, 8)),
+                           "K from 1 to 1024"),
+    "wrong latent size": (lambda: _npz(**_good_prior(latent=4)), "a prior for 8 latent units"),
+    "short data": (lambda: _npz_declaring(weights=(2,), means=(2, 8), cholesky=(2, 8, 8)), "not a prior file"),
+    "object arrays": (lambda: _npz(weights=np.array([0.5, 0.5], dtype=object), means=np.zeros((2, 8)),
+                                   cholesky=np.zeros((2, 8, 8))), "weights is object"),
+    "weights not summing to 1": (lambda: _npz(**{**_good_prior(), "weights": np.array([0.2, 0.2])}), "summing to 1"),
+}
+
+
+def _npy_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", list(_BAD_PRIORS))
+def test_a_bad_prior_is_one_model_error_in_verify_and_sample(tiny_model_copy, kind):  # issue 23 item 12
+    build, message = _BAD_PRIORS[kind]
+    prior = _install_prior(tiny_model_copy, build())
+    model = load_model(tiny_model_copy, device="cpu")
+    with pytest.raises(ModelError, match=message) as info:
+        model.verify()  # what ctgen info runs
+    assert str(info.value).startswith(str(prior))
+    from ctgen.api import load_generator
+
+    with pytest.raises(ModelError, match=message):
+        load_generator(tiny_model_copy, device="cpu").latents(2, seed=0, prior="fitted")
+
+
+def test_a_bad_prior_on_the_command_line(tiny_model_copy, workdir):  # issue 23 item 12
+    from conftest import invoke, one_error_line
+
+    prior = _install_prior(tiny_model_copy, _npy_bytes(np.zeros(8)))
+    one_error_line(invoke("info", "-m", tiny_model_copy), str(prior), "not a prior file")
+    one_error_line(invoke("sample", "--n", "1", "--out", "s.npy", "-m", tiny_model_copy), str(prior))
+    assert not (workdir / "s.npy").exists()
+
+
+def test_a_good_prior_still_samples(tiny_model_copy):
+    _install_prior(tiny_model_copy, _npz(**_good_prior()))
+    model = load_model(tiny_model_copy, device="cpu")
+    model.verify()
+    assert model.prior.sample(3, seed=0).shape == (3, 8)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c.update(window_hu=[-1e308, 1e308]), r"window_hu -1e\+308 lies outside the CT range"),
+    (lambda c: c.update(window_hu=[0, 1e-30]), "needs lo < hi"),
+    (lambda c: c.update(card_version=2, hu_map={"kind": "piecewise-linear", "version": 1, "hu": [-1e308, 0, 1e308],
+                                                "unit": [0, 0.5, 1]}), r"hu_map.hu -1e\+308 lies outside the CT range"),
+    (lambda c: c.update(card_version=2, hu_map={"kind": "piecewise-linear", "version": 1, "hu": [0, 1e-9, 100],
+                                                "unit": [0, 0.5, 1]}), "hu_map.hu .* must increase strictly"),
+    (lambda c: c.update(card_version=2, hu_map={"kind": "piecewise-linear", "version": 1, "hu": [0, "a"],
+                                                "unit": [0, 1]}), "hu_map.hu must be a list of numbers"),
+])
+def test_card_hu_values_are_finite_in_float32_and_inside_the_ct_range(tiny_model_copy, change, message):  # item 13
+    _write_card(tiny_model_copy, change)
+    with pytest.raises(ModelError, match=message) as info:
+        load_model(tiny_model_copy)
+    assert str(info.value).startswith(str(tiny_model_copy / "model.json"))
+
+
+def test_huge_map_knots_give_one_error_line_not_infinite_images(tiny_model_copy, workdir):  # item 13
+    from conftest import invoke, one_error_line
+
+    _write_card(tiny_model_copy, lambda c: c.update(
+        card_version=2, hu_map={"kind": "piecewise-linear", "version": 1, "hu": [-1e308, 1e308], "unit": [0, 1]}))
+    one_error_line(invoke("sample", "--n", "1", "--out", "s.npy", "-m", tiny_model_copy),
+                   str(tiny_model_copy / "model.json"), "outside the CT range")
+    assert not (workdir / "s.npy").exists()
+
+
+def test_model_files_that_are_fifos_are_refused_not_waited_on(tiny_model_copy, tmp_path):  # issue 23 item 14
+    from conftest import run_ctgen
+
+    card = tiny_model_copy / "model.json"
+    card.unlink()
+    os.mkfifo(card)
+    result = run_ctgen(["info", "-m", tiny_model_copy], cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"ctgen: error: {card}: not a regular file (a named pipe)"]
+
+
+def test_listed_files_that_are_fifos_or_too_large_are_refused(tiny_model_copy):  # issue 23 item 14
+    decoder = tiny_model_copy / "decoder.onnx"
+    decoder.unlink()
+    os.mkfifo(decoder)
+    with pytest.raises(ModelError, match="decoder.onnx: not a regular file"):
+        load_model(tiny_model_copy)
+    decoder.unlink()
+    with open(decoder, "wb") as stream:
+        stream.truncate((2 << 30) + 1)  # sparse: 2 GiB and a byte
+    model = load_model(tiny_model_copy, device="cpu", verify=False)
+    with pytest.raises(ModelError, match="decoder.onnx: larger than 2 GiB"):
+        model.decode(np.zeros((1, 8), np.float32))

@@ -141,3 +141,119 @@ def test_encode_takes_every_frame_of_a_multi_frame_file(archive, model, workdir)
     with np.load(workdir / "frames.npz") as latents:
         assert list(latents["files"]) == [f"{enhanced}#{k}" for k in range(3)]
         np.testing.assert_allclose(latents["mu"], expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ hostile volumes
+from nifti_build import ct_volume, nifti_bytes, write_nifti  # noqa: E402
+
+from conftest import one_error_line  # noqa: E402
+from ctgen.dicom import set_max_pixels  # noqa: E402
+from ctgen.errors import DicomError  # noqa: E402
+
+
+def _declaring(path, dims, *, version=1):
+    """A small gzipped volume whose header declares ``dims`` voxels (the data holds a few)."""
+    import gzip
+
+    raw = nifti_bytes(ct_volume((4, 4, 1)), version=version)
+    size = 348 if version == 1 else 540
+    header = (nibabel.Nifti1Header if version == 1 else nibabel.Nifti2Header)(binaryblock=raw[:size], check=False)
+    header["dim"] = [len(dims), *dims] + [1] * (7 - len(dims))
+    path.write_bytes(gzip.compress(header.binaryblock + raw[size:], mtime=0))
+    return path
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_pixel_limit_is_checked_on_the_header_before_any_voxel(tmp_path, version, model, workdir):
+    big = _declaring(tmp_path / "big.nii.gz", (1024, 1024, 256), version=version)
+    with pytest.raises(DicomError, match="exceeds the limit of 67,108,864 decoded pixels"):
+        volume_header(big)
+    entry = scan([big]).entries[0]
+    assert entry.reason == "not-dicom" and "exceeds the limit" in entry.detail
+    one_error_line(invoke("encode", big, "-m", model, "--out", "l.npz"), str(big), "exceeds the limit")
+    one_error_line(invoke("traverse", big, "--slice", "1", "-m", model), str(big), "exceeds the limit")
+    small = write_nifti(tmp_path / "small.nii.gz", ct_volume((40, 40, 2)), version=version)
+    assert invoke("encode", small, "-m", model, "--out", "ok.npz").exit_code == 0
+    try:
+        one_error_line(invoke("--max-pixels", "1000", "encode", small, "-m", model, "--out", "no.npz"), str(small),
+                       "exceeds the limit of 1,000")
+    finally:
+        set_max_pixels(None)  # the option sets the process-wide limit, and the runner runs in this process
+    assert scan([small]).entries[0].reason == "ok"
+
+
+def test_a_gzipped_volume_is_inflated_only_as_far_as_its_header_declares(tmp_path):
+    import time
+    import zlib
+
+    raw = nifti_bytes(ct_volume((16, 16, 2)))
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    body = packer.compress(raw) + packer.flush(zlib.Z_FULL_FLUSH)  # what the header declares
+    zeros = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = zeros.compress(bytes(16 << 20)) + zeros.flush(zlib.Z_FULL_FLUSH)  # byte-aligned, repeatable
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(body + block * 64)  # then 1 GiB of zeros in a 1 MB file
+    start = time.perf_counter()
+    assert [one.hu.shape for one in read_volume(path)] == [(16, 16)] * 2
+    assert scan([path]).entries[0].reason == "ok"
+    assert time.perf_counter() - start < 1.0  # inflating the gigabyte takes seconds
+    path.write_bytes(body[: len(body) // 2])
+    with pytest.raises(DicomError, match="truncated"):
+        read_volume(path)
+    assert scan([path]).entries[0].reason == "not-dicom"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_voxels_are_refused_by_scan_and_reader(tmp_path, bad, model, workdir):
+    data = ct_volume((32, 32, 3), np.float32)
+    data[:, :, 1] = bad
+    path = write_nifti(tmp_path / "bad.nii.gz", data)
+    (tmp_path / "bad.json").write_text(json.dumps({"Modality": "CT"}))
+    entry = scan([path]).entries[0]
+    assert entry.reason == "not-dicom" and "slice 1 holds 1,024 voxels that are not finite" in entry.detail
+    assert len(read_volume(path, [0, 2])) == 2  # the other slices read
+    with pytest.raises(DicomError, match="slice 1 holds"):
+        read_volume(path, [1])
+    one_error_line(invoke("encode", path, "-m", model, "--out", "l.npz"), str(path), "not finite")
+    everything = write_nifti(tmp_path / "nan.nii", np.full((32, 32, 2), np.nan, np.float32))
+    one_error_line(invoke("encode", everything, "-m", model, "--out", "nan.npz"), str(everything), "not finite")
+    huge = write_nifti(tmp_path / "huge.nii", np.full((32, 32, 1), 1e300))  # float64 beyond float32
+    with pytest.raises(DicomError, match="not finite"):
+        read_volume(huge)
+
+
+@pytest.mark.parametrize("text, reason", [("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+                                          ('{"PatientID": ', "not valid JSON"),
+                                          ("[1, 2]", "not a JSON object"),
+                                          ('{"a": ' * 40 + "1" + "}" * 40, "nested deeper than")])
+def test_a_bad_sidecar_is_a_reason_naming_it(tmp_path, text, reason, model, workdir):
+    path = write_nifti(tmp_path / "vol.nii.gz", ct_volume((32, 32, 2)))
+    (tmp_path / "vol.json").write_text(text)
+    entry = scan([tmp_path]).entries[0]
+    assert entry.reason == "not-dicom" and entry.detail.startswith("sidecar vol.json: " + reason)
+    one_error_line(invoke("traverse", path, "--slice", "1", "-m", model), str(path), "sidecar vol.json", reason)
+
+
+def test_a_huge_sidecar_or_a_fifo_is_refused(tmp_path):
+    import os
+
+    path = write_nifti(tmp_path / "vol.nii", ct_volume())
+    (tmp_path / "vol.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(DicomError, match="sidecar vol.json: larger than 1 MiB"):
+        read_volume(path)
+    (tmp_path / "vol.json").unlink()
+    os.mkfifo(tmp_path / "vol.json")
+    with pytest.raises(DicomError, match="sidecar vol.json: not a regular file"):
+        volume_header(path)
+    fifo = tmp_path / "pipe.nii.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(DicomError, match="not a regular file"):
+        read_volume(fifo)
+
+
+@pytest.mark.parametrize("pixdim", [1e-30, 1e30])
+def test_an_implausible_spacing_is_refused_by_scan_and_reader_naming_the_file(tmp_path, pixdim, model, workdir):
+    path = write_nifti(tmp_path / "tiny.nii.gz", ct_volume((32, 32, 2)), spacing_mm=pixdim)
+    entry = scan([path]).entries[0]
+    assert entry.reason == "not-dicom" and "implausible pixel spacing" in entry.detail
+    one_error_line(invoke("encode", path, "-m", model, "--out", "l.npz"), str(path), "implausible pixel spacing")

@@ -141,7 +141,8 @@ def _root(
         int | None,
         typer.Option("--max-pixels", **BOUNDS["max_pixels"], metavar="N", envvar="CTGEN_MAX_PIXELS",
                      show_default="2^26",
-                     help="Refuse DICOM files whose rows x columns x frames exceed N, before decoding them.",
+                     help="Refuse DICOM files and NIfTI volumes whose rows x columns x frames (slices) exceed N, "
+                          "before decoding them.",
                      rich_help_panel=_SHARED),
     ] = None,
 ) -> None:

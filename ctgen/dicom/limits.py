@@ -27,13 +27,17 @@ from pydicom.uid import (
 
 from ctgen.errors import DicomError, InputError
 
-__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "bounded_reader", "check_codestream", "check_deflated",
+__all__ = ["HEADER_SLACK_BYTES", "MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "MAX_SIDECAR_BYTES", "MAX_SIDECAR_NESTING",
+           "bounded_reader", "check_codestream", "check_deflated",
            "check_pixel_count", "max_pixels", "set_max_pixels"]
 
 MAX_PIXELS_DEFAULT = 1 << 26  # 67,108,864 pixels: one 8192² image or 256 frames of 512²
 MAX_PIXELS_ENV = "CTGEN_MAX_PIXELS"
 _IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
 _INFLATE_SLACK = 16 << 20  # bytes of header a deflated file may hold besides its pixels
+HEADER_SLACK_BYTES = _INFLATE_SLACK  # the same bound for what a NIfTI file holds before its voxels
+MAX_SIDECAR_BYTES = 1 << 20  # a JSON sidecar holds a few header values: a few kB
+MAX_SIDECAR_NESTING = 16  # levels of arrays and objects in a sidecar (dcm2niix writes 2)
 _SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}  # 0xF7: JPEG-LS
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
