@@ -198,7 +198,10 @@ def sharpness_markdown(section: dict, originals: str) -> list[str]:
             f"Power of the images over that of {section['n_originals']} originals ({originals}) in each band of the radially "
             f"averaged spectrum (images clipped to {section['window_hu'][0]:g}..{section['window_hu'][1]:g} HU): 1 keeps "
             f"the detail, less is blur. Log frequency distance of the reconstructions: "
-            f"{section['log_frequency_distance']:.3f} (0: identical).",
+            f"{section['log_frequency_distance']:.3f} (0: identical). Period-2 peak (power at (0.5, 0.5) | (0.5, 0) "
+            "cycles/px over its 8 neighbours; about 1 without a checkerboard): " + "; ".join(
+                f"{name.replace('_', ' ')} {peaks['(0.5, 0.5)']:.2f} | {peaks['(0.5, 0)']:.2f}"
+                for name, peaks in section.get("period_two_peak", {}).items()) + ".",
             markdown_table(["tissue-to-CSF contrast kept", "CSF Dice inside the skull", "grey/white contrast kept",
                             "slices at ventricle levels"],
                            [[anatomy["tissue_csf_contrast_kept"], anatomy["csf_dice"],
