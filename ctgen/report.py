@@ -234,18 +234,21 @@ def spectra_figure(spectra: dict) -> Any:
                          title=f"radial power spectra, {WINDOW_HU[0]:g}..{WINDOW_HU[1]:g} HU")
 
 
-def sharpness_markdown(section: dict) -> list[str]:
-    """report.md's sharpness section from ``report["sharpness"]``."""
+def sharpness_markdown(section: dict, originals: str) -> list[str]:
+    """report.md's sharpness section from ``report["sharpness"]``; ``originals`` names their set."""
     bands = list(section["bands_cycles_per_px"])
     rows = [[name.replace("_", " "), *(ratios[band] for band in bands)]
             for name, ratios in section["band_power_ratio"].items()]
     anatomy = section["anatomy"]
     return ["## Sharpness and anatomy kept",
             markdown_table(["images", *(f"power kept {band} cycles/px" for band in bands)], rows),
-            f"Power of the images over that of {section['n_originals']} held-out originals in each band of the radially "
+            f"Power of the images over that of {section['n_originals']} originals ({originals}) in each band of the radially "
             f"averaged spectrum (images clipped to {section['window_hu'][0]:g}..{section['window_hu'][1]:g} HU): 1 keeps "
             f"the detail, less is blur. Log frequency distance of the reconstructions: "
-            f"{section['log_frequency_distance']:.3f} (0: identical).",
+            f"{section['log_frequency_distance']:.3f} (0: identical). Period-2 peak (power at (0.5, 0.5) | (0.5, 0) "
+            "cycles/px over its 8 neighbours; about 1 without a checkerboard): " + "; ".join(
+                f"{name.replace('_', ' ')} {peaks['(0.5, 0.5)']:.2f} | {peaks['(0.5, 0)']:.2f}"
+                for name, peaks in section.get("period_two_peak", {}).items()) + ".",
             markdown_table(["tissue-to-CSF contrast kept", "CSF Dice inside the skull", "grey/white contrast kept",
                             "slices at ventricle levels"],
                            [[anatomy["tissue_csf_contrast_kept"], anatomy["csf_dice"],
@@ -302,7 +305,7 @@ def render_markdown(report: dict) -> str:
                   "The check: bone >= 150 HU (gaps of one 3.75 mm pixel bridged) must enclose at least 5 % of the "
                   "head, and at least half of what it encloses must be 0..80 HU.", say["realism"]]
     if "sharpness" in report:
-        parts += sharpness_markdown(report["sharpness"])
+        parts += sharpness_markdown(report["sharpness"], recon["set"])
     memo = report["memorisation"]
     parts.append("## Memorisation")
     if "median_ratio" in memo:

@@ -92,6 +92,7 @@ def test_sharpness_section_figure_and_markdown(report_dir):
     for ratios in section["band_power_ratio"].values():
         assert set(ratios) == {"0.125-0.25", "0.25-0.5"} and all(value >= 0 for value in ratios.values())
     assert section["log_frequency_distance"] > 0 and section["n_originals"] == 6
+    assert set(section["period_two_peak"]) == {"originals", "reconstructions", "samples_standard"}
     assert section["anatomy"]["n_slices"] == 6 and section["anatomy"]["masks"] == "HU thresholds on the original"
     text = (report_dir / "report.md").read_text()
     assert "## Sharpness and anatomy kept" in text and "![spectra.png](spectra.png)" in text

@@ -100,7 +100,23 @@ def test_report_and_bad_shapes():
     report = sharpness_report(originals, originals, {"standard": originals[:1]})
     assert report["band_power_ratio"]["samples_standard"]["0.25-0.5"] == pytest.approx(1.0)
     assert report["log_frequency_distance"] == 0.0 and report["anatomy"]["csf_dice"] == 1.0
+    assert report["period_two_peak"]["reconstructions"] == report["period_two_peak"]["originals"]
     with pytest.raises(InputError, match="shape"):
         band_power_ratios(originals[0], originals[0])
     with pytest.raises(InputError, match="pair"):
         anatomy_kept(originals, originals[:1])
+
+
+def test_period_two_peaks_find_a_checkerboard_and_nothing_in_noise():
+    from ctgen.metrics.sharpness import period_two_peaks
+
+    images = noise_images(96, 64)  # the Nyquist coefficients are real: few degrees of freedom per image
+    clean = period_two_peaks(images)
+    assert all(0.5 < value < 2.0 for value in clean.values()), clean
+    rows, cols = np.indices((64, 64))
+    checkered = period_two_peaks(images + 3.0 * (-1.0) ** (rows + cols))  # ±3 HU against noise of σ 20
+    striped = period_two_peaks(images + 3.0 * (-1.0) ** cols)
+    assert checkered["(0.5, 0.5)"] > 10 and checkered["(0.5, 0)"] < 2
+    assert striped["(0.5, 0)"] > 10 and striped["(0.5, 0.5)"] < 2
+    logits = period_two_peaks(images / 1000.0, window=None)  # any values, unclipped
+    assert logits == pytest.approx(clean)

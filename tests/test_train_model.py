@@ -118,19 +118,13 @@ def test_encode_and_decode_export_to_onnx():
 
 # ------------------------------------------------------------------ decoder upsampling (issue 26 item 2)
 def period_two_peaks(model: BetaVAE, count: int = 64) -> dict[str, float]:
-    """Power of the decoder's logits at (0.5, 0.5) and (0.5, 0) cycles/px over the mean of the 8 frequency
-    bins around each, averaged over ``count`` prior draws (eval mode)."""
-    size = model.config.image_size
+    """ctgen.metrics.sharpness.period_two_peaks of the decoder's logits for ``count`` prior draws (eval mode)."""
+    from ctgen.metrics.sharpness import period_two_peaks as peaks
+
     with torch.no_grad():
         z = torch.randn(count, model.config.latent_size, generator=torch.Generator().manual_seed(0))
         logits = model.eval().decode_logits(z)[:, 0].double()
-    power = torch.fft.fft2(logits - logits.mean((1, 2), keepdim=True)).abs().square().mean(0)  # (S, S)
-    half = size // 2
-    ratios = {}
-    for name, (row, col) in {"(0.5, 0.5)": (half, half), "(0.5, 0)": (half, 0)}.items():
-        around = [power[(row + dr) % size, (col + dc) % size] for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
-        ratios[name] = (power[row, col] / torch.stack(around).mean()).item()
-    return ratios
+    return peaks(logits.numpy(), window=None)
 
 
 # A peak: the bin's power more than PEAK times its neighbours'. Measured over 8 initialisations at 64²: transposed

@@ -7,6 +7,9 @@ Sharpness, on HU images (N, S, S) clipped to the brain window WINDOW_HU (so bone
                            radius lo <= |f| < hi): 1 keeps the originals' detail, below 1 is blur, above 1 is
                            added texture or noise. A Gaussian blur of σ px multiplies the power by
                            exp(−4π²σ²|f|²) (``gaussian_band_ratio``).
+    period-2 peak          the power at (0.5, 0.5) and at (0.5, 0) cycles/px (the checkerboard of transposed
+                           convolutions; (0.5, 0) the larger of it and (0, 0.5)) over the mean power of the 8
+                           frequencies around each: about 1 without a checkerboard
     log frequency distance LFD = log(1 + (1/S²) Σ_f |DFT(x̂) − DFT(x)|²) per pair (Jiang et al. 2021), images in
                            window units [0, 1]; 0 for an identity (pairs only: reconstructions).
 
@@ -35,7 +38,7 @@ from ctgen.errors import InputError
 from ctgen.metrics.realism import _outside  # pixels connected to the border: what bone does not enclose
 
 __all__ = ["BANDS", "WINDOW_HU", "anatomy_kept", "band_power_ratios", "gaussian_band_ratio", "log_frequency_distance",
-           "radial_power_spectrum", "sharpness_report"]  # fmt: skip
+           "period_two_peaks", "radial_power_spectrum", "sharpness_report"]  # fmt: skip
 
 BANDS = {"0.125-0.25": (0.125, 0.25), "0.25-0.5": (0.25, 0.5)}  # cycles/px
 WINDOW_HU = (-50.0, 250.0)  # the brain window of the version-1 cards (and of the realism features)
@@ -58,9 +61,10 @@ def _radius(size: int) -> np.ndarray:
     return np.hypot(f[:, None], f[None, :])
 
 
-def _power(hu: np.ndarray) -> np.ndarray:
-    """Mean |DFT|² over images of the windowed, mean-subtracted images, float64 (S, S)."""
-    clipped = np.clip(hu, *WINDOW_HU)
+def _power(hu: np.ndarray, window: tuple[float, float] | None = WINDOW_HU) -> np.ndarray:
+    """Mean |DFT|² over images of the windowed (``window`` None: as they are), mean-subtracted images,
+    float64 (S, S)."""
+    clipped = np.clip(hu, *window) if window is not None else hu
     clipped = clipped - clipped.mean(axis=(1, 2), keepdims=True)
     spectrum = np.fft.fft2(clipped)
     return (spectrum.real**2 + spectrum.imag**2).mean(axis=0)
@@ -100,6 +104,19 @@ def gaussian_band_ratio(sigma_px: float, size: int) -> dict[str, float]:
     radius = _radius(size)
     transfer = np.exp(-4 * math.pi**2 * sigma_px**2 * radius**2)
     return {name: float(transfer[(radius >= lo) & (radius < hi)].mean()) for name, (lo, hi) in BANDS.items()}
+
+
+def period_two_peaks(images: np.ndarray, window: tuple[float, float] | None = WINDOW_HU) -> dict[str, float]:
+    """The period-2 peaks (module docstring) of images (N, S, S): HU clipped to ``window``, or any values as
+    they are with ``window`` None (a decoder's logits). Raises InputError."""
+    power = _power(_images(images, "images"), window)
+    size, half = power.shape[0], power.shape[0] // 2
+
+    def peak(row: int, col: int) -> float:
+        around = [power[(row + dr) % size, (col + dc) % size] for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+        return float(power[row, col] / max(np.mean(around), 1e-300))
+
+    return {"(0.5, 0.5)": peak(half, half), "(0.5, 0)": max(peak(half, 0), peak(0, half))}
 
 
 def log_frequency_distance(original_hu: np.ndarray, recon_hu: np.ndarray) -> np.ndarray:
@@ -190,5 +207,7 @@ def sharpness_report(original_hu: np.ndarray, recon_hu: np.ndarray, samples_hu: 
             "band_power_ratio": {"reconstructions": band_power_ratios(original_hu, recon_hu),
                                  **{f"samples_{name}": band_power_ratios(original_hu, hu)
                                     for name, hu in samples_hu.items()}},
+            "period_two_peak": {"originals": period_two_peaks(original_hu), "reconstructions": period_two_peaks(recon_hu),
+                                **{f"samples_{name}": period_two_peaks(hu) for name, hu in samples_hu.items()}},
             "log_frequency_distance": float(lfd.mean()), "n_originals": len(original_hu),
             "anatomy": anatomy_kept(original_hu, recon_hu)}  # fmt: skip
