@@ -109,5 +109,17 @@ SPEC = {
             'json_summary': {'name': 'json_summary', 'kind': 'option', 'opts': ['--json'], 'secondary_opts': [], 'flag': True, 'multiple': False, 'nargs': 1, 'required': False, 'default': False, 'envvar': None, 'type': 'bool', 'choices': [], 'min': None, 'max': None, 'path': None},
             'quiet': {'name': 'quiet', 'kind': 'option', 'opts': ['--quiet', '-q'], 'secondary_opts': [], 'flag': True, 'multiple': False, 'nargs': 1, 'required': False, 'default': False, 'envvar': None, 'type': 'bool', 'choices': [], 'min': None, 'max': None, 'path': None},
         },
+        'edit': {
+            'slice_path': {'name': 'slice_path', 'kind': 'argument', 'opts': [], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': True, 'default': None, 'envvar': None, 'type': 'str', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'settings': {'name': 'settings', 'kind': 'option', 'opts': ['--set'], 'secondary_opts': [], 'flag': False, 'multiple': True, 'nargs': 1, 'required': True, 'default': None, 'envvar': None, 'type': 'list', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'slice_index': {'name': 'slice_index', 'kind': 'option', 'opts': ['--slice'], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': False, 'default': None, 'envvar': None, 'type': 'int', 'choices': [], 'min': 0, 'max': 2147483647, 'path': None},
+            'out': {'name': 'out', 'kind': 'option', 'opts': ['--out', '-o'], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': False, 'default': None, 'envvar': None, 'type': 'str', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'window': {'name': 'window', 'kind': 'option', 'opts': ['--window', '-w'], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': False, 'default': 'brain', 'envvar': None, 'type': 'str', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'model': {'name': 'model', 'kind': 'option', 'opts': ['--model', '-m'], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': False, 'default': None, 'envvar': 'CTGEN_MODEL', 'type': 'str', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'device': {'name': 'device', 'kind': 'option', 'opts': ['--device'], 'secondary_opts': [], 'flag': False, 'multiple': False, 'nargs': 1, 'required': False, 'default': 'auto', 'envvar': 'CTGEN_DEVICE', 'type': 'choice', 'choices': ['auto', 'cpu', 'cuda'], 'min': None, 'max': None, 'path': None},
+            'force': {'name': 'force', 'kind': 'option', 'opts': ['--force', '-f'], 'secondary_opts': [], 'flag': True, 'multiple': False, 'nargs': 1, 'required': False, 'default': False, 'envvar': None, 'type': 'bool', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'json_summary': {'name': 'json_summary', 'kind': 'option', 'opts': ['--json'], 'secondary_opts': [], 'flag': True, 'multiple': False, 'nargs': 1, 'required': False, 'default': False, 'envvar': None, 'type': 'bool', 'choices': [], 'min': None, 'max': None, 'path': None},
+            'quiet': {'name': 'quiet', 'kind': 'option', 'opts': ['--quiet', '-q'], 'secondary_opts': [], 'flag': True, 'multiple': False, 'nargs': 1, 'required': False, 'default': False, 'envvar': None, 'type': 'bool', 'choices': [], 'min': None, 'max': None, 'path': None},
+        },
     },
 }
