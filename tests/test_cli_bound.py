@@ -218,3 +218,42 @@ def test_edit_on_the_fast_path_runs_without_torch(bound_model, heads, tmp_path):
     assert result.returncode == 0, result.stderr
     factors = json.loads(result.stdout)["factors"]
     assert factors[0]["requested"] == -10 and factors[0]["reading_after"] == pytest.approx(-10, abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------------- encode --factors
+def test_encode_factors_in_every_format_and_decode_ignores_them(bound_model, workdir, heads, generator):
+    from ctgen.latent_io import load_latents
+
+    mu = generator.encode(heads[:2])
+    expected = generator.read_factors(mu)
+    lines = invoke("encode", heads[0], heads[1], "-m", bound_model, "--factors")
+    assert lines.exit_code == 0, lines.stderr
+    records = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [list(record)[:5] for record in records] == [["file", "mu", "rotation_deg", "head_width_max_mm",
+                                                         "ventricle_mm2"]] * 2
+    np.testing.assert_allclose([record["rotation_deg"] for record in records], expected["rotation_deg"], rtol=1e-5)
+    for name in ("z.csv", "z.npz", "z.jsonl"):
+        result = invoke("encode", heads[0], heads[1], "-m", bound_model, "--factors", "-o", name, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["outputs"][0]["factors"] == ["rotation_deg", "head_width_max_mm",
+                                                                      "ventricle_mm2"]
+        read = load_latents(str(workdir / name))
+        np.testing.assert_allclose(read.vectors, mu, rtol=1e-6, atol=1e-7)  # the readings are not vector columns
+        assert invoke("decode", name, "-m", bound_model, "-o", f"{name}.npy", "-q").exit_code == 0
+    header = (workdir / "z.csv").read_text().splitlines()[0].split(",")
+    assert header[9:] == ["rotation_deg", "head_width_max_mm", "ventricle_mm2", "model", "encoder_sha256"]
+    with np.load(workdir / "z.npz") as archive:
+        np.testing.assert_allclose(archive["ventricle_mm2"], expected["ventricle_mm2"], rtol=1e-5)
+
+
+def test_encode_factors_errors(bound_model, model, workdir, heads):
+    one_usage_line(invoke("encode", heads[0], "-m", bound_model, "--factors", "-o", "z.npy"), "--factors", ".npy")
+    one_error_line(invoke("encode", heads[0], "-m", model, "--factors"), "has no bound units")
+    assert outputs(workdir) == []
+
+
+def test_factor_columns_keep_clear_of_the_files_own_fields():
+    from ctgen.latent_io import factor_columns
+
+    assert list(factor_columns({"rotation_deg": 1, "file": 2, "mu_3": 3})) == ["rotation_deg", "factor_file",
+                                                                               "factor_mu_3"]
