@@ -257,3 +257,18 @@ def test_factor_columns_keep_clear_of_the_files_own_fields():
 
     assert list(factor_columns({"rotation_deg": 1, "file": 2, "mu_3": 3})) == ["rotation_deg", "factor_file",
                                                                                "factor_mu_3"]
+
+
+# --------------------------------------------------------------------------------------------- info and units
+def test_info_and_units_name_the_bound_units(bound_model, model):
+    summary = json.loads(invoke("info", "-m", bound_model, "--json").stdout)
+    assert summary["model"]["bound_units"][0] == {"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg",
+                                                  "mean": 1.5, "std": 8.0}
+    text = invoke("info", "-m", bound_model).stdout
+    assert "u0 rotation_deg in deg (mean 1.5, sd 8)" in text and "u2 ventricle_mm2 in mm²" in text
+    assert json.loads(invoke("info", "-m", model, "--json").stdout)["model"]["bound_units"] == []
+    rows = json.loads(invoke("units", "-m", bound_model, "--json").stdout)["units"]
+    by_unit = {row["unit"]: row for row in rows}
+    assert by_unit[1]["factor"] == "head_width_max_mm" and by_unit[1]["bound"]["unit_of_measure"] == "mm"
+    assert "bound" not in by_unit[3]
+    assert "head_width_max_mm (bound, mm)" in invoke("units", "-m", bound_model).stdout
