@@ -1,7 +1,7 @@
 """The one pipeline: a loaded model behind numpy calls in Hounsfield units.
 
 ``Generator`` is the only place that reads slices onto the model grid, batches, encodes, decodes, samples,
-interpolates and traverses; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
+interpolates, traverses and edits bound factors in their units of measure; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
 write and print. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``, ``spacing_mm``
 per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, ``iter_encode``,
 ``iter_decode``, ``iter_sample``) keep memory flat over archives of any size.
@@ -142,7 +142,9 @@ class Generator:
 
     ``model``, ``card`` (a ``ctgen.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
     ``units_by_kl`` ranks the latent units (most informative first), ``kl_per_unit`` holds their KL in nats
-    (None if unknown) and ``unit_labels`` the factor the card names for a unit.
+    (None if unknown) and ``unit_labels`` the factor the card names for a unit. ``bound_units`` are the units
+    bound to measured factors (the card's ``binding``): ``read_factors``, ``set_factors``, ``edit`` and
+    ``traverse_rows`` work with them in the factors' units of measure.
     """
 
     def __init__(self, model: Any):
@@ -441,7 +443,8 @@ class Generator:
         latent size. Raises ArgumentError."""
         if isinstance(spec, str):
             parts = [part.strip() for part in spec.split(",") if part.strip()]
-            named = [part[0].isalpha() and part.lower() != "all" and not part.lower().startswith("top") for part in parts]
+            named = [part[0].isalpha() and part.lower() != "all" and not part.lower().startswith("top")
+                     for part in parts]
             if not any(named):
                 return parse_units(spec, self.latent_size, self.units_by_kl)
             chosen: list[int] = []
@@ -458,10 +461,11 @@ class Generator:
         bound = self.card.bound_unit(factor)
         unit = bound.unit if bound is not None else self.card.unit_for_factor(factor)
         if unit is None:
-            known = [b.factor for b in self.bound_units] + sorted(set(self.unit_labels.values()))
+            known = ", ".join(dict.fromkeys([b.factor for b in self.bound_units]
+                                            + sorted(set(self.unit_labels.values()))))
             raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it; use "
                                          "a list like 0-4,7, top5, all, or a factor the card names ("
-                                         f"{', '.join(dict.fromkeys(known)) or 'none yet: ctgen evaluate with factors, export.attach'})")
+                                         f"{known or 'none yet: ctgen evaluate with factors, export.attach'})")
         return unit
 
     def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
@@ -543,7 +547,8 @@ class Generator:
         if bound is None:
             self.require_bound()
             names = ", ".join(b.factor for b in self.bound_units)
-            raise ArgumentError(argument, f"{factor!r} is not a bound factor of model {self.card.name} (bound: {names})")
+            raise ArgumentError(argument, f"{factor!r} is not a bound factor of model {self.card.name} "
+                                          f"(bound: {names})")
         return bound
 
     def require_bound(self) -> None:

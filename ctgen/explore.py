@@ -2,7 +2,8 @@
 ``ctgen/static``.
 
 Endpoints: ``GET /`` (the page) and its static files; ``GET /api/state`` (model summary, units by KL with
-the factor of each bound unit and its mapping to physical values, display windows, the start vector); ``POST /api/decode`` {z, window} -> PNG; ``POST /api/encode`` (raw
+the factor of each bound unit and its mapping to physical values, display windows, the start vector);
+``POST /api/decode`` {z, window} -> PNG; ``POST /api/encode`` (raw
 DICOM bytes) -> {z}; ``GET /api/sample?seed=N[&temperature=T]`` -> {z}; ``POST /api/export``
 {z, format: png|dcm|json, window} -> a file. Errors are JSON ``{"error": "<one line>"}`` with status 400
 (bad request), 403 (another site's page, or a Host that is not this machine on loopback), 404, 405,

@@ -88,7 +88,8 @@ def test_read_and_set_factors(generator):
     edited = generator.set_factors(mu, {"rotation_deg": 9.5, "ventricle_mm2": 40})
     assert edited[0] == pytest.approx(1.0) and edited[2] == pytest.approx(-2.6) and mu[0] == 0.5  # a copy
     assert generator.set_factors(mu, {"rotation_deg": 10}, relative=True)[0] == pytest.approx(0.5 + 10 / 8)
-    mixed = generator.set_factors(mu, [FactorSetting("rotation_deg", -4.0, True), FactorSetting("head_width_max_mm", 146)])
+    mixed = generator.set_factors(mu, [FactorSetting("rotation_deg", -4.0, True),
+                                       FactorSetting("head_width_max_mm", 146)])
     assert generator.read_factors(mixed)["rotation_deg"] == pytest.approx(1.5)
     assert mixed[1] == pytest.approx(1.0) and np.array_equal(mixed[3:], mu[3:])
 
