@@ -574,24 +574,14 @@ class Generator:
         if edited.shape != (self.latent_size,):
             raise ArgumentError("z", f"needs one latent vector ({self.latent_size},), got shape {edited.shape}")
         for setting in _settings(values, relative):
-            edited[self.bound(setting.factor).unit] = self._target_z(edited, setting)
+            bound = self.bound(setting.factor)
+            edited[bound.unit] = bound.to_z(self._target_value(edited, setting))
         return edited
 
-    def _target_z(self, z: np.ndarray, setting: FactorSetting) -> float:
+    def _target_value(self, z: np.ndarray, setting: FactorSetting) -> float:
+        """The value in its unit of measure that ``setting`` asks of its factor, starting from the latent ``z``."""
         bound = self.bound(setting.factor)
-        value = setting.value + (bound.to_value(float(z[bound.unit])) if setting.relative else 0.0)
-        return float(bound.to_z(value))
-
-    def requested(self, z: Any, values: Mapping[str, float] | Iterable[FactorSetting], *,
-                  relative: bool = False) -> dict[str, float]:
-        """{factor: the value in its unit of measure that ``set_factors(z, values)`` asks for}."""
-        latent = np.asarray(z, dtype=np.float32)
-        out = {}
-        for setting in _settings(values, relative):
-            bound = self.bound(setting.factor)
-            out[setting.factor] = setting.value + (float(bound.to_value(float(latent[bound.unit])))
-                                                   if setting.relative else 0.0)
-        return out
+        return setting.value + (float(bound.to_value(float(z[bound.unit]))) if setting.relative else 0.0)
 
     def measure(self, hu: np.ndarray) -> dict[str, float]:
         """The image factors (``ctgen.factors.measure_slice``) of an HU slice (S, S) on the model grid."""
@@ -619,7 +609,8 @@ class Generator:
         hu = self.decode(z)[0]
         before, after = self.measure(loaded.hu), self.measure(hu)
         factors_of = [bound.factor for bound in self.bound_units]
-        return Edited(loaded, mu, z, hu, self.requested(mu, settings), self.read_factors(mu), self.read_factors(z),
+        requested = {setting.factor: self._target_value(mu, setting) for setting in settings}
+        return Edited(loaded, mu, z, hu, requested, self.read_factors(mu), self.read_factors(z),
                       {name: before.get(name, float("nan")) for name in factors_of},
                       {name: after.get(name, float("nan")) for name in factors_of})
 
