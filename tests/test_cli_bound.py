@@ -157,7 +157,8 @@ def test_traverse_labels_bound_rows_in_their_units(bound_model, workdir, heads):
                                  f"+10 mm ({physical_text(reading + 10, 'mm')})"]
     assert rows[2]["labels"] == ["-3.0", "recon", "+3.0"]  # a free unit: standard deviations, as before
     assert files_under(workdir / "gifs") == ["u0.gif", "u1.gif", "u3.gif"]
-    assert "u0_rotation_deg_-15.png" in files_under(workdir / "cells")
+    cells = files_under(workdir / "cells")
+    assert "u0_rotation_deg_=-15.png" in cells and "u1_head_width_max_mm_+10.png" in cells and "u3_-3.00.png" in cells
     assert (workdir / "traverse.png").stat().st_size > 0
 
 

@@ -41,27 +41,32 @@ def traverse(
         gif_paths = [gif_dir / f"u{unit:0{digits}d}.gif" for unit in chosen] if gif_dir is not None else []
         if slice_index is not None and slice_path is None:
             raise ArgumentError("slice_index", "picks a slice of SLICE; give one")
-        rows = generator.traverse_rows(None, chosen, ranges, steps)  # checks --range before a slice is read
+        # the rows around z = 0: --range checked, and the changes each column makes, before a slice is read
+        planned = generator.traverse_rows(None, chosen, ranges, steps)
+        count = len(planned[0].z)
         loaded = generator.load(slice_path, slice_index=slice_index) if slice_path is not None else None
         origin = Path(loaded.source).name if loaded is not None else "prior mean"
-        center = generator.encode(loaded)[0] if loaded is not None else None
-        rows = generator.traverse_rows(center, chosen, ranges, steps)
-        count = len(rows[0].z)
-        middle = "recon" if loaded is not None else "z=0"
-        captions = [_caption(row, column, middle) for row in rows for column in range(count)]
         files = None
         if per_file is not None:
-            files = PerFile(per_file, [_file_name(row, column, digits) for row in rows for column in range(count)],
+            cells = [(row, column) for row in planned for column in range(count)]
+            files = PerFile(per_file, [_file_name(row, column, digits) for row, column in cells],
                             file_format, window=display, card=generator.card, grid=generator.grid, force=force,
                             action=f"traverse {origin}: units {chosen}, {_ranges_text(value_range)} in {count}",
-                            groups=[index for index in range(len(rows)) for _ in range(count)],
-                            descriptions=[f"ctgen traverse {_row_name(row)} {_span(row)}" for row in rows],
-                            comments=[f"{_row_name(row)} {caption} around {origin}"
-                                      for row, caption in zip((r for r in rows for _ in range(count)), captions)],
-                            labels=[f"{_row_name(row)} {caption}"
-                                    for row, caption in zip((r for r in rows for _ in range(count)), captions)])
+                            groups=[index for index in range(len(planned)) for _ in range(count)],
+                            descriptions=[f"ctgen traverse {_row_name(row)} {_span(row)}" for row in planned],
+                            comments=[f"unit {row.unit} offset {float(row.offsets[column]):+.2f} around {origin}"
+                                      if row.bound is None else
+                                      f"unit {row.unit} {row.bound.factor} {_change(row, column)} around {origin}"
+                                      for row, column in cells])
         check_targets([grid_path, *gif_paths, *(files.paths if files else [])], force=force)
 
+        center = generator.encode(loaded)[0] if loaded is not None else None
+        rows = generator.traverse_rows(center, chosen, ranges, steps)
+        middle = "recon" if loaded is not None else "z=0"
+        captions = [_caption(row, column, middle) for row in rows for column in range(count)]
+        if files is not None:  # per-file PNGs carry the same captions as the grid
+            files.labels = [f"{_row_name(row)} {caption}"
+                            for row, caption in zip((r for r in rows for _ in range(count)), captions)]
         hu = generator.decode_rows(center, rows)
         physical = any(row.bound is not None for row in rows)
         picture = grid_image(hu, display, rows=len(rows), cols=count,
@@ -103,30 +108,43 @@ def _row_label(card, row) -> str:
     return f"u{row.unit} {row.bound.factor}" + (f" ({row.bound.unit_of_measure})" if row.bound.unit_of_measure else "")
 
 
+def _change(row, column: int) -> str:
+    """What a column does to its unit, independent of the start: "+1.0" (standard deviations), "+15°" (a bound
+    unit's change), "15°" (a value of an absolute range)."""
+    from ctgen.latent import physical_text
+
+    if row.bound is None:
+        return f"{float(row.offsets[column]):+.1f}"
+    unit, value = row.bound.unit_of_measure, float(row.values[column])
+    return physical_text(value, unit) if not row.relative else physical_text(value - row.reading, unit, signed=True)
+
+
 def _caption(row, column: int, middle: str) -> str:
     """A picture's label: the change in standard deviations ("+1.0", the middle one "recon"), or for a bound unit
     the change and the value in its unit ("+15° (16.2°)", "+0° (1.2°)"), or the value of an absolute range."""
     from ctgen.latent import physical_text
 
     if row.bound is None:
-        delta = float(row.offsets[column])
-        return f"{delta:+.1f}" if delta else middle
-    unit, value = row.bound.unit_of_measure, float(row.values[column])
+        return _change(row, column) if row.offsets[column] else middle
     if not row.relative:
-        return physical_text(value, unit)
-    return f"{physical_text(value - row.reading, unit, signed=True)} ({physical_text(value, unit)})"
+        return _change(row, column)
+    return f"{_change(row, column)} ({physical_text(float(row.values[column]), row.bound.unit_of_measure)})"
 
 
 def _file_name(row, column: int, digits: int) -> str:
+    """u03_+1.00 (standard deviations); a bound unit u00_rotation_deg_+15 (the change in its unit) or, for an
+    absolute range, u00_rotation_deg_=-20 (the value)."""
     if row.bound is None:
         return f"u{row.unit:0{digits}d}_{float(row.offsets[column]):+.2f}"
-    return f"u{row.unit:0{digits}d}_{row.bound.factor}_{float(row.values[column]):+.4g}"
+    value = float(row.values[column]) - (row.reading if row.relative else 0.0)
+    return f"u{row.unit:0{digits}d}_{row.bound.factor}_{'' if row.relative else '='}{value:+.4g}"
 
 
 def _span(row) -> str:
+    """The columns' span: offsets in standard deviations, or a bound unit's change or values in its unit."""
     if row.bound is None:
         return f"{float(row.offsets[0]):+g}..{float(row.offsets[-1]):+g}"
-    return f"{float(row.values[0]):.4g}..{float(row.values[-1]):.4g} {row.bound.unit_of_measure}".rstrip()
+    return f"{_change(row, 0)}..{_change(row, len(row.values) - 1)}"
 
 
 def _ranges_text(value_range) -> str:
