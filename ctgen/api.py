@@ -573,7 +573,7 @@ class Generator:
         edited = np.array(z, dtype=np.float32)
         if edited.shape != (self.latent_size,):
             raise ArgumentError("z", f"needs one latent vector ({self.latent_size},), got shape {edited.shape}")
-        for setting in _settings(values, relative):
+        for setting in _settings(values, relative=relative):
             bound = self.bound(setting.factor)
             edited[bound.unit] = bound.to_z(self._target_value(edited, setting))
         return edited
@@ -597,7 +597,7 @@ class Generator:
         the factor's unit of measure, or changes with ``relative``), decode, and measure. Returns ``Edited``.
         ``gen.edit("a.dcm", rotation_deg=10)`` asks for 10°; ``relative=True`` for 10° more than the model
         reads. Raises ModelError / ArgumentError (see ``bound``), DicomError, InputError."""
-        settings = [*_settings(values or {}, relative), *_settings(factors, relative)]
+        settings = _settings(values or {}, factors, relative=relative)
         if not settings:
             raise ArgumentError("set", "name at least one bound factor to set")
         for setting in settings:
@@ -627,10 +627,16 @@ class Generator:
         return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
 
 
-def _settings(values: Mapping[str, float] | Iterable[FactorSetting], relative: bool) -> list[FactorSetting]:
-    if isinstance(values, Mapping):
-        return [FactorSetting(str(name), float(value), relative) for name, value in values.items()]
-    return list(values)
+def _settings(*groups: Mapping[str, float] | Iterable[FactorSetting], relative: bool) -> list[FactorSetting]:
+    """``FactorSetting``s of mappings (factor -> value, ``relative`` or not) and of settings; a factor named twice
+    raises ArgumentError ("set"), as its second change would silently add to the first."""
+    settings = [one for values in groups for one in
+                ([FactorSetting(str(name), float(value), relative) for name, value in values.items()]
+                 if isinstance(values, Mapping) else values)]
+    twice = sorted({one.factor for one in settings if sum(other.factor == one.factor for other in settings) > 1})
+    if twice:
+        raise ArgumentError("set", f"{', '.join(twice)} set more than once")
+    return settings
 
 
 def _jobs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path, list[int] | None]]:

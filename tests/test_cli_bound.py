@@ -274,3 +274,11 @@ def test_info_and_units_name_the_bound_units(bound_model, model):
     assert by_unit[1]["factor"] == "head_width_max_mm" and by_unit[1]["bound"]["unit_of_measure"] == "mm"
     assert "bound" not in by_unit[3]
     assert "head_width_max_mm (bound, mm)" in invoke("units", "-m", bound_model).stdout
+
+
+def test_a_factor_set_twice_is_a_usage_error(bound_model, workdir, heads):
+    one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "rotation_deg=+10", "--set",
+                          "rotation_deg=+10"), "--set", "rotation_deg set more than once")
+    with pytest.raises(ArgumentError, match="set more than once"):
+        load_generator(bound_model).edit(heads[0], {"rotation_deg": 1}, rotation_deg=2)
+    assert outputs(workdir) == []
