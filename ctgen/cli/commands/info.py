@@ -10,7 +10,9 @@ from ctgen.cli.options import DeviceOption, JsonOption, ModelOption
 
 
 def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary: JsonOption = False) -> None:
-    """The model card in brief, the execution provider actually used and the versions of the stack.
+    """The model card in brief (with the units bound to measured factors: factor, unit of measure, and the mean
+    and standard deviation that map a unit's value to the factor's), the execution provider actually used and
+    the versions of the stack.
 
     Checks every file of the model against the card's checksums and finds the provider (starting a session
     where CUDA may load). Printed on stdout; --json for scripts.
