@@ -240,7 +240,7 @@ class TraverseRanges:
     factors: dict[str, FactorRange] = field(default_factory=dict)
 
 
-MAX_RANGE_SD = 100.0  # as the option's bound (ctgen.cli.options.BOUNDS["range"])
+MAX_RANGE_SD = 100.0  # --range N: beyond this the decoder sees only noise (and 1e308 overflows)
 
 
 def parse_ranges(specs: Sequence[str] | str | float | None) -> TraverseRanges:
