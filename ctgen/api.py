@@ -26,6 +26,7 @@ from ctgen.latent import (
     DEFAULT_INTERPOLATION_STEPS,
     DEFAULT_TRAVERSE_STEPS,
     DEFAULT_TRAVERSE_UNITS,
+    MAX_RANGE_SD,
     FactorSetting,
     TraverseRanges,
     interpolate,
@@ -513,12 +514,13 @@ class Generator:
             factor_range = plan.factors.get(bound.factor)
             if factor_range is None:
                 values = reading + bound.std * deltas
-            elif factor_range.relative:
-                values = reading + np.linspace(factor_range.low, factor_range.high, len(deltas))
-                values[len(deltas) // 2] = reading
             else:
-                values = np.linspace(factor_range.low, factor_range.high, len(deltas))
-            latent = np.asarray(bound.to_z(values), dtype=np.float32)
+                ends = np.array([factor_range.low, factor_range.high]) + (reading if factor_range.relative else 0.0)
+                _latent_of(bound, ends, "value_range")  # before linspace: far ends would overflow it
+                values = np.linspace(ends[0], ends[1], len(deltas))
+                if factor_range.relative:
+                    values[len(deltas) // 2] = reading
+            latent = _latent_of(bound, values, "value_range")
             rows.append(TraverseRow(unit, latent, latent - start[unit], bound, values, reading,
                                     factor_range is None or factor_range.relative))
         return rows
@@ -575,7 +577,7 @@ class Generator:
             raise ArgumentError("z", f"needs one latent vector ({self.latent_size},), got shape {edited.shape}")
         for setting in _settings(values, relative=relative):
             bound = self.bound(setting.factor)
-            edited[bound.unit] = bound.to_z(self._target_value(edited, setting))
+            edited[bound.unit] = _latent_of(bound, np.float64(self._target_value(edited, setting)), "set")
         return edited
 
     def _target_value(self, z: np.ndarray, setting: FactorSetting) -> float:
@@ -625,6 +627,18 @@ class Generator:
 
     def _image(self, item: Any, spacing_mm) -> np.ndarray:
         return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
+
+
+def _latent_of(bound: Any, values: np.ndarray, argument: str) -> np.ndarray:
+    """``bound.to_z(values)`` as float32, refused (ArgumentError naming ``argument``) beyond MAX_RANGE_SD standard
+    deviations of the factor's training values: the decoder has never seen such codes (and 1e308 overflows)."""
+    latent = np.asarray(bound.to_z(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+    if not np.all(np.abs(latent) <= MAX_RANGE_SD):
+        worst = float(np.asarray(values).flat[int(np.argmax(np.nan_to_num(np.abs(latent), nan=np.inf)))])
+        raise ArgumentError(argument, f"{bound.factor} {worst:g} {bound.unit_of_measure} lies more than "
+                                      f"{MAX_RANGE_SD:g} standard deviations ({bound.std:g}) from its training mean "
+                                      f"({bound.mean:g})".replace("  ", " "))
+    return latent.astype(np.float32)
 
 
 def _settings(*groups: Mapping[str, float] | Iterable[FactorSetting], relative: bool) -> list[FactorSetting]:

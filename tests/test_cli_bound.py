@@ -282,3 +282,11 @@ def test_a_factor_set_twice_is_a_usage_error(bound_model, workdir, heads):
     with pytest.raises(ArgumentError, match="set more than once"):
         load_generator(bound_model).edit(heads[0], {"rotation_deg": 1}, rotation_deg=2)
     assert outputs(workdir) == []
+
+
+def test_values_far_beyond_the_training_range_are_refused(bound_model, workdir, heads):
+    one_usage_line(invoke("traverse", "-m", bound_model, "-u", "rotation_deg", "--range", "rotation_deg=-1e308:1e308"),
+                   "--range", "more than 100 standard deviations")
+    one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "ventricle_mm2=1e9"), "--set",
+                   "ventricle_mm2 1e+09 mm² lies more than 100 standard deviations (100) from its training mean (300)")
+    assert outputs(workdir) == []
