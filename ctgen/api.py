@@ -1,7 +1,7 @@
 """The one pipeline: a loaded model behind numpy calls in Hounsfield units.
 
 ``Generator`` is the only place that reads slices onto the model grid, batches, encodes, decodes, samples,
-interpolates and traverses; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
+interpolates, traverses and edits bound factors in their units of measure; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
 write and print. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``, ``spacing_mm``
 per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, ``iter_encode``,
 ``iter_decode``, ``iter_sample``) keep memory flat over archives of any size.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings as _warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -20,14 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from ctgen.errors import ArgumentError, CtgenError, DicomError, InputError
+from ctgen.errors import ArgumentError, CtgenError, DicomError, InputError, ModelError
 from ctgen.latent import (
     DEFAULT_INTERPOLATION,
     DEFAULT_INTERPOLATION_STEPS,
+    DEFAULT_TRAVERSE_STEPS,
     DEFAULT_TRAVERSE_UNITS,
+    MAX_RANGE_SD,
+    FactorSetting,
+    TraverseRanges,
     interpolate,
+    parse_ranges,
     parse_units,
     prior_batches,
+    sweep,
 )
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
@@ -35,8 +41,8 @@ from ctgen.preprocess import Grid, from_model, to_grid_hu
 from ctgen.prior import PRIORS
 from ctgen.sources import gather_files, one_slice, read_slices, slice_sources, split_source
 
-__all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "GridSlice", "Reconstruction", "SliceWarning",
-           "gather_files", "load_generator", "slice_sources", "split_source"]
+__all__ = ["DISPLAY_WINDOW_HU", "Edited", "Encoded", "Generator", "GridSlice", "Reconstruction", "SliceWarning",
+           "TraverseRow", "gather_files", "load_generator", "slice_sources", "split_source"]
 
 DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the model grid, for pictures and masks
 HEAD_THRESHOLD_HU = -500.0  # reconstruction errors are measured where the original is above this
@@ -96,12 +102,50 @@ class Reconstruction:
     head_pixels: int
 
 
+@dataclass(frozen=True)
+class TraverseRow:
+    """One row of ``traverse_rows``: unit ``unit`` takes the latent values ``z`` float32 (K,) in turn (``offsets``:
+    the same minus the start's value). For a bound unit, ``bound`` (``ctgen.card.BoundUnit``) and ``values``
+    float64 (K,): the factor's value each column stands for, in its unit of measure, and ``reading``: the start's;
+    ``relative`` when the columns are changes around the reading (standard deviations, or ``FACTOR=N``), not
+    absolute values (``FACTOR=LO:HI``)."""
+
+    unit: int
+    z: np.ndarray
+    offsets: np.ndarray
+    bound: Any = None
+    values: np.ndarray | None = None
+    reading: float | None = None
+    relative: bool = True
+
+
+@dataclass(frozen=True)
+class Edited:
+    """What ``Generator.edit`` did to one slice: the input (``slice``, with ``hu`` on the grid), its posterior
+    mean ``mu`` (L,), the edited latent ``z`` (L,), the decoded ``hu`` float32 (S, S); per bound factor the
+    model's reading before (of ``mu``) and after (of ``z``), the value asked for (``requested``, only the factors
+    set), and the factor measured (``ctgen.factors.measure_slice`` at the grid's spacing, NaN where it cannot be
+    measured on one slice) on the input's and on the output's HU."""
+
+    slice: GridSlice
+    mu: np.ndarray
+    z: np.ndarray
+    hu: np.ndarray
+    requested: dict[str, float]
+    reading_before: dict[str, float]
+    reading_after: dict[str, float]
+    measured_before: dict[str, float]
+    measured_after: dict[str, float]
+
+
 class Generator:
     """A loaded β-VAE (``ctgen.model.Model``) behind numpy calls in HU.
 
     ``model``, ``card`` (a ``ctgen.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
     ``units_by_kl`` ranks the latent units (most informative first), ``kl_per_unit`` holds their KL in nats
-    (None if unknown) and ``unit_labels`` the factor the card names for a unit.
+    (None if unknown) and ``unit_labels`` the factor the card names for a unit. ``bound_units`` are the units
+    bound to measured factors (the card's ``binding``): ``read_factors``, ``set_factors``, ``edit`` and
+    ``traverse_rows`` work with them in the factors' units of measure.
     """
 
     def __init__(self, model: Any):
@@ -395,26 +439,34 @@ class Generator:
 
     # ---- exploring ---------------------------------------------------------------------------------
     def units(self, spec: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS) -> list[int]:
-        """Unit indices from a spec ("0-4,7", "top5", "all", or factor names the card knows: "level,rotation")
-        or a list, checked against the latent size. Raises ArgumentError."""
+        """Unit indices from a spec ("0-4,7", "top5", "all", factor names: a bound unit's factor first, then the
+        factors the card names, "rotation_deg,level"; names and numbers may mix) or a list, checked against the
+        latent size. Raises ArgumentError."""
         if isinstance(spec, str):
             parts = [part.strip() for part in spec.split(",") if part.strip()]
-            if parts and all(part[0].isalpha() and part.lower() != "all" and not part.lower().startswith("top")
-                             for part in parts):
-                return [self._unit_for(part) for part in parts]
-            return parse_units(spec, self.latent_size, self.units_by_kl)
+            named = [part[0].isalpha() and part.lower() != "all" and not part.lower().startswith("top")
+                     for part in parts]
+            if not any(named):
+                return parse_units(spec, self.latent_size, self.units_by_kl)
+            chosen: list[int] = []
+            for part, is_name in zip(parts, named):  # factor names and unit numbers may mix: "rotation_deg,3"
+                found = [self._unit_for(part)] if is_name else parse_units(part, self.latent_size, self.units_by_kl)
+                chosen += [unit for unit in found if unit not in chosen]
+            return chosen
         chosen = [int(unit) for unit in spec]
         if any(not 0 <= unit < self.latent_size for unit in chosen):
             raise ArgumentError("units", f"units must lie in 0-{self.latent_size - 1}, got {chosen}")
         return chosen
 
     def _unit_for(self, factor: str) -> int:
-        unit = self.card.unit_for_factor(factor)
+        bound = self.card.bound_unit(factor)
+        unit = bound.unit if bound is not None else self.card.unit_for_factor(factor)
         if unit is None:
-            known = sorted(set(self.unit_labels.values()))
+            known = ", ".join(dict.fromkeys([b.factor for b in self.bound_units]
+                                            + sorted(set(self.unit_labels.values()))))
             raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it; use "
                                          "a list like 0-4,7, top5, all, or a factor the card names ("
-                                         f"{', '.join(known) or 'none yet: ctgen evaluate with factors, export.attach'})")
+                                         f"{known or 'none yet: ctgen evaluate with factors, export.attach'})")
         return unit
 
     def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
@@ -426,11 +478,143 @@ class Generator:
         7 steps). Image ``i * len(offsets) + j`` is ``z`` with ``offsets[j]`` added to unit ``units[i]``.
         Raises InputError.
         """
+        deltas = traverse_offsets() if offsets is None else offsets
+        return self.decode(traverse_codes(self._start(z), self.units(units), deltas))
+
+    def traverse_rows(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,
+                      ranges: TraverseRanges | Sequence[str] | str | float | None = None,
+                      steps: int = DEFAULT_TRAVERSE_STEPS) -> list[TraverseRow]:
+        """The rows of a traversal in physical units where the model has them: one ``TraverseRow`` per unit.
+
+        ``ranges`` (a ``TraverseRanges`` or ``--range`` text, see ``ctgen.latent.parse_ranges``): N standard
+        deviations around ``z`` for every unit (for a bound unit, N of the factor's training standard
+        deviations), except the bound factors it names (``FACTOR=LO:HI`` absolute, ``FACTOR=N`` ± N in the
+        factor's unit). ``steps`` columns (odd; even rounds up). Decode with ``decode_rows``.
+        Raises ArgumentError (a range for a factor that no chosen unit is bound to).
+        """
+        from ctgen.latent import offsets as sd_offsets
+
+        start = self._start(z)
+        plan = ranges if isinstance(ranges, TraverseRanges) else parse_ranges(ranges)
+        chosen = self.units(units)
+        deltas = sd_offsets(plan.sd, steps).astype(np.float64)
+        bound_of = {bound.unit: bound for bound in self.bound_units}
+        named = {bound_of[unit].factor for unit in chosen if unit in bound_of}
+        stray = [factor for factor in plan.factors if factor not in named]
+        if stray:
+            raise ArgumentError("value_range", f"{', '.join(stray)}: not a bound factor among the rows (--units); "
+                                               f"bound: {', '.join(b.factor for b in self.bound_units) or 'none'}")
+        rows = []
+        for unit in chosen:
+            bound = bound_of.get(unit)
+            if bound is None:
+                rows.append(TraverseRow(unit, (start[unit] + deltas).astype(np.float32), deltas.astype(np.float32)))
+                continue
+            reading = float(bound.to_value(float(start[unit])))
+            factor_range = plan.factors.get(bound.factor)
+            if factor_range is None:
+                values = reading + bound.std * deltas
+            else:
+                ends = np.array([factor_range.low, factor_range.high]) + (reading if factor_range.relative else 0.0)
+                _latent_of(bound, ends, "value_range")  # before linspace: far ends would overflow it
+                values = np.linspace(ends[0], ends[1], len(deltas))
+                if factor_range.relative:
+                    values[len(deltas) // 2] = reading
+            latent = _latent_of(bound, values, "value_range")
+            rows.append(TraverseRow(unit, latent, latent - start[unit], bound, values, reading,
+                                    factor_range is None or factor_range.relative))
+        return rows
+
+    def decode_rows(self, z: Any, rows: Sequence[TraverseRow]) -> np.ndarray:
+        """The images of ``traverse_rows`` around ``z`` (None: zeros): HU float32 (len(rows) * K, S, S),
+        row-major."""
+        return self.decode(sweep(self._start(z), [row.unit for row in rows], [row.z for row in rows]))
+
+    def _start(self, z: Any) -> np.ndarray:
         start = np.zeros(self.latent_size, np.float32) if z is None else np.asarray(z, dtype=np.float32)
         if start.shape != (self.latent_size,):
             raise ArgumentError("z", f"traverse needs one latent vector ({self.latent_size},), got shape {start.shape}")
-        deltas = traverse_offsets() if offsets is None else offsets
-        return self.decode(traverse_codes(start, self.units(units), deltas))
+        return start
+
+    # ---- bound units: physical values --------------------------------------------------------------
+    @property
+    def bound_units(self) -> list:
+        """The units bound to measured factors (``ctgen.card.BoundUnit``), in unit order; [] without binding."""
+        return self.card.bound_units
+
+    def bound(self, factor: str, *, argument: str = "set"):
+        """The ``BoundUnit`` of ``factor``. Raises ModelError when the model has no bound units and ArgumentError
+        (naming ``argument``) when ``factor`` is not one of them."""
+        bound = self.card.bound_unit(factor)
+        if bound is None:
+            self.require_bound()
+            names = ", ".join(b.factor for b in self.bound_units)
+            raise ArgumentError(argument, f"{factor!r} is not a bound factor of model {self.card.name} "
+                                          f"(bound: {names})")
+        return bound
+
+    def require_bound(self) -> None:
+        """Raise ModelError when the model has no bound units (trained without ``--bind``)."""
+        if not self.bound_units:
+            raise ModelError(self.model.path, f"model {self.card.name} has no bound units (trained without --bind): "
+                                              "no factor can be read or set in physical units")
+
+    def read_factors(self, mu: Any) -> dict[str, Any]:
+        """The model's reading of each bound factor, in its unit of measure: {factor: float} for one latent (L,),
+        {factor: float64 (N,)} for (N, L). {} without bound units."""
+        latent = np.asarray(mu, dtype=np.float64)
+        return {bound.factor: (float(bound.to_value(latent[bound.unit])) if latent.ndim == 1
+                               else bound.to_value(latent[:, bound.unit]))
+                for bound in self.bound_units}
+
+    def set_factors(self, z: Any, values: Mapping[str, float] | Iterable[FactorSetting], *,
+                    relative: bool = False) -> np.ndarray:
+        """A copy of the latent ``z`` (L,) with bound factors set: ``values`` maps factor -> value in its unit of
+        measure (``relative``: changes added to the model's reading), or is ``FactorSetting``s (each absolute or
+        relative). Returns float32 (L,). Raises ModelError / ArgumentError (see ``bound``)."""
+        edited = np.array(z, dtype=np.float32)
+        if edited.shape != (self.latent_size,):
+            raise ArgumentError("z", f"needs one latent vector ({self.latent_size},), got shape {edited.shape}")
+        for setting in _settings(values, relative=relative):
+            bound = self.bound(setting.factor)
+            edited[bound.unit] = _latent_of(bound, np.float64(self._target_value(edited, setting)), "set")
+        return edited
+
+    def _target_value(self, z: np.ndarray, setting: FactorSetting) -> float:
+        """The value in its unit of measure that ``setting`` asks of its factor, starting from the latent ``z``."""
+        bound = self.bound(setting.factor)
+        return setting.value + (float(bound.to_value(float(z[bound.unit]))) if setting.relative else 0.0)
+
+    def measure(self, hu: np.ndarray) -> dict[str, float]:
+        """The image factors (``ctgen.factors.measure_slice``) of an HU slice (S, S) on the model grid."""
+        from ctgen.factors import measure_slice
+
+        spacing = float(self.grid.spacing_mm)
+        return measure_slice(hu, (spacing, spacing))
+
+    def edit(self, item: Any, values: Mapping[str, float] | Iterable[FactorSetting] | None = None, *,
+             relative: bool = False, slice_index: int | None = None, **factors: float) -> Edited:
+        """Encode one slice (see ``load``; of a file of several slices the middle one unless ``slice_index``), set
+        bound factors of its posterior mean (``values`` and/or keywords, as ``set_factors``: absolute values in
+        the factor's unit of measure, or changes with ``relative``), decode, and measure. Returns ``Edited``.
+        ``gen.edit("a.dcm", rotation_deg=10)`` asks for 10°; ``relative=True`` for 10° more than the model
+        reads. Raises ModelError / ArgumentError (see ``bound``), DicomError, InputError."""
+        settings = _settings(values or {}, factors, relative=relative)
+        if not settings:
+            raise ArgumentError("set", "name at least one bound factor to set")
+        for setting in settings:
+            self.bound(setting.factor)
+        loaded = item if isinstance(item, GridSlice) and item.hu is not None else \
+            self.load(item, with_hu=True, slice_index=slice_index)
+        mu = self.encode_images(loaded.image[None])[0][0]
+        z = self.set_factors(mu, settings)
+        hu = self.decode(z)[0]
+        before, after = self.measure(loaded.hu), self.measure(hu)
+        factors_of = [bound.factor for bound in self.bound_units]
+        requested = {setting.factor: self._target_value(mu, setting) for setting in settings}
+        return Edited(loaded, mu, z, hu, requested, self.read_factors(mu), self.read_factors(z),
+                      {name: before.get(name, float("nan")) for name in factors_of},
+                      {name: after.get(name, float("nan")) for name in factors_of})
 
     def interpolate(self, a: Any, b: Any, steps: int = DEFAULT_INTERPOLATION_STEPS,
                     method: str = DEFAULT_INTERPOLATION) -> np.ndarray:
@@ -443,6 +627,30 @@ class Generator:
 
     def _image(self, item: Any, spacing_mm) -> np.ndarray:
         return item.image if isinstance(item, GridSlice) else self.load(item, spacing_mm=spacing_mm).image
+
+
+def _latent_of(bound: Any, values: np.ndarray, argument: str) -> np.ndarray:
+    """``bound.to_z(values)`` as float32, refused (ArgumentError naming ``argument``) beyond MAX_RANGE_SD standard
+    deviations of the factor's training values: the decoder has never seen such codes (and 1e308 overflows)."""
+    latent = np.asarray(bound.to_z(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+    if not np.all(np.abs(latent) <= MAX_RANGE_SD):
+        worst = float(np.asarray(values).flat[int(np.argmax(np.nan_to_num(np.abs(latent), nan=np.inf)))])
+        raise ArgumentError(argument, f"{bound.factor} {worst:g} {bound.unit_of_measure} lies more than "
+                                      f"{MAX_RANGE_SD:g} standard deviations ({bound.std:g}) from its training mean "
+                                      f"({bound.mean:g})".replace("  ", " "))
+    return latent.astype(np.float32)
+
+
+def _settings(*groups: Mapping[str, float] | Iterable[FactorSetting], relative: bool) -> list[FactorSetting]:
+    """``FactorSetting``s of mappings (factor -> value, ``relative`` or not) and of settings; a factor named twice
+    raises ArgumentError ("set"), as its second change would silently add to the first."""
+    settings = [one for values in groups for one in
+                ([FactorSetting(str(name), float(value), relative) for name, value in values.items()]
+                 if isinstance(values, Mapping) else values)]
+    twice = sorted({one.factor for one in settings if sum(other.factor == one.factor for other in settings) > 1})
+    if twice:
+        raise ArgumentError("set", f"{', '.join(twice)} set more than once")
+    return settings
 
 
 def _jobs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path, list[int] | None]]:

@@ -1,8 +1,9 @@
 """The latent explorer behind ``ctgen explore``: a local HTTP server (standard library only) for the page in
 ``ctgen/static``.
 
-Endpoints: ``GET /`` (the page) and its static files; ``GET /api/state`` (model summary, units by KL,
-display windows, the start vector); ``POST /api/decode`` {z, window} -> PNG; ``POST /api/encode`` (raw
+Endpoints: ``GET /`` (the page) and its static files; ``GET /api/state`` (model summary, units by KL with
+the factor of each bound unit and its mapping to physical values, display windows, the start vector);
+``POST /api/decode`` {z, window} -> PNG; ``POST /api/encode`` (raw
 DICOM bytes) -> {z}; ``GET /api/sample?seed=N[&temperature=T]`` -> {z}; ``POST /api/export``
 {z, format: png|dcm|json, window} -> a file. Errors are JSON ``{"error": "<one line>"}`` with status 400
 (bad request), 403 (another site's page, or a Host that is not this machine on loopback), 404, 405,
@@ -123,7 +124,11 @@ class ExploreServer(GuardedHTTPServer):
         windows = {name: list(window) for name, window in WINDOWS.items()}
         if self.window not in WINDOWS.values():
             windows["start"] = list(self.window)
-        units = [{"unit": unit, "rank": rank, "kl": None if kl is None else kl[unit], "factor": factors.get(unit)}
+        bound_of = {bound.unit: bound for bound in generator.bound_units}
+        units = [{"unit": unit, "rank": rank, "kl": None if kl is None else kl[unit],
+                  "factor": bound_of[unit].factor if unit in bound_of else factors.get(unit),
+                  "bound": ({"unit_of_measure": bound_of[unit].unit_of_measure, "mean": bound_of[unit].mean,
+                             "std": bound_of[unit].std} if unit in bound_of else None)}
                  for rank, unit in enumerate(generator.units_by_kl, start=1)]
         return {
             "ctgen": __version__,

@@ -5,8 +5,10 @@ Pure numpy; latents are float32 arrays of shape (N, L) (or (L,) for one vector).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -21,7 +23,10 @@ from ctgen.defaults import (
 from ctgen.errors import ArgumentError, InputError
 
 __all__ = [
+    "FactorRange",
+    "FactorSetting",
     "INTERPOLATIONS",
+    "TraverseRanges",
     "DEFAULT_INTERPOLATION",
     "DEFAULT_INTERPOLATION_STEPS",
     "DEFAULT_TRAVERSE_UNITS",
@@ -36,6 +41,10 @@ __all__ = [
     "offsets",
     "traverse",
     "parse_units",
+    "parse_ranges",
+    "parse_setting",
+    "physical_text",
+    "sweep",
     "parse_shard",
     "take_shard",
     "iter_batches",
@@ -163,12 +172,130 @@ def traverse(z: np.ndarray, units: Sequence[int], offsets: Sequence[float]) -> n
     if z.ndim != 1:
         raise InputError(None, f"traverse needs one latent vector (L,), got shape {z.shape}")
     deltas = np.asarray(offsets, dtype=np.float32)
-    grid = np.repeat(z[None, :], len(units) * len(deltas), axis=0)
+    return sweep(z, units, [z[unit] + deltas if 0 <= unit < z.shape[0] else deltas for unit in units])
+
+
+def sweep(z: np.ndarray, units: Sequence[int], values: Sequence[Sequence[float]]) -> np.ndarray:
+    """Latent grid: float32 (len(units) * K, L), row-major by unit, where row ``i * K + j`` is ``z`` with unit
+    ``units[i]`` set to ``values[i][j]`` (each row K latent values). Raises ArgumentError for a unit outside z."""
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 1:
+        raise InputError(None, f"a sweep needs one latent vector (L,), got shape {z.shape}")
+    columns = {len(row) for row in values}
+    if len(values) != len(units) or len(columns) > 1:
+        raise InputError(None, f"{len(values)} rows of values for {len(units)} units, of lengths {sorted(columns)}")
+    count = columns.pop() if columns else 0
+    grid = np.repeat(z[None, :], len(units) * count, axis=0)
     for row, unit in enumerate(units):
         if not 0 <= unit < z.shape[0]:
             raise ArgumentError("units", f"unit {unit} out of range 0-{z.shape[0] - 1}")
-        grid[row * len(deltas) : (row + 1) * len(deltas), unit] += deltas
+        grid[row * count : (row + 1) * count, unit] = np.asarray(values[row], dtype=np.float32)
     return grid
+
+
+# ---- physical values of bound units (ctgen.card.BoundUnit)
+@dataclass(frozen=True)
+class FactorSetting:
+    """One ``--set`` of ``ctgen edit``: the bound factor's new ``value`` in its unit of measure, or with
+    ``relative`` the change added to the model's reading of the slice."""
+
+    factor: str
+    value: float
+    relative: bool = False
+
+
+_SETTING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(=?)\s*(\S+)\s*$")
+
+
+def parse_setting(text: str) -> FactorSetting:
+    """``"rotation_deg=+10"`` (relative: +10 on the reading), ``"rotation_deg=-10"`` (relative),
+    ``"ventricle_mm2=40"`` (absolute) or ``"rotation_deg==-10"`` (absolute, for negative values).
+    Raises ArgumentError ("set")."""
+    match = _SETTING.match(str(text))
+    number = _finite(match.group(3)) if match else None
+    if match is None or number is None:
+        raise ArgumentError("set", f"cannot parse {text!r}; use FACTOR=VALUE (absolute), FACTOR=+CHANGE or "
+                                   "FACTOR=-CHANGE (relative to the model's reading), FACTOR==-VALUE (a negative "
+                                   "absolute value)")
+    relative = not match.group(2) and match.group(3)[0] in "+-"
+    return FactorSetting(match.group(1), number, relative)
+
+
+@dataclass(frozen=True)
+class FactorRange:
+    """A bound factor's traverse range: from ``low`` to ``high`` (absolute values in its unit of measure), or with
+    ``relative`` from ``-high`` to ``+high`` around the model's reading of the slice."""
+
+    low: float
+    high: float
+    relative: bool = False
+
+
+@dataclass(frozen=True)
+class TraverseRanges:
+    """``--range`` of ``ctgen traverse``: ``sd`` standard deviations for every row, except the bound factors named
+    in ``factors``."""
+
+    sd: float = DEFAULT_TRAVERSE_RANGE
+    factors: dict[str, FactorRange] = field(default_factory=dict)
+
+
+MAX_RANGE_SD = 100.0  # --range N: beyond this the decoder sees only noise (and 1e308 overflows)
+
+
+def parse_ranges(specs: Sequence[str] | str | float | None) -> TraverseRanges:
+    """``--range`` items (each may hold several, comma-separated): ``N`` (± N standard deviations: of the prior for
+    a free unit, of the factor's training values for a bound one), ``FACTOR=LO:HI`` (a bound factor from LO to HI
+    in its unit of measure) or ``FACTOR=N`` (± N in its unit around the model's reading). None: the default.
+    Raises ArgumentError ("value_range")."""
+    if specs is None:
+        return TraverseRanges()
+    items = [specs] if isinstance(specs, (str, int, float)) else list(specs)
+    sd, factors = DEFAULT_TRAVERSE_RANGE, {}
+    for part in (piece.strip() for item in items for piece in str(item).split(",")):
+        name, equals, value = part.partition("=")
+        if not equals:
+            number = _finite(part)
+            if number is None or not 0 < number <= MAX_RANGE_SD:
+                raise ArgumentError("value_range", f"cannot parse {part!r}; use N (standard deviations, 0 < N <= "
+                                                   f"{MAX_RANGE_SD:g}), FACTOR=LO:HI or FACTOR=N (in the factor's "
+                                                   "unit of measure)")
+            sd = number
+            continue
+        name = name.strip()
+        low, colon, high = value.partition(":")
+        bounds = [_finite(low), _finite(high)] if colon else [_finite(value)]
+        if not name.isidentifier() or None in bounds:
+            raise ArgumentError("value_range", f"cannot parse {part!r}; use FACTOR=LO:HI or FACTOR=N")
+        if colon and not bounds[0] < bounds[1]:
+            raise ArgumentError("value_range", f"{part!r}: LO must be below HI")
+        if not colon and not bounds[0] > 0:
+            raise ArgumentError("value_range", f"{part!r}: N must be > 0 (the range is -N..+N around the reading)")
+        factors[name] = FactorRange(bounds[0], bounds[1], False) if colon else FactorRange(-bounds[0], bounds[0], True)
+    return TraverseRanges(sd, factors)
+
+
+def _finite(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+_SYMBOLS = {"deg": "°", "mm²": " mm2"}  # the pictures' font has "°" but neither "²" nor "\u2212"
+
+
+def physical_text(value: float, unit_of_measure: str, *, signed: bool = False) -> str:
+    """A factor's value for a label: "15°", "-3.5°", "142 mm", "40.2 mm2", "0.12"; ``signed`` for changes
+    ("+15°", "+0°")."""
+    if not math.isfinite(value):
+        return "n/a"
+    value, size = value + 0.0, abs(value)  # + 0.0: no "-0"
+    digits = 0 if size >= 100 or value == round(value) else 1 if size >= 1 else 2
+    number = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    suffix = _SYMBOLS.get(unit_of_measure, f" {unit_of_measure}" if unit_of_measure else "")
+    return number + suffix
 
 
 _RANGE = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")

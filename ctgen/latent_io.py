@@ -4,6 +4,9 @@ Every format but .npy records the model that wrote the vectors (``LatentModel``:
 sha256, the identity the provenance of ctgen's outputs uses): .npz arrays "model" and "encoder_sha256", CSV
 columns of these names after the numbers, the same two keys on every JSON line. An .npy file
 holds the numbers only: numpy refuses headers with keys other than its own three, so it cannot say.
+
+``encode --factors`` adds the model's reading of each bound factor (``factor_columns``): .npz arrays, CSV columns
+and JSON line keys named by the factor ("rotation_deg"); the readers take only the vectors and ignore them.
 """
 
 from __future__ import annotations
@@ -71,11 +74,23 @@ def floats(row: np.ndarray) -> str:
     return ",".join(str(value) for value in np.asarray(row, dtype=np.float32))
 
 
+_RESERVED = ("file", "files", "mu", "z", "logvar", "warnings", *_MODEL_KEYS)
+
+
+def factor_columns(readings: dict[str, Any]) -> dict[str, Any]:
+    """The model's readings of bound factors ({factor: values}) under the names a latent file gives them: the
+    factor's own name, "factor_<name>" where that is one of the file's own fields."""
+    return {(f"factor_{name}" if name in _RESERVED or name.startswith(("mu_", "z_", "logvar_")) else name): values
+            for name, values in readings.items()}
+
+
 def json_line(file: str, mu: np.ndarray, logvar: np.ndarray | None, warnings: Sequence[str] = (),
-              model: LatentModel | None = None) -> str:
+              model: LatentModel | None = None, factors: dict[str, float] | None = None) -> str:
     line = f'{{"file": {json.dumps(file)}, "mu": [{floats(mu)}]'
     if logvar is not None:
         line += f', "logvar": [{floats(logvar)}]'
+    for name, value in (factors or {}).items():
+        line += f", {json.dumps(name)}: {_number_text(value)}"
     if warnings:
         line += f', "warnings": {json.dumps(list(warnings))}'
     if model is not None:
@@ -83,21 +98,32 @@ def json_line(file: str, mu: np.ndarray, logvar: np.ndarray | None, warnings: Se
     return line + "}"
 
 
+def _number_text(value: float) -> str:
+    """A reading as JSON/CSV text: the shortest float32 text, null/empty for NaN."""
+    return str(np.float32(value)) if np.isfinite(value) else "null"
+
+
 def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.ndarray | None, *, force: bool,
-                  model: LatentModel | None, warnings: Sequence[Sequence[str]] | None = None) -> None:
+                  model: LatentModel | None, warnings: Sequence[Sequence[str]] | None = None,
+                  factors: dict[str, np.ndarray] | None = None) -> None:
     """Write encode's results: .npz (files, mu[, logvar][, warnings], model), .npy (mu), .csv or JSON lines;
     atomically. ``model`` is recorded as the module says (not in .npy).
 
     ``warnings``: per file, what makes the slice unlike the model's training data; recorded when any file has
     one: .npz array "warnings" (one string per file, "; "-joined, "" for none), a CSV column "warnings" after
     the numbers, a "warnings" list on the JSON lines that have one (.npy holds mu only).
+
+    ``factors``: {name: float (N,)}, the model's reading of each bound factor (names from ``factor_columns``):
+    .npz arrays, CSV columns after the numbers, JSON line keys after "mu" (not in .npy).
     """
     suffix = path.suffix.lower()
+    factors = factors or {}
     joined = ["; ".join(found) for found in warnings] if warnings is not None and any(warnings) else None
     if suffix == ".npz":
         arrays = {"files": np.array(files, dtype=str), "mu": mu}
         if logvar is not None:
             arrays["logvar"] = logvar
+        arrays.update({name: np.asarray(values, dtype=np.float32) for name, values in factors.items()})
         if joined is not None:
             arrays["warnings"] = np.array(joined, dtype=str)
         if model is not None:
@@ -112,6 +138,7 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
         header = ["file", *(f"mu_{i}" for i in range(width))]
         if logvar is not None:
             header += [f"logvar_{i}" for i in range(width)]
+        header += list(factors)
         record = model.record() if model is not None else {}
         header += list(record)
         if joined is not None:
@@ -123,6 +150,7 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
                 cells = [_csv_cell(file), floats(mu[index])]
                 if logvar is not None:
                     cells.append(floats(logvar[index]))
+                cells += [_number_text(values[index]).replace("null", "") for values in factors.values()]
                 cells += model_cells
                 if joined is not None:
                     cells.append(_csv_cell(joined[index]))
@@ -131,8 +159,9 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
         with atomic_file(path, force=force, mode="w") as handle:
             for index, file in enumerate(files):
                 found = warnings[index] if warnings is not None else ()
-                handle.write(json_line(file, mu[index], None if logvar is None else logvar[index], found, model)
-                             + "\n")
+                readings = {name: values[index] for name, values in factors.items()}
+                handle.write(json_line(file, mu[index], None if logvar is None else logvar[index], found, model,
+                                       readings) + "\n")
 
 
 def _csv_cell(text: str) -> str:

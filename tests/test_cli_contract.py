@@ -18,7 +18,7 @@ from ctgen.cli import app
 COMMANDS = typer.main.get_command(app).commands
 # string options whose values ctgen parses itself: a value each must refuse as a usage error
 BAD_TEXT = {"units": "junk", "window": "lung", "shard": "0/4", "out": "picture.jpeg", "name": "no-such-example",
-            "latents": None, "host": None}
+            "latents": None, "host": None, "value_range": "rotation_deg=1:0", "settings": "rotation_deg"}
 # options whose bad value is a bad input (exit 1), not a usage error
 BAD_INPUT = {"model": "no-such-model", "host": "256.1.1.1"}
 
@@ -56,7 +56,8 @@ def _required_args(name: str, heads: list[Path], workdir: Path) -> list[str]:
     study = workdir / "study"
     study.mkdir(exist_ok=True)
     return {"interpolate": [str(heads[0]), str(heads[1])], "encode": [str(heads[0])], "reconstruct": [str(heads[0])],
-            "decode": [str(latents)], "evaluate": [str(study)], "scan": [str(heads[0].parent)]}.get(name, [])
+            "decode": [str(latents)], "evaluate": [str(study)], "scan": [str(heads[0].parent)],
+            "edit": [str(heads[0]), "--set", "rotation_deg=+1"]}.get(name, [])
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ LEFT_TO_TYPER = [  # help, errors and anything unusual: Typer parses and reports
     ["sample", "--prior", "wide"], ["sample", "--temperature", "nan"], ["sample", "--force=yes"],
     ["sample", "--per-file", "a.dcm"],  # a file where a folder goes
     ["sample", "--seed", "-3"],  # a value that looks like an option
-    ["sample", "--n", "99999999999999999999"], ["sample", "--seed=-1"], ["traverse", "--range", "1e308"],
+    ["sample", "--n", "99999999999999999999"], ["sample", "--seed=-1"],
     ["interpolate", "a.dcm", "a.dcm", "--steps", "1001"], ["--seed", "4294967296", "sample"],  # beyond the bounds
     ["encode"], ["decode"], ["decode", "a", "b"], ["interpolate", "a.dcm"], ["samplx"], [], ["--model"],
     ["--max-pixels", "0", "encode", "a.dcm"], ["info"], ["units"], ["scan", "folder"],
@@ -135,7 +135,8 @@ def test_environment_variables_come_before_the_root_options_as_in_click(places, 
 _VALUES = {"int": ["1", "3", "0", "12", "-2", "x", "4096", "1001", "99999999999999999999"],
            "float": ["0.5", "2", "1e-3", "nan", "-1.5", "100", "1e308"],
            "path": ["folder", "new", "a.dcm", "folder/"], "bool": [],
-           "str": ["x.png", "s.npy", "z.csv", "folder/", "a.dcm#2", "0-4", "2/3", "40,80", "bone", "-", ""]}
+           "str": ["x.png", "s.npy", "z.csv", "folder/", "a.dcm#2", "0-4", "2/3", "40,80", "bone", "-", ""],
+           "list": ["2", "rotation_deg=-20:20", "rotation_deg=+10", "level==-1", "x", "1e308", ""]}  # repeatable
 
 
 @st.composite

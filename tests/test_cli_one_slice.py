@@ -97,3 +97,18 @@ def test_explore_starts_from_the_middle_slice(enhanced, tiny_model_dir):
                         str(enhanced)])
     assert f"ctgen: note: {enhanced} holds 2 slices; using #1 (the middle one); choose with --slice K" in text
     assert "serving on http://127.0.0.1:" in text
+
+
+def test_edit_a_volume_uses_its_middle_slice_or_the_one_named(volume, tiny_model_copy, workdir):
+    card = json.loads((tiny_model_copy / "model.json").read_text())
+    card["binding"] = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 0.0,
+                                  "std": 8.0}]}
+    (tiny_model_copy / "model.json").write_text(json.dumps(card))
+    result = invoke("edit", volume, "--set", "rotation_deg=+5", "-m", tiny_model_copy, "--json", "-o", "e.npy")
+    assert result.exit_code == 0, result.stderr
+    assert _notes(result.stderr) == [f"ctgen: note: {volume} holds 3 slices; using #1 (the middle one); "
+                                     "choose with --slice K"]
+    assert json.loads(result.stdout)["file"] == f"{volume}#1"
+    named = invoke("edit", volume, "--slice", "2", "--set", "rotation_deg=+5", "-m", tiny_model_copy, "--json",
+                   "-o", "f.npy")
+    assert named.exit_code == 0 and _notes(named.stderr) == [] and json.loads(named.stdout)["file"] == f"{volume}#2"

@@ -83,6 +83,8 @@ def build_synthetic_model(folder: Path) -> Path:
             "spacing_mm": 3.75, "window_hu": [-50.0, 250.0], "latent_size": LATENT,
             "metrics": {"kl_per_unit": kl, "units_by_kl": sorted(range(LATENT), key=lambda u: -kl[u]),
                         "unit_factors": {"2": "brain_scale", "0": "shift_x"}},
+            "binding": {"units": [{"unit": 4, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 2.0,
+                                   "std": 10.0}], "source": "measured", "fraction": 1.0},
             "files": {name: {"sha256": sha256_file(folder / name)} for name in ("encoder.onnx", "decoder.onnx")}}
     (folder / "model.json").write_text(json.dumps(card, indent=1))
     return folder
@@ -196,7 +198,7 @@ def test_state(server, generator):
     assert status == 200
     assert state["latent_size"] == 8 and state["model"]["image_size"] == 64
     assert [unit["unit"] for unit in state["units"]] == generator.units_by_kl
-    assert state["units"][0] == {"unit": 0, "rank": 1, "kl": 3.0, "factor": None}
+    assert state["units"][0] == {"unit": 0, "rank": 1, "kl": 3.0, "factor": None, "bound": None}
     assert state["windows"]["brain"] == [40.0, 80.0] and set(state["windows"]) == {"brain", "subdural", "bone"}
     assert state["start"] == {"z": [0.0] * 8, "label": "prior mean"} and state["seed"] == 3
 
@@ -213,6 +215,23 @@ def test_unit_factors_from_card(tiny_model_copy):
         server.shutdown()
         server.server_close()
     assert units[1] == "brain_scale" and units[5] == "rotation_deg" and units[0] is None
+
+
+def test_bound_units_come_with_their_factor_and_mapping(tiny_model_copy):
+    card_path = tiny_model_copy / "model.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"]["unit_factors"] = {"0": "level"}
+    card["binding"] = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 1.5,
+                                  "std": 8.0}]}
+    card_path.write_text(json.dumps(card))
+    server = start_server(load_generator(tiny_model_copy, device="cpu"), port=0)
+    try:
+        units = {unit["unit"]: unit for unit in json.loads(request(server, "/api/state")[2])["units"]}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert units[0]["factor"] == "rotation_deg"  # the bound factor before the card's label
+    assert units[0]["bound"] == {"unit_of_measure": "deg", "mean": 1.5, "std": 8.0} and units[1]["bound"] is None
 
 
 def test_decode_png_matches_the_api(server, generator):

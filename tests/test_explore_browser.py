@@ -155,6 +155,22 @@ def test_page_lists_units_by_kl(page, generator):
     assert page.is_hidden("#error")
 
 
+def test_a_bound_units_slider_shows_its_physical_value(page, generator):
+    bound = next(iter(generator.bound_units), None)
+    if bound is None:
+        pytest.skip("the model has no bound units")
+    label = page.inner_text(f"label[for='unit-{bound.unit}']")
+    assert f"{bound.factor} ({bound.unit_of_measure})" in label
+    page.fill(f"#unit-{bound.unit}", "1.5")
+    page.dispatch_event(f"#unit-{bound.unit}", "input")
+    from ctgen.latent import physical_text
+
+    assert page.inner_text(f"#unit-{bound.unit}-value") == physical_text(bound.to_value(1.5), bound.unit_of_measure)
+    page.fill(f"#unit-{bound.unit}", "0")
+    page.dispatch_event(f"#unit-{bound.unit}", "input")
+    wait_idle(page)
+
+
 def test_dragging_a_slider_updates_the_image(page, generator, record_property):
     frame = wait_idle(page)
     before = pixels(page)

@@ -27,7 +27,7 @@ from ctgen.cli.coerce import coerce_value
 
 __all__ = ["FAST_COMMANDS", "Call", "build_spec", "parse", "run", "spec_source"]
 
-FAST_COMMANDS = ("sample", "decode", "encode", "reconstruct", "traverse", "interpolate")
+FAST_COMMANDS = ("sample", "decode", "encode", "reconstruct", "traverse", "interpolate", "edit")
 SPEC_MODULE = Path(__file__).with_name("fast_spec.py")
 
 

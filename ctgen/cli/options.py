@@ -17,7 +17,6 @@ BOUNDS: dict[str, dict[str, float]] = {
     "seed": {"min": 0, "max": 2**32 - 1},  # numpy takes any non-negative integer; 32 bits, as most tools
     "n": {"min": 1, "max": 10**6},  # streamed, but each file still costs about 0.6 kB of names and records
     "temperature": {"min": 0.0, "max": 100.0},  # prior standard deviations (0: the prior's means)
-    "range": {"min": 0.0, "max": 100.0},  # prior standard deviations; 0 is refused by the action
     "traverse_steps": {"min": 1, "max": 1000},
     "interpolate_steps": {"min": 2, "max": 1000},
     "batch_size": {"min": 1, "max": 4096},

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from ctgen import __version__
 from ctgen.cli.commands import (
     decode,
+    edit,
     encode,
     evaluate,
     example,
@@ -169,6 +170,7 @@ _COMMANDS: dict[str, tuple[Any, str]] = {  # command name -> (function, help pan
     "interpolate": (interpolate.interpolate, "Generate images"),
     "traverse": (traverse.traverse, "Generate images"),
     "reconstruct": (reconstruct.reconstruct, "Generate images"),
+    "edit": (edit.edit, "Generate images"),
     "explore": (explore.explore, "Generate images"),
     "encode": (encode.encode, "Latent vectors"),
     "scan": (scan.scan, "Archives"),

@@ -114,9 +114,30 @@ function setZ(z, {origin = null, status = null} = {}) {
   changed();
 }
 
+// A bound unit's value in its factor's unit of measure: value = mean + std * z (the card's binding), written as
+// ctgen.latent.physical_text writes it ("15°", "142 mm", "40.2 mm2").
+const SYMBOLS = {deg: "°", "mm²": " mm2"};
+
+function physicalText(value, unitOfMeasure) {
+  if (!Number.isFinite(value)) return "n/a";
+  const size = Math.abs(value);
+  const digits = size >= 100 || value === Math.round(value) ? 0 : size >= 1 ? 1 : 2;
+  const suffix = unitOfMeasure in SYMBOLS ? SYMBOLS[unitOfMeasure] : (unitOfMeasure ? ` ${unitOfMeasure}` : "");
+  return (value + 0).toFixed(digits) + suffix;
+}
+
 function showValue(unit) {
   const value = state.z[unit];
-  sliders.get(unit).output.textContent = (value >= 0 ? "+" : "") + value.toFixed(2);
+  const {output, bound} = sliders.get(unit);
+  const latent = (value >= 0 ? "+" : "") + value.toFixed(2);
+  if (!bound) {
+    output.textContent = latent;
+    return;
+  }
+  const physical = bound.mean + bound.std * value;
+  output.textContent = physicalText(physical, bound.unit_of_measure);
+  output.title = `z ${latent}`;
+  output.dataset.value = String(physical);
 }
 
 function buildSliders(units, visible) {
@@ -131,8 +152,9 @@ function buildSliders(units, visible) {
     label.textContent = `u${info.unit}` + (info.kl === null ? "" : ` · KL ${info.kl.toFixed(2)}`);
     if (info.factor) {
       const factor = document.createElement("span");
-      factor.className = "factor";
-      factor.textContent = ` · ${info.factor}`;
+      factor.className = info.bound ? "factor bound" : "factor";
+      const measure = info.bound && info.bound.unit_of_measure ? ` (${info.bound.unit_of_measure})` : "";
+      factor.textContent = ` · ${info.factor}${measure}`;
       label.append(factor);
     }
     label.title = label.textContent + ` (rank ${info.rank})`;
@@ -156,7 +178,7 @@ function buildSliders(units, visible) {
     output.htmlFor = id;
     row.append(label, input, output);
     (info.rank <= visible ? main : more).append(row);
-    sliders.set(info.unit, {input, output});
+    sliders.set(info.unit, {input, output, bound: info.bound || null});
   }
   $("more-units").hidden = units.length <= visible;
   $("more-units").querySelector("summary").textContent = `${Math.max(0, units.length - visible)} more units`;

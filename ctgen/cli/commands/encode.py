@@ -32,6 +32,12 @@ def encode(
                           "checks."),
     ] = None,
     logvar: Annotated[bool, typer.Option("--logvar", help="Also write the posterior log-variances.")] = False,
+    factors: Annotated[
+        bool, typer.Option("--factors", help="Also write the model's reading of each bound factor, in its unit of "
+                                             "measure (ctgen info lists them): a key per factor on each JSON line "
+                                             '("rotation_deg": 3.2), a CSV column, an .npz array. decode ignores '
+                                             "them.")
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option("--shard", metavar="K/N", help="Encode only shard K of N (1-based) of the sorted file list: "

@@ -10,7 +10,9 @@ from ctgen.cli.options import DeviceOption, JsonOption, ModelOption
 
 
 def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary: JsonOption = False) -> None:
-    """The model card in brief, the execution provider actually used and the versions of the stack.
+    """The model card in brief (with the units bound to measured factors: factor, unit of measure, and the mean
+    and standard deviation that map a unit's value to the factor's), the execution provider actually used and
+    the versions of the stack.
 
     Checks every file of the model against the card's checksums and finds the provider (starting a session
     where CUDA may load). Printed on stdout; --json for scripts.
@@ -44,6 +46,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
             "metrics": {key: metrics.get(key) for key in ("val_loss", "recon_mae_hu", "active_units") if key in metrics},
             "export": {key: export.get(key) for key in ("opset", "torch", "onnx", "onnxruntime") if key in export},
             "files": {name: entry.get("sha256") for name, entry in (card.get("files") or {}).items()},
+            "bound_units": [bound._asdict() for bound in card.bound_units],
         },
         "device": device,
         "provider": provider,
@@ -77,6 +80,9 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     for section in ("training", "metrics", "export"):
         if brief[section]:
             table.add_row(section, ", ".join(f"{key} {_shown(value)}" for key, value in brief[section].items()))
+    if card.bound_units:
+        table.add_row("bound units", "; ".join(_bound_text(bound) for bound in card.bound_units)
+                      + " (ctgen edit --set FACTOR=VALUE)")
     labels = vae.card.unit_labels
     if labels:
         table.add_row("units", ", ".join(f"u{unit} {factor}" for unit, factor in sorted(labels.items())))
@@ -88,6 +94,12 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", json_summary:
     table.add_row("provider", f"{provider} (--device {device})")
     table.add_row("versions", ", ".join(f"{key} {value}" for key, value in summary["versions"].items()))
     rich_console().print(table)
+
+
+def _bound_text(bound) -> str:
+    """"u0 rotation_deg in deg (mean 1.5, sd 8)": a bound unit, its factor and the mapping z -> value."""
+    measure = f" in {bound.unit_of_measure}" if bound.unit_of_measure else ""
+    return f"u{bound.unit} {bound.factor}{measure} (mean {bound.mean:.4g}, sd {bound.std:.4g})"
 
 
 def _shown(value):
@@ -109,8 +121,9 @@ def kl_set(card) -> str:
 
 def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
     """Latent units ranked by KL divergence (nats, on the set the export ordered the units by: the training
-    run's validation patients), with the factor each carries when the card names one; beside it the KL of
-    the slices ``ctgen evaluate`` measured, when the card holds it.
+    run's validation patients), with the factor each carries when the card names one (a unit bound to a
+    measured factor: "rotation_deg (bound, deg)"); beside it the KL of the slices ``ctgen evaluate``
+    measured, when the card holds it.
 
     Units with high KL carry information; units near 0 are inactive (the prior). Reads only the card.
     """
@@ -120,13 +133,17 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
     card = read_card(model_dir)
     metrics = card.get("metrics") or {}
     kl, labels = card.kl_per_unit, card.unit_labels
+    bound_of = {bound.unit: bound for bound in card.bound_units}
     active = metrics.get("active_units")
     total = sum(kl) if kl else 0.0
     evaluated = metrics.get("eval_kl_per_unit")
     evaluated = evaluated if isinstance(evaluated, list) and len(evaluated) == card.latent_size else None
     rows = [{"rank": rank, "unit": unit, "kl": kl[unit] if kl else None,
              "share": kl[unit] / total if kl and total > 0 else None,
-             "active": (rank <= active) if isinstance(active, int) else None, "factor": labels.get(unit)}
+             "active": (rank <= active) if isinstance(active, int) else None,
+             "factor": bound_of[unit].factor if unit in bound_of else labels.get(unit)}
+            | ({"bound": {"unit_of_measure": bound_of[unit].unit_of_measure, "mean": bound_of[unit].mean,
+                          "std": bound_of[unit].std}} if unit in bound_of else {})
             | ({"eval_kl": evaluated[unit]} if evaluated else {})
             for rank, unit in enumerate(card.units_by_kl, start=1)]
     sets = {"kl": kl_set(card)} | ({"eval_kl": str(metrics.get("eval_kl_set") or "ctgen evaluate")} if evaluated else {})
@@ -148,8 +165,12 @@ def units(model: ModelOption = None, json_summary: JsonOption = False) -> None:
         share = "-" if row["share"] is None else f"{100 * row['share']:.1f}%"
         bar = "█" * round(20 * row["kl"] / largest) if row["kl"] else ""
         marker = "" if row["active"] is None else (" active" if row["active"] else "")
+        factor = row["factor"] or ""
+        if "bound" in row:
+            measure = row["bound"]["unit_of_measure"]
+            factor += f" (bound{', ' + measure if measure else ''})"
         table.add_row(str(row["rank"]), f"u{row['unit']}", kl_text, share,
-                      *((f"{row['eval_kl']:.3f}",) if evaluated else ()), row["factor"] or "", bar + marker)
+                      *((f"{row['eval_kl']:.3f}",) if evaluated else ()), factor, bar + marker)
     rich_console().print(table)
     if evaluated:
         print(f"ctgen: note: eval KL: on {sets['eval_kl']} (ctgen evaluate)", file=sys.stderr, flush=True)

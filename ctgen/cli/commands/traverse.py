@@ -32,12 +32,20 @@ def traverse(
     slice_index: SliceOption = None,
     units: Annotated[
         str, typer.Option("--units", "-u", metavar="LIST|topK|all|NAMES",
-                          help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or the factors '
-                               'the card names: "level,rotation".')
+                          help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or factor names: '
+                               'a bound unit\'s factor ("rotation_deg,head_width_max_mm", moved in its unit of '
+                               'measure), else a factor the card names ("level"). Names and numbers may mix.')
     ] = DEFAULT_TRAVERSE_UNITS,
     value_range: Annotated[
-        float, typer.Option("--range", "-r", **BOUNDS["range"], help="Largest offset added to a unit (> 0).")
-    ] = DEFAULT_TRAVERSE_RANGE,
+        list[str] | None,
+        typer.Option("--range", "-r", metavar="N|FACTOR=LO:HI|FACTOR=N",
+                     help="N: offsets -N..+N standard deviations on every row (> 0, at most 100; a bound unit moves "
+                          "N of its factor's training standard deviations, labelled in its unit). FACTOR=LO:HI: a "
+                          "bound factor from LO to HI in its unit of measure (rotation_deg=-20:20). FACTOR=N: ± N "
+                          "in its unit around the model's reading of the slice (rotation_deg=15). Repeat the "
+                          "option or separate with commas.",
+                     show_default=f"{DEFAULT_TRAVERSE_RANGE:g}"),
+    ] = None,
     steps: Annotated[
         int, typer.Option("--steps", "-s", **BOUNDS["traverse_steps"],
                           help="Columns: offsets from -range to +range (odd; even rounds up).")
@@ -64,7 +72,9 @@ def traverse(
     """Vary one latent unit per row around the encoded slice (or the prior mean).
 
     Rows are units, labelled with their KL from the model card ("u3 (KL 1.2)"); columns are offsets
-    -range … +range; the middle column is the unchanged code, i.e. the reconstruction. Writes
+    -range … +range; the middle column is the unchanged code, i.e. the reconstruction. A unit bound to a
+    measured factor (ctgen info) is labelled in the factor's unit: its row names the factor, each picture
+    the change and the value it stands for ("+15° (16.2°)"); --json lists the values per row. Writes
     traverse.png; --gif-dir adds one animation per unit, --per-file one file per cell (as DICOM, one
     ordered series per unit).
     """
