@@ -45,7 +45,6 @@ __all__ = ["DISPLAY_WINDOW_HU", "Edited", "Encoded", "Generator", "GridSlice", "
            "TraverseRow", "gather_files", "load_generator", "slice_sources", "split_source"]
 
 DISPLAY_WINDOW_HU = (-1024.0, 3072.0)  # the whole CT range: originals on the model grid, for pictures and masks
-HEAD_THRESHOLD_HU = -500.0  # reconstruction errors are measured where the original is above this
 ErrorHandler = Callable[[Any, CtgenError], None]
 WarningHandler = Callable[[str, "tuple[str, ...]"], None]
 
@@ -411,7 +410,10 @@ class Generator:
     def iter_reconstruct(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                          on_error: ErrorHandler | None = None) -> Iterator[Reconstruction]:
         """Reconstruct files one ``Reconstruction`` at a time, with MAE and RMSE in HU inside the head
-        (original > -500 HU) against what the model can reach: the original through its HU map."""
+        (``ctgen.metrics.head_error``: original > -500 HU) against what the model can reach: the original
+        through its HU map."""
+        from ctgen.metrics.reconstruction import head_error, head_mask  # only reconstruct needs them (start-up)
+
         step = batch_size or self.batch_size
         batch: list[GridSlice] = []
 
@@ -420,11 +422,8 @@ class Generator:
             recon = self.decode(self.encode_images(images)[0])
             target = from_model(images, self.grid)
             for item, recon_hu, target_hu in zip(batch, recon, target):
-                head = item.hu > HEAD_THRESHOLD_HU
-                difference = recon_hu[head] - target_hu[head]
-                mae = float(np.abs(difference).mean()) if head.any() else None
-                rmse = float(np.sqrt(np.square(difference).mean())) if head.any() else None
-                yield Reconstruction(item, recon_hu, target_hu, mae, rmse, int(head.sum()))
+                error = head_error(target_hu, recon_hu, head_mask(item.hu))
+                yield Reconstruction(item, recon_hu, target_hu, error.mae_hu, error.rmse_hu, error.pixels)
             batch.clear()
 
         for path, loaded in self.iter_load(paths, with_hu=True, lookahead=max(64, 2 * step)):

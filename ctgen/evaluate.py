@@ -247,8 +247,7 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
         "train_slices": int((~is_held).sum()), "patients": len(patients)}
     recon_hu, head = from_model(recon, grid), metrics.head_mask(originals)
     report["reconstruction"] = {"set": eval_set, **metrics.reconstruction_report(target, recon_hu, mask=head),
-                                "mae_hu_window": metrics.mae_hu(*(np.clip(x, *WINDOW_DEFAULT) for x in (originals,
-                                                                                                      recon_hu)), head),
+                                "mae_hu_window": metrics.mae_hu(originals, recon_hu, head, clip_hu=WINDOW_DEFAULT),
                                 "mae_hu_full": metrics.mae_hu(originals, recon_hu, head),
                                 "target": f"the original through the model's HU map ({_map_text(grid)}); MAE inside "
                                           "the head (> -500 HU)",

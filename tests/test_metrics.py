@@ -18,6 +18,7 @@ from ctgen.metrics import (
     disentanglement_report,
     downsample,
     factor_vae_score,
+    head_error,
     head_mask,
     identity_nmi,
     kl_per_unit,
@@ -55,6 +56,46 @@ def test_mae_hu_counts_only_the_head():
         mae_hu(original, recon, np.zeros_like(original, dtype=bool))
     with pytest.raises(InputError):
         mae_hu(original, recon[0])
+
+
+def test_head_error_known_answers():
+    original = np.full((8, 8), -1000.0)
+    original[2:6, 2:6] = 40.0
+    recon = original.copy()
+    recon[2:4, 2:6] += 3.0  # 8 pixels 3 HU off, 8 pixels 4 HU off: MAE 3.5, RMSE 3.5355 (sqrt(12.5))
+    recon[4:6, 2:6] -= 4.0
+    recon[0, 0] = 500.0  # air: not counted
+    error = head_error(original, recon)
+    assert (error.mae_hu, error.pixels) == (pytest.approx(3.5), 16)
+    assert error.rmse_hu == pytest.approx(np.sqrt(12.5))
+    # both clipped to -50..250 first: only what differs inside that range counts
+    clipped = head_error(original, original + 300.0, clip_hu=(-50.0, 250.0))
+    assert clipped.mae_hu == pytest.approx(210.0)
+    empty = head_error(original, recon, np.zeros_like(original, dtype=bool))
+    assert (empty.mae_hu, empty.rmse_hu, empty.pixels) == (None, None, 0)
+    with pytest.raises(InputError, match="mask"):
+        head_error(original, recon, np.ones((4, 4), dtype=bool))
+
+
+def test_head_error_gives_the_numbers_of_the_formulas_it_replaced():
+    # issue 22: api.iter_reconstruct (float32, > -500 HU), evaluate's mae_hu_window (both clipped to
+    # -50..250) and metrics.mae_hu (float64) each had their own formula; one function now gives all three
+    rng = np.random.default_rng(7)
+    original = rng.uniform(-1024.0, 1500.0, (3, 32, 32)).astype(np.float32)
+    recon = (original + rng.normal(0.0, 40.0, original.shape)).astype(np.float32)
+    for one_original, one_recon in zip(original, recon):
+        head = one_original > -500.0
+        difference = one_recon[head] - one_original[head]  # api.py before: float32
+        error = head_error(one_original, one_recon, head_mask(one_original))
+        assert error.mae_hu == pytest.approx(float(np.abs(difference).mean()), rel=1e-6)
+        assert error.rmse_hu == pytest.approx(float(np.sqrt(np.square(difference).mean())), rel=1e-6)
+        assert error.pixels == int(head.sum())
+    head = original > -500.0
+    clipped = [np.clip(x, -50.0, 250.0).astype(np.float64) for x in (original, recon)]  # evaluate.py before
+    assert mae_hu(original, recon, head, clip_hu=(-50.0, 250.0)) == float(np.abs(clipped[0] - clipped[1])[head].mean())
+    wide = original.astype(np.float64), recon.astype(np.float64)  # metrics.mae_hu before
+    assert mae_hu(original, recon, head) == float(np.abs(wide[0] - wide[1])[head].mean())
+    assert reconstruction_report(original, recon, mask=head)["mae_hu"] == mae_hu(original, recon, head)
 
 
 def test_psnr_of_known_noise():

@@ -1,6 +1,6 @@
 """Metrics of a model's outputs and codes, numpy only (no torch, scipy or scikit-learn), pure functions on arrays.
 
-- ``reconstruction``: ``mae_hu`` (HU, inside the head), ``psnr`` and ``ssim`` at a display window.
+- ``reconstruction``: ``head_error`` (MAE and RMSE in HU inside the head), ``mae_hu``, ``psnr`` and ``ssim`` at a display window.
 - ``activity``: ``kl_per_unit`` (nats), ``active_units`` by KL and by the variance of mu.
 - ``memorisation``: ``nearest_neighbour_distances`` and ``memorisation_report``.
 - ``disentangle``: MIG, β-VAE, FactorVAE, DCI and SAP against known factors (``fit`` holds their small learners).
@@ -31,6 +31,8 @@ from ctgen.metrics.disentangle import (
 from ctgen.metrics.memorisation import downsample, memorisation_report, nearest_neighbour_distances
 from ctgen.metrics.reconstruction import (
     BRAIN_WINDOW,
+    HeadError,
+    head_error,
     head_mask,
     mae_hu,
     psnr,
@@ -43,6 +45,8 @@ __all__ = [
     "BRAIN_WINDOW",
     "window_unit",
     "head_mask",
+    "HeadError",
+    "head_error",
     "mae_hu",
     "psnr",
     "ssim",

@@ -1,17 +1,21 @@
-"""Reconstruction in HU and at display windows: MAE inside the head, PSNR and SSIM (Wang et al. 2004).
+"""Reconstruction in HU and at display windows: MAE and RMSE inside the head, PSNR and SSIM (Wang et al. 2004).
 
-numpy only, pure functions on arrays. ``mae_hu`` is in HU inside the head; ``psnr`` and ``ssim`` work on
-images windowed to [0, 1] (``window_unit``, brain window by default); ``reconstruction_report`` does all three.
+numpy only, pure functions on arrays. ``head_error`` is the one reconstruction error in HU inside the head (the
+pipeline's ``iter_reconstruct``, ``ctgen reconstruct`` and ``ctgen evaluate`` all use it; ``mae_hu`` is its MAE);
+``psnr`` and ``ssim`` work on images windowed to [0, 1] (``window_unit``, brain window by default);
+``reconstruction_report`` does MAE, PSNR and SSIM.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ctgen.errors import InputError
 from ctgen.preprocess import BODY_THRESHOLD_HU, window_to_unit
 
-__all__ = ["BRAIN_WINDOW", "window_unit", "head_mask", "mae_hu", "psnr", "ssim", "reconstruction_report"]
+__all__ = ["BRAIN_WINDOW", "HeadError", "window_unit", "head_mask", "head_error", "mae_hu", "psnr", "ssim", "reconstruction_report"]
 
 BRAIN_WINDOW = (40.0, 80.0)  # (center, width) HU, as render.WINDOWS["brain"]
 
@@ -35,17 +39,56 @@ def _images(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np.nda
     return a, b
 
 
-def mae_hu(original_hu: np.ndarray, recon_hu: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean absolute error in HU over the pixels of ``mask`` (all images pooled, pixel-weighted).
+@dataclass(frozen=True)
+class HeadError:
+    """A reconstruction error inside the head: ``mae_hu`` and ``rmse_hu`` in HU (None when ``pixels``, the
+    pixels counted, is 0)."""
+
+    mae_hu: float | None
+    rmse_hu: float | None
+    pixels: int
+
+
+def head_error(
+    original_hu: np.ndarray,
+    recon_hu: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    clip_hu: tuple[float, float] | None = None,
+) -> HeadError:
+    """MAE and RMSE in HU between ``original_hu`` and ``recon_hu`` over the pixels of ``mask`` (all images pooled,
+    pixel-weighted, in float64).
 
     ``original_hu`` and ``recon_hu``: HU (H, W) or (N, H, W); ``mask``: bool of that shape, default
-    ``head_mask(original_hu)``. Raises InputError for mismatched shapes or an empty mask.
+    ``head_mask(original_hu)``. ``clip_hu`` (low, high) in HU clips both images first: the errors within a display
+    window (``ctgen.preprocess.WINDOW_DEFAULT``, -50..250 HU, comparable across HU maps). An empty mask gives
+    None for both. Raises InputError for mismatched shapes.
     """
-    original, recon = _images(original_hu, recon_hu, "mae_hu")
+    original, recon = _images(original_hu, recon_hu, "head_error")
     mask = head_mask(original) if mask is None else np.asarray(mask, dtype=bool)
-    if mask.shape != original.shape or not mask.any():
-        raise InputError(None, f"mae_hu needs a non-empty mask of shape {original.shape}, got {mask.shape}")
-    return float(np.abs(original - recon)[mask].mean())
+    if mask.shape != original.shape:
+        raise InputError(None, f"head_error needs a mask of shape {original.shape}, got {mask.shape}")
+    if clip_hu is not None:
+        original, recon = np.clip(original, *clip_hu), np.clip(recon, *clip_hu)
+    difference = (original - recon)[mask]
+    if difference.size == 0:
+        return HeadError(None, None, 0)
+    return HeadError(float(np.abs(difference).mean()), float(np.sqrt(np.square(difference).mean())), difference.size)
+
+
+def mae_hu(
+    original_hu: np.ndarray,
+    recon_hu: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    clip_hu: tuple[float, float] | None = None,
+) -> float:
+    """``head_error(...).mae_hu``: the mean absolute error in HU inside ``mask`` (default the head of
+    ``original_hu``). Raises InputError for mismatched shapes or an empty mask."""
+    error = head_error(original_hu, recon_hu, mask, clip_hu=clip_hu)
+    if error.mae_hu is None:
+        raise InputError(None, "mae_hu needs a non-empty mask")
+    return error.mae_hu
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float | np.ndarray:
