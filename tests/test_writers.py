@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 from conftest import DEFAULT_MODEL, REPO_ROOT, files_under, invoke, one_error_line
-from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries, temporary_path
-from ctgen.errors import OutputError
 
 
 def _ctgen(args, cwd: Path) -> subprocess.Popen:
@@ -35,36 +33,6 @@ def full_disk(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-# ---------------------------------------------------------------------------------------- the primitives
-def test_commit_refuses_a_target_that_appeared(tmp_path):
-    target = tmp_path / "b.bin"
-
-    def write():
-        with atomic_file(target, force=False) as handle:
-            handle.write(b"ours")
-            target.write_bytes(b"theirs")
-
-    with pytest.raises(OutputError, match="already exists"):
-        write()
-    assert target.read_bytes() == b"theirs" and files_under(tmp_path) == ["b.bin"]
-
-
-def test_claims_roll_back_and_dead_temporaries_go(tmp_path):
-    claims = Claims()
-    for name in ("x", "y"):
-        with atomic_file(tmp_path / name, force=False) as handle:
-            handle.write(b"1")
-        claims.add(tmp_path / name)
-    claims.rollback()
-    assert files_under(tmp_path) == []
-    dead = tmp_path / ".z.ctgen-999999999-abcd.tmp"  # a PID that no process has
-    dead.write_bytes(b"left by a killed run")
-    alive = temporary_path(tmp_path / "w")
-    alive.write_bytes(b"this process is writing it")
-    assert remove_dead_temporaries(tmp_path) == [dead]
-    assert files_under(tmp_path) == [alive.name]
 
 
 # ---------------------------------------------------------------------------------------- full disks
@@ -259,20 +227,3 @@ def test_an_exception_anywhere_takes_the_outputs_back(model, workdir, monkeypatc
     result = invoke("sample", "--n", 2, "-m", model, "--per-file", "each", "--out", "s.npy", "--quiet")
     one_error_line(result, "internal error", "RuntimeError")
     assert list(workdir.iterdir()) == []
-
-
-def test_transactions_nest_and_only_the_outermost_keeps(tmp_path):
-    (tmp_path / "old").write_bytes(b"old")
-    with pytest.raises(RuntimeError), Claims():
-        with Claims():
-            with atomic_file(tmp_path / "new" / "a", force=False) as handle:
-                handle.write(b"1")
-            with atomic_file(tmp_path / "old", force=True) as handle:
-                handle.write(b"replaced")
-        assert (tmp_path / "new" / "a").exists() and (tmp_path / "old").read_bytes() == b"replaced"
-        raise RuntimeError
-    assert files_under(tmp_path) == ["old"] and (tmp_path / "old").read_bytes() == b"old"
-    with Claims():
-        with atomic_file(tmp_path / "old", force=True) as handle:
-            handle.write(b"kept")
-    assert files_under(tmp_path) == ["old"] and (tmp_path / "old").read_bytes() == b"kept"  # no backup left
