@@ -146,6 +146,23 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny"))
 
 
+BINDING = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 1.5, "std": 8.0},
+                     {"unit": 1, "factor": "head_width_max_mm", "unit_of_measure": "mm", "mean": 140.0, "std": 6.0},
+                     {"unit": 2, "factor": "ventricle_mm2", "unit_of_measure": "mm²", "mean": 300.0, "std": 100.0}],
+           "source": "measured", "fraction": 1.0, "weight": 1.0}
+
+
+@pytest.fixture
+def bound_model(tiny_model_copy) -> str:
+    """A copy of the tiny model whose card binds units 0-2 to measured factors (``BINDING``; model.json is not
+    checksummed): whether a real bound model moves the factor is ctgen evaluate's question."""
+    card_path = tiny_model_copy / "model.json"
+    card = json.loads(card_path.read_text())
+    card["binding"] = BINDING
+    card_path.write_text(json.dumps(card))
+    return str(tiny_model_copy)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread, and a shared CPU makes extra threads spin.

@@ -1,6 +1,6 @@
 """Physical units at run time (issue 25, item 4): traverse, edit, encode --factors, info and units with a model
-whose card binds units to measured factors. The tiny model with a ``binding`` section written into its card
-(model.json is not checksummed): whether a real bound model moves the factor is ctgen evaluate's question."""
+whose card binds units to measured factors (conftest's ``bound_model``). The Python API's side
+(``Generator.read_factors``, ``set_factors``, ``edit``, ``traverse_rows``) is in test_api.py."""
 
 from __future__ import annotations
 
@@ -12,22 +12,8 @@ import pytest
 from conftest import files_under, invoke, one_error_line, one_usage_line, run_ctgen
 
 from ctgen.api import load_generator
-from ctgen.errors import ArgumentError, ModelError
+from ctgen.errors import ArgumentError
 from ctgen.latent import FactorSetting, parse_ranges, parse_setting, physical_text
-
-BINDING = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 1.5, "std": 8.0},
-                     {"unit": 1, "factor": "head_width_max_mm", "unit_of_measure": "mm", "mean": 140.0, "std": 6.0},
-                     {"unit": 2, "factor": "ventricle_mm2", "unit_of_measure": "mm²", "mean": 300.0, "std": 100.0}],
-           "source": "measured", "fraction": 1.0, "weight": 1.0}
-
-
-@pytest.fixture
-def bound_model(tiny_model_copy) -> str:
-    card_path = tiny_model_copy / "model.json"
-    card = json.loads(card_path.read_text())
-    card["binding"] = BINDING
-    card_path.write_text(json.dumps(card))
-    return str(tiny_model_copy)
 
 
 def outputs(workdir) -> list[str]:
@@ -76,70 +62,6 @@ def test_physical_text():
     assert physical_text(0.0, "deg", signed=True) == "+0°" and physical_text(-0.0, "deg", signed=True) == "+0°"
     assert physical_text(142.6, "mm") == "143 mm" and physical_text(40.0, "mm²") == "40 mm2"
     assert physical_text(0.123, "") == "0.12" and physical_text(float("nan"), "mm") == "n/a"
-
-
-# --------------------------------------------------------------------------------------------- the API
-def test_read_and_set_factors(generator):
-    mu = np.zeros(generator.latent_size, np.float32)
-    mu[0] = 0.5
-    assert generator.read_factors(mu) == {"rotation_deg": 5.5, "head_width_max_mm": 140.0, "ventricle_mm2": 300.0}
-    readings = generator.read_factors(np.stack([mu, -mu]))
-    np.testing.assert_allclose(readings["rotation_deg"], [5.5, -2.5])
-    edited = generator.set_factors(mu, {"rotation_deg": 9.5, "ventricle_mm2": 40})
-    assert edited[0] == pytest.approx(1.0) and edited[2] == pytest.approx(-2.6) and mu[0] == 0.5  # a copy
-    assert generator.set_factors(mu, {"rotation_deg": 10}, relative=True)[0] == pytest.approx(0.5 + 10 / 8)
-    mixed = generator.set_factors(mu, [FactorSetting("rotation_deg", -4.0, True),
-                                       FactorSetting("head_width_max_mm", 146)])
-    assert generator.read_factors(mixed)["rotation_deg"] == pytest.approx(1.5)
-    assert mixed[1] == pytest.approx(1.0) and np.array_equal(mixed[3:], mu[3:])
-
-
-def test_unbound_factors_and_unbound_models_are_refused(generator, tiny_model_dir):
-    mu = np.zeros(generator.latent_size, np.float32)
-    with pytest.raises(ArgumentError, match="bound: rotation_deg, head_width_max_mm, ventricle_mm2"):
-        generator.set_factors(mu, {"level": 0.5})
-    plain = load_generator(tiny_model_dir)
-    assert plain.read_factors(mu) == {}
-    with pytest.raises(ModelError, match="no bound units"):
-        plain.set_factors(mu, {"rotation_deg": 1})
-
-
-def test_edit_sets_the_reading_and_measures(generator, heads):
-    edited = generator.edit(heads[0], rotation_deg=10, relative=True)
-    assert edited.requested["rotation_deg"] == pytest.approx(edited.reading_before["rotation_deg"] + 10)
-    assert edited.reading_after["rotation_deg"] == pytest.approx(edited.requested["rotation_deg"], abs=1e-4)
-    assert edited.reading_after["ventricle_mm2"] == pytest.approx(edited.reading_before["ventricle_mm2"])
-    np.testing.assert_array_equal(edited.z[1:], edited.mu[1:])
-    assert edited.hu.shape == (generator.image_size,) * 2 and edited.slice.hu is not None
-    assert edited.measured_before["rotation_deg"] == pytest.approx(0.0, abs=1.0)  # the upright synthetic head
-    assert np.isnan(edited.measured_before["head_width_max_mm"])  # a series factor: not on one slice
-    absolute = generator.edit(heads[0], {"ventricle_mm2": 40})
-    assert absolute.reading_after["ventricle_mm2"] == pytest.approx(40, abs=1e-3)
-
-
-def test_traverse_rows_in_physical_units(generator):
-    rows = generator.traverse_rows(None, "rotation_deg,3,head_width_max_mm", ["2", "rotation_deg=-20:20"], 5)
-    assert [row.unit for row in rows] == [0, 3, 1]
-    np.testing.assert_allclose(rows[0].values, [-20, -10, 0, 10, 20]) and not rows[0].relative
-    np.testing.assert_allclose(rows[0].z, (np.array([-20, -10, 0, 10, 20]) - 1.5) / 8, rtol=1e-6)
-    assert rows[1].bound is None and rows[1].values is None
-    np.testing.assert_allclose(rows[1].offsets, [-2, -1, 0, 1, 2])
-    np.testing.assert_allclose(rows[2].values, 140 + 6 * np.array([-2, -1, 0, 1, 2]))  # 2 SD of the factor
-    assert rows[2].relative and rows[2].reading == pytest.approx(140)
-    assert generator.decode_rows(None, rows).shape == (15, generator.image_size, generator.image_size)
-    with pytest.raises(ArgumentError, match="ventricle_mm2: not a bound factor among the rows"):
-        generator.traverse_rows(None, "rotation_deg", ["ventricle_mm2=10"])
-
-
-def test_factor_names_select_the_bound_unit_before_the_cards_labels(tiny_model_copy):
-    card = json.loads((tiny_model_copy / "model.json").read_text())
-    card["binding"] = BINDING
-    card["metrics"]["unit_factors"] = {"5": "rotation_deg", "6": "level"}
-    (tiny_model_copy / "model.json").write_text(json.dumps(card))
-    generator = load_generator(tiny_model_copy)
-    assert generator.units("rotation_deg,level,top2") == [0, 6, 1]
-    with pytest.raises(ArgumentError, match="rotation_deg, head_width_max_mm, ventricle_mm2, level"):
-        generator.units("skull_mm")
 
 
 # --------------------------------------------------------------------------------------------- traverse

@@ -1,4 +1,5 @@
-"""ctgen.api and the explore server (no browser): every endpoint through urllib, the CLI in a subprocess."""
+"""The explore server (no browser): every endpoint through urllib, the CLI in a subprocess (the Python API it
+serves is tested in test_api.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from ctgen.api import Generator, load_generator
-from ctgen.errors import DicomError, InputError
 from ctgen.explore import MAX_UPLOAD_BYTES, is_loopback, start_server
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
@@ -129,52 +129,6 @@ def decode_png(server, z, window="brain") -> np.ndarray:
     assert status == 200, body
     assert content_type == "image/png"
     return np.asarray(Image.open(io.BytesIO(body)))
-
-
-# ------------------------------------------------------------------------------------------ Python API
-def test_generator_shapes_and_determinism(generator):
-    size, latent = generator.image_size, generator.latent_size
-    samples = generator.sample(3, seed=7)
-    assert samples.shape == (3, size, size) and samples.dtype == np.float32
-    np.testing.assert_array_equal(samples, generator.sample(3, seed=7))
-    lo, hi = generator.grid.window_hu
-    assert samples.min() >= lo and samples.max() <= hi
-    z = generator.latents(2, seed=1)
-    np.testing.assert_array_equal(generator.decode(z), generator.decode(z))
-    assert generator.decode(z[0]).shape == (1, size, size)
-    assert generator.traverse(None, "top2", offsets=(-2.0, 0.0, 2.0)).shape == (6, size, size)
-    assert generator.traverse(z[0], [0, 3], offsets=(1.0,)).shape == (2, size, size)
-    path = generator.interpolate(z[0], z[1], steps=4, method="lerp")
-    assert path.shape == (4, size, size)
-    np.testing.assert_allclose(path[0], generator.decode(z[0])[0], atol=1e-3)
-    assert generator.interpolate(z[0], z[1], steps=3).shape == (3, size, size)  # slerp by default
-    assert generator.units_by_kl[0] == 0 and len(generator.kl_per_unit) == latent
-
-
-def test_generator_encode_inputs(generator):
-    from ctgen.dicom import read_slice
-
-    mu_path = generator.encode(CT_SMALL)
-    assert mu_path.shape == (1, generator.latent_size) and mu_path.dtype == np.float32
-    np.testing.assert_allclose(generator.encode(read_slice(CT_SMALL)), mu_path, atol=1e-6)
-    np.testing.assert_allclose(generator.encode([str(CT_SMALL), CT_SMALL]), np.repeat(mu_path, 2, axis=0), atol=1e-6)
-    on_grid = generator.sample(2, seed=0)
-    assert generator.encode(on_grid).shape == (2, generator.latent_size)
-    assert generator.reconstruct(on_grid[0]).shape == (1, generator.image_size, generator.image_size)
-    assert generator.encode(np.zeros((100, 90)), spacing_mm=0.5).shape == (1, generator.latent_size)
-
-
-def test_generator_errors(generator, tmp_path):
-    bad = tmp_path / "bad.dcm"
-    bad.write_bytes(b"not a dicom file at all")
-    with pytest.raises(DicomError, match="bad.dcm"):
-        generator.encode(bad)
-    with pytest.raises(InputError, match="spacing_mm"):
-        generator.encode(np.zeros((100, 90)))
-    with pytest.raises(InputError, match="lerp or slerp"):
-        generator.interpolate(np.zeros(8), np.ones(8), method="cubic")
-    with pytest.raises(InputError, match="width"):
-        generator.decode(np.zeros((1, 3)))
 
 
 # ------------------------------------------------------------------------------------------ server
