@@ -241,6 +241,28 @@ def heads(tmp_path_factory) -> list[Path]:
     return write_heads(tmp_path_factory.mktemp("heads"), 6)
 
 
+@pytest.fixture(scope="module")
+def enhanced(tmp_path_factory) -> Path:
+    """pydicom's two-frame enhanced CT eCT_Supplemental.dcm where pydicom-data holds it (it is not in the
+    pydicom wheel and tests download nothing), else a two-frame enhanced CT file built the same way."""
+    shipped = get_testdata_file("eCT_Supplemental.dcm", download=False)
+    if shipped is not None:
+        return Path(shipped)
+    frames = np.stack([head_hu(160, shift=2.0 * k, seed=k) for k in range(2)])
+    return _enhanced_ct(tmp_path_factory.mktemp("enhanced") / "slice.dcm", frames, 1.5, "ANON-E")
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> Path:
+    """A NIfTI volume of three axial head slices, 1.5 mm pixels, 5 mm apart (float HU, RAS)."""
+    nibabel = pytest.importorskip("nibabel")
+
+    hu = np.stack([head_hu(160, shift=2.0 * k, seed=k) for k in range(3)], axis=-1).transpose(1, 0, 2)
+    path = tmp_path_factory.mktemp("nifti") / "head.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(hu.astype(np.float32), np.diag([1.5, 1.5, 5.0, 1.0])), str(path))
+    return path
+
+
 @pytest.fixture
 def model(tiny_model_dir) -> str:
     return str(tiny_model_dir)

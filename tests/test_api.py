@@ -153,6 +153,17 @@ def test_slices_unlike_the_training_data_are_reported_not_refused(tiny_model_dir
     assert heard == [("flat", loaded.warnings)]
 
 
+def test_the_python_api_picks_the_middle_slice(enhanced, volume, model):
+    generator = load_generator(model, device="cpu")
+    heard = []
+    generator.on_notes = lambda source, note: heard.append((source, note))
+    loaded = generator.load(volume)
+    assert loaded.source == f"{volume}#1" and heard == [(f"{volume}#1", loaded.note)]
+    np.testing.assert_array_equal(loaded.image, generator.load(volume, slice_index=1).image)
+    assert generator.load(f"{volume}#1").note is None and len(heard) == 1
+    assert generator.load(enhanced).source == f"{enhanced}#1"
+
+
 def test_iter_encode_streams_in_order_and_hands_bad_files_on(generator, heads, tmp_path):
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not a dicom file at all")

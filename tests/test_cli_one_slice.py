@@ -1,38 +1,12 @@
 """The commands that take one slice (traverse, interpolate, explore's start) on a file that holds several:
-the middle slice unless --slice K or FILE#K names one, with a note on stderr and in --json."""
+the middle slice unless --slice K or FILE#K names one, with a note on stderr and in --json (conftest's
+``enhanced`` and ``volume``; the Python API's side is in test_api.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
-import pytest
-from pydicom.data import get_testdata_file
-
-from conftest import _enhanced_ct, head_hu, invoke, one_usage_line
-
-nibabel = pytest.importorskip("nibabel")
-
-
-@pytest.fixture(scope="module")
-def enhanced(tmp_path_factory) -> Path:
-    """pydicom's two-frame enhanced CT eCT_Supplemental.dcm where pydicom-data holds it (it is not in the
-    pydicom wheel and tests download nothing), else a two-frame enhanced CT file built the same way."""
-    shipped = get_testdata_file("eCT_Supplemental.dcm", download=False)
-    if shipped is not None:
-        return Path(shipped)
-    frames = np.stack([head_hu(160, shift=2.0 * k, seed=k) for k in range(2)])
-    return _enhanced_ct(tmp_path_factory.mktemp("enhanced") / "slice.dcm", frames, 1.5, "ANON-E")
-
-
-@pytest.fixture(scope="module")
-def volume(tmp_path_factory) -> Path:
-    """A NIfTI volume of three axial head slices, 1.5 mm pixels, 5 mm apart (float HU, RAS)."""
-    hu = np.stack([head_hu(160, shift=2.0 * k, seed=k) for k in range(3)], axis=-1).transpose(1, 0, 2)
-    path = tmp_path_factory.mktemp("nifti") / "head.nii.gz"
-    nibabel.save(nibabel.Nifti1Image(hu.astype(np.float32), np.diag([1.5, 1.5, 5.0, 1.0])), str(path))
-    return path
+from conftest import invoke, one_usage_line
 
 
 def _notes(stderr: str) -> list[str]:
@@ -75,19 +49,6 @@ def test_a_named_slice_draws_no_note(enhanced, volume, model, workdir):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["center"] == f"{volume.name}#2" and not _notes(result.stderr)
     one_usage_line(invoke("traverse", f"{volume}#0", "--slice", "1", "-m", model), "--slice", "names slice 0")
-
-
-def test_the_python_api_picks_the_middle_slice(enhanced, volume, model):
-    from ctgen.api import load_generator
-
-    generator = load_generator(model, device="cpu")
-    heard = []
-    generator.on_notes = lambda source, note: heard.append((source, note))
-    loaded = generator.load(volume)
-    assert loaded.source == f"{volume}#1" and heard == [(f"{volume}#1", loaded.note)]
-    np.testing.assert_array_equal(loaded.image, generator.load(volume, slice_index=1).image)
-    assert generator.load(f"{volume}#1").note is None and len(heard) == 1
-    assert generator.load(enhanced).source == f"{enhanced}#1"
 
 
 def test_explore_starts_from_the_middle_slice(enhanced, tiny_model_dir):
