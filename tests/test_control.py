@@ -80,3 +80,124 @@ def test_nearest_values_reads_the_value_of_the_nearest_reference():
     # 1.1 is nearest to the reference at 1.0, whose value is unknown: the next nearest known one (2.0) answers
     assert nearest_values(images, references, values) == pytest.approx([0.1, 0.5, 0.5, 0.9])
     assert np.isnan(nearest_values(images, references, np.full(4, np.nan))).all()
+
+
+# ---------------------------------------------------------------- the evaluate hook, on a known-answer model
+class RotatingModel:
+    """A "perfect" generator for rotation_deg (unit 0, mean 0°, std 10°): encode remembers each image and its
+    measured rotation (unit 1 is the image's index); decode rotates the remembered image to the requested angle
+    and ignores unit 2. Controllability must come out as slope 1, R² 1 and no leakage but what rotating a pixel
+    grid costs; a factor bound to unit 2 as slope 0."""
+
+    def __init__(self, sign: float = 1.0):
+        from ctgen.card import ModelCard
+        from ctgen.preprocess import CT_MAP, Grid
+
+        self.grid = Grid(64, 3.75, hu_map=CT_MAP)
+        self.card = ModelCard({"name": "rotating", "binding": {"units": [
+            {"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 0.0, "std": 10.0}]}})
+        self.latent_size, self.batch_size, self.sign, self.bank = 3, 8, sign, []
+
+    def encode(self, images):
+        from ctgen.factors import measure_slice
+        from ctgen.preprocess import from_model
+
+        mu = np.zeros((len(images), 3), np.float32)
+        for row, image in enumerate(images[:, 0]):
+            angle = measure_slice(from_model(image, self.grid), (3.75, 3.75))["rotation_deg"]
+            self.bank.append((image, 0.0 if np.isnan(angle) else angle))
+            mu[row] = (self.bank[-1][1] / 10.0, len(self.bank) - 1, 0.0)
+        return mu, np.zeros_like(mu)
+
+    def decode(self, z):
+        from scipy.ndimage import rotate
+
+        out = []
+        for unit0, index, _ in z:
+            image, angle = self.bank[int(round(index))]
+            out.append(rotate(image, self.sign * (10.0 * unit0 - angle), reshape=False, order=1, mode="nearest"))
+        return np.stack(out)[:, None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    """5 phantom patients x 6 slices: their files and patients (factors.csv)."""
+    from ctgen.evaluate import load_factors
+    from train.phantom import generate_study
+
+    folder = tmp_path_factory.mktemp("phantom")
+    table = load_factors(generate_study(folder, 5, 6, 11, workers=1, contact_sheet=False))
+    return [folder / name for name in table["files"]], table["patients"]
+
+
+def _rotating_model():
+    """The model whose decode turns the head counter-clockwise on screen, as ctgen.factors counts the angle."""
+    from ctgen.factors import measure_slice
+    from ctgen.preprocess import from_model
+
+    from scipy.ndimage import rotate
+
+    probe = RotatingModel()
+    head = probe.grid.hu_map.to_unit(np.clip(__import__("conftest").head_hu(64), -1024, 3072))
+    turned = rotate(head, 10.0, reshape=False, order=1, mode="nearest")
+    before, after = (measure_slice(from_model(x, probe.grid), (3.75, 3.75))["rotation_deg"] for x in (head, turned))
+    return RotatingModel(sign=1.0 if after - before > 0 else -1.0)
+
+
+def test_a_perfect_rotation_unit_scores_slope_one_r2_one_and_no_leakage(unseen):
+    from ctgen.evaluate import _controllability
+
+    files, patients = unseen
+    pictures: dict = {}
+    section = _controllability(_rotating_model(), files, patients, None, 5, 0, lambda *a: None, pictures)
+    entry = section["factors"]["rotation_deg"]
+    assert section["n_patients"] == 5 and entry["n_sources"] == 5
+    assert entry["requested"] == pytest.approx([-20, -13.333, -6.667, 0, 6.667, 13.333, 20], abs=1e-3)
+    assert entry["slope"] == pytest.approx(1.0, abs=0.05) and entry["r2"] > 0.97
+    assert entry["leakage_max"] < 0.1, entry["leakage"]
+    requested, measured = pictures["control"]["rotation_deg"]
+    assert requested.shape == measured.shape == (35,)
+
+
+def test_held_out_patients_only_and_unmeasurable_factors_are_named(unseen):
+    from ctgen.card import ModelCard
+    from ctgen.dicom import patient_key
+    from ctgen.evaluate import _controllability
+
+    files, patients = unseen
+    model = _rotating_model()
+    model.card = ModelCard({"binding": {"units": [
+        {"unit": 0, "factor": "rotation_deg", "mean": 0.0, "std": 10.0},
+        {"unit": 1, "factor": "scale_x", "mean": 1.0, "std": 0.1},
+        {"unit": 2, "factor": "age_years", "mean": 50.0, "std": 10.0}]}})
+    train = {patient_key(p) for p in sorted(set(patients))[:3]}
+    section = _controllability(model, files, patients, train, 200, 0, lambda *a: None, None)
+    assert section["n_patients"] == 2 and section["set"] == "held-out patients"
+    assert section["factors"]["scale_x"]["skipped"].endswith("not a factor that ctgen.factors measures")
+    assert section["factors"]["age_years"]["skipped"].endswith("a header factor")
+
+
+def test_a_unit_turned_the_wrong_way_scores_slope_minus_one(unseen):
+    from ctgen.evaluate import _controllability
+
+    model = _rotating_model()
+    model.sign = -model.sign
+    entry = _controllability(model, *unseen, None, 5, 0, lambda *a: None, None)["factors"]["rotation_deg"]
+    assert entry["slope"] < -0.5
+
+
+def test_series_factors_bound_to_a_unit_the_decoder_ignores_score_slope_zero(unseen):
+    from ctgen.card import ModelCard
+    from ctgen.evaluate import _controllability
+
+    model = _rotating_model()
+    model.card = ModelCard({"binding": {"units": [
+        {"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3},
+        {"unit": 1, "factor": "head_width_max_mm", "mean": 140.0, "std": 6.0}]}})
+    model.card["binding"]["units"][1]["unit"] = 2  # both on the ignored unit (a card would refuse that: a test only)
+    section = _controllability(model, *unseen, None, 5, 0, lambda *a: None, None)
+    level, width = section["factors"]["level"], section["factors"]["head_width_max_mm"]
+    assert level["requested"][0] == pytest.approx(0.5 - 0.3 * 5 / 3) and level["requested"][-1] == pytest.approx(1.0)
+    assert level["n_sources"] == 5 and abs(level["slope"]) < 0.05 and "nearest" in level["method"]
+    assert width["n_sources"] == 5 and abs(width["slope"]) < 0.05 and "whole series" in width["method"]
+    assert "head_width_mm" not in width["leakage"] and "head_area_mm2" in width["leakage_follows"]
