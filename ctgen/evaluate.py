@@ -619,6 +619,12 @@ def card_metrics(report: dict) -> dict:
         card["memorisation"] = {key: memorisation[key] for key in ("median_ratio", "fraction_copied", "quantile")}
     if (report.get("real_slices") or {}).get("mean_mae_hu") is not None:
         card["real_slices_mae_hu"] = report["real_slices"]["mean_mae_hu"]
+    control = (report.get("controllability") or {}).get("factors") or {}
+    if control:
+        card["controllability"] = {factor: {key: entry.get(key) for key in ("unit", "slope", "r2", "leakage_max",
+                                                                             "leakage_max_factor", "skipped")
+                                            if key in entry}
+                                   for factor, entry in control.items()}
     for key in ("mae_hu_window", "mae_hu_full"):
         if key in recon:
             card[f"recon_{key}"] = recon[key]

@@ -1,6 +1,8 @@
-"""ctgen.metrics.control: known answers for the controllability arithmetic."""
+"""ctgen.metrics.control (known answers for the controllability arithmetic) and its hook in `ctgen evaluate`."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -201,3 +203,47 @@ def test_series_factors_bound_to_a_unit_the_decoder_ignores_score_slope_zero(uns
     assert level["n_sources"] == 5 and abs(level["slope"]) < 0.05 and "nearest" in level["method"]
     assert width["n_sources"] == 5 and abs(width["slope"]) < 0.05 and "whole series" in width["method"]
     assert "head_width_mm" not in width["leakage"] and "head_area_mm2" in width["leakage_follows"]
+
+
+def test_evaluate_reports_controllability_of_a_bound_model(tiny_model_copy, unseen, tmp_path):
+    from conftest import invoke
+    from PIL import Image
+
+    card_path = tiny_model_copy / "model.json"
+    card = json.loads(card_path.read_text())
+    card["binding"] = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 0.0,
+                                  "std": 8.0},
+                                 {"unit": 1, "factor": "level", "unit_of_measure": "", "mean": 0.5, "std": 0.3},
+                                 {"unit": 2, "factor": "age_years", "unit_of_measure": "years", "mean": 50,
+                                  "std": 9}], "source": "measured", "fraction": 1.0}
+    card_path.write_text(json.dumps(card))
+    out = tmp_path / "report"
+    result = invoke("evaluate", unseen[0][0].parent.parent, "--model", tiny_model_copy, "--out", out, "--no-real",
+                    "--max-slices", "12", "--json")
+    assert result.exit_code == 0, result.stderr
+    section = json.loads((out / "metrics.json").read_text())["controllability"]
+    assert section["n_patients"] == 5 and set(section["factors"]) == {"rotation_deg", "level", "age_years"}
+    rotation = section["factors"]["rotation_deg"]
+    assert rotation["n_sources"] == 5 and len(rotation["requested"]) == 7 and "head_width_mm" in rotation["leakage"]
+    assert section["factors"]["age_years"]["skipped"].endswith("a header factor")
+    for factor in ("rotation_deg", "level"):
+        with Image.open(out / f"control_{factor}.png") as image:
+            assert image.format == "PNG"
+    assert not (out / "control_age_years.png").exists()
+    markdown = (out / "report.md").read_text()
+    assert "## Controllability of the bound units" in markdown and "![control_level.png](control_level.png)" in markdown
+    summary = json.loads(result.stdout)["metrics"]["controllability"]
+    assert set(summary["rotation_deg"]) >= {"slope", "r2", "leakage_max"} and "skipped" in summary["age_years"]
+
+
+def test_the_controllability_reading_names_what_misses_the_targets():
+    from ctgen.report import _read_control
+
+    entry = {"slope": 1.0, "r2": 0.9, "leakage_max": 0.1, "leakage_max_factor": "skull_mm"}
+    section = {"n_patients": 200, "set": "held-out patients", "factors": {
+        "rotation_deg": entry, "head_width_mm": {**entry, "slope": 0.5},
+        "level": {**entry, "leakage_max": 0.4}, "age_years": {"skipped": "not measurable"}}}
+    text = _read_control(section)
+    assert "1 of 4 bound factors follow their unit" in text and ": rotation_deg;" in text
+    assert "head_width_mm (slope 0.50)" in text and "level (skull_mm moves 0.40 SD per SD)" in text
+    assert text.endswith("not scored: age_years.")
