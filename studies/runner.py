@@ -247,15 +247,17 @@ def targets_markdown(rows: list[dict[str, Any]], targets_met: Callable[[dict], d
 def run_study(args: argparse.Namespace, train_args: list[str], command: str, *, title: str, doc: str,
               targets: list[str], plan: list[Run], choose: Callable, targets_met: Callable,
               execute: Callable | None = None) -> list[dict[str, Any]]:
-    """A study from start to end: the rule (the part of ``doc`` after "The rule (``choose``), "), targets and
-    whole plan written, the evaluation sets made, every run (of ``args.only`` when given) trained, exported and
-    scored, the table and the choice written. ``execute(command, log)`` runs a command line (tests replace it)."""
+    """A study from start to end: the rule (``doc`` after "The rule (``choose``), fixed before any of these runs was
+    scored: "), the targets and the whole plan written; the evaluation sets made; every run (of ``args.only`` when
+    given) trained, exported and scored; the table and the choice written. ``execute(command, log)`` runs a command
+    line (tests replace it)."""
     unknown = sorted(set(args.only or ()) - {run.name for run in plan})
     if unknown:
         raise RuntimeError(f"--only names no run of the plan: {', '.join(unknown)}")
     settings = {"data": args.data, "epochs": args.epochs, "training arguments": shlex.join(train_args) or "-",
                 "evaluation seeds": EVAL_SEEDS, "evaluation sets": args.sizes, "seed": args.seed}
-    written = write_rule(args.report, title=title, rule=doc.split("The rule (``choose``), ")[1].strip(),
+    rule = doc.split("The rule (``choose``), fixed before any of these runs was scored: ")[1].strip()
+    written = write_rule(args.report, title=title, rule=rule[0].upper() + rule[1:],
                          targets=targets, plan=plan, settings=settings)
     sets = evaluation_sets(args.sets, sizes=args.sizes, execute=execute)
     todo = [run for run in plan if not args.only or run.name in args.only]

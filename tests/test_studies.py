@@ -143,6 +143,7 @@ def test_a_study_runs_its_commands_once_and_writes_one_table(tmp_path):
     assert rows[0]["sample_precision"] == 0.8 and rows[0]["carried"] == ["level"]
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.index("## The rule, written before any run was scored") < text.index("## Results")
+    assert "scored\n\nEvery run is checked against the targets" in text
     assert "| bind100_free |" in text and "rotation_deg 0.90 / 0.85 / 0.20" in text
     assert "**Chosen by the rule:** bind100_free" in text and "not run this time (--only): unbound" in text
     calls.clear()
@@ -182,3 +183,9 @@ def test_anatomy_study_end_to_end_on_a_tiny_config(tmp_path):
     saved = json.loads((report / "study.json").read_text())
     assert [row["run"] for row in saved["rows"]] == ["transposed_l2", "subpixel_l1ssimfreq_adv"]
     assert saved["rows"][1]["recon_bands"] and "| subpixel_l1ssimfreq_adv |" in (report / "report.md").read_text()
+
+
+@pytest.mark.parametrize("module", [binding, anatomy])
+def test_each_study_states_its_rule_in_the_words_run_study_reads(module):
+    rule = module.__doc__.split("The rule (``choose``), fixed before any of these runs was scored: ")[1]
+    assert "targets" in rule and len(rule) > 200
