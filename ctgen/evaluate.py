@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,8 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     "real_slices" (n, 3, S, S) original | reconstruction | difference, with "..._labels", and the
     latent (L,) of the first reconstruction, "traversal_start", with its "traversal_label"; for a model with
     bound units, "control": {factor: (requested, measured)} of the controllability check on up to
-    ``max_control`` unseen patients. Same seed, same results. Returns the metrics, JSON-ready. Raises InputError, DicomError, ModelError.
+    ``max_control`` unseen patients. Same seed, same results. Returns the metrics, JSON-ready. Raises InputError,
+    DicomError, ModelError.
     """
     from ctgen.dicom import iter_dicom_files
     from ctgen.model import load_model
@@ -440,7 +442,7 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
     from dataclasses import replace
 
     from ctgen.dicom import read_slice
-    from ctgen.factors import FACTORS, measure_slice, measure_slices
+    from ctgen.factors import FACTORS, measure_slice
     from ctgen.metrics import control
 
     bound, kinds = model.card.bound_units, {factor.name: factor.source for factor in FACTORS}
@@ -489,7 +491,9 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
     if not cases:
         return {"skipped": "no slice of an unseen patient could be read"}
     originals = np.array([[measure_slice(c["slices"][c["source"]].hu, spacing)[n] for n in image_names] for c in cases])
-    sd = np.nanstd(originals, axis=0) if len(cases) > 1 else np.full(len(image_names), np.nan)
+    with warnings.catch_warnings():  # a factor no source shows has no standard deviation
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nanstd(originals, axis=0) if len(cases) > 1 else np.full(len(image_names), np.nan)
     mu_source = _encode(model, np.stack([c["images"][c["source"]] for c in cases]), progress)[0]
     section: dict[str, Any] = {
         "set": "held-out patients" if train_keys is not None else "all patients of the study",
@@ -503,44 +507,39 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
         entry: dict[str, Any] = {"unit": unit.unit, "unit_of_measure": unit.unit_of_measure,
                                  "requested": unit.to_value(z)}
         kind = kinds.get(unit.factor)
-        if kind == "image" or unit.factor == "level":
-            rows = [k for k, case in enumerate(cases) if unit.factor != "level" or case["series"]]
+        if kind not in ("image", "series"):
+            section["factors"][unit.factor] = {**entry, "skipped": "not measurable on a decoded image: "
+                                               + ("a header factor" if kind == "header" else
+                                                  "not a factor that ctgen.factors measures")}
+            continue
+        rows = [k for k, case in enumerate(cases) if kind == "image" or case["series"]]
+        levels = {k: _series_levels(cases[k]["slices"]) for k in rows} if unit.factor == "level" else {}
+        if levels:  # the nearest match needs slices whose levels are known
+            rows = [k for k in rows if np.isfinite(levels[k]).sum() >= 2]
+        if not rows:
+            section["factors"][unit.factor] = {**entry, "skipped": "needs unseen patients with a whole series"
+                                               + (" whose levels can be measured" if levels else "")}
+            continue
+        if kind == "image" or levels:
             latents = control.set_unit(mu_source[rows], unit.unit, z).reshape(-1, model.latent_size)
             decoded = _decode(model, latents, progress, f"controllability: {unit.factor}")
             hu = from_model(decoded, grid).reshape(len(rows), len(z), grid.size, grid.size)
             others = np.array([[[measure_slice(one, spacing)[n] for n in image_names] for one in per] for per in hu])
-            if unit.factor == "level":
-                levels = [_series_levels(cases[k]["slices"]) for k in rows]
+            if levels:
                 target = np.array([control.nearest_values(decoded.reshape(len(rows), len(z), -1)[r],
                                                           cases[k]["images"].reshape(len(cases[k]["images"]), -1),
-                                                          levels[r]) for r, k in enumerate(rows)])
+                                                          levels[k]) for r, k in enumerate(rows)])
                 entry["method"] = ("the level of the nearest (mean squared difference) of the patient's own slices, "
                                    "levels measured on its series (ctgen.factors.measure_series); resolution: one "
                                    "slice step; requests limited to levels 0..1")
             else:
                 target = others[:, :, image_names.index(unit.factor)]
                 entry["method"] = "measured on each decoded slice (ctgen.factors.measure_slice)"
-        elif kind == "series":  # a series' largest size: decode the whole series with the unit set in every slice
-            rows = [k for k, case in enumerate(cases) if case["series"]]
-            target, others = np.full((len(rows), len(z)), np.nan), np.full((len(rows), len(z), len(image_names)), np.nan)
-            for r, k in enumerate(rows):
-                mu = _encode(model, cases[k]["images"], progress)[0]
-                for v, latent in enumerate(control.set_unit(mu, unit.unit, z).transpose(1, 0, 2)):
-                    hu = from_model(_decode(model, latent, progress, f"controllability: {unit.factor}"), grid)
-                    measured = measure_slices([replace(one, hu=h) for one, h in zip(cases[k]["slices"], hu)])[0]
-                    target[r, v] = np.nanmedian([row[unit.factor] for row in measured])
-                    others[r, v] = np.nanmedian([[row[n] for n in image_names] for row in measured], axis=0)
+        else:  # a series' largest size: decode the whole series with the unit set in every slice
+            swept = [_sweep_series(model, cases[k], unit, z, image_names, progress) for k in rows]
+            target, others = np.stack([t for t, _ in swept]), np.stack([o for _, o in swept])
             entry["method"] = ("measured on the patient's whole series decoded with the unit set in every slice "
                                "(ctgen.factors.measure_slices); other factors: their median over the series")
-        else:
-            section["factors"][unit.factor] = {**entry, "skipped": "not measurable on a decoded image: "
-                                               + ("a header factor" if kind == "header" else
-                                                  "not a factor that ctgen.factors measures")}
-            continue
-        if not rows:
-            section["factors"][unit.factor] = {**entry, "skipped": "needs patients with a whole series whose "
-                                               "levels can be measured"}
-            continue
         requested = np.broadcast_to(entry["requested"], target.shape)
         leak = control.leakage(z, others, sd)
         follows = SAME_GEOMETRY.get(unit.factor.replace("_max", ""), ())
@@ -554,6 +553,29 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
         if pictures is not None:
             pictures.setdefault("control", {})[unit.factor] = (requested.ravel(), target.ravel())
     return section
+
+
+def _sweep_series(model, case: dict, unit, z: np.ndarray, names: list[str],
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """One patient's whole series decoded with ``unit`` set to each of ``z`` (V,) in every slice: the unit's
+    factor measured on each decoded series, float64 (V,), and the median of each of ``names`` over its slices,
+    (V, K); NaN where not measured."""
+    from dataclasses import replace
+
+    from ctgen.factors import measure_slices
+    from ctgen.metrics.control import set_unit
+
+    target, others = np.full(len(z), np.nan), np.full((len(z), len(names)), np.nan)
+    mu = _encode(model, case["images"], progress)[0]
+    for v, latent in enumerate(set_unit(mu, unit.unit, z).transpose(1, 0, 2)):
+        hu = from_model(_decode(model, latent, progress, f"controllability: {unit.factor}"), model.grid)
+        measured = measure_slices([replace(one, hu=h) for one, h in zip(case["slices"], hu)])[0]
+        values = np.array([[row[n] for n in [unit.factor, *names]] for row in measured], dtype=np.float64)
+        with warnings.catch_warnings():  # a factor no decoded slice shows stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = np.nanmedian(values, axis=0)
+        target[v], others[v] = medians[0], medians[1:]
+    return target, others
 
 
 def _series_levels(slices: list) -> np.ndarray:

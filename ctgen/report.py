@@ -11,8 +11,8 @@ from typing import Any
 
 from ctgen.metrics.disentangle import SCORE_NAMES
 
-__all__ = ["REPORT_FILES", "check_out", "control_figure", "control_markdown", "draw_figures", "interpret", "kl_bar_chart", "markdown_table",
-           "render_markdown", "report_folder", "write_report"]
+__all__ = ["REPORT_FILES", "check_out", "control_figure", "control_markdown", "draw_figures", "interpret",
+           "kl_bar_chart", "markdown_table", "render_markdown", "report_folder", "write_report"]
 
 REPORT_FILES = ("metrics.json", "report.md", "kl_per_unit.png", "traversal.png", "samples.png",
                 "reconstructions.png", "real_slices.png", "spectra.png")

@@ -226,12 +226,14 @@ def test_evaluate_reports_controllability_of_a_bound_model(tiny_model_copy, unse
     rotation = section["factors"]["rotation_deg"]
     assert rotation["n_sources"] == 5 and len(rotation["requested"]) == 7 and "head_width_mm" in rotation["leakage"]
     assert section["factors"]["age_years"]["skipped"].endswith("a header factor")
-    for factor in ("rotation_deg", "level"):
-        with Image.open(out / f"control_{factor}.png") as image:
-            assert image.format == "PNG"
-    assert not (out / "control_age_years.png").exists()
+    # the tiny model's version-1 card maps HU through the -50..250 window: no air, no head mask, no levels
+    assert section["factors"]["level"]["skipped"].endswith("whose levels can be measured")
+    with Image.open(out / "control_rotation_deg.png") as image:
+        assert image.format == "PNG"
+    assert not (out / "control_age_years.png").exists() and not (out / "control_level.png").exists()
     markdown = (out / "report.md").read_text()
-    assert "## Controllability of the bound units" in markdown and "![control_level.png](control_level.png)" in markdown
+    assert "## Controllability of the bound units" in markdown
+    assert "![control_rotation_deg.png](control_rotation_deg.png)" in markdown and "control_level" not in markdown
     summary = json.loads(result.stdout)["metrics"]["controllability"]
     assert set(summary["rotation_deg"]) >= {"slope", "r2", "leakage_max"} and "skipped" in summary["age_years"]
 
@@ -247,3 +249,17 @@ def test_the_controllability_reading_names_what_misses_the_targets():
     assert "1 of 4 bound factors follow their unit" in text and ": rotation_deg;" in text
     assert "head_width_mm (slope 0.50)" in text and "level (skull_mm moves 0.40 SD per SD)" in text
     assert text.endswith("not scored: age_years.")
+
+
+def test_level_needs_whole_series_and_says_so(unseen):
+    from ctgen.card import ModelCard
+    from ctgen.evaluate import _controllability
+
+    files, patients = unseen
+    keep = [index for index in range(len(files)) if index % 6 < 2]  # two slices a patient: no level to measure
+    model = _rotating_model()
+    model.card = ModelCard({"binding": {"units": [{"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3}]}})
+    section = _controllability(model, [files[i] for i in keep], [patients[i] for i in keep], None, 5, 0,
+                               lambda *a: None, None)
+    assert section["factors"]["level"]["skipped"] == ("needs unseen patients with a whole series whose levels can "
+                                                      "be measured")

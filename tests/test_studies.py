@@ -18,7 +18,8 @@ def _row(run, *, mae=12.0, mig=0.35, dci=0.8, carried=("level", "rotation_deg", 
     control = control if control is not None else {f: dict(ok) for f in ("level", "rotation_deg", "head_width_max_mm",
                                                                          "ventricle_mm2")}
     band = {"0.125-0.25": bands, "0.25-0.5": bands}
-    return {"run": run, "mae_hu_window": mae, "recon_bands": band, "sample_bands": dict(band), "tissue_csf_kept": tissue,
+    return {"run": run, "mae_hu_window": mae, "recon_bands": band, "sample_bands": dict(band),
+            "tissue_csf_kept": tissue,
             "csf_dice": dice, "sample_precision": precision, "sample_recall": 0.5, "heldout_precision": 0.95,
             "anatomy_fail": fail, "mig": mig, "dci_disentanglement": dci, "nmi": {f: 0.6 for f in carried},
             "carried": sorted(carried), "control": control}
@@ -72,11 +73,13 @@ def test_the_rule_is_written_before_scoring_and_cannot_change(tmp_path):
     plan = [runner.Run("a", ["--beta", "1"])]
     written = runner.write_rule(tmp_path, title="T", rule="Pick a.", targets=["MAE ≤ 13"], plan=plan,
                                 settings={"epochs": 2})
-    assert "Pick a." in (tmp_path / "report.md").read_text() and "no run scored yet" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "Pick a." in text and "no run scored yet" in text
     assert runner.write_rule(tmp_path, title="T", rule="Pick a.", targets=["MAE ≤ 13"], plan=plan,
                              settings={"epochs": 2}) == written
     with pytest.raises(RuntimeError, match="a different rule or plan"):
-        runner.write_rule(tmp_path, title="T", rule="Pick b.", targets=["MAE ≤ 13"], plan=plan, settings={"epochs": 2})
+        runner.write_rule(tmp_path, title="T", rule="Pick b.", targets=["MAE ≤ 13"], plan=plan,
+                          settings={"epochs": 2})
 
 
 def _metrics(name: str) -> dict:
@@ -126,7 +129,8 @@ def test_a_study_runs_its_commands_once_and_writes_one_table(tmp_path):
             str(tmp_path / "sets"), "--epochs", "2", "--series", "3", "6", "--random", "5", "2", "--only",
             "bind100_free,bind1_free", "--", "--image-size", "64"]
     args, train_args = runner.parse_study_args(argv, "python -m studies.binding", binding.__doc__, {
-        "out": None, "report": None, "options": {"--bind": (str, binding.BIND, ""), "--free-weight": (float, 10.0, "")}})
+        "out": None, "report": None,
+        "options": {"--bind": (str, binding.BIND, ""), "--free-weight": (float, 10.0, "")}})
     assert train_args == ["--image-size", "64"] and args.sizes == {"series": (3, 6), "random": (5, 2)}
     rows = binding.run_binding(args, train_args, "python -m studies.binding ...", execute=_fake_execute(calls))
     modules = [command[command.index("-m") + 1] for command in calls]
