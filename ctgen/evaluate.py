@@ -38,6 +38,9 @@ UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceed
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
 CONTROL_PATIENTS = 200  # unseen patients whose slices each bound unit is set on (issue 25's "Done when")
+# what each measured factor can be (ctgen.factors); the others are sizes, counts and noise: 0 and up
+PHYSICAL_RANGE = {"rotation_deg": (-90.0, 90.0), "brain_hu": (-math.inf, math.inf), "level": (0.0, 1.0),
+                  "csf_fraction": (0.0, 1.0), "enhancing_fraction": (0.0, 1.0)}
 SOURCE_TRIES = 5  # slices of a patient tried for one on which the bound image factors can be measured
 CONTROL_SERIES_PATIENTS = 40  # of them, those whose whole series is read: series factors decode it per request
 # factors that move with another by their definition, not by leakage: an area with its axes, CSF with ventricles
@@ -496,14 +499,14 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
         sd = np.nanstd(originals, axis=0) if len(cases) > 1 else np.full(len(image_names), np.nan)
     mu_source = _encode(model, np.stack([c["images"][c["source"]] for c in cases]), progress)[0]
     section: dict[str, Any] = {
-        "set": "held-out patients" if train_keys is not None else "all patients of the study",
+        "set": "held-out patients" if train_keys is not None else "patients of the study (no split given)",
         "n_patients": len(cases), "z_span": control.Z_SPAN, "z_points": control.Z_POINTS,
         "leakage_sd": "each factor's standard deviation over the source slices as the model sees them",
         "factor_sd": dict(zip(image_names, sd.tolist())), "factors": {}}
     for unit in bound:
-        z = control.requested_z()
-        if unit.factor == "level":  # only levels a series has (0..1) can be read off its slices
-            z = np.linspace(max(-control.Z_SPAN, unit.to_z(0.0)), min(control.Z_SPAN, unit.to_z(1.0)), len(z))
+        # requests stay within what the factor can be (no negative width, no level past the vertex)
+        low, high = PHYSICAL_RANGE.get(unit.factor, (0.0, math.inf))
+        z = np.linspace(max(-control.Z_SPAN, unit.to_z(low)), min(control.Z_SPAN, unit.to_z(high)), control.Z_POINTS)
         entry: dict[str, Any] = {"unit": unit.unit, "unit_of_measure": unit.unit_of_measure,
                                  "requested": unit.to_value(z)}
         kind = kinds.get(unit.factor)
@@ -531,7 +534,7 @@ def _controllability(model, files: list[Path], patients: list[str] | None, train
                                                           levels[k]) for r, k in enumerate(rows)])
                 entry["method"] = ("the level of the nearest (mean squared difference) of the patient's own slices, "
                                    "levels measured on its series (ctgen.factors.measure_series); resolution: one "
-                                   "slice step; requests limited to levels 0..1")
+                                   "slice step")
             else:
                 target = others[:, :, image_names.index(unit.factor)]
                 entry["method"] = "measured on each decoded slice (ctgen.factors.measure_slice)"

@@ -202,7 +202,8 @@ def control_markdown(section: dict, say: dict) -> list[str]:
              markdown_table(["factor", "unit", "unit of measure", "requested", "slope", "R²", "MAE", "max leakage "
                              "(SD/SD)", "notes"], rows),
              f"Each bound unit set to {section['z_points']} values over ±{section['z_span']:g} standard deviations of "
-             f"the training patients' measurements (BoundUnit.to_value) on a slice of each of {section['n_patients']} "
+             f"the training patients' measurements (BoundUnit.to_value; within what the factor can be: no negative "
+             f"size, levels 0..1) on a slice of each of {section['n_patients']} "
              f"{section['set']}, decoded, and the factor measured on the output with ctgen.factors on the model grid. "
              "Slope and R² of measured against requested (1 and 1 are ideal); MAE in the factor's unit. Leakage: how "
              "far each other image factor moves, in its standard deviations over the source slices per standard "

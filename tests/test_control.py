@@ -263,3 +263,16 @@ def test_level_needs_whole_series_and_says_so(unseen):
                                lambda *a: None, None)
     assert section["factors"]["level"]["skipped"] == ("needs unseen patients with a whole series whose levels can "
                                                       "be measured")
+
+
+def test_requests_stay_within_what_the_factor_can_be(unseen):
+    from ctgen.card import ModelCard
+    from ctgen.evaluate import _controllability
+
+    model = _rotating_model()
+    model.card = ModelCard({"binding": {"units": [
+        {"unit": 2, "factor": "ventricle_mm2", "mean": 400.0, "std": 400.0},
+        {"unit": 0, "factor": "rotation_deg", "mean": 0.0, "std": 10.0}]}})
+    section = _controllability(model, *unseen, None, 3, 0, lambda *a: None, None)
+    assert section["factors"]["ventricle_mm2"]["requested"] == pytest.approx(np.linspace(0.0, 1200.0, 7))
+    assert section["factors"]["rotation_deg"]["requested"] == pytest.approx(np.linspace(-20.0, 20.0, 7))
