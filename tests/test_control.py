@@ -276,3 +276,48 @@ def test_requests_stay_within_what_the_factor_can_be(unseen):
     section = _controllability(model, *unseen, None, 3, 0, lambda *a: None, None)
     assert section["factors"]["ventricle_mm2"]["requested"] == pytest.approx(np.linspace(0.0, 1200.0, 7))
     assert section["factors"]["rotation_deg"]["requested"] == pytest.approx(np.linspace(-20.0, 20.0, 7))
+
+
+class LevelModel(RotatingModel):
+    """A "perfect" generator for level (unit 2): it holds every patient's slices on the grid with their measured
+    levels; encode finds an image's patient (unit 1); decode returns that patient's slice nearest the requested
+    level. Level by nearest match must come out with slope near 1."""
+
+    def __init__(self, files, patients):
+        from dataclasses import replace
+
+        from ctgen.dicom import read_slice
+        from ctgen.evaluate import _series_levels
+        from ctgen.preprocess import from_model, to_grid_hu
+
+        super().__init__()
+        self.card = type(self.card)({"binding": {"units": [{"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3}]}})
+        self.series = []
+        for patient in sorted(set(patients)):
+            slices = [read_slice(path) for path, owner in zip(files, patients) if owner == patient]
+            images = np.stack([self.grid.hu_map.to_unit(to_grid_hu(s.hu, s.spacing_mm, self.grid)) for s in slices])
+            on_grid = [replace(s, hu=from_model(image, self.grid), spacing_mm=(3.75, 3.75))
+                       for s, image in zip(slices, images)]
+            self.series.append((images, _series_levels(on_grid)))
+
+    def encode(self, images):
+        mu = np.zeros((len(images), 3), np.float32)
+        for row, image in enumerate(images[:, 0]):
+            mu[row, 1] = min(range(len(self.series)), key=lambda p: np.abs(self.series[p][0] - image).sum(axis=(1, 2))
+                             .min())
+        return mu, np.zeros_like(mu)
+
+    def decode(self, z):
+        out = []
+        for _, patient, level in z:
+            images, levels = self.series[int(round(patient))]
+            out.append(images[np.nanargmin(np.abs(levels - (0.5 + 0.3 * level)))])
+        return np.stack(out)[:, None].astype(np.float32)
+
+
+def test_a_perfect_level_unit_scores_slope_near_one_by_nearest_match(unseen):
+    from ctgen.evaluate import _controllability
+
+    entry = _controllability(LevelModel(*unseen), *unseen, None, 5, 0, lambda *a: None, None)["factors"]["level"]
+    # six slices a series: the levels come in steps of about 0.2, so the match is a staircase around the line
+    assert entry["n_sources"] == 5 and entry["slope"] == pytest.approx(1.0, abs=0.15) and entry["r2"] > 0.85
