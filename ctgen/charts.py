@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["COLOURS", "bar_chart", "line_chart", "scatter_chart", "side_by_side", "spectra_chart"]
+__all__ = ["COLOURS", "bar_chart", "control_chart", "line_chart", "scatter_chart", "side_by_side", "spectra_chart"]
 
 COLOURS = ("#285aaa", "#c83c28", "#289646", "#9650aa", "#e69614", "#555555")  # one per series, in order
 DPI = 100
@@ -84,6 +84,27 @@ def scatter_chart(groups: Mapping[str, Sequence[tuple[float, float, str]]], *, t
         axes.scatter([x for x, _, _ in points], [y for _, y, _ in points], color=colour, label=name)
         for x, y, label in points:
             axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour)
+    axes.set(title=title, xlabel=x_label, ylabel=y_label)
+    axes.legend(frameon=False, fontsize=8)
+    return _image(plt, figure)
+
+
+def control_chart(requested: Sequence[float], measured: Sequence[float], *, title: str, x_label: str,
+                  y_label: str, size: tuple[float, float] = (4.2, 3.8)) -> Any:
+    """Measured against requested values (one point each, NaN left out), the median at each request joined by a
+    line, the ideal (measured = requested) dashed."""
+    import numpy as np
+
+    plt, figure, axes = _figure(size)
+    requested, measured = np.asarray(requested, np.float64), np.asarray(measured, np.float64)
+    finite = np.isfinite(requested) & np.isfinite(measured)
+    axes.scatter(requested[finite], measured[finite], s=8, color=COLOURS[0], alpha=0.35, linewidths=0,
+                 label="one slice")
+    levels = np.unique(requested[finite])
+    medians = [np.median(measured[finite & (requested == level)]) for level in levels]
+    axes.plot(levels, medians, marker="o", color=COLOURS[1], label="median")
+    span = [float(np.min(requested)), float(np.max(requested))]
+    axes.plot(span, span, linestyle="--", color=COLOURS[5], linewidth=1, label="ideal")
     axes.set(title=title, xlabel=x_label, ylabel=y_label)
     axes.legend(frameon=False, fontsize=8)
     return _image(plt, figure)

@@ -11,8 +11,8 @@ from typing import Any
 
 from ctgen.metrics.disentangle import SCORE_NAMES
 
-__all__ = ["REPORT_FILES", "check_out", "draw_figures", "interpret", "kl_bar_chart", "markdown_table",
-           "render_markdown", "report_folder", "write_report"]
+__all__ = ["REPORT_FILES", "check_out", "control_figure", "control_markdown", "draw_figures", "interpret",
+           "kl_bar_chart", "markdown_table", "render_markdown", "report_folder", "write_report"]
 
 REPORT_FILES = ("metrics.json", "report.md", "kl_per_unit.png", "traversal.png", "samples.png",
                 "reconstructions.png", "real_slices.png", "spectra.png")
@@ -63,6 +63,9 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
     }
     if pictures.get("spectra"):
         figures["spectra.png"] = spectra_figure(pictures["spectra"])
+    for factor, (requested, measured) in (pictures.get("control") or {}).items():
+        figures[control_figure_name(factor)] = control_figure(factor, report["controllability"]["factors"][factor],
+                                                              requested, measured)
     for name, what in (("reconstructions", report["reconstruction"]["set"]), ("real_slices", "pydicom's real CT")):
         panels = pictures.get(name)
         if panels is not None and len(panels):
@@ -70,6 +73,21 @@ def draw_figures(model, report: dict, pictures: dict) -> dict[str, Any]:
                 panels.reshape(-1, *panels.shape[-2:]), [brain, brain, (0.0, 2 * DIFF_HU)], rows=len(panels), cols=3,
                 row_labels=pictures[f"{name}_labels"], title=f"{what}, brain window", **columns)
     return figures
+
+
+def control_figure_name(factor: str) -> str:
+    return f"control_{factor}.png"
+
+
+def control_figure(factor: str, entry: dict, requested: Any, measured: Any) -> Any:
+    """One bound factor's controllability (``ctgen.charts.control_chart``): a PIL image."""
+    from ctgen.charts import control_chart
+
+    unit = f" ({entry['unit_of_measure']})" if entry.get("unit_of_measure") else ""
+    fit = (f"slope {entry['slope']:.2f}, R² {entry['r2']:.2f}" if entry.get("slope") is not None
+           and entry.get("r2") is not None else "no fit")
+    return control_chart(requested, measured, title=f"{factor} set on u{entry['unit']}: {fit}",
+                         x_label=f"requested{unit}", y_label=f"measured on the output{unit}")
 
 
 def kl_bar_chart(kl: Any, threshold: float = 0.01) -> Any:
@@ -107,6 +125,8 @@ def interpret(report: dict) -> dict:
     realism = report.get("realism") or {}
     if "heldout_b" in realism:
         lines["realism"] = _read_realism(realism)
+    if "factors" in (report.get("controllability") or {}):
+        lines["controllability"] = _read_control(report["controllability"])
     memo = report["memorisation"]
     if "median_ratio" in memo:
         copying = memo["fraction_copied"] > max(0.05, 3 * memo["quantile"]) or memo["median_ratio"] < 0.8
@@ -134,6 +154,66 @@ def _compare_error(ratio: float) -> str:
     if ratio < 1.0:
         return f"{1 - ratio:.0%} less error than on the study's images."
     return f"{ratio - 1:.0%} more error than on the study's images: real scans are reproduced worse."
+
+
+CONTROL_TARGET = {"slope": (0.8, 1.2), "r2": 0.8, "leakage": 0.25}  # issue 25's "Done when"
+
+
+def _read_control(section: dict) -> str:
+    """The controllability reading: which bound factors meet issue 25's targets, and what misses them."""
+    met, missed, skipped = [], [], []
+    for factor, entry in section["factors"].items():
+        if entry.get("slope") is None:
+            skipped.append(factor)
+            continue
+        misses = [f"slope {entry['slope']:.2f}" if not CONTROL_TARGET["slope"][0] <= entry["slope"]
+                  <= CONTROL_TARGET["slope"][1] else "",
+                  f"R² {entry['r2']:.2f}" if entry["r2"] is None or entry["r2"] < CONTROL_TARGET["r2"] else "",
+                  f"{entry['leakage_max_factor']} moves {entry['leakage_max']:.2f} SD per SD"
+                  if (entry.get("leakage_max") or 0) > CONTROL_TARGET["leakage"] else ""]
+        misses = [text for text in misses if text]
+        (missed if misses else met).append(f"{factor} ({', '.join(misses)})" if misses else factor)
+    low, high = CONTROL_TARGET["slope"]
+    text = (f"On {section['n_patients']} {section['set']}: {len(met)} of {len(section['factors'])} bound factors "
+            f"follow their unit (slope {low:g}..{high:g}, R² >= {CONTROL_TARGET['r2']:g}, no other factor moving more "
+            f"than {CONTROL_TARGET['leakage']:g} SD per SD): {', '.join(met) or 'none'}")
+    if missed:
+        text += f"; missed: {'; '.join(missed)}"
+    if skipped:
+        text += f"; not scored: {', '.join(skipped)}"
+    return text + "."
+
+
+def control_markdown(section: dict, say: dict) -> list[str]:
+    """report.md's controllability section from ``report["controllability"]``."""
+    rows, leaks = [], []
+    for factor, entry in section["factors"].items():
+        if "skipped" in entry:
+            rows.append([factor, f"u{entry['unit']}", entry["unit_of_measure"] or "-", None, None, None, None, None,
+                         entry["skipped"]])
+            continue
+        requested = entry["requested"]
+        rows.append([factor, f"u{entry['unit']}", entry["unit_of_measure"] or "-",
+                     f"{requested[0]:.3g} .. {requested[-1]:.3g}", entry["slope"], entry["r2"], entry["mae"],
+                     entry["leakage_max"], f"{entry['leakage_max_factor'] or '-'}; {entry['n_sources']} sources, "
+                     f"{entry['n_unmeasured']} outputs unmeasured; {entry['method']}"])
+        leaks.append([factor, *(entry["leakage"].get(name) for name in section["factor_sd"])])
+    parts = ["## Controllability of the bound units",
+             markdown_table(["factor", "unit", "unit of measure", "requested", "slope", "R²", "MAE", "max leakage "
+                             "(SD/SD)", "notes"], rows),
+             f"Each bound unit set to {section['z_points']} values over ±{section['z_span']:g} standard deviations of "
+             f"the training patients' measurements (BoundUnit.to_value; within what the factor can be: no negative "
+             f"size, levels 0..1) on a slice of each of {section['n_patients']} "
+             f"{section['set']}, decoded, and the factor measured on the output with ctgen.factors on the model grid. "
+             "Slope and R² of measured against requested (1 and 1 are ideal); MAE in the factor's unit. Leakage: how "
+             "far each other image factor moves, in its standard deviations over the source slices per standard "
+             "deviation requested (the slope within each source slice); the largest is shown, leaving out factors "
+             "that follow the requested one by definition (an area with its axes, CSF with the ventricles).",
+             say.get("controllability", "")]
+    if leaks:
+        parts += ["### Leakage per factor (SD per SD requested)",
+                  markdown_table(["requested", *section["factor_sd"]], leaks)]
+    return parts
 
 
 def _read_realism(realism: dict) -> str:
@@ -306,6 +386,11 @@ def render_markdown(report: dict) -> str:
                   "head, and at least half of what it encloses must be 0..80 HU.", say["realism"]]
     if "sharpness" in report:
         parts += sharpness_markdown(report["sharpness"], recon["set"])
+    control = report.get("controllability") or {}
+    if "factors" in control:
+        parts += control_markdown(control, say)
+    elif control:
+        parts += ["## Controllability of the bound units", f"Not scored: {control['skipped']}."]
     memo = report["memorisation"]
     parts.append("## Memorisation")
     if "median_ratio" in memo:
@@ -327,6 +412,8 @@ def render_markdown(report: dict) -> str:
                   say.get("real_slices", "No real slice could be scored.")]
     with_real = real is not None and real.get("mean_mae_hu") is not None
     figures = [name for name in REPORT_FILES[2:] if with_real or name != "real_slices.png"]
+    figures += [control_figure_name(factor) for factor, entry in (control.get("factors") or {}).items()
+                if "skipped" not in entry]
     return "\n\n".join(parts + ["## Figures"] + [f"![{name}]({name})" for name in figures]) + "\n"
 
 

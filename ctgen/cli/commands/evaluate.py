@@ -53,7 +53,9 @@ def evaluate(
     Reconstruction error is in HU inside the head (PSNR and SSIM at brain window), on the held-out
     patients of --split (else on every slice). Disentanglement (MIG, β-VAE, FactorVAE, DCI, SAP and the
     unit that tracks each factor) needs a factors table. The memorisation check needs --split: it
-    compares prior samples with every training slice of the study (read, not encoded).
+    compares prior samples with every training slice of the study (read, not encoded). For a model with
+    bound units: controllability, each unit set over ±2 SD on unseen patients and its factor measured on
+    the output (slope, R², leakage; control_FACTOR.png).
     """
     from ctgen.evaluate import card_metrics
     from ctgen.cli.run import Run
