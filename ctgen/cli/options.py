@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["BOUNDS", "Option", "ROOT", "ROOT_SHARED", "shared"]
+__all__ = ["BOUNDS", "Option", "ROOT", "ROOT_SHARED", "output", "shared"]
 
 # The range of every numeric option, declared with the option: a value outside is a usage error naming the
 # option, before anything is read, allocated or computed (a seed numpy refuses, --n that overflows, 10^9
@@ -128,3 +128,8 @@ ROOT = (
 )
 # root options that become the defaults of the command's options of the same name
 ROOT_SHARED = ("model", "device", "quiet", "json_summary", "force", "window", "seed")
+
+
+def output(help: str, show_default: bool | str = False) -> Option:
+    """--out PATH, in the Output panel: each command says what it writes there."""
+    return Option("out", ("--out", "-o"), metavar="PATH", help=help, show_default=show_default, panel=_OUTPUT)

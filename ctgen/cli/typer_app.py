@@ -2,7 +2,8 @@
 
 Only Typer (and Rich, for help) is imported here: ``ctgen --version`` and ``ctgen --help`` must answer
 at once. Every command lives in ``ctgen/cli/commands/``: the app makes Typer parameters of its declared
-``OPTIONS`` (``ctgen.cli.options``) and calls its body, which imports numpy, ONNX Runtime and pydicom. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted
+``OPTIONS`` (``ctgen.cli.options``) and calls its body, which imports numpy, ONNX Runtime and pydicom.
+Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted
 (``ctgen.cli.failures``). The console script is ``ctgen.cli.entry.main``: it runs the per-file commands on
 the fast path (``ctgen.cli.fast``) when it can and this app otherwise.
 """
@@ -109,8 +110,9 @@ def _annotation(option: Option) -> Any:
 
 def _signed(function: Any, options: tuple[Option, ...], *first: inspect.Parameter) -> Any:
     """``function(**arguments)`` with the signature Typer reads: one keyword parameter per declared option."""
-    parameters = [*first, *(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=_annotation(option),
-                                              default=inspect.Parameter.empty if option.required else option.default)
+    keyword, empty = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty
+    parameters = [*first, *(inspect.Parameter(option.name, keyword, annotation=_annotation(option),
+                                              default=empty if option.required else option.default)
                             for option in options)]
     function.__signature__ = inspect.Signature(parameters)
     function.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
@@ -162,7 +164,7 @@ _COMMANDS: dict[str, str] = {  # command name -> help panel, in --help order; ea
     "example": "Model",
 }
 # root options that take a value (their value is never the command's name)
-_ROOT_VALUE_OPTIONS = frozenset({"--model", "-m", "--device", "--window", "-w", "--seed", "--max-pixels"})
+_ROOT_VALUE_OPTIONS = frozenset(flag for option in ROOT if option.kind != "bool" for flag in option.flags)
 
 
 def _make_app(names: Any = _COMMANDS) -> typer.Typer:

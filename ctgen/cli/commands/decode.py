@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("latents", metavar="LATENTS", required=True, show_default=False,
            help="A .npy, .npz, .csv or JSON lines file (as written by encode), or - for JSON lines/CSV on stdin."),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default=False, panel="Output",
-           help="Labelled grid .png (up to 1024 images), .npy stack in HU (N, S, S), or a folder (DIR/ gets "
-                "decoded.png). Without --out and --per-file: decoded.png."),
+    output("Labelled grid .png (up to 1024 images), .npy stack in HU (N, S, S), or a folder (DIR/ gets "
+           "decoded.png). Without --out and --per-file: decoded.png."),
     *shared("per_file", "file_format", "window", "model", "device", "batch_size"),
     Option("any_model", ("--any-model",), "bool", False,
            "Decode latents that their file says another model wrote (a warning instead of an error)."),

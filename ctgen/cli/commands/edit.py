@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("slice_path", metavar="SLICE.dcm", help="Slice to edit (a file, or VOLUME#K).", required=True,
@@ -15,9 +15,8 @@ OPTIONS = (
                 "FACTOR=-10 changes the model's reading of the slice by that much, FACTOR==-10 sets a negative "
                 "value. Repeat for several factors."),
     *shared("slice_index"),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default="edited.png", panel="Output",
-           help=".png (original | reconstruction | edited, labelled), .dcm (the edited slice as a derived CT image "
-                "with provenance), .npy (float32 HU on the model grid), or a folder (DIR/ gets edited.png)."),
+    output(".png (original | reconstruction | edited, labelled), .dcm (the edited slice as a derived CT image with "
+           "provenance), .npy (float32 HU on the model grid), or a folder (DIR/ gets edited.png).", "edited.png"),
     *shared("window", "model", "device", "force", "json_summary", "quiet"),
 )
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("inputs", (), "list", metavar="FILES/DIRS/-", required=True, show_default=False,
            help="DICOM files, NIfTI volumes, folders (recursive), or - to read paths from stdin."),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default=False, panel="Output",
-           help="Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on stdout; a "
-                "folder (DIR/) gets latents.npz. All but .npy record the model, which decode checks."),
+    output("Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on stdout; a "
+           "folder (DIR/) gets latents.npz. All but .npy record the model, which decode checks."),
     Option("logvar", ("--logvar",), "bool", False, "Also write the posterior log-variances."),
     Option("factors", ("--factors",), "bool", False,
            "Also write the model's reading of each bound factor, in its unit of measure (ctgen info lists them): a "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 from ctgen.defaults import DEFAULT_INTERPOLATION, DEFAULT_INTERPOLATION_STEPS
 
 OPTIONS = (
@@ -16,8 +16,7 @@ OPTIONS = (
            bounds="interpolate_steps"),
     Option("method", ("--method",), "choice", DEFAULT_INTERPOLATION, choices=("slerp", "lerp"),
            help="Great circle (keeps norms typical of the prior) or straight line."),
-    Option("out", ("--out", "-o"), metavar="PATH", help="Strip .png, or a folder (DIR/ gets interpolation.png).",
-           show_default="interpolation.png", panel="Output"),
+    output("Strip .png, or a folder (DIR/ gets interpolation.png).", "interpolation.png"),
     Option("gif", ("--gif",), "bool", False, "Also write an animated GIF next to the strip (same name, .gif).",
            panel="Output"),
     Option("with_originals", ("--with-originals",), "bool", False, "Put the two input slices beside the strip's ends.",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("inputs", (), "list", metavar="FILES/DIRS", required=True, show_default=False,
            help="DICOM files, NIfTI volumes or folders (recursive)."),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default="reconstructions/", panel="Output",
-           help="Folder for one panel PNG per slice (<name>.png), or a .png file for a single input."),
+    output("Folder for one panel PNG per slice (<name>.png), or a .png file for a single input.", "reconstructions/"),
     Option("diff_range", ("--diff-range",), "float", 100.0, bounds="diff_range",
            help="HU difference shown as black/white in the difference panel."),
     *shared("per_file", "file_format", "skip_bad", "window", "model", "device", "batch_size", "force",

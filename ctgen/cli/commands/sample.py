@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("n", ("--n", "-n"), "int", 16, "Number of samples.", bounds="n"),
@@ -11,9 +11,8 @@ OPTIONS = (
     Option("prior", ("--prior",), "choice", "auto", choices=("auto", "fitted", "standard"),
            help="fitted: the mixture fitted to the training slices' codes (samples that look like heads); "
                 "standard: N(0, I); auto: fitted when the model has one."),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default=False, panel="Output",
-           help="Labelled grid .png (up to 1024 samples), .npy stack of all samples in HU (N, S, S), or a folder "
-                "(DIR/ gets samples.png). Without --out and --per-file: samples.png."),
+    output("Labelled grid .png (up to 1024 samples), .npy stack of all samples in HU (N, S, S), or a folder "
+           "(DIR/ gets samples.png). Without --out and --per-file: samples.png."),
     *shared("per_file", "file_format", "seed", "window", "model", "device", "batch_size", "force", "json_summary",
             "quiet"),
 )

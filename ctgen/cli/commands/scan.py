@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 from ctgen.defaults import MAX_TILT_DEG
 
 OPTIONS = (
     Option("archives", (), "list", metavar="ARCHIVE...", required=True, show_default=False,
            help="Folders (walked at any depth; any file names) or files."),
-    Option("out", ("--out", "-o"), metavar="PATH", show_default=False, panel="Output",
-           help="Write one row per file: .csv or .jsonl (path, reason, detail, patient/study/series keys, frames, "
-                "thickness, kernel, field of view, spacing, tilt); a folder (DIR/) gets inventory.csv."),
+    output("Write one row per file: .csv or .jsonl (path, reason, detail, patient/study/series keys, frames, "
+           "thickness, kernel, field of view, spacing, tilt); a folder (DIR/) gets inventory.csv."),
     Option("split_by", ("--split-by",), "choice", "auto", choices=("auto", "patient", "study"),
            help="Patient keys: auto (PatientID; the study when the ID is empty; ID, birth date and sex when one ID "
                 "holds different people), patient, or study."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctgen.cli.options import Option, shared
+from ctgen.cli.options import Option, output, shared
 from ctgen.defaults import DEFAULT_TRAVERSE_RANGE, DEFAULT_TRAVERSE_STEPS, DEFAULT_TRAVERSE_UNITS
 
 OPTIONS = (
@@ -23,8 +23,7 @@ OPTIONS = (
                 "model's reading of the slice (rotation_deg=15). Repeat the option or separate with commas."),
     Option("steps", ("--steps", "-s"), "int", DEFAULT_TRAVERSE_STEPS, bounds="traverse_steps",
            help="Columns: offsets from -range to +range (odd; even rounds up)."),
-    Option("out", ("--out", "-o"), metavar="PATH", help="Grid .png, or a folder (DIR/ gets traverse.png).",
-           show_default="traverse.png", panel="Output"),
+    output("Grid .png, or a folder (DIR/ gets traverse.png).", "traverse.png"),
     Option("gif_dir", ("--gif-dir",), "path", metavar="DIR", file_okay=False, panel="Output",
            help="Also write one animated GIF per unit: DIR/u03.gif, …"),
     *shared("per_file", "file_format", "window", "model", "device", "force", "json_summary", "quiet"),
