@@ -20,7 +20,7 @@ import importlib
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,12 @@ FAST_COMMANDS = ("sample", "decode", "encode", "reconstruct", "traverse", "inter
 
 @dataclass
 class Call:
-    """A parsed command line: the command, its keyword arguments and the root's own options."""
+    """A parsed command line: the command, its keyword arguments and the root's --debug and --max-pixels."""
 
     command: str
     arguments: dict[str, Any]
     debug: bool = False
     max_pixels: int | None = None
-    root: dict[str, Any] = field(default_factory=dict)
 
 
 class _Defer(Exception):
@@ -89,7 +88,7 @@ def _parse(argv: list[str]) -> Call:
             index += 1
     _assign_positional(options, positional, given)
     arguments = {option.name: _value(option, given, shared) for option in options}
-    return Call(command, arguments, debug=bool(root["debug"]), max_pixels=root["max_pixels"], root=root)
+    return Call(command, arguments, debug=bool(root["debug"]), max_pixels=root["max_pixels"])
 
 
 def _option_table(options: tuple[Option, ...]) -> dict[str, tuple[str, bool | None]]:

@@ -72,8 +72,5 @@ def interpolate(*, first, second, slice_index, steps, method, out, gif, with_ori
             save_gif(frames_loop(labelled_frames(frames, display, steps_labels)), gif_path, force=force)
             run.wrote([{"kind": "gif", "path": str(gif_path), "count": 2 * steps - 2}], "frames")
         if files is not None:
-            with files:
-                files.write(0, frames)
-            run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": steps,
-                        "files": [str(p) for p in files.paths]}], "files")
+            run.write_files(files, frames)
         run.finish(method=method, steps=steps, inputs=[end.source for end in ends])

@@ -101,10 +101,7 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
             run.wrote([{"kind": "gif", "path": str(gif_path), "unit": chosen[index], "count": 2 * count - 2}],
                       "frames")
         if files is not None:
-            with files:
-                files.write(0, hu)
-            run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": len(hu),
-                        "files": [str(p) for p in files.paths]}], "files")
+            run.write_files(files, hu)
         kl = generator.kl_per_unit
         free = next((row for row in rows if row.bound is None), None)
         run.finish(units=chosen, offsets=[float(d) for d in (free.offsets if free is not None else rows[0].offsets)],
