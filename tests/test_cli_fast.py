@@ -1,5 +1,5 @@
 """The fast path (ctgen.cli.fast) against the Typer app: same argument list, same call, or it leaves the list to
-Typer. Parsing only: the actions are replaced by recorders, so nothing runs a model."""
+Typer. Parsing only: the commands are replaced by recorders, so nothing runs a model."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from ctgen.cli import typer_app as app_module
 from ctgen.cli import fast
-from ctgen.cli.fast_spec import SPEC
+from ctgen.cli.coerce import _unwrap, kind_of
+from ctgen.cli.options import ROOT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ class _Recorded(BaseException):  # passes through the app's error handling
 
 
 def typer_call(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, Any], int | None] | None:
-    """(command, keyword arguments, --max-pixels) as the Typer app would call the action; None if it refuses."""
+    """(command, keyword arguments, --max-pixels) as the Typer app would call the command; None if it refuses."""
     import importlib
 
     import ctgen.dicom
@@ -38,7 +39,7 @@ def typer_call(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, d
             seen["call"] = (_name, arguments)
             raise _Recorded
 
-        monkeypatch.setattr(importlib.import_module(f"ctgen.cli.commands.{name}"), f"run_{name}", record)
+        monkeypatch.setattr(importlib.import_module(f"ctgen.cli.commands.{name}"), name, record)
     command = app_module._invoked_command(argv)
     chosen = app_module.app if command is None else app_module._make_app([command])
     try:
@@ -63,9 +64,42 @@ def assert_same(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> fast.Call |
     return call
 
 
-def test_the_table_is_current():
-    # after changing an option of a fast command: python -m ctgen.cli.fast --write
-    assert fast.build_spec() == SPEC
+def _table(params: Any, function: Any) -> dict[str, Any]:
+    """What the fast path must know of each parameter, as Typer built it (``function``: its signature)."""
+    import typing
+
+    hints = typing.get_type_hints(function, include_extras=True)
+    table = {}
+    for param in params:
+        annotation, info = typing.get_args(hints[param.name])[:2]
+        table[param.name] = {
+            "opts": list(param.opts) if param.param_type_name == "option" else [],
+            "secondary_opts": list(getattr(param, "secondary_opts", [])), "flag": bool(getattr(param, "is_flag", 0)),
+            "nargs": param.nargs, "required": bool(param.required), "default": param.default,
+            "envvar": param.envvar if isinstance(param.envvar, str) else None, "type": kind_of(annotation),
+            "choices": list(typing.get_args(_unwrap(annotation))) if kind_of(annotation) == "choice" else [],
+            "min": getattr(info, "min", None), "max": getattr(info, "max", None),
+            "dirs_only": getattr(info, "file_okay", True) is False}
+    return table
+
+
+def _declared(options: Any) -> dict[str, Any]:
+    return {option.name: {
+        "opts": list(option.flags), "secondary_opts": [], "flag": option.kind == "bool",
+        "nargs": -1 if option.kind == "list" and not option.flags else 1, "required": option.required,
+        "default": option.default, "envvar": option.envvar, "type": option.kind, "choices": list(option.choices),
+        "min": option.minimum, "max": option.maximum, "dirs_only": option.kind == "path" and not option.file_okay}
+        for option in options}
+
+
+def test_the_fast_path_reads_the_options_typer_builds():
+    # one declaration (each command module's OPTIONS) for both parsers: what Typer made of it is what fast reads
+    group = typer.main.get_command(app_module._make_app(fast.FAST_COMMANDS))
+    root = _table([param for param in group.params if param.name != "version"], app_module._root)
+    assert root == _declared(ROOT)
+    for name in fast.FAST_COMMANDS:
+        command = group.commands[name]
+        assert _table(command.params, command.callback) == _declared(fast.options_of(name)), name
 
 
 @pytest.fixture
@@ -143,23 +177,22 @@ _VALUES = {"int": ["1", "3", "0", "12", "-2", "x", "4096", "1001", "999999999999
 def command_lines(draw) -> list[str]:
     """Mostly well-formed command lines built from the table (options in any order, every spelling, --x=v), with
     now and then a bad value, a repeated option, a stray token or a missing argument."""
-    def option_tokens(param: dict[str, Any]) -> list[str]:
-        spelling = draw(st.sampled_from(param["opts"] + param["secondary_opts"]))
-        if param["flag"]:
+    def option_tokens(param: Any) -> list[str]:
+        spelling = draw(st.sampled_from(param.flags))
+        if param.kind == "bool":
             return [spelling]
-        values = param["choices"] + ["bogus"] if param["type"] == "choice" else _VALUES[param["type"]]
+        values = [*param.choices, "bogus"] if param.kind == "choice" else _VALUES[param.kind]
         value = draw(st.sampled_from(values))
         return [f"{spelling}={value}"] if spelling.startswith("--") and draw(st.booleans()) else [spelling, value]
 
-    root = [token for param in draw(st.lists(st.sampled_from(list(SPEC["root"].values())), max_size=3))
-            for token in option_tokens(param)]
+    root = [token for param in draw(st.lists(st.sampled_from(ROOT), max_size=3)) for token in option_tokens(param)]
     command = draw(st.sampled_from(list(fast.FAST_COMMANDS)))
-    params = list(SPEC["commands"][command].values())
+    params = fast.options_of(command)
     pieces = [option_tokens(param) for param in draw(st.lists(st.sampled_from(
-        [param for param in params if param["kind"] == "option"]), max_size=6))]
+        [param for param in params if param.flags]), max_size=6))]
     for param in params:
-        if param["kind"] == "argument":
-            count = draw(st.integers(0 if not param["required"] else 1, 3 if param["nargs"] < 0 else 1))
+        if not param.flags:
+            count = draw(st.integers(0 if not param.required else 1, 3 if param.kind == "list" else 1))
             pieces += [[draw(st.sampled_from(["a.dcm", "folder", "-", "a.dcm#1"]))] for _ in range(count)]
     pieces = draw(st.permutations(pieces))
     tokens = [token for piece in pieces for token in piece]

@@ -328,7 +328,7 @@ def test_is_loopback():
 # ------------------------------------------------------------------------------------------ command
 def run_command(args: list[str], ready: str = "serving on", timeout: float = 60) -> str:
     """Start the explore command in a subprocess, wait for ``ready`` on stderr, stop it; its stderr so far."""
-    script = "import typer; from ctgen.cli.commands.explore import explore; typer.run(explore)"
+    script = "import sys; from ctgen.cli import main; main(['explore', *sys.argv[1:]])"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen([sys.executable, "-c", script, *args], stderr=subprocess.PIPE, text=True, env=env,
                                cwd=REPO_ROOT)

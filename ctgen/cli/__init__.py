@@ -1,8 +1,8 @@
 """The ``ctgen`` command line: the console-script entry point (``main``) and the Typer app (``app``).
 
-Commands live in ``ctgen.cli.commands``, one module each; they parse options and call their action
-(``ctgen.cli.actions``), which calls the pipeline (``ctgen.api``), writes and prints. ``app`` is imported
-on first use: the fast path (``ctgen.cli.fast``) never imports Typer.
+Commands live in ``ctgen.cli.commands``, one module each: its options declared once as data (``OPTIONS``,
+``ctgen.cli.options``) beside its body, which calls the pipeline (``ctgen.api``), writes and prints. The Typer app
+and the fast path (``ctgen.cli.fast``, no Typer) both parse by that declaration. ``app`` is imported on first use.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Importing Typer and building a command from its signature costs about 50 ms per call, a third of what
 `ctgen sample --n 1` or `ctgen encode one.dcm` cost above the imports no ctgen can avoid (numpy, ONNX Runtime,
-pydicom). For the commands in ``FAST_COMMANDS``, ``parse`` reads the argument list with the option table that
-``build_spec`` derives from the Typer app (kept in ``fast_spec.py``; a test checks that it is current) and
-``run`` calls the command's action (``ctgen.cli.actions``) with every option, the way Typer would.
+pydicom). For the commands in ``FAST_COMMANDS``, ``parse`` reads the argument list with the options that the
+command's module declares (``OPTIONS``, the same declaration the Typer app is built from) and ``run`` calls the
+command with every option, the way Typer would.
 
 ``parse`` takes only what it is sure of: long and short options as written in the table, ``--name=value``,
 flags, positional arguments, ``--``, the common options before the command, environment variables; a value
@@ -16,62 +16,63 @@ so that users see one behaviour. Tests compare what both give for the same argum
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctgen.cli.coerce import coerce_value
+from ctgen.cli.options import ROOT, ROOT_SHARED, Option
 
-__all__ = ["FAST_COMMANDS", "Call", "build_spec", "parse", "run", "spec_source"]
+__all__ = ["FAST_COMMANDS", "Call", "options_of", "parse", "run"]
 
 FAST_COMMANDS = ("sample", "decode", "encode", "reconstruct", "traverse", "interpolate", "edit")
-SPEC_MODULE = Path(__file__).with_name("fast_spec.py")
 
 
 @dataclass
 class Call:
-    """A parsed command line: the command, its action's keyword arguments and the root's own options."""
+    """A parsed command line: the command, its keyword arguments and the root's --debug and --max-pixels."""
 
     command: str
     arguments: dict[str, Any]
     debug: bool = False
     max_pixels: int | None = None
-    root: dict[str, Any] = field(default_factory=dict)
 
 
 class _Defer(Exception):
     """Leave this argument list to Typer."""
 
 
-def parse(argv: list[str], spec: dict[str, Any] | None = None) -> Call | None:
+def options_of(command: str) -> tuple[Option, ...]:
+    """The options that a command's module declares (importing it costs no Typer)."""
+    return importlib.import_module(f"ctgen.cli.commands.{command}").OPTIONS
+
+
+def parse(argv: list[str]) -> Call | None:
     """The call that ``argv`` (without the program name) makes, or None when Typer must parse it."""
-    if spec is None:
-        from ctgen.cli.fast_spec import SPEC as spec
     try:
-        return _parse(list(argv), spec)
+        return _parse(list(argv))
     except _Defer:
         return None
 
 
-def _parse(argv: list[str], spec: dict[str, Any]) -> Call:
-    root_params = spec["root"]
-    root_table = _option_table(root_params)
+def _parse(argv: list[str]) -> Call:
     root_values: dict[str, Any] = {}
     index = 0
-    while index < len(argv) and argv[index] not in spec["commands"]:
-        index = _take_option(argv, index, root_table, root_values)
+    while index < len(argv) and argv[index] not in FAST_COMMANDS:
+        index = _take_option(argv, index, _option_table(ROOT), root_values)
     if index == len(argv):
         raise _Defer  # no command (or one Typer must name as unknown)
     command = argv[index]
-    params = spec["commands"][command]
-    root = {name: _value(root_params[name], root_values, {}) for name in root_params}
+    options = options_of(command)
+    root = {option.name: _value(option, root_values, {}) for option in ROOT}
     # the root's common options are defaults for the command's own (click: command line > envvar > these)
-    shared = {name: root[name] for name in spec["shared"] if root[name] is not None and root[name] is not False}
+    shared = {name: root[name] for name in ROOT_SHARED if root[name] is not None and root[name] is not False}
 
-    table = _option_table(params)
+    table = _option_table(options)
     given: dict[str, Any] = {}
     positional: list[str] = []
     index += 1
@@ -85,21 +86,20 @@ def _parse(argv: list[str], spec: dict[str, Any]) -> Call:
         else:
             positional.append(token)
             index += 1
-    _assign_positional(params, positional, given)
-    arguments = {name: _value(param, given, shared) for name, param in params.items()}
-    return Call(command, arguments, debug=bool(root.get("debug")), max_pixels=root.get("max_pixels"), root=root)
+    _assign_positional(options, positional, given)
+    arguments = {option.name: _value(option, given, shared) for option in options}
+    return Call(command, arguments, debug=bool(root["debug"]), max_pixels=root["max_pixels"])
 
 
-def _option_table(params: dict[str, Any]) -> dict[str, tuple[str, bool | None]]:
+def _option_table(options: tuple[Option, ...]) -> dict[str, tuple[str, bool | None]]:
     """Option spelling -> (parameter name, flag value or None for an option that takes a value)."""
     table: dict[str, tuple[str, bool | None]] = {}
-    for name, param in params.items():
-        if param["kind"] != "option":
-            continue
-        for spelling in param["opts"]:
-            table[spelling] = (name, True if param["flag"] else None)
-        for spelling in param["secondary_opts"]:
-            table[spelling] = (name, False)
+    for option in options:
+        for spelling in option.flags:
+            on, _, off = spelling.partition("/")  # --real/--no-real
+            table[on] = (option.name, True if option.kind == "bool" else None)
+            if off:
+                table[off] = (option.name, False)
     return table
 
 
@@ -120,86 +120,67 @@ def _take_option(argv: list[str], index: int, table: dict[str, tuple[str, bool |
         value, index = argv[index + 1], index + 2
     else:
         raise _Defer  # a missing value, or one that looks like an option: Typer decides
-    if isinstance(given.get(name), list):
-        given[name].append(value)
-    else:
-        given[name] = [value]
+    given.setdefault(name, []).append(value)
     return index
 
 
-def _assign_positional(params: dict[str, Any], tokens: list[str], given: dict[str, Any]) -> None:
-    arguments = [(name, param) for name, param in params.items() if param["kind"] == "argument"]
-    fixed_after = [sum(param["nargs"] for _, param in arguments[position + 1:] if param["nargs"] > 0)
-                   for position in range(len(arguments))]
-    for position, (name, param) in enumerate(arguments):
-        if param["nargs"] < 0:
-            count = max(0, len(tokens) - fixed_after[position])
+def _assign_positional(options: tuple[Option, ...], tokens: list[str], given: dict[str, Any]) -> None:
+    arguments = [option for option in options if not option.flags]
+    for position, option in enumerate(arguments):
+        if option.kind == "list":  # takes what the arguments after it leave
+            count = max(0, len(tokens) - sum(later.kind != "list" for later in arguments[position + 1:]))
         else:
-            count = min(param["nargs"], len(tokens))
+            count = min(1, len(tokens))
         taken, tokens = tokens[:count], tokens[count:]
         if taken:
-            given[name] = taken
+            given[option.name] = taken
     if tokens:
         raise _Defer  # more arguments than the command takes
 
 
-def _value(param: dict[str, Any], given: dict[str, Any], shared: dict[str, Any]) -> Any:
+def _value(option: Option, given: dict[str, Any], shared: dict[str, Any]) -> Any:
     """A parameter's value by click's order: the command line, its environment variable, the root's common
     option, its default. Raises _Defer where Typer would report a problem."""
-    name = param["name"]
+    name = option.name
     if name in given:
         raw = given[name]
-    elif param["envvar"] and os.environ.get(param["envvar"]):
-        if param["type"] == "list":
+    elif option.envvar and os.environ.get(option.envvar):
+        if option.kind == "list":
             raise _Defer  # an environment variable split into several values: Typer's rules
-        raw = [os.environ[param["envvar"]]]
+        raw = [os.environ[option.envvar]]
     elif name in shared:
         return shared[name]
-    elif param["required"]:
+    elif option.required:
         raise _Defer
     else:
-        return param["default"]
+        return option.default
     if isinstance(raw, bool):
         return raw
-    if param["type"] == "list":  # list[str]: an argument that takes several, or an option given several times
+    if option.kind == "list":  # an argument that takes several, or an option given several times
         return [str(item) for item in raw]
-    return _coerce(param, raw[-1])  # an option given twice: the last one counts
-
-
-def _coerce(param: dict[str, Any], text: str) -> Any:
-    try:
-        value = coerce_value(param["type"], text, choices=tuple(param["choices"]), minimum=param["min"],
-                             maximum=param["max"])
+    try:  # an option given twice: the last one counts
+        value = coerce_value(option.kind, raw[-1], choices=option.choices, minimum=option.minimum,
+                             maximum=option.maximum)
     except ValueError:
         raise _Defer from None
-    if param["type"] == "path":
-        value = _checked_path(value, param["path"])
-    return value
+    return _checked_path(value, option) if option.kind == "path" else value
 
 
-def _checked_path(path: Path, checks: dict[str, bool]) -> Path:
-    """Typer's checks of a Path option; any failure is Typer's to report."""
-    if checks["allow_dash"] and checks["file_okay"] and os.fspath(path) == "-":
-        return path
-    if checks["resolve_path"]:
-        path = Path(os.path.realpath(path))
+def _checked_path(path: Path, option: Option) -> Path:
+    """Typer's checks of a Path option (readable when it exists; a file or a folder as declared); any failure is
+    Typer's to report."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        if checks["exists"]:
-            raise _Defer from None
         return path
-    if (not checks["file_okay"] and stat.S_ISREG(mode)) or (not checks["dir_okay"] and stat.S_ISDIR(mode)) \
-            or (checks["readable"] and not os.access(path, os.R_OK)) \
-            or (checks["writable"] and not os.access(path, os.W_OK)):
+    if (not option.file_okay and stat.S_ISREG(mode)) or (not option.dir_okay and stat.S_ISDIR(mode)) \
+            or not os.access(path, os.R_OK):
         raise _Defer
     return path
 
 
 def run(call: Call) -> int:
-    """Run a parsed call as the Typer app would: the action, then failures as one line and an exit status."""
-    import importlib
-
+    """Run a parsed call as the Typer app would: the command, then failures as one line and an exit status."""
     from ctgen.cli.failures import debug_requested, exit_code
 
     debug = debug_requested(call.debug)
@@ -208,8 +189,7 @@ def run(call: Call) -> int:
             from ctgen.dicom import set_max_pixels
 
             set_max_pixels(call.max_pixels)
-        action = getattr(importlib.import_module(f"ctgen.cli.actions.{call.command}"), call.command)
-        action(**call.arguments)
+        getattr(importlib.import_module(f"ctgen.cli.commands.{call.command}"), call.command)(**call.arguments)
     except BaseException as error:  # noqa: BLE001 - reported by exit_code, or raised again
         code = exit_code(error, debug=debug)
         if code is not None:
@@ -227,80 +207,3 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-
-
-# ---------------------------------------------------------------------------- the table, from the Typer app
-def build_spec() -> dict[str, Any]:
-    """The option table of the root and of every fast command, read off the Typer app (imports Typer)."""
-    import typing
-
-    import typer
-
-    from ctgen.cli import typer_app as app_module
-    from ctgen.cli.coerce import _unwrap, kind_of
-
-    group = typer.main.get_command(app_module._make_app(FAST_COMMANDS))
-
-    def describe(param: Any, hints: dict[str, Any]) -> dict[str, Any]:
-        hint = hints[param.name]
-        annotation, info = typing.get_args(hint)[0], typing.get_args(hint)[1]
-        kind = kind_of(annotation)
-        if param.callback is not None or getattr(param, "count", False) or (kind != "list" and param.multiple):
-            raise ValueError(f"{param.name}: an option the fast path does not read")
-        choices = list(typing.get_args(_unwrap(annotation))) if kind == "choice" else []
-        default = param.default
-        if default is not None and not isinstance(default, (bool, int, float, str)):
-            raise ValueError(f"{param.name}: a default the table cannot hold ({default!r})")
-        return {
-            "name": param.name,
-            "kind": param.param_type_name,
-            "opts": list(param.opts) if param.param_type_name == "option" else [],
-            "secondary_opts": list(getattr(param, "secondary_opts", [])),
-            "flag": bool(getattr(param, "is_flag", False)),
-            "multiple": bool(param.multiple),
-            "nargs": param.nargs,
-            "required": bool(param.required),
-            "default": default,
-            "envvar": param.envvar if isinstance(param.envvar, str) else None,
-            "type": kind,
-            "choices": choices,
-            "min": info.min if hasattr(info, "min") else None,
-            "max": info.max if hasattr(info, "max") else None,
-            "path": {check: bool(getattr(info, check)) for check in
-                     ("exists", "file_okay", "dir_okay", "readable", "writable", "resolve_path", "allow_dash")}
-            if kind == "path" else None,
-        }
-
-    root_hints = typing.get_type_hints(app_module._root, include_extras=True)
-    root = {param.name: describe(param, root_hints) for param in group.params if param.name != "version"}
-    commands = {}
-    for name in FAST_COMMANDS:
-        function = app_module._COMMANDS[name][0]
-        hints = typing.get_type_hints(function, include_extras=True)
-        commands[name] = {param.name: describe(param, hints) for param in group.commands[name].params}
-    return {"root": root, "shared": list(app_module.SHARED_OPTIONS), "commands": commands}
-
-
-def spec_source(spec: dict[str, Any]) -> str:
-    """``fast_spec.py``'s text for ``spec``: one line per parameter."""
-    lines = ['"""The fast path\'s option table (ctgen.cli.fast), read off the Typer app. Generated: after changing an',
-             'option of a fast command, run  python -m ctgen.cli.fast --write  (a test fails until then)."""',
-             "# ruff: noqa: E501", "", "SPEC = {",
-             '    "root": {']
-    lines += [f"        {name!r}: {param!r}," for name, param in spec["root"].items()]
-    lines += ["    },", f'    "shared": {spec["shared"]!r},', '    "commands": {']
-    for command, params in spec["commands"].items():
-        lines.append(f"        {command!r}: {{")
-        lines += [f"            {name!r}: {param!r}," for name, param in params.items()]
-        lines.append("        },")
-    lines += ["    },", "}", ""]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    text = spec_source(build_spec())
-    if sys.argv[1:] == ["--write"]:
-        SPEC_MODULE.write_text(text)
-        print(f"wrote {SPEC_MODULE}")
-    else:
-        sys.stdout.write(text)

@@ -1,18 +1,20 @@
-"""Options shared by several commands (Annotated aliases; only Typer is imported here)."""
+"""How a command declares its options: plain data, without Typer, read by both parsers.
+
+Each command module (``ctgen.cli.commands``) holds ``OPTIONS``, a tuple of ``Option``, beside its body. The Typer
+app (``ctgen.cli.typer_app``) makes Typer parameters of them; the fast path (``ctgen.cli.fast``) reads them as they
+are, so both parse the same interface. Options that several commands share are declared once here (``shared``).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
-import typer
+__all__ = ["BOUNDS", "Option", "ROOT", "ROOT_SHARED", "output", "shared"]
 
-_COMMON = "Common options"
-_OUTPUT = "Output"
-
-# The range of every numeric option, declared with the option (Typer's min/max, which the fast path's table in
-# fast_spec.py copies): a value outside is a usage error naming the option, before anything is read, allocated
-# or computed (a seed numpy refuses, --n that overflows, 10^9 traversal steps, an offset of 1e308).
+# The range of every numeric option, declared with the option: a value outside is a usage error naming the
+# option, before anything is read, allocated or computed (a seed numpy refuses, --n that overflows, 10^9
+# traversal steps, an offset of 1e308).
 BOUNDS: dict[str, dict[str, float]] = {
     "seed": {"min": 0, "max": 2**32 - 1},  # numpy takes any non-negative integer; 32 bits, as most tools
     "n": {"min": 1, "max": 10**6},  # streamed, but each file still costs about 0.6 kB of names and records
@@ -28,98 +30,106 @@ BOUNDS: dict[str, dict[str, float]] = {
     "port": {"min": 0, "max": 65535},
 }
 
-Device = Literal["auto", "cpu", "cuda"]
-FileFormat = Literal["png", "dcm", "npy"]
 
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="CTGEN_MODEL",
-        metavar="NAME|PATH",
-        help="A model folder, or a NAME looked up in this order: ./models/NAME (working folder), then the "
-             "shipped models.",
-        rich_help_panel=_COMMON,
-        show_default="default",
-    ),
-]
-DeviceOption = Annotated[
-    Device,
-    typer.Option(
-        "--device",
-        envvar="CTGEN_DEVICE",
-        help="auto: CUDA when it really loads, else CPU; cuda: fail if CUDA cannot be used.",
-        rich_help_panel=_COMMON,
-    ),
-]
-QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress, notes or tables on stderr.", rich_help_panel=_COMMON)
-]
-JsonOption = Annotated[
-    bool,
-    typer.Option("--json", help="Print a JSON summary of what was written on stdout.", rich_help_panel=_COMMON),
-]
-ForceOption = Annotated[
-    bool, typer.Option("--force", "-f", help="Overwrite existing output files.", rich_help_panel=_COMMON)
-]
-WindowOption = Annotated[
-    str,
-    typer.Option(
-        "--window",
-        "-w",
-        metavar="brain|subdural|bone|C,W",
-        help="Display window of PNG/GIF outputs: a preset or CENTER,WIDTH in HU.",
-        rich_help_panel=_COMMON,
-    ),
-]
-SeedOption = Annotated[
-    int, typer.Option("--seed", **BOUNDS["seed"], help="Random seed: the same seed gives the same bytes.",
-                      rich_help_panel=_COMMON)
-]
-BatchOption = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        **BOUNDS["batch_size"],
-        help="Images per inference batch.",
-        rich_help_panel=_COMMON,
-        show_default="16 of 128² on the CPU, fewer for larger images; the model's choice on CUDA",
-    ),
-]
-PerFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--per-file",
-        metavar="DIR",
-        help="Also write one file per image into DIR (see --format).",
-        rich_help_panel=_OUTPUT,
-        file_okay=False,
-    ),
-]
-FormatOption = Annotated[
-    FileFormat,
-    typer.Option(
-        "--format",
-        help="Format of --per-file files: png (windowed 8-bit), dcm (derived CT series), npy (float32 HU).",
-        rich_help_panel=_OUTPUT,
-    ),
-]
-SkipBadOption = Annotated[
-    bool,
-    typer.Option(
-        "--skip-bad",
-        help="Report unreadable slices on stderr and go on; exit 1 at the end if any failed.",
-    ),
-]
-SliceOption = Annotated[
-    int | None,
-    typer.Option(
-        "--slice",
-        **BOUNDS["slice"],
-        metavar="K",
-        help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
-             "or name it FILE#K.",
-        show_default="the middle one (n // 2), with a note",
-    ),
-]
+@dataclass(frozen=True)
+class Option:
+    """One parameter of a command: an option when it has ``flags`` ("--n", "-n"), else a positional argument.
+
+    ``kind`` says how its text is read: str, int, float, bool (a flag), path, choice (one of ``choices``) or
+    list (of str: an argument that takes several, or an option given several times). Its value is None by
+    default unless ``default`` says otherwise; ``required`` ones have none. ``bounds`` names a range in BOUNDS.
+    The rest is Typer's: help text, metavar, environment variable, help panel, path checks.
+    """
+
+    name: str
+    flags: tuple[str, ...] = ()
+    kind: str = "str"
+    default: Any = None
+    help: str | None = None
+    choices: tuple[str, ...] = ()
+    bounds: str | None = None
+    required: bool = False
+    metavar: str | None = None
+    envvar: str | None = None
+    show_default: bool | str | None = None
+    panel: str | None = None
+    file_okay: bool = True
+    dir_okay: bool = True
+
+    @property
+    def minimum(self) -> float | None:
+        return BOUNDS[self.bounds]["min"] if self.bounds else None
+
+    @property
+    def maximum(self) -> float | None:
+        return BOUNDS[self.bounds]["max"] if self.bounds else None
+
+    @property
+    def optional(self) -> bool:
+        """Whether None is one of its values (it has no other default)."""
+        return self.default is None and not self.required and self.kind != "bool"
+
+
+_COMMON, _OUTPUT = "Common options", "Output"
+_ROOT = "Common options (before the command: apply to every command that has them)"
+DEVICES = ("auto", "cpu", "cuda")
+
+_SHARED = {option.name: option for option in (
+    Option("model", ("--model", "-m"), envvar="CTGEN_MODEL", metavar="NAME|PATH", panel=_COMMON,
+           show_default="default", help="A model folder, or a NAME looked up in this order: ./models/NAME (working "
+                                        "folder), then the shipped models."),
+    Option("device", ("--device",), "choice", "auto", choices=DEVICES, envvar="CTGEN_DEVICE", panel=_COMMON,
+           help="auto: CUDA when it really loads, else CPU; cuda: fail if CUDA cannot be used."),
+    Option("quiet", ("--quiet", "-q"), "bool", False, "No progress, notes or tables on stderr.", panel=_COMMON),
+    Option("json_summary", ("--json",), "bool", False, "Print a JSON summary of what was written on stdout.",
+           panel=_COMMON),
+    Option("force", ("--force", "-f"), "bool", False, "Overwrite existing output files.", panel=_COMMON),
+    Option("window", ("--window", "-w"), "str", "brain", metavar="brain|subdural|bone|C,W", panel=_COMMON,
+           help="Display window of PNG/GIF outputs: a preset or CENTER,WIDTH in HU."),
+    Option("seed", ("--seed",), "int", 0, "Random seed: the same seed gives the same bytes.", bounds="seed",
+           panel=_COMMON),
+    Option("batch_size", ("--batch-size",), "int", None, "Images per inference batch.", bounds="batch_size",
+           panel=_COMMON, show_default="16 of 128² on the CPU, fewer for larger images; the model's choice on CUDA"),
+    Option("per_file", ("--per-file",), "path", None, "Also write one file per image into DIR (see --format).",
+           metavar="DIR", panel=_OUTPUT, file_okay=False),
+    Option("file_format", ("--format",), "choice", "png", choices=("png", "dcm", "npy"), panel=_OUTPUT,
+           help="Format of --per-file files: png (windowed 8-bit), dcm (derived CT series), npy (float32 HU)."),
+    Option("skip_bad", ("--skip-bad",), "bool", False,
+           "Report unreadable slices on stderr and go on; exit 1 at the end if any failed."),
+    Option("slice_index", ("--slice",), "int", None, bounds="slice", metavar="K",
+           show_default="the middle one (n // 2), with a note",
+           help="Slice K (0-based) of a NIfTI volume (axial, inferior first) or frame K of a multi-frame DICOM file; "
+                "or name it FILE#K."),
+)}
+
+
+def shared(*names: str, **defaults: Any) -> tuple[Option, ...]:
+    """The shared options of these names, in this order; ``defaults`` gives some of them another default."""
+    return tuple(replace(_SHARED[name], default=defaults[name]) if name in defaults else _SHARED[name]
+                 for name in names)
+
+
+# The root's own options (before the command), --version aside: the Typer app adds it
+ROOT = (
+    Option("debug", ("--debug",), "bool", False, "Show full tracebacks on errors (or set CTGEN_DEBUG=1)."),
+    Option("model", ("--model", "-m"), metavar="NAME|PATH", help="Model name or folder.", panel=_ROOT,
+           show_default=False),
+    Option("device", ("--device",), "choice", choices=DEVICES, help="Where to run.", panel=_ROOT, show_default=False),
+    Option("quiet", ("--quiet", "-q"), "bool", False, "No progress or notes.", panel=_ROOT),
+    Option("json_summary", ("--json",), "bool", False, "JSON summary on stdout.", panel=_ROOT),
+    Option("force", ("--force", "-f"), "bool", False, "Overwrite outputs.", panel=_ROOT),
+    Option("window", ("--window", "-w"), metavar="brain|subdural|bone|C,W", help="Display window.", panel=_ROOT,
+           show_default=False),
+    Option("seed", ("--seed",), "int", bounds="seed", help="Random seed.", panel=_ROOT, show_default=False),
+    Option("max_pixels", ("--max-pixels",), "int", bounds="max_pixels", metavar="N", envvar="CTGEN_MAX_PIXELS",
+           show_default="2^26", panel=_ROOT,
+           help="Refuse DICOM files and NIfTI volumes whose rows x columns x frames (slices) exceed N, before "
+                "decoding them."),
+)
+# root options that become the defaults of the command's options of the same name
+ROOT_SHARED = ("model", "device", "quiet", "json_summary", "force", "window", "seed")
+
+
+def output(help: str, show_default: bool | str = False) -> Option:
+    """--out PATH, in the Output panel: each command says what it writes there."""
+    return Option("out", ("--out", "-o"), metavar="PATH", help=help, show_default=show_default, panel=_OUTPUT)

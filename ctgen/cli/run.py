@@ -167,6 +167,13 @@ class Run:
                 noun = what[:-1] if count == 1 and what.endswith("s") else what  # "1 sample", "2 samples"
                 self.note(f"wrote {count} {noun} to {record['path']}")
 
+    def write_files(self, files: Any, images: Any) -> None:
+        """Write every image of a ``ctgen.writers.PerFile`` (--per-file) at once and record them."""
+        with files:
+            files.write(0, images)
+        self.wrote([{"kind": f"per_file_{files.format}", "path": str(files.folder), "count": len(images),
+                     "files": [str(path) for path in files.paths]}], "files")
+
     def finish(self, **extra: Any) -> None:
         """Print the --json summary (one JSON object on stdout)."""
         self.summary.update(extra)

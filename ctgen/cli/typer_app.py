@@ -1,41 +1,30 @@
 """The ``ctgen`` command line as a Typer app.
 
 Only Typer (and Rich, for help) is imported here: ``ctgen --version`` and ``ctgen --help`` must answer
-at once. Every command lives in ``ctgen/cli/commands/`` and imports numpy, ONNX Runtime and pydicom inside
-its body. Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted
+at once. Every command lives in ``ctgen/cli/commands/``: the app makes Typer parameters of its declared
+``OPTIONS`` (``ctgen.cli.options``) and calls its body, which imports numpy, ONNX Runtime and pydicom.
+Exit codes: 0 success, 1 a ctgen error (one line on stderr), 2 a usage error, 130 interrupted
 (``ctgen.cli.failures``). The console script is ``ctgen.cli.entry.main``: it runs the per-file commands on
 the fast path (``ctgen.cli.fast``) when it can and this app otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from ctgen import __version__
-from ctgen.cli.commands import (
-    decode,
-    edit,
-    encode,
-    evaluate,
-    example,
-    explore,
-    info,
-    interpolate,
-    reconstruct,
-    sample,
-    scan,
-    traverse,
-)
 from ctgen.cli.coerce import install as _plain_coercion
-from ctgen.cli.options import BOUNDS, Device
 from ctgen.cli.failures import debug_requested, exit_code
+from ctgen.cli.options import ROOT, ROOT_SHARED, Option
 
-__all__ = ["SHARED_OPTIONS", "app", "run_typer"]
+__all__ = ["app", "run_typer"]
 
 _plain_coercion()  # options are coerced without importing pydantic (start-up time, see ctgen.cli.coerce)
 
@@ -104,59 +93,53 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-# root options that become the defaults of the command's options of the same name (ctgen.cli.fast reads this)
-SHARED_OPTIONS = ("model", "device", "quiet", "json_summary", "force", "window", "seed")
-_SHARED = "Common options (before the command: apply to every command that has them)"
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "path": Path, "list": list[str]}
 
 
-def _root(
-    ctx: typer.Context,
-    version: Annotated[
-        bool,
-        typer.Option("--version", "-V", is_eager=True, callback=_show_version, help="Print the version and exit."),
-    ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on errors (or set CTGEN_DEBUG=1).")
-    ] = False,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Model name or folder.",
-                                 rich_help_panel=_SHARED, show_default=False)
-    ] = None,
-    device: Annotated[
-        Device | None, typer.Option("--device", help="Where to run.", rich_help_panel=_SHARED, show_default=False)
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes.", rich_help_panel=_SHARED)] = False,
-    json_summary: Annotated[
-        bool, typer.Option("--json", help="JSON summary on stdout.", rich_help_panel=_SHARED)
-    ] = False,
-    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite outputs.", rich_help_panel=_SHARED)] = False,
-    window: Annotated[
-        str | None, typer.Option("--window", "-w", metavar="brain|subdural|bone|C,W", help="Display window.",
-                                 rich_help_panel=_SHARED, show_default=False)
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", **BOUNDS["seed"], help="Random seed.", rich_help_panel=_SHARED,
-                                 show_default=False)
-    ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option("--max-pixels", **BOUNDS["max_pixels"], metavar="N", envvar="CTGEN_MAX_PIXELS",
-                     show_default="2^26",
-                     help="Refuse DICOM files and NIfTI volumes whose rows x columns x frames (slices) exceed N, "
-                          "before decoding them.",
-                     rich_help_panel=_SHARED),
-    ] = None,
-) -> None:
-    ctx.meta[_DEBUG_KEY] = debug
-    if max_pixels is not None:
+def _annotation(option: Option) -> Any:
+    """The Typer parameter of a declared option: ``Annotated[type, typer.Option(...)]``."""
+    kind = Literal[option.choices] if option.kind == "choice" else _TYPES[option.kind]  # type: ignore[valid-type]
+    given = {"help": option.help, "metavar": option.metavar, "envvar": option.envvar, "min": option.minimum,
+             "max": option.maximum, "show_default": option.show_default, "rich_help_panel": option.panel}
+    settings = {key: value for key, value in given.items() if value is not None}
+    if option.kind == "path":
+        settings.update(file_okay=option.file_okay, dir_okay=option.dir_okay)
+    made = typer.Option(*option.flags, **settings) if option.flags else typer.Argument(**settings)
+    return Annotated[Optional[kind] if option.optional else kind, made]  # noqa: UP007 - a type made at run time
+
+
+def _signed(function: Any, options: tuple[Option, ...], *first: inspect.Parameter) -> Any:
+    """``function(**arguments)`` with the signature Typer reads: one keyword parameter per declared option."""
+    keyword, empty = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty
+    parameters = [*first, *(inspect.Parameter(option.name, keyword, annotation=_annotation(option),
+                                              default=empty if option.required else option.default)
+                            for option in options)]
+    function.__signature__ = inspect.Signature(parameters)
+    function.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return function
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"ctgen {__version__}")
+        raise typer.Exit()
+
+
+def _root(ctx: typer.Context, **given: Any) -> None:
+    ctx.meta[_DEBUG_KEY] = given["debug"]
+    if given["max_pixels"] is not None:
         from ctgen.dicom import set_max_pixels
 
-        set_max_pixels(max_pixels)
-    given = {"model": model, "device": device, "quiet": quiet, "json_summary": json_summary, "force": force,
-             "window": window, "seed": seed}
-    shared = {name: given[name] for name in SHARED_OPTIONS if given[name] is not None and given[name] is not False}
+        set_max_pixels(given["max_pixels"])
+    shared = {name: given[name] for name in ROOT_SHARED if given[name] is not None and given[name] is not False}
     if shared:  # defaults for the command's own options (which still win when given after the command)
         ctx.default_map = {name: shared for name in ctx.command.commands}  # type: ignore[attr-defined]
+
+
+_VERSION = Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_show_version,
+                                        help="Print the version and exit.")]
+_signed(_root, ROOT, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        inspect.Parameter("version", inspect.Parameter.KEYWORD_ONLY, annotation=_VERSION, default=False))
 
 
 def _help_text(function: Any) -> str:
@@ -165,23 +148,23 @@ def _help_text(function: Any) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
-_COMMANDS: dict[str, tuple[Any, str]] = {  # command name -> (function, help panel), in --help order
-    "sample": (sample.sample, "Generate images"),
-    "interpolate": (interpolate.interpolate, "Generate images"),
-    "traverse": (traverse.traverse, "Generate images"),
-    "reconstruct": (reconstruct.reconstruct, "Generate images"),
-    "edit": (edit.edit, "Generate images"),
-    "explore": (explore.explore, "Generate images"),
-    "encode": (encode.encode, "Latent vectors"),
-    "scan": (scan.scan, "Archives"),
-    "decode": (decode.decode, "Latent vectors"),
-    "info": (info.info, "Model"),
-    "units": (info.units, "Model"),
-    "evaluate": (evaluate.evaluate, "Model"),
-    "example": (example.example, "Model"),
+_COMMANDS: dict[str, str] = {  # command name -> help panel, in --help order; each is ctgen.cli.commands.NAME
+    "sample": "Generate images",
+    "interpolate": "Generate images",
+    "traverse": "Generate images",
+    "reconstruct": "Generate images",
+    "edit": "Generate images",
+    "explore": "Generate images",
+    "encode": "Latent vectors",
+    "scan": "Archives",
+    "decode": "Latent vectors",
+    "info": "Model",
+    "units": "Model",
+    "evaluate": "Model",
+    "example": "Model",
 }
 # root options that take a value (their value is never the command's name)
-_ROOT_VALUE_OPTIONS = frozenset({"--model", "-m", "--device", "--window", "-w", "--seed", "--max-pixels"})
+_ROOT_VALUE_OPTIONS = frozenset(flag for option in ROOT if option.kind != "bool" for flag in option.flags)
 
 
 def _make_app(names: Any = _COMMANDS) -> typer.Typer:
@@ -189,8 +172,13 @@ def _make_app(names: Any = _COMMANDS) -> typer.Typer:
     made = typer.Typer(**_APP_SETTINGS)
     made.callback()(_root)
     for name in names:
-        function, panel = _COMMANDS[name]
-        made.command(name, help=_help_text(function), rich_help_panel=panel)(function)
+        module = importlib.import_module(f"ctgen.cli.commands.{name}")
+
+        def function(_module: Any = module, _name: str = name, **arguments: Any) -> None:
+            getattr(_module, _name)(**arguments)  # looked up when it runs (tests replace it)
+
+        body = getattr(module, name)
+        made.command(name, help=_help_text(body), rich_help_panel=_COMMANDS[name])(_signed(function, module.OPTIONS))
     return made
 
 

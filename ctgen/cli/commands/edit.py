@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from pathlib import Path
 
-import typer
+from ctgen.cli.options import Option, output, shared
 
-from ctgen.cli.actions.edit import edit as run_edit
-from ctgen.cli.options import (
-    DeviceOption,
-    ForceOption,
-    JsonOption,
-    ModelOption,
-    QuietOption,
-    SliceOption,
-    WindowOption,
+OPTIONS = (
+    Option("slice_path", metavar="SLICE.dcm", help="Slice to edit (a file, or VOLUME#K).", required=True,
+           show_default=False),
+    Option("settings", ("--set",), "list", required=True, metavar="FACTOR=VALUE", show_default=False,
+           help="A bound factor (ctgen info lists them) in its unit of measure: FACTOR=40 sets it to 40, FACTOR=+10 / "
+                "FACTOR=-10 changes the model's reading of the slice by that much, FACTOR==-10 sets a negative "
+                "value. Repeat for several factors."),
+    *shared("slice_index"),
+    output(".png (original | reconstruction | edited, labelled), .dcm (the edited slice as a derived CT image with "
+           "provenance), .npy (float32 HU on the model grid), or a folder (DIR/ gets edited.png).", "edited.png"),
+    *shared("window", "model", "device", "force", "json_summary", "quiet"),
 )
 
 
-def edit(
-    slice_path: Annotated[str, typer.Argument(metavar="SLICE.dcm", help="Slice to edit (a file, or VOLUME#K).",
-                                              show_default=False)],
-    settings: Annotated[
-        list[str],
-        typer.Option("--set", metavar="FACTOR=VALUE", show_default=False,
-                     help="A bound factor (ctgen info lists them) in its unit of measure: FACTOR=40 sets it to 40, "
-                          "FACTOR=+10 / FACTOR=-10 changes the model's reading of the slice by that much, "
-                          "FACTOR==-10 sets a negative value. Repeat for several factors."),
-    ],
-    slice_index: SliceOption = None,
-    out: Annotated[
-        str | None,
-        typer.Option("--out", "-o", metavar="PATH", show_default="edited.png", rich_help_panel="Output",
-                     help=".png (original | reconstruction | edited, labelled), .dcm (the edited slice as a derived "
-                          "CT image with provenance), .npy (float32 HU on the model grid), or a folder "
-                          "(DIR/ gets edited.png)."),
-    ] = None,
-    window: WindowOption = "brain",
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    force: ForceOption = False,
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
+def edit(*, slice_path, settings, slice_index, out, window, model, device, force, json_summary, quiet) -> None:
     """Set measured factors of a slice: encode it, set each named bound unit to the value asked for, decode.
 
     Only units the model was trained to bind to a factor (--bind; listed by ctgen info and ctgen units) can be
@@ -52,4 +31,72 @@ def edit(
     for a series factor, which one slice cannot measure). Of a volume or multi-frame file, the middle slice
     unless --slice.
     """
-    run_edit(**locals())
+    import numpy as np
+
+    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.errors import ArgumentError
+    from ctgen.latent import parse_setting
+    from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
+    from ctgen.writers import derived_series, save_npy
+
+    with Run("edit", quiet=quiet, json_summary=json_summary, force=force) as run:
+        changes = [parse_setting(text) for text in settings]
+        if not changes:
+            raise ArgumentError("set", "name at least one bound factor: --set FACTOR=VALUE")
+        display = parse_window(window)
+        target = resolve_out(out, "edited.png", (".png", ".dcm", ".npy"))
+        generator = run.load_generator(model, device)
+        for change in changes:
+            generator.bound(change.factor)
+        check_targets([target], force=force)
+
+        edited = generator.edit(slice_path, changes, slice_index=slice_index)
+        origin = Path(edited.slice.source).name
+        asked = ", ".join(_asked(change) for change in changes)
+        suffix = target.suffix.lower()
+        if suffix == ".png":
+            recon = generator.decode(edited.mu)[0]
+            after = "; ".join(f"{factor} {_shown(generator, factor, edited.reading_before[factor])} -> "
+                              f"{_shown(generator, factor, value)}" for factor, value in edited.requested.items())
+            picture = grid_image(np.stack([edited.slice.hu, recon, edited.hu]), display, rows=1, cols=3,
+                                 col_labels=["original", "before: reconstruction", "after: edited"],
+                                 title=f"{origin} · {after} · {generator.card.name}", tile_px=PICTURE_PX)
+            save_png(picture, target, force=force)
+        elif suffix == ".dcm":
+            action = f"edit {origin}: {asked}"
+            writer = derived_series((1, *edited.hu.shape), target, card=generator.card,
+                                    spacing_mm=generator.grid.spacing_mm, action=action, window=display,
+                                    description=f"ctgen edit {asked}"[:64], comments=f"edited {origin}: {asked}")
+            writer.write(0, edited.hu, target, force=force)
+        else:
+            save_npy(edited.hu.astype(np.float32), target, force=force)
+        run.wrote([{"kind": f"edited_{suffix.lstrip('.')}", "path": str(target), "count": 1}], "edited slice")
+        run.finish(file=edited.slice.source, settings=[_asked(change) for change in changes],
+                   factors=[_report(bound, edited) for bound in generator.bound_units])
+
+
+def _asked(change) -> str:
+    if change.relative:
+        return f"{change.factor}={change.value:+g}"
+    return f"{change.factor}{'==' if change.value < 0 else '='}{change.value:g}"  # as --set takes it
+
+
+def _shown(generator, factor: str, value: float) -> str:
+    from ctgen.latent import physical_text
+
+    return physical_text(value, generator.bound(factor).unit_of_measure)
+
+
+def _number(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _report(bound, edited) -> dict:
+    """One bound factor in --json: the model's reading before and after, what was asked, what was measured."""
+    factor = bound.factor
+    return {"factor": factor, "unit": bound.unit, "unit_of_measure": bound.unit_of_measure,
+            "set": factor in edited.requested, "requested": _number(edited.requested.get(factor)),
+            "reading_before": _number(edited.reading_before[factor]),
+            "reading_after": _number(edited.reading_after[factor]),
+            "measured_input": _number(edited.measured_before[factor]),
+            "measured_output": _number(edited.measured_after[factor])}

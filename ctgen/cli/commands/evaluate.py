@@ -3,49 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from ctgen.cli.options import Option, shared
 
-from ctgen.cli.options import BOUNDS, DeviceOption, ForceOption, JsonOption, ModelOption, QuietOption, SeedOption
+OPTIONS = (
+    Option("study", (), "path", metavar="STUDY_DIR", help="Folder of DICOM slices (recursive).", required=True,
+           show_default=False),
+    Option("factors", ("--factors",), "path", metavar="CSV", dir_okay=False,
+           show_default="STUDY_DIR/factors.csv when present",
+           help="Known factors of variation per slice (a phantom's factors.csv): scores disentanglement."),
+    Option("split", ("--split",), "path", metavar="SPLIT.json", dir_okay=False, show_default=False,
+           help="A training run's split.json: score held-out patients and check memorisation."),
+    Option("dense", ("--dense",), "path", metavar="DIR", file_okay=False, show_default=False,
+           help="A dense factor set (many unseen patients, few slices each, at random levels, with its own "
+                "factors.csv): disentanglement and unit names are scored there too."),
+    Option("max_slices", ("--max-slices",), "int", 2000, bounds="max_slices",
+           help="Encode at most this many slices (a seeded choice; half held-out when the factors table names the "
+                "patients)."),
+    Option("out", ("--out", "-o"), "path", Path("report"), "Report folder (replaced only with --force).",
+           file_okay=False, panel="Output"),
+    Option("real", ("--real/--no-real",), "bool", True, "Also score the real CT slices pydicom ships."),
+    *shared("seed", "model", "device", "force", "json_summary", "quiet"),
+)
 
 
-def evaluate(
-    study: Annotated[Path, typer.Argument(metavar="STUDY_DIR", help="Folder of DICOM slices (recursive).",
-                                          show_default=False)],
-    factors: Annotated[
-        Path | None,
-        typer.Option("--factors", metavar="CSV", dir_okay=False, show_default="STUDY_DIR/factors.csv when present",
-                     help="Known factors of variation per slice (a phantom's factors.csv): scores disentanglement."),
-    ] = None,
-    split: Annotated[
-        Path | None,
-        typer.Option("--split", metavar="SPLIT.json", dir_okay=False, show_default=False,
-                     help="A training run's split.json: score held-out patients and check memorisation."),
-    ] = None,
-    dense: Annotated[
-        Path | None,
-        typer.Option("--dense", metavar="DIR", file_okay=False, show_default=False,
-                     help="A dense factor set (many unseen patients, few slices each, at random levels, with its own "
-                          "factors.csv): disentanglement and unit names are scored there too."),
-    ] = None,
-    max_slices: Annotated[
-        int, typer.Option("--max-slices", **BOUNDS["max_slices"],
-                          help="Encode at most this many slices (a seeded choice; half held-out when the factors "
-                               "table names the patients).")
-    ] = 2000,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", file_okay=False, help="Report folder (replaced only with --force).",
-                           rich_help_panel="Output")
-    ] = Path("report"),
-    real: Annotated[bool, typer.Option("--real/--no-real", help="Also score the real CT slices pydicom ships.")] = True,
-    seed: SeedOption = 0,
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    force: ForceOption = False,
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
+def evaluate(*, study, factors, split, dense, max_slices, out, real, seed, model, device, force, json_summary,
+             quiet) -> None:
     """Score a model on a study: reconstruction, latent activity, disentanglement, memorisation.
 
     Encodes the study's slices and writes OUT/metrics.json, report.md (tables with one-line readings) and

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from ctgen.cli.options import Option
 
-import typer
+OPTIONS = (
+    Option("name", metavar="[NAME]", help="Example to print the path of.", show_default=False),
+    Option("folder", ("--folder",), "bool", False, "Print the folder that holds all the examples."),
+)
 
 
-def example(
-    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Example to print the path of.",
-                                               show_default=False)] = None,
-    folder: Annotated[bool, typer.Option("--folder", help="Print the folder that holds all the examples.")] = False,
-) -> None:
+def example(*, name, folder) -> None:
     """Print the path of an example CT slice (or, without NAME, list them): phantom slices of different
     patients and levels that ship with ctgen, for trying the commands right after installing:
 

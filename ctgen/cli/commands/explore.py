@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from ctgen.cli.options import Option, shared
 
-import typer
-
-from ctgen.cli.options import (
-    BOUNDS,
-    DeviceOption,
-    JsonOption,
-    ModelOption,
-    QuietOption,
-    SeedOption,
-    SliceOption,
-    WindowOption,
+OPTIONS = (
+    Option("slice_path", metavar="SLICE.dcm", show_default=False,
+           help="Start from this CT slice (encoded to its mean latent) instead of the prior mean; a file, or "
+                "VOLUME#K."),
+    *shared("slice_index"),
+    Option("port", ("--port", "-p"), "int", 8765, "TCP port (0: any free port).", bounds="port"),
+    Option("host", ("--host",), "str", "127.0.0.1",
+           "Address to listen on. Anything but loopback lets other machines use the explorer (no authentication): "
+           "a warning is printed."),
+    Option("no_browser", ("--no-browser",), "bool", False, "Do not open a web browser."),
+    *shared("seed", "window", "model", "device", "json_summary", "quiet"),
 )
 
 
-def explore(
-    slice_path: Annotated[
-        str | None,
-        typer.Argument(metavar="SLICE.dcm", help="Start from this CT slice (encoded to its mean latent) "
-                       "instead of the prior mean; a file, or VOLUME#K.", show_default=False),
-    ] = None,
-    slice_index: SliceOption = None,
-    port: Annotated[int, typer.Option("--port", "-p", **BOUNDS["port"], help="TCP port (0: any free port).")] = 8765,
-    host: Annotated[
-        str,
-        typer.Option("--host", help="Address to listen on. Anything but loopback lets other machines use the "
-                     "explorer (no authentication): a warning is printed."),
-    ] = "127.0.0.1",
-    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a web browser.")] = False,
-    seed: SeedOption = 0,
-    window: WindowOption = "brain",
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
+def explore(*, slice_path, slice_index, port, host, no_browser, seed, window, model, device, json_summary,
+            quiet) -> None:
     """Explore the latent space in a web page: one slider per latent unit, live decoding.
 
     Serves a local page (loopback only unless --host is given) and opens it in the browser. Sliders are

@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-import typer
-
-from ctgen.cli.options import BOUNDS, ForceOption, JsonOption, QuietOption
+from ctgen.cli.options import Option, output, shared
 from ctgen.defaults import MAX_TILT_DEG
 
+OPTIONS = (
+    Option("archives", (), "list", metavar="ARCHIVE...", required=True, show_default=False,
+           help="Folders (walked at any depth; any file names) or files."),
+    output("Write one row per file: .csv or .jsonl (path, reason, detail, patient/study/series keys, frames, "
+           "thickness, kernel, field of view, spacing, tilt); a folder (DIR/) gets inventory.csv."),
+    Option("split_by", ("--split-by",), "choice", "auto", choices=("auto", "patient", "study"),
+           help="Patient keys: auto (PatientID; the study when the ID is empty; ID, birth date and sex when one ID "
+                "holds different people), patient, or study."),
+    Option("max_tilt", ("--max-tilt",), "float", MAX_TILT_DEG, bounds="max_tilt", metavar="DEG",
+           help="Slices whose normal is farther than this from the head-foot axis are not-axial."),
+    *shared("force", "json_summary", "quiet"),
+)
 
-def scan(
-    archives: Annotated[
-        list[str],
-        typer.Argument(metavar="ARCHIVE...", help="Folders (walked at any depth; any file names) or files.",
-                       show_default=False),
-    ],
-    out: Annotated[
-        str | None,
-        typer.Option("--out", "-o", metavar="PATH", show_default=False, rich_help_panel="Output",
-                     help="Write one row per file: .csv or .jsonl (path, reason, detail, patient/study/series keys, "
-                          "frames, thickness, kernel, field of view, spacing, tilt); a folder (DIR/) gets "
-                          "inventory.csv."),
-    ] = None,
-    split_by: Annotated[
-        Literal["auto", "patient", "study"],
-        typer.Option("--split-by", help="Patient keys: auto (PatientID; the study when the ID is empty; ID, birth "
-                     "date and sex when one ID holds different people), patient, or study."),
-    ] = "auto",
-    max_tilt: Annotated[
-        float,
-        typer.Option("--max-tilt", **BOUNDS["max_tilt"], metavar="DEG",
-                     help="Slices whose normal is farther than this from the head-foot axis are not-axial."),
-    ] = MAX_TILT_DEG,
-    force: ForceOption = False,
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
+
+def scan(*, archives, out, split_by, max_tilt, force, json_summary, quiet) -> None:
     """Inventory an archive: decide every file, from its header, with one reason code.
 
     Reasons: ok, not-dicom, truncated, no-image, not-ct, colour, secondary-capture, localizer, not-axial,

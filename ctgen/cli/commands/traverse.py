@@ -3,72 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from ctgen.cli.actions.traverse import traverse as run_traverse
-from ctgen.cli.options import (
-    BOUNDS,
-    DeviceOption,
-    ForceOption,
-    FormatOption,
-    JsonOption,
-    ModelOption,
-    PerFileOption,
-    QuietOption,
-    SliceOption,
-    WindowOption,
-)
+from ctgen.cli.options import Option, output, shared
 from ctgen.defaults import DEFAULT_TRAVERSE_RANGE, DEFAULT_TRAVERSE_STEPS, DEFAULT_TRAVERSE_UNITS
 
+OPTIONS = (
+    Option("slice_path", metavar="[SLICE.dcm]", help="Slice to traverse around (a file, or VOLUME#K).",
+           show_default="the prior mean, z = 0"),
+    *shared("slice_index"),
+    Option("units", ("--units", "-u"), "str", DEFAULT_TRAVERSE_UNITS, metavar="LIST|topK|all|NAMES",
+           help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or factor names: a bound unit\'s '
+                'factor ("rotation_deg,head_width_max_mm", moved in its unit of measure), else a factor the card '
+                'names ("level"). Names and numbers may mix.'),
+    Option("value_range", ("--range", "-r"), "list", metavar="N|FACTOR=LO:HI|FACTOR=N",
+           show_default=f"{DEFAULT_TRAVERSE_RANGE:g}",
+           help="N: offsets -N..+N standard deviations on every row (> 0, at most 100; a bound unit moves N of its "
+                "factor's training standard deviations, labelled in its unit). FACTOR=LO:HI: a bound factor from "
+                "LO to HI in its unit of measure (rotation_deg=-20:20). FACTOR=N: ± N in its unit around the "
+                "model's reading of the slice (rotation_deg=15). Repeat the option or separate with commas."),
+    Option("steps", ("--steps", "-s"), "int", DEFAULT_TRAVERSE_STEPS, bounds="traverse_steps",
+           help="Columns: offsets from -range to +range (odd; even rounds up)."),
+    output("Grid .png, or a folder (DIR/ gets traverse.png).", "traverse.png"),
+    Option("gif_dir", ("--gif-dir",), "path", metavar="DIR", file_okay=False, panel="Output",
+           help="Also write one animated GIF per unit: DIR/u03.gif, …"),
+    *shared("per_file", "file_format", "window", "model", "device", "force", "json_summary", "quiet"),
+)
 
-def traverse(
-    slice_path: Annotated[
-        str | None,
-        typer.Argument(metavar="[SLICE.dcm]", help="Slice to traverse around (a file, or VOLUME#K).",
-                       show_default="the prior mean, z = 0"),
-    ] = None,
-    slice_index: SliceOption = None,
-    units: Annotated[
-        str, typer.Option("--units", "-u", metavar="LIST|topK|all|NAMES",
-                          help='Rows: units as "0-4,7", "top5" (highest KL on the card), "all", or factor names: '
-                               'a bound unit\'s factor ("rotation_deg,head_width_max_mm", moved in its unit of '
-                               'measure), else a factor the card names ("level"). Names and numbers may mix.')
-    ] = DEFAULT_TRAVERSE_UNITS,
-    value_range: Annotated[
-        list[str] | None,
-        typer.Option("--range", "-r", metavar="N|FACTOR=LO:HI|FACTOR=N",
-                     help="N: offsets -N..+N standard deviations on every row (> 0, at most 100; a bound unit moves "
-                          "N of its factor's training standard deviations, labelled in its unit). FACTOR=LO:HI: a "
-                          "bound factor from LO to HI in its unit of measure (rotation_deg=-20:20). FACTOR=N: ± N "
-                          "in its unit around the model's reading of the slice (rotation_deg=15). Repeat the "
-                          "option or separate with commas.",
-                     show_default=f"{DEFAULT_TRAVERSE_RANGE:g}"),
-    ] = None,
-    steps: Annotated[
-        int, typer.Option("--steps", "-s", **BOUNDS["traverse_steps"],
-                          help="Columns: offsets from -range to +range (odd; even rounds up).")
-    ] = DEFAULT_TRAVERSE_STEPS,
-    out: Annotated[
-        str | None,
-        typer.Option("--out", "-o", metavar="PATH", help="Grid .png, or a folder (DIR/ gets traverse.png).",
-                     show_default="traverse.png", rich_help_panel="Output"),
-    ] = None,
-    gif_dir: Annotated[
-        Path | None,
-        typer.Option("--gif-dir", metavar="DIR", help="Also write one animated GIF per unit: DIR/u03.gif, …",
-                     file_okay=False, rich_help_panel="Output"),
-    ] = None,
-    per_file: PerFileOption = None,
-    file_format: FormatOption = "png",
-    window: WindowOption = "brain",
-    model: ModelOption = None,
-    device: DeviceOption = "auto",
-    force: ForceOption = False,
-    json_summary: JsonOption = False,
-    quiet: QuietOption = False,
-) -> None:
+
+def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir, per_file, file_format, window,
+             model, device, force, json_summary, quiet) -> None:
     """Vary one latent unit per row around the encoded slice (or the prior mean).
 
     Rows are units, labelled with their KL from the model card ("u3 (KL 1.2)"); columns are offsets
@@ -78,4 +41,134 @@ def traverse(
     traverse.png; --gif-dir adds one animation per unit, --per-file one file per cell (as DICOM, one
     ordered series per unit).
     """
-    run_traverse(**locals())
+    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.errors import ArgumentError
+    from ctgen.latent import parse_ranges
+    from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
+    from ctgen.writers import PerFile
+
+    with Run("traverse", quiet=quiet, json_summary=json_summary, force=force) as run:
+        display = parse_window(window)
+        grid_path = resolve_out(out, "traverse.png", (".png",))
+        ranges = parse_ranges(value_range)
+        generator = run.load_generator(model, device)
+        chosen = generator.units(units)
+        digits = len(str(generator.latent_size - 1))
+        gif_paths = [gif_dir / f"u{unit:0{digits}d}.gif" for unit in chosen] if gif_dir is not None else []
+        if slice_index is not None and slice_path is None:
+            raise ArgumentError("slice_index", "picks a slice of SLICE; give one")
+        # the rows around z = 0: --range checked, and the changes each column makes, before a slice is read
+        planned = generator.traverse_rows(None, chosen, ranges, steps)
+        count = len(planned[0].z)
+        loaded = generator.load(slice_path, slice_index=slice_index) if slice_path is not None else None
+        origin = Path(loaded.source).name if loaded is not None else "prior mean"
+        files = None
+        if per_file is not None:
+            cells = [(row, column) for row in planned for column in range(count)]
+            files = PerFile(per_file, [_file_name(row, column, digits) for row, column in cells],
+                            file_format, window=display, card=generator.card, grid=generator.grid, force=force,
+                            action=f"traverse {origin}: units {chosen}, {_ranges_text(value_range)} in {count}",
+                            groups=[index for index in range(len(planned)) for _ in range(count)],
+                            descriptions=[f"ctgen traverse {_row_name(row)} {_span(row)}" for row in planned],
+                            comments=[f"unit {row.unit} offset {float(row.offsets[column]):+.2f} around {origin}"
+                                      if row.bound is None else
+                                      f"unit {row.unit} {row.bound.factor} {_change(row, column)} around {origin}"
+                                      for row, column in cells])
+        check_targets([grid_path, *gif_paths, *(files.paths if files else [])], force=force)
+
+        center = generator.encode(loaded)[0] if loaded is not None else None
+        rows = generator.traverse_rows(center, chosen, ranges, steps)
+        middle = "recon" if loaded is not None else "z=0"
+        captions = [_caption(row, column, middle) for row in rows for column in range(count)]
+        if files is not None:  # per-file PNGs carry the same captions as the grid
+            files.labels = [f"{_row_name(row)} {caption}"
+                            for row, caption in zip((r for r in rows for _ in range(count)), captions)]
+        hu = generator.decode_rows(center, rows)
+        physical = any(row.bound is not None for row in rows)
+        picture = grid_image(hu, display, rows=len(rows), cols=count,
+                             row_labels=[_row_label(generator.card, row) for row in rows],
+                             col_labels=None if physical else captions[:count],
+                             tile_labels=captions if physical else None,
+                             title=f"traversal around {origin} · {generator.card.name}",
+                             tile_px=PICTURE_PX)
+        save_png(picture, grid_path, force=force)
+        run.wrote([{"kind": "grid_png", "path": str(grid_path), "count": len(hu), "units": chosen}], "images")
+        for index, gif_path in enumerate(gif_paths):
+            frames = labelled_frames(hu[index * count : (index + 1) * count], display,
+                                     [f"{_row_name(rows[index])} {caption}"
+                                      for caption in captions[index * count : (index + 1) * count]])
+            save_gif(frames_loop(frames), gif_path, force=force)
+            run.wrote([{"kind": "gif", "path": str(gif_path), "unit": chosen[index], "count": 2 * count - 2}],
+                      "frames")
+        if files is not None:
+            run.write_files(files, hu)
+        kl = generator.kl_per_unit
+        free = next((row for row in rows if row.bound is None), None)
+        run.finish(units=chosen, offsets=[float(d) for d in (free.offsets if free is not None else rows[0].offsets)],
+                   range_sd=ranges.sd, center=origin, kl=[kl[unit] for unit in chosen] if kl else None,
+                   rows=[_row_summary(row, caption) for row, caption in
+                         zip(rows, (captions[i * count : (i + 1) * count] for i in range(len(rows))))])
+
+
+def _row_name(row) -> str:
+    return f"u{row.unit}" + (f" {row.bound.factor}" if row.bound is not None else "")
+
+
+def _row_label(card, row) -> str:
+    """"u0 rotation_deg (deg)" for a bound unit, "u3 (KL 1.20)" (with the card's factor) for the others."""
+    if row.bound is None:
+        return card.unit_label(row.unit)
+    return f"u{row.unit} {row.bound.factor}" + (f" ({row.bound.unit_of_measure})" if row.bound.unit_of_measure else "")
+
+
+def _change(row, column: int) -> str:
+    """What a column does to its unit, independent of the start: "+1.0" (standard deviations), "+15°" (a bound
+    unit's change), "15°" (a value of an absolute range)."""
+    from ctgen.latent import physical_text
+
+    if row.bound is None:
+        return f"{float(row.offsets[column]):+.1f}"
+    unit, value = row.bound.unit_of_measure, float(row.values[column])
+    return physical_text(value, unit) if not row.relative else physical_text(value - row.reading, unit, signed=True)
+
+
+def _caption(row, column: int, middle: str) -> str:
+    """A picture's label: the change in standard deviations ("+1.0", the middle one "recon"), or for a bound unit
+    the change and the value in its unit ("+15° (16.2°)", "+0° (1.2°)"), or the value of an absolute range."""
+    from ctgen.latent import physical_text
+
+    if row.bound is None:
+        return _change(row, column) if row.offsets[column] else middle
+    if not row.relative:
+        return _change(row, column)
+    return f"{_change(row, column)} ({physical_text(float(row.values[column]), row.bound.unit_of_measure)})"
+
+
+def _file_name(row, column: int, digits: int) -> str:
+    """u03_+1.00 (standard deviations); a bound unit u00_rotation_deg_+15 (the change in its unit) or, for an
+    absolute range, u00_rotation_deg_=-20 (the value)."""
+    if row.bound is None:
+        return f"u{row.unit:0{digits}d}_{float(row.offsets[column]):+.2f}"
+    value = float(row.values[column]) - (row.reading if row.relative else 0.0)
+    return f"u{row.unit:0{digits}d}_{row.bound.factor}_{'' if row.relative else '='}{value:+.4g}"
+
+
+def _span(row) -> str:
+    """The columns' span: offsets in standard deviations, or a bound unit's change or values in its unit."""
+    if row.bound is None:
+        return f"{float(row.offsets[0]):+g}..{float(row.offsets[-1]):+g}"
+    return f"{_change(row, 0)}..{_change(row, len(row.values) - 1)}"
+
+
+def _ranges_text(value_range) -> str:
+    return "range " + (",".join(value_range) if value_range else "default")
+
+
+def _row_summary(row, captions) -> dict:
+    summary = {"unit": row.unit, "z": [float(v) for v in row.z], "offsets": [float(v) for v in row.offsets],
+               "labels": list(captions)}
+    if row.bound is not None:
+        summary.update(factor=row.bound.factor, unit_of_measure=row.bound.unit_of_measure,
+                       values=[float(v) for v in row.values], reading=row.reading,
+                       relative=row.relative)
+    return summary
