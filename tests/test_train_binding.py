@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from tests.test_train_loop import (  # noqa: E402
 from train.binding import (  # noqa: E402
     BIND_SIGMA,
     Binding,
+    FreeAdversary,
     bind_terms,
     choose_factors,
     labelled_patients,
@@ -106,6 +108,27 @@ def test_free_term_penalises_a_free_unit_that_copies_a_bound_factor():
     assert masked["free"].item() > 0.5
 
 
+def test_adversary_learns_the_copy_and_the_encoder_gets_the_reversed_gradient():
+    torch.manual_seed(0)
+    labels = torch.randn(128, 1)
+    mu = torch.cat([labels, labels, torch.randn(128, 2)], dim=1)  # free unit 1 copies the factor
+    adversary = FreeAdversary(3, 1)
+    optimizer = torch.optim.Adam(adversary.parameters(), lr=1e-2)
+    adversarial = replace(binding(("a",)), free_term="adversary", weight=0.0, free_weight=1.0)
+    for _ in range(200):
+        loss, extra = bind_terms(mu, labels, adversarial, adversary)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert extra["free"].item() < 0.05  # the regressor finds the copy
+    mu.requires_grad_(True)
+    loss, _ = bind_terms(mu, labels, adversarial, adversary)
+    (reversed_grad,) = torch.autograd.grad(loss, mu)
+    error = ((adversary.net(mu[:, 1:]) - labels).square()).sum(1).mean() / 2  # the regressor's own error
+    (plain_grad,) = torch.autograd.grad(error, mu)
+    torch.testing.assert_close(reversed_grad, -plain_grad)  # the encoder ascends the regressor's error
+
+
 def test_validation_figures_name_the_best_unit():
     generator = torch.Generator().manual_seed(1)
     labels = torch.randn(500, 2, generator=generator)
@@ -151,11 +174,17 @@ def test_training_binds_units_and_records_the_binding(study, cache_root, tmp_pat
     assert "val_bind_r_rotation_deg" in logged and "val_free_max_r_level" in logged
 
 
-@pytest.mark.parametrize("objective", ["betavae", "tcvae", "factorvae", "pairs"])
-def test_resume_is_exact_with_binding_for_every_objective(study, cache_root, tmp_path, objective):
-    changes = {"objective": objective, "factor_hidden": 32, "bind": BIND, "bind_fraction": 0.7}
+@pytest.mark.parametrize(("objective", "free_term"), [("betavae", "covariance"), ("tcvae", "covariance"),
+                                                     ("factorvae", "adversary"), ("pairs", "covariance"),
+                                                     ("betavae", "adversary")])  # fmt: skip
+def test_resume_is_exact_with_binding_for_every_objective(study, cache_root, tmp_path, objective, free_term):
+    changes = {"objective": objective, "factor_hidden": 32, "bind": BIND, "bind_fraction": 0.7, "free_term": free_term}
     straight, resumed = straight_and_resumed(study, cache_root, tmp_path, **changes)
     assert straight["binding"] == resumed["binding"] and straight["binding"]["fraction"] == 0.7
+    assert straight["binding"]["free_term"] == free_term
+    if free_term == "adversary":
+        for name, tensor in straight["objective_state"]["free_adversary"].items():
+            assert torch.equal(tensor, resumed["objective_state"]["free_adversary"][name]), name
     assert deterministic(metrics(tmp_path / "straight")) == deterministic(metrics(tmp_path / "resumed"))
 
 
@@ -213,7 +242,8 @@ study, cache, out = map(Path, sys.argv[1:4])
 for objective in ("betavae", "pairs"):
     train(TrainConfig(data=[str(study)], out=str(out / objective), cache=str(cache), image_size=64, width=8,
                       latent=8, epochs=1, batch_size=6, device="cpu", quiet=True, tensorboard=False, workers=1,
-                      objective=objective, bind="rotation_deg,level"))
+                      objective=objective, bind="rotation_deg,level",
+                      free_term="adversary" if objective == "pairs" else "covariance"))
 ddp.shutdown()
 """
 

@@ -79,8 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--bind-weight", type=float, default=default.bind_weight,
         help=f"weight w of the bound units' Gaussian likelihood w·Σ(μ−y)²/(2σ²), σ=0.1 (default {default.bind_weight:g})")
     add("--free-weight", type=float, default=default.free_weight,
-        help="weight of the free units' squared batch cross-covariance with the bound factors "
-             f"(default {default.free_weight:g})")
+        help=f"weight of the term that keeps the free units off the bound factors (default {default.free_weight:g})")
+    add("--free-term", choices=("covariance", "adversary"), default=default.free_term,
+        help="that term: covariance (default) the free means' squared batch cross-covariance with the labels; "
+             "adversary an MLP regressing the labels from them through gradient reversal (train.binding)")
     add("--bind-fraction", type=float, default=default.bind_fraction,
         help="share of training patients whose labels are used, seeded (default 1: all)")
     add("--bind-from", default=None, metavar="FACTORS_CSV",

@@ -11,14 +11,17 @@ is tied to it by a Gaussian likelihood, per image (batch mean; a missing label, 
 leaves sqrt(1 − r²) ≈ 0.14-0.28 of the spread unexplained, part of which is real slice-to-slice variation), and
 it makes the term (50 per unit of squared error) outweigh a unit's KL pull towards 0 (β·μ²/2), so μ_k ≈ y_k.
 
-The free units (B..L-1) keep the objective. So that they do not carry the bound factors as well, the squared
-cross-covariance between each free unit's posterior mean and each labelled factor in the batch is penalised:
+The free units (B..L-1) keep the objective. So that they do not carry the bound factors as well, one of two
+terms (``--free-term``) acts on their posterior means, weighted by w_free = --free-weight (default 10):
 
-    free = w_free · Σ_{j free} Σ_k Cov_batch(μ_j, y_k)²                 w_free = --free-weight (default 10)
-
-(over the rows where y_k is labelled; a unit that copies a factor with variance 1 costs w_free). It needs no
-extra network and no state, so it works the same under every objective, DDP (each process's own batch) and
---resume. An adversarial regressor would be the alternative; this one is measured in the calibration note.
+    covariance  (default) the squared cross-covariance of each free unit's mean with each labelled factor in
+                the batch: free = Σ_{j free} Σ_k Cov_batch(μ_j, y_k)², over the rows where y_k is labelled (a
+                unit that copies a factor of variance 1 costs w_free). No network, no state: the same under
+                every objective, DDP (each process's own batch) and --resume. Blind to non-linear copies.
+    adversary   an MLP (free means -> 64 -> 64 -> B, LeakyReLU 0.2) regresses the labels from the free means
+                through a gradient reversal: free = Σ_k mask·(ŷ_k − y_k)² / 2, batch mean; the regressor
+                descends it (its own Adam, lr of --lr, saved in the checkpoint, gradients averaged under DDP)
+                while the encoder ascends it (Ganin & Lempitsky 2015). Catches non-linear copies.
 
 ``--bind-fraction f`` keeps the labels of round(f · P) of the P training patients (seeded; at least one):
 the few-labels regime. Validation slices keep all their labels, for the per-factor R² the loop logs.
@@ -40,13 +43,18 @@ import torch
 from ctgen.errors import InputError
 from ctgen.factors import FACTORS
 
-__all__ = ["AUTO_MEASURED_MIN", "BIND_SIGMA", "Binding", "bind_terms", "choose_factors", "file_labels",
+__all__ = ["AUTO_MEASURED_MIN", "BIND_SIGMA", "FREE_TERMS", "Binding", "FreeAdversary", "bind_terms", "choose_factors", "file_labels",
            "labelled_patients", "make_binding", "r2_sums", "r2_from_sums"]
 
 BIND_SIGMA = 0.1  # the Gaussian likelihood's σ, in standard deviations of the factor
 AUTO_MEASURED_MIN = 0.8  # --bind auto: a factor measured on at least this share of the training slices ...
 AUTO_SPREAD_MIN = 1e-6  # ... whose standard deviation exceeds this share of its typical magnitude
-FREE_TERM = "squared batch cross-covariance of the free units' posterior means with the bound labels"
+FREE_TERMS = {
+    "covariance": "squared batch cross-covariance of the free units' posterior means with the bound labels",
+    "adversary": "an MLP regressing the bound labels from the free units' posterior means through gradient "
+                 "reversal (free: its squared error / 2, batch mean)",
+}
+ADVERSARY_HIDDEN = 64
 # columns of a phantom's factors.csv that are bookkeeping, not factors
 _CSV_NOT_FACTORS = ("file", "patient_id", "slice_index", "z_mm", "level_start", "level_end", "warp_seed")
 
@@ -66,12 +74,14 @@ class Binding:
     weight: float
     free_weight: float
     labelled: list[str]
+    free_term: str = "covariance"  # one of FREE_TERMS
 
     def record(self) -> dict[str, Any]:
         """checkpoint["binding"]: everything above, plus σ and the free term's description."""
         return {"factors": list(self.factors), "units": list(self.units), "mean": list(self.mean),
                 "std": list(self.std), "source": self.source, "fraction": self.fraction, "weight": self.weight,
-                "sigma": BIND_SIGMA, "free_weight": self.free_weight, "free_term": FREE_TERM,
+                "sigma": BIND_SIGMA, "free_weight": self.free_weight, "free_term": self.free_term,
+                "free_term_description": FREE_TERMS[self.free_term],
                 "labelled_patients": list(self.labelled)}  # fmt: skip
 
     @classmethod
@@ -79,7 +89,7 @@ class Binding:
         return cls(factors=list(record["factors"]), units=list(record["units"]), mean=list(record["mean"]),
                    std=list(record["std"]), source=record["source"], fraction=record["fraction"],
                    weight=record["weight"], free_weight=record["free_weight"],
-                   labelled=list(record["labelled_patients"]))  # fmt: skip
+                   labelled=list(record["labelled_patients"]), free_term=record.get("free_term", "covariance"))
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """float (N, B) factor values -> float32 (N, B) standardised labels (NaN stays NaN)."""
@@ -189,13 +199,38 @@ def make_binding(cfg: Any, names: Sequence[str], values: np.ndarray, train_patie
         std.append(spread)
     return Binding(factors=chosen, units=[unit_of_measure(name) for name in chosen], mean=mean, std=std,
                    source=source, fraction=cfg.bind_fraction, weight=cfg.bind_weight, free_weight=cfg.free_weight,
-                   labelled=labelled)  # fmt: skip
+                   labelled=labelled, free_term=cfg.free_term)  # fmt: skip
 
 
-def bind_terms(mu: torch.Tensor, labels: torch.Tensor, binding: Binding) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class FreeAdversary(torch.nn.Module):
+    """Regresses the B bound labels from the free units' means (N, F) through a gradient reversal: (N, B)."""
+
+    def __init__(self, free: int, bound: int, hidden: int = ADVERSARY_HIDDEN):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(free, hidden), torch.nn.LeakyReLU(0.2),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.LeakyReLU(0.2),
+                                       torch.nn.Linear(hidden, bound))  # fmt: skip
+
+    def forward(self, free_mu: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(free_mu.device.type, enabled=False):
+            return self.net(_ReverseGradient.apply(free_mu.float()))
+
+
+def bind_terms(mu: torch.Tensor, labels: torch.Tensor, binding: Binding,
+               adversary: FreeAdversary | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """The binding's part of the loss for posterior means ``mu`` (N, L) and standardised labels (N, B) with
     NaN where unlabelled: (weighted bind + free terms, scalar float32; {"bind": .., "free": ..} unweighted,
-    detached). Computed in float32."""
+    detached). Computed in float32. ``adversary``: the free term of ``--free-term adversary``."""
     count = len(binding.factors)
     mu = mu.float()
     mask = torch.isfinite(labels)
@@ -203,6 +238,11 @@ def bind_terms(mu: torch.Tensor, labels: torch.Tensor, binding: Binding) -> tupl
     bound = mu[:, :count]
     bind = ((bound - target).square() * mask).sum(1).mean() / (2 * BIND_SIGMA**2)
     free = mu[:, count:]
+    if adversary is not None:
+        predicted = adversary(free)  # (N, B); the encoder's gradient through it is reversed
+        free_error = ((predicted - target).square() * mask).sum(1).mean() / 2
+        loss = binding.weight * bind + binding.free_weight * free_error
+        return loss, {"bind": bind.detach(), "free": free_error.detach()}
     weights = mask.float()  # (N, B)
     seen = weights.sum(0).clamp_min(1.0)  # (B,)
     label_mean = (target * weights).sum(0) / seen  # (B,)

@@ -49,7 +49,8 @@ class TrainConfig:
     # bound units (train.binding): the first units tied to measured factors; "" binds none
     bind: str = ""  # comma list of ctgen.factors names (or factors.csv columns with bind_from), or "auto"
     bind_weight: float = 1.0  # w of the Gaussian likelihood w·Σ_k (μ_k − y_k)²/(2σ²), σ = train.binding.BIND_SIGMA
-    free_weight: float = 10.0  # weight of the free units' squared cross-covariance with the bound labels
+    free_weight: float = 10.0  # weight of the term that keeps the free units off the bound factors
+    free_term: str = "covariance"  # that term: covariance | adversary (train.binding.FREE_TERMS)
     bind_fraction: float = 1.0  # share of training patients whose labels are used (seeded)
     bind_from: str | None = None  # a phantom's factors.csv instead of the measured factors (research runs only)
     epochs: int = 20
@@ -81,6 +82,8 @@ class TrainConfig:
                 raise InputError(None, f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if not 0.0 < self.bind_fraction <= 1.0:
             raise InputError(None, f"--bind-fraction must be in (0, 1], not {self.bind_fraction}")
+        if self.free_term not in ("covariance", "adversary"):
+            raise InputError(None, f"--free-term must be covariance or adversary, not {self.free_term!r}")
         if self.bind_from and not self.bind:
             raise InputError(None, "--bind-from needs --bind (the factors.csv columns to bind, or auto)")
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from train import ddp
 from train.data import derived_seed
-from train.binding import Binding, bind_terms
+from train.binding import Binding, FreeAdversary, bind_terms
 from train.losses import ImageLoss
 from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSSES, LossTerms, vae_loss
 
@@ -85,6 +85,11 @@ class Objective:
         self.image_loss = ImageLoss(cfg, device=device, ctx=ctx)
         self.binding = binding
         self._encoder_mu: torch.Tensor | None = None
+        self.free_adversary: FreeAdversary | None = None
+        if binding is not None and binding.free_term == "adversary":
+            bound = len(binding.factors)
+            self.free_adversary = FreeAdversary(cfg.latent - bound, bound).to(device)
+            self.free_adversary_optimizer = torch.optim.Adam(self.free_adversary.parameters(), lr=cfg.lr)
         self.extras = type(self).extras + self.image_loss.names + (("bind", "free") if binding else ())
         self.val_extras = type(self).val_extras + self.image_loss.val_names
 
@@ -104,7 +109,7 @@ class Objective:
         the terms of one training step (loss to minimise)."""
         terms, recon = self._loss(model, images, noise, step=step)
         if self.binding is not None:
-            bound, extra = bind_terms(self._encoder_mu, labels, self.binding)
+            bound, extra = bind_terms(self._encoder_mu, labels, self.binding, self.free_adversary)
             terms.loss = terms.loss + bound
             terms.extra.update(extra)
         self._encoder_mu = None
@@ -145,8 +150,13 @@ class Objective:
         return terms
 
     def after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
-        """Called after the optimizer step: the patch discriminator trains here, then ``_after_step``."""
+        """Called after the optimizer step: the patch discriminator trains here, and the bound units' free
+        adversary (its gradients came with the loss's), then ``_after_step``."""
         self.image_loss.after_step(terms.extra)
+        if self.free_adversary is not None:
+            ddp.average_gradients(self.ctx, self.free_adversary.parameters())
+            self.free_adversary_optimizer.step()
+            self.free_adversary_optimizer.zero_grad(set_to_none=True)
         self._after_step(terms, generator)
 
     def _after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
@@ -181,7 +191,11 @@ class Objective:
 
     def state_dict(self) -> dict[str, Any] | None:
         """Extra state for the checkpoint (None: nothing beyond the model and its optimizer)."""
-        return {**(self._state_dict() or {}), **self.image_loss.state_dict()} or None
+        adversary = {}
+        if self.free_adversary is not None:
+            adversary = {"free_adversary": self.free_adversary.state_dict(),
+                         "free_adversary_optimizer": self.free_adversary_optimizer.state_dict()}  # fmt: skip
+        return {**(self._state_dict() or {}), **self.image_loss.state_dict(), **adversary} or None
 
     def _state_dict(self) -> dict[str, Any] | None:
         return None
@@ -189,6 +203,9 @@ class Objective:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         self._load_state_dict(state)
         self.image_loss.load_state_dict(state)
+        if self.free_adversary is not None:
+            self.free_adversary.load_state_dict((state or {})["free_adversary"])
+            self.free_adversary_optimizer.load_state_dict((state or {})["free_adversary_optimizer"])
 
     def _load_state_dict(self, state: dict[str, Any] | None) -> None:
         pass
