@@ -23,7 +23,8 @@ from ctgen.model import CARD_FORMAT, CARD_VERSION, sha256_file
 from ctgen.preprocess import Grid
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 
-__all__ = ["binding_section", "build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card", "write_card"]
+__all__ = ["binding_section", "build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card",
+           "write_card"]
 
 
 def build_card(

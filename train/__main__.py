@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
              "rotation_deg,level,head_width_max_mm, or auto (every factor measured on most training slices "
              "that varies); see train.binding")
     add("--bind-weight", type=float, default=default.bind_weight,
-        help=f"weight w of the bound units' Gaussian likelihood w·Σ(μ−y)²/(2σ²), σ=0.1 (default {default.bind_weight:g})")
+        help="weight w of the bound units' Gaussian likelihood w·Σ(μ−y)²/(2σ²), σ=0.1 "
+             f"(default {default.bind_weight:g})")
     add("--free-weight", type=float, default=default.free_weight,
         help=f"weight of the term that keeps the free units off the bound factors (default {default.free_weight:g})")
     add("--free-term", choices=("covariance", "adversary"), default=default.free_term,

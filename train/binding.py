@@ -43,8 +43,8 @@ import torch
 from ctgen.errors import InputError
 from ctgen.factors import FACTORS
 
-__all__ = ["AUTO_MEASURED_MIN", "BIND_SIGMA", "FREE_TERMS", "Binding", "FreeAdversary", "bind_terms", "choose_factors", "file_labels",
-           "labelled_patients", "make_binding", "r2_sums", "r2_from_sums"]
+__all__ = ["AUTO_MEASURED_MIN", "BIND_SIGMA", "FREE_TERMS", "Binding", "FreeAdversary", "bind_terms", "choose_factors",
+           "file_labels", "labelled_patients", "make_binding", "r2_sums", "r2_from_sums"]
 
 BIND_SIGMA = 0.1  # the Gaussian likelihood's σ, in standard deviations of the factor
 AUTO_MEASURED_MIN = 0.8  # --bind auto: a factor measured on at least this share of the training slices ...

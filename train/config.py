@@ -48,7 +48,7 @@ class TrainConfig:
     adv_start: int = 0  # step at which the discriminator and its term switch on (warm-up)
     # bound units (train.binding): the first units tied to measured factors; "" binds none
     bind: str = ""  # comma list of ctgen.factors names (or factors.csv columns with bind_from), or "auto"
-    bind_weight: float = 1.0  # w of the Gaussian likelihood w·Σ_k (μ_k − y_k)²/(2σ²), σ = train.binding.BIND_SIGMA
+    bind_weight: float = 1.0  # w of the likelihood w·Σ_k (μ_k − y_k)²/(2σ²), σ = train.binding.BIND_SIGMA
     free_weight: float = 10.0  # weight of the term that keeps the free units off the bound factors
     free_term: str = "covariance"  # that term: covariance | adversary (train.binding.FREE_TERMS)
     bind_fraction: float = 1.0  # share of training patients whose labels are used (seeded)

@@ -353,8 +353,8 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
                 speed = f"{metrics['images_per_s']:.1f} img/s{'  *best' if is_best else ''}"
                 console.print(f"epoch {epoch}/{cfg.epochs}  train {train_loss:.2f}  {val_text}  {speed}", soft_wrap=True)
                 if data.binding is not None and n_val:
-                    console.print("  bound units, val R²: " + ", ".join(
-                        f"{name} {metrics[f'val_bind_r2_{name}']:.2f}" for name in data.binding.factors), soft_wrap=True)
+                    figures = (f"{name} {metrics[f'val_bind_r2_{name}']:.2f}" for name in data.binding.factors)
+                    console.print("  bound units, val R²: " + ", ".join(figures), soft_wrap=True)
         saved_epoch = epoch
         ddp.barrier(ctx)
 
