@@ -23,7 +23,8 @@ from ctgen.model import CARD_FORMAT, CARD_VERSION, sha256_file
 from ctgen.preprocess import Grid
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 
-__all__ = ["build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card", "write_card"]
+__all__ = ["binding_section", "build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card",
+           "write_card"]
 
 
 def build_card(
@@ -108,12 +109,34 @@ def build_card(
         "export": export_section,
         "metrics": _metrics(checkpoint, run_dir, config.latent_size, validation_kl,
                             order or list(range(config.latent_size))),
-        "units": {"order": "by validation KL, highest first" if order else "the network's",
-                  "network_unit": order or list(range(config.latent_size))},
+        "units": {"order": _order_text(order, checkpoint), "network_unit": order or list(range(config.latent_size))},
         "graphs": graph_section,
         "files": files,
     }
+    binding = binding_section(checkpoint.get("binding"))
+    if binding is not None:
+        card["binding"] = binding
     return json_safe(card)
+
+
+def _order_text(order: list[int] | None, checkpoint: dict[str, Any]) -> str:
+    if not order:
+        return "the network's"
+    if checkpoint.get("binding"):
+        return "bound units first (in the order of --bind), then the free units by validation KL, highest first"
+    return "by validation KL, highest first"
+
+
+def binding_section(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The card's ``binding`` (ctgen.card: units 0..B-1 with factor, unit of measure and the standardisation's
+    mean and std; source, fraction, weight) from checkpoint["binding"]; None for a run without one."""
+    if not record:
+        return None
+    units = [{"unit": unit, "factor": factor, "unit_of_measure": measure, "mean": float(mean), "std": float(std)}
+             for unit, (factor, measure, mean, std) in enumerate(zip(record["factors"], record["units"],
+                                                                       record["mean"], record["std"]))]
+    return {"units": units, "source": record["source"], "fraction": float(record["fraction"]),
+            "weight": float(record["weight"])}
 
 
 def parity_section(figures: dict[str, dict[str, float]], tolerance: float, real_images: np.ndarray | None) -> dict[str, Any]:

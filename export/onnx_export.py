@@ -69,12 +69,20 @@ __all__ = [
     "load_checkpoint",
     "load_validation_images",
     "resolve_checkpoint",
+    "bound_first_order",
     "unit_order",
     "validate_parity",
 ]
 
 OPSET = 18
 CHECKPOINT_IN_RUN = "checkpoint_best.pt"
+
+
+def bound_first_order(kl: Sequence[float], bound: int = 0) -> list[int]:
+    """The exported unit order: the ``bound`` units bound at training (network units 0..bound-1) keep their
+    places and order, the free units follow by decreasing ``kl`` (the network's per-unit KL)."""
+    free = unit_order(np.asarray(kl, dtype=np.float64)[bound:])
+    return list(range(bound)) + [bound + unit for unit in free]
 
 
 class EncoderGraph(nn.Module):
@@ -284,7 +292,8 @@ def export_model(
     model.json into a temporary folder beside ``out_dir``, validates everything, then renames it into
     place. With ``order_units`` the latent units are exported sorted by their validation KL, highest first
     (the encoder's outputs and the decoder's input permuted exactly; the card keeps the network's indices),
-    so unit 0 is always the most informative. Raises OutputError when ``out_dir`` exists and not ``force``,
+    so unit 0 is always the most informative; units bound to factors at training (checkpoint["binding"])
+    stay first, in their order, and only the free units after them are sorted. Raises OutputError when ``out_dir`` exists and not ``force``,
     ModelError for a bad checkpoint, ExportError when export or validation fails, DicomError for unreadable
     validation data.
     """
@@ -305,7 +314,8 @@ def export_model(
     examples = {"encoder": torch.from_numpy(feeds["encoder"][2][:2]), "decoder": torch.from_numpy(feeds["decoder"][2][:2])}
     validation_kl = _validation_kl(vae, feeds["encoder"], real_images)
     _, kl, _ = card_module.network_kl(checkpoint, run_dir, config.latent_size, validation_kl)
-    order = unit_order(kl) if order_units else None
+    bound = len((checkpoint.get("binding") or {}).get("factors") or [])
+    order = bound_first_order(kl, bound) if order_units else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.export-{os.getpid()}"

@@ -56,6 +56,14 @@ def test_pose_and_size_of_an_ellipse(rotation, spacing):
     assert found["skull_mm"] == pytest.approx(6.0, rel=0.12)
 
 
+def test_rotation_of_a_head_wider_than_long_is_its_front_back_axis():
+    """At the skull base the head can be wider than long: its long axis is then the left-right one, and the
+    rotation is measured on the front-back axis (it read -80 instead of 10 degrees before)."""
+    found = measure_slice(ellipse_head(width_mm=190.0, length_mm=160.0, rotation_deg=10.0), (1.0, 1.0))
+    assert found["rotation_deg"] == pytest.approx(10.0, abs=2.0)
+    assert found["head_width_mm"] > found["head_length_mm"]
+
+
 @pytest.mark.parametrize("skull", [3.0, 5.0, 9.0])
 def test_skull_thickness(skull):
     assert measure_slice(ellipse_head(skull_mm=skull, rotation_deg=8.0), (1.0, 1.0))["skull_mm"] == pytest.approx(

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "gpu" / "acceptance.py"
+EXPORT_BIND = ["rotation_deg", "level", "head_width_max_mm", "head_length_max_mm"]  # acceptance.EXPORT_EXTRAS
 STAGES = ["install", "phantom", "cache", "gpu_tests", "probe", "training", "export", "ort_check"]
 
 
@@ -70,6 +71,11 @@ def test_dry_run_report_has_every_stage(dry_run):
 
     export = stages["export"]
     assert export["run"] == "latent50_beta1" and export["parity_fp16"]
+    card = json.loads((out / "model.json").read_text())  # the exported run binds units and adds the image terms
+    assert [entry["factor"] for entry in card["binding"]["units"]] == EXPORT_BIND
+    losses = card["objective"]["losses"]
+    assert card["architecture"]["config"]["upsample"] == "resize" and losses["ms_ssim"]["weight"] == 0.1
+    assert losses["focal_frequency"]["weight"] == 1.0 and losses["adversarial"]["weight"] == 0.01
     check = stages["ort_check"]
     assert check["device"] == "cpu" and check["fp32 (CPU stand-in)"]["within_tolerance"]
     assert check["cpu"]["timing"]["decode_images_per_s"] > 0

@@ -72,6 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
         help="weight of the PatchGAN hinge term S²·(−D(x̂)) (default 0: no discriminator; train.losses)")
     add("--adv-start", type=int, default=default.adv_start, metavar="STEP",
         help="step at which the discriminator and its term switch on (default 0)")
+    add("--bind", default=default.bind, metavar="FACTORS",
+        help="bind the first units to measured factors (ctgen.factors), in this order: a comma list such as "
+             "rotation_deg,level,head_width_max_mm, or auto (every factor measured on most training slices "
+             "that varies); see train.binding")
+    add("--bind-weight", type=float, default=default.bind_weight,
+        help="weight w of the bound units' Gaussian likelihood w·Σ(μ−y)²/(2σ²), σ=0.1 "
+             f"(default {default.bind_weight:g})")
+    add("--free-weight", type=float, default=default.free_weight,
+        help=f"weight of the term that keeps the free units off the bound factors (default {default.free_weight:g})")
+    add("--free-term", choices=("covariance", "adversary"), default=default.free_term,
+        help="that term: covariance (default) the free means' squared batch cross-covariance with the labels; "
+             "adversary an MLP regressing the labels from them through gradient reversal (train.binding)")
+    add("--bind-fraction", type=float, default=default.bind_fraction,
+        help="share of training patients whose labels are used, seeded (default 1: all)")
+    add("--bind-from", default=None, metavar="FACTORS_CSV",
+        help="labels from a phantom's factors.csv instead of the measured factors (research runs only)")
     add("--epochs", type=int, default=default.epochs)
     add("--batch-size", type=int, default=default.batch_size, help="global batch (split across processes)")
     add("--lr", type=float, default=default.lr)

@@ -46,6 +46,13 @@ class TrainConfig:
     freq_weight: float = 0.0  # weight of the focal frequency loss
     adv_weight: float = 0.0  # weight of S²·(−D(x̂)), the PatchGAN's hinge generator term; 0: no discriminator
     adv_start: int = 0  # step at which the discriminator and its term switch on (warm-up)
+    # bound units (train.binding): the first units tied to measured factors; "" binds none
+    bind: str = ""  # comma list of ctgen.factors names (or factors.csv columns with bind_from), or "auto"
+    bind_weight: float = 1.0  # w of the likelihood w·Σ_k (μ_k − y_k)²/(2σ²), σ = train.binding.BIND_SIGMA
+    free_weight: float = 10.0  # weight of the term that keeps the free units off the bound factors
+    free_term: str = "covariance"  # that term: covariance | adversary (train.binding.FREE_TERMS)
+    bind_fraction: float = 1.0  # share of training patients whose labels are used (seeded)
+    bind_from: str | None = None  # a phantom's factors.csv instead of the measured factors (research runs only)
     epochs: int = 20
     batch_size: int = 64  # global, in images: split across torchrun processes
     lr: float = 1e-3
@@ -70,9 +77,15 @@ class TrainConfig:
 
         if self.recon not in RECON_LOSSES:
             raise InputError(None, f"--recon must be one of {', '.join(RECON_LOSSES)}, not {self.recon!r}")
-        for name in ("ssim_weight", "freq_weight", "adv_weight", "adv_start"):
+        for name in ("ssim_weight", "freq_weight", "adv_weight", "adv_start", "bind_weight", "free_weight"):
             if not getattr(self, name) >= 0:
                 raise InputError(None, f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if not 0.0 < self.bind_fraction <= 1.0:
+            raise InputError(None, f"--bind-fraction must be in (0, 1], not {self.bind_fraction}")
+        if self.free_term not in ("covariance", "adversary"):
+            raise InputError(None, f"--free-term must be covariance or adversary, not {self.free_term!r}")
+        if self.bind_from and not self.bind:
+            raise InputError(None, "--bind-from needs --bind (the factors.csv columns to bind, or auto)")
 
     @property
     def grid(self) -> Grid:

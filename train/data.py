@@ -7,14 +7,23 @@ its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
 
     images.f16       raw float16 (N, S, S), C order, values in [0, 1] (the model's window)
     manifest.jsonl   one JSON object per slice, in image order: index, file, frame, patient (the split key of
-                     --split-by auto), patient_id_key (--split-by patient), study (--split-by study): hashes,
-                     never the IDs; position_mm, instance_number, brain_fraction
+                     --split-by auto), patient_id_key (--split-by patient), study (--split-by study), series:
+                     hashes, never the IDs; position_mm, orientation, instance_number, slice_thickness_mm,
+                     brain_fraction
+    factors.f32      raw float32 (N, F), C order: the measured factors (``ctgen.factors``) of every slice, NaN
+                     where not measured; their names are info.json's "factors" (none with the "window" HU map)
     inventory.jsonl  the selection: one row per file of the archive with its reason code (``ctgen scan --out``)
     info.json        key, grid card, slice/patient/file counts, the selection's summary (files by reason, the
                      warnings about patient keys), files that failed to read; written last (complete marker)
 
 The key hashes every file under the sources (absolute path, size, mtime), the Grid, CACHE_VERSION and the
-source of the modules that select, read and preprocess, so editing that code or touching an input rebuilds it.
+source of the modules that select, read, preprocess and measure, so editing that code or touching an input
+rebuilds it.
+
+Factors are measured on the cached image itself, turned back into HU by the grid's (invertible) HU map, at the
+grid's spacing: the very pixels the model sees, and the grid at which decoder outputs are measured when a bound
+unit's control is checked. Series factors (level, head_*_max_*) group the cached slices by series. With the
+"window" map (HU clipped to -50..250) air and bone are lost, so nothing is measured.
 
 Brain-slice rule (``brain_fraction``, used by ``--filter-brain``; ``ctgen.geometry.brain_fraction``): the
 fraction of the head (HU > -500) that is brain-range tissue (0..80 HU) enclosed by bone (HU >= 300 with its
@@ -34,11 +43,12 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ctgen.errors import InputError, OutputError
+from ctgen.factors import FACTORS
 from ctgen.geometry import BODY_THRESHOLD_HU, BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
 from ctgen.geometry import brain_fraction  # the runtime's rule, so that training and ctgen agree
 from ctgen.preprocess import Grid
@@ -46,6 +56,7 @@ from ctgen.scan import SPLIT_BY
 
 __all__ = [
     "CACHE_VERSION",
+    "FACTOR_NAMES",
     "BRAIN_FRACTION_MIN",
     "SliceCache",
     "brain_fraction",
@@ -54,12 +65,16 @@ __all__ = [
     "derived_seed",
     "describe_selection",
     "list_inputs",
+    "measure_cache",
     "open_cache",
     "split_patients",
     "split_indices",
 ]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+# the factors measured on cached slices: those of the image and of the series (the header's are not cached)
+FACTOR_NAMES = tuple(factor.name for factor in FACTORS if factor.source in ("image", "series"))
+FACTORS_MEASURED_ON = "the cached image in HU (the grid's HU map inverted), at the grid's spacing"
 _SPLIT_FIELDS = {"auto": "patient", "patient": "patient_id_key", "study": "study"}
 
 
@@ -73,6 +88,7 @@ def _check_split_by(mode: str) -> str:
 
 def _preprocess_fingerprint() -> str:
     import ctgen.dicom
+    import ctgen.factors
     import ctgen.geometry
     import ctgen.nifti
     import ctgen.preprocess
@@ -80,6 +96,7 @@ def _preprocess_fingerprint() -> str:
 
     digest = hashlib.sha256()
     files = sorted(Path(ctgen.dicom.__file__).parent.glob("*.py"))
+    files += sorted(Path(ctgen.factors.__file__).parent.glob("*.py"))
     files += [Path(module.__file__) for module in (ctgen.preprocess, ctgen.geometry, ctgen.scan, ctgen.nifti)]
     for path in files:
         digest.update(path.read_bytes())
@@ -130,6 +147,19 @@ class SliceCache:
         return [record.get(field_name) or record["patient"] for record in self.records]
 
     @property
+    def factor_names(self) -> list[str]:
+        """Names of the measured factors, the columns of ``factors`` ([] with the "window" HU map)."""
+        return list(self.info.get("factors") or [])
+
+    @property
+    def factors(self) -> np.ndarray:
+        """The measured factors of every slice: float32 (N, F), NaN where not measured (``measure_cache``)."""
+        names = self.factor_names
+        if not names:
+            return np.zeros((len(self.records), 0), dtype=np.float32)
+        return np.fromfile(self.path / "factors.f32", dtype=np.float32).reshape(len(self.records), len(names))
+
+    @property
     def brain_fractions(self) -> np.ndarray:
         return np.array([record["brain_fraction"] for record in self.records], dtype=np.float32)
 
@@ -174,7 +204,9 @@ def _read_one(job: tuple[str, dict[str, str], Grid]) -> tuple[str, list[dict[str
                     "frame": frame,
                     **keys,
                     "position_mm": list(item.position_mm) if item.position_mm is not None else None,
+                    "orientation": list(item.orientation) if item.orientation else None,
                     "instance_number": item.instance_number,
+                    "slice_thickness_mm": item.slice_thickness_mm,
                     "brain_fraction": round(brain_fraction(item.hu, item.spacing_mm), 6),
                 }
             )
@@ -238,7 +270,8 @@ def build_cache(
 
     inventory = scan(sources, files=files, progress=progress)
     strict, strict_warnings = split_keys(inventory.entries, "patient")
-    jobs = [(entry.path, {"patient": entry.patient, "patient_id_key": strict[index], "study": entry.study}, grid)
+    jobs = [(entry.path, {"patient": entry.patient, "patient_id_key": strict[index], "study": entry.study,
+                          "series": entry.series}, grid)
             for index, entry in enumerate(inventory.entries) if entry.used]
     skipped: list[str] = []
     count = 0
@@ -273,6 +306,7 @@ def build_cache(
         raise InputError(", ".join(map(str, sources)),
                          f"no usable CT slices in {len(files)} files ({counts}){f'; first: {first[0]}' if first else ''}")
     records = [json.loads(line) for line in (staging / "manifest.jsonl").read_text().splitlines()]
+    factor_names = measure_cache(staging, records, grid, workers=workers)
     with open(staging / "inventory.jsonl", "w") as rows:
         rows.writelines(json.dumps(entry.row()) + "\n" for entry in inventory.entries)
     selection = {k: v for k, v in inventory.summary().items() if k not in ("skipped", "split_by", "warnings")}
@@ -291,6 +325,8 @@ def build_cache(
         "failed_files": skipped,  # selected, yet unreadable
         "selection": selection,
         "brain_rule": {"brain_hu": list(BRAIN_HU), "head_hu_min": BODY_THRESHOLD_HU, "bone_hu_min": BONE_HU_MIN},
+        "factors": factor_names,
+        "factors_measured_on": FACTORS_MEASURED_ON if factor_names else None,
     }
     (staging / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     if final.exists():  # stale cache of the same key prefix
@@ -300,6 +336,54 @@ def build_cache(
     except OSError:  # another process finished the same cache first
         shutil.rmtree(staging, ignore_errors=True)
     return open_cache(final, split_by)
+
+
+class _GridSlice(NamedTuple):
+    """A cached slice as ``ctgen.factors.measure_series`` takes it: HU at the grid's spacing, its geometry."""
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float]
+    position_mm: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    series_uid: str
+    slice_thickness_mm: float | None
+
+
+def _measure_series(job: tuple[str, int, list[int], list[dict[str, Any]], Grid]) -> tuple[list[int], np.ndarray]:
+    """Pool worker: the measured factors (float32 (n, F), FACTOR_NAMES' order) of one series' cached slices."""
+    from ctgen.factors import measure_series
+    from ctgen.preprocess import from_model
+
+    folder, count, indices, records, grid = job
+    images = np.memmap(Path(folder) / "images.f16", dtype=np.float16, mode="r", shape=(count, grid.size, grid.size))
+    slices = [_GridSlice(from_model(images[index].astype(np.float32), grid), (grid.spacing_mm, grid.spacing_mm),
+                         record["position_mm"], record.get("orientation"), record.get("series") or "",
+                         record.get("slice_thickness_mm")) for index, record in zip(indices, records)]
+    rows, _warnings = measure_series(slices)
+    return indices, np.array([[row[name] for name in FACTOR_NAMES] for row in rows], dtype=np.float32)
+
+
+def measure_cache(folder: Path, records: Sequence[dict[str, Any]], grid: Grid, *, workers: int = 2) -> list[str]:
+    """Measure every cached slice (``folder``/images.f16, in ``records`` order) into ``folder``/factors.f32,
+    float32 (N, F) with NaN where not measured; returns the F factor names ([] and no file with the "window"
+    HU map, which clips away what the measurements need). Slices group into series by ``series``."""
+    if grid.hu_map.is_window:
+        return []
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        groups.setdefault(record.get("series") or f"\0{index}", []).append(index)
+    jobs = [(str(folder), len(records), members, [records[i] for i in members], grid) for members in groups.values()]
+    values = np.full((len(records), len(FACTOR_NAMES)), np.nan, dtype=np.float32)
+    if workers > 1 and len(jobs) > 1:
+        with _pool_context().Pool(min(workers, len(jobs)), initializer=single_threaded_blas) as pool:
+            results = list(pool.imap(_measure_series, jobs, chunksize=max(1, min(8, len(jobs) // (4 * workers)))))
+    else:
+        with single_threaded_blas():
+            results = list(map(_measure_series, jobs))
+    for indices, rows in results:
+        values[indices] = rows
+    values.tofile(folder / "factors.f32")
+    return list(FACTOR_NAMES)
 
 
 def describe_selection(cache: SliceCache) -> list[str]:

@@ -22,7 +22,9 @@ summed over pixels, KL summed over units, nats):
                itself shares every unit, which is plain β-VAE and teaches nothing about sharing).
 
 Every objective takes the reconstruction term of --recon (l2 or l1, train.model) and adds the image
-terms of train.losses (MS-SSIM, focal frequency, patch adversarial) when their weights are set.
+terms of train.losses (MS-SSIM, focal frequency, patch adversarial) when their weights are set, and with
+--bind the bound units' terms of train.binding on the encoder's own posterior means (before pairs averages
+shared units).
 
 Validation reports recon, KL per unit and val_loss in each objective's own terms: betavae and pairs
 recon + β·KL of each slice's own posterior (pairing is a training device), tcvae its weighted sum with N
@@ -43,6 +45,7 @@ from torch import nn
 
 from train import ddp
 from train.data import derived_seed
+from train.binding import Binding, FreeAdversary, bind_terms
 from train.losses import ImageLoss
 from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSSES, LossTerms, vae_loss
 
@@ -74,12 +77,20 @@ class Objective:
     val_extras: tuple[str, ...] = ()  # ... and in validation (val_<name>)
 
     def __init__(self, cfg: Any, *, train_records: Sequence[dict[str, Any]], device: torch.device,
-                 autocast: Callable[[], Any] = nullcontext, ctx: ddp.Dist = ddp.Dist()):  # fmt: skip
+                 autocast: Callable[[], Any] = nullcontext, ctx: ddp.Dist = ddp.Dist(),
+                 binding: Binding | None = None):  # fmt: skip
         self.cfg, self.device, self.autocast, self.ctx = cfg, device, autocast, ctx
         self.dataset_size = len(train_records)
         self.items_per_epoch = self.dataset_size
         self.image_loss = ImageLoss(cfg, device=device, ctx=ctx)
-        self.extras = type(self).extras + self.image_loss.names
+        self.binding = binding
+        self._encoder_mu: torch.Tensor | None = None
+        self.free_adversary: FreeAdversary | None = None
+        if binding is not None and binding.free_term == "adversary":
+            bound = len(binding.factors)
+            self.free_adversary = FreeAdversary(cfg.latent - bound, bound).to(device)
+            self.free_adversary_optimizer = torch.optim.Adam(self.free_adversary.parameters(), lr=cfg.lr)
+        self.extras = type(self).extras + self.image_loss.names + (("bind", "free") if binding else ())
         self.val_extras = type(self).val_extras + self.image_loss.val_names
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -92,16 +103,35 @@ class Objective:
             return None
         return self.cfg.capacity_max * min(1.0, step / max(1, self.cfg.capacity_steps))
 
-    def loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int) -> LossTerms:
-        """images float32 (B, 1, S, S), noise (B, L): the terms of one training step (loss to minimise)."""
+    def loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int,
+             labels: torch.Tensor | None = None) -> LossTerms:  # fmt: skip
+        """images float32 (B, 1, S, S), noise (B, L), with a binding the standardised labels (B, K) (NaN: none):
+        the terms of one training step (loss to minimise)."""
         terms, recon = self._loss(model, images, noise, step=step)
+        if self.binding is not None:
+            bound, extra = bind_terms(self._encoder_mu, labels, self.binding, self.free_adversary)
+            terms.loss = terms.loss + bound
+            terms.extra.update(extra)
+        self._encoder_mu = None
         return self._add_image_terms(terms, images, recon, step)
+
+    def _forward(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor,
+                 posterior: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """model(images) under autocast, keeping the encoder's own posterior means for the binding terms
+        (inside forward, so that DDP sees one call)."""
+
+        def keep(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self._encoder_mu = mu
+            return (mu, logvar) if posterior is None else posterior(mu, logvar)
+
+        with self.autocast():  # without a binding the call is exactly the objective's own
+            return model(images, noise=noise, posterior=keep if self.binding is not None else posterior)
 
     def _loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int
               ) -> tuple[LossTerms, torch.Tensor]:  # fmt: skip
         """The objective's own terms and the reconstruction (B, 1, S, S) they came from."""
-        with self.autocast():
-            recon, mu, logvar = model(images, noise=noise)
+        recon, mu, logvar = self._forward(model, images, noise)
         cfg = self.cfg
         terms = self._vae_loss(images, recon, mu, logvar, beta=cfg.beta, capacity=self.capacity_at(step),
                                gamma=cfg.gamma)  # fmt: skip
@@ -120,8 +150,13 @@ class Objective:
         return terms
 
     def after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
-        """Called after the optimizer step: the patch discriminator trains here, then ``_after_step``."""
+        """Called after the optimizer step: the patch discriminator trains here, and the bound units' free
+        adversary (its gradients came with the loss's), then ``_after_step``."""
         self.image_loss.after_step(terms.extra)
+        if self.free_adversary is not None:
+            ddp.average_gradients(self.ctx, self.free_adversary.parameters())
+            self.free_adversary_optimizer.step()
+            self.free_adversary_optimizer.zero_grad(set_to_none=True)
         self._after_step(terms, generator)
 
     def _after_step(self, terms: LossTerms, generator: torch.Generator) -> None:
@@ -156,7 +191,11 @@ class Objective:
 
     def state_dict(self) -> dict[str, Any] | None:
         """Extra state for the checkpoint (None: nothing beyond the model and its optimizer)."""
-        return {**(self._state_dict() or {}), **self.image_loss.state_dict()} or None
+        adversary = {}
+        if self.free_adversary is not None:
+            adversary = {"free_adversary": self.free_adversary.state_dict(),
+                         "free_adversary_optimizer": self.free_adversary_optimizer.state_dict()}  # fmt: skip
+        return {**(self._state_dict() or {}), **self.image_loss.state_dict(), **adversary} or None
 
     def _state_dict(self) -> dict[str, Any] | None:
         return None
@@ -164,6 +203,9 @@ class Objective:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         self._load_state_dict(state)
         self.image_loss.load_state_dict(state)
+        if self.free_adversary is not None:
+            self.free_adversary.load_state_dict((state or {})["free_adversary"])
+            self.free_adversary_optimizer.load_state_dict((state or {})["free_adversary_optimizer"])
 
     def _load_state_dict(self, state: dict[str, Any] | None) -> None:
         pass
@@ -213,8 +255,7 @@ class TCVAE(Objective):
         return terms
 
     def _loss(self, model, images, noise, *, step):
-        with self.autocast():
-            recon, mu, logvar = model(images, noise=noise)
+        recon, mu, logvar = self._forward(model, images, noise)
         return self._terms(images, recon, mu, logvar, noise, self.dataset_size), recon
 
     def _evaluate(self, images, recon, mu, logvar, noise, *, dataset_size):
@@ -292,8 +333,7 @@ class FactorVAE(Objective):
         return loss.detach()
 
     def _loss(self, model, images, noise, *, step):
-        with self.autocast():
-            recon, mu, logvar = model(images, noise=noise)
+        recon, mu, logvar = self._forward(model, images, noise)
         terms = self._vae_loss(images, recon, mu, logvar, beta=1.0)
         z = _sample(mu, logvar, noise)
         tc = self.total_correlation(z)
@@ -405,8 +445,7 @@ class Pairs(Objective):
         return mu, logvar
 
     def _loss(self, model, images, noise, *, step):
-        with self.autocast():
-            recon, mu, logvar = model(images, noise=noise, posterior=self._aggregate)
+        recon, mu, logvar = self._forward(model, images, noise, posterior=self._aggregate)
         terms = self._vae_loss(images, recon, mu, logvar, beta=self.cfg.beta)
         terms.extra = {"shared_units": self._shared.float().sum(1).mean()}
         return terms, recon
@@ -419,10 +458,12 @@ class Pairs(Objective):
 
 
 def make_objective(cfg: Any, *, train_records: Sequence[dict[str, Any]], device: torch.device,
-                   autocast: Callable[[], Any] = nullcontext, ctx: ddp.Dist = ddp.Dist()) -> Objective:  # fmt: skip
+                   autocast: Callable[[], Any] = nullcontext, ctx: ddp.Dist = ddp.Dist(),
+                   binding: Binding | None = None) -> Objective:  # fmt: skip
     """The objective ``cfg.objective`` names; ``train_records`` are the cache records of the training slices
-    in training-row order. Raises ValueError for an unknown name."""
+    in training-row order; ``binding`` adds the bound units' terms. Raises ValueError for an unknown name."""
     classes = {"betavae": Objective, "tcvae": TCVAE, "factorvae": FactorVAE, "pairs": Pairs}
     if cfg.objective not in classes:
         raise ValueError(f"unknown objective {cfg.objective!r} (choose from {', '.join(OBJECTIVES)})")
-    return classes[cfg.objective](cfg, train_records=train_records, device=device, autocast=autocast, ctx=ctx)
+    return classes[cfg.objective](cfg, train_records=train_records, device=device, autocast=autocast, ctx=ctx,
+                                  binding=binding)

@@ -21,6 +21,7 @@ from train import ddp
 from train.checkpoint import LAST, METRICS, load_checkpoint_verified, lock_run, remove_stale_files, repair_run
 from train.config import RESUMABLE, TrainConfig
 from train.data import build_cache, describe_selection, open_cache, split_indices, split_patients
+from train.binding import Binding, file_labels, make_binding
 from train.model import BetaVAE
 from train.objectives import OBJECTIVES
 
@@ -115,10 +116,18 @@ class Data:
     split: dict[str, Any]
     summary: dict[str, Any]
     train_records: list[dict[str, Any]]  # cache records of the training rows, in order
+    binding: Binding | None = None  # the bound factors (train.binding), None without --bind
+    labels: torch.Tensor | None = None  # float32 (M, B) standardised labels of `images`' rows, NaN: none
 
     def batch(self, rows: torch.Tensor) -> torch.Tensor:
         x = self.images.index_select(0, rows).to(self.device, non_blocking=True).unsqueeze(1).float()  # (B, 1, S, S)
         return x.contiguous(memory_format=torch.channels_last)  # NHWC: faster convolutions on GPU and CPU
+
+    def batch_labels(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The standardised labels float32 (B, K) of ``rows`` on the device; None without a binding."""
+        if self.labels is None:
+            return None
+        return self.labels.index_select(0, rows).to(self.device, non_blocking=True)
 
 
 def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: Any, checkpoint: dict | None, *,
@@ -168,6 +177,10 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
         raise InputError(cache.path, "no training slices left (check --filter-brain / --val-fraction)")
 
     used = np.sort(np.concatenate([train_idx, val_idx]))
+    binding, labels = None, None
+    if cfg.bind:
+        binding, label_values = _bind(cfg, cache, patients, train_idx, checkpoint)
+        labels = torch.from_numpy(label_values[used])
     images = torch.from_numpy(np.ascontiguousarray(cache.images[used]))  # (M, S, S) float16, in RAM
     train_rows = torch.from_numpy(np.searchsorted(used, train_idx))  # rows of `images`
     val_rows = torch.from_numpy(np.searchsorted(used, val_idx))
@@ -178,6 +191,8 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
         images = images.to(device) if on_device else images.pin_memory()
     if on_device:
         train_rows, val_rows = train_rows.to(device), val_rows.to(device)
+    if labels is not None and on_device:
+        labels = labels.to(device)
     summary = {
         "sources": cache.info["sources"],
         "cache_key": cache.info["key"],
@@ -196,7 +211,35 @@ def load_data(cfg: TrainConfig, ctx: ddp.Dist, device: torch.device, console: An
         },
     }
     return Data(images=images, train_rows=train_rows, val_rows=val_rows, device=device, on_device=on_device,
-                split=split, summary=summary, train_records=[cache.records[i] for i in train_idx])  # fmt: skip
+                split=split, summary=summary, train_records=[cache.records[i] for i in train_idx],
+                binding=binding, labels=labels)  # fmt: skip
+
+
+def _bind(cfg: TrainConfig, cache: Any, patients: list[str], train_idx: np.ndarray,
+          checkpoint: dict | None) -> tuple[Binding, np.ndarray]:  # fmt: skip
+    """The run's Binding (a resumed run's own, from its checkpoint) and the standardised labels float32
+    (N, B) of every cached slice: NaN where not measured and on the training slices of unlabelled patients."""
+    if cfg.bind_from:
+        names, values = file_labels(cfg.bind_from, cache.records)
+        source = f"file:{Path(cfg.bind_from).name}"
+    else:
+        names, values = cache.factor_names, cache.factors
+        source = "measured"
+        if not names:
+            raise InputError(None, "--bind: the 'window' HU map clips away what the factors are measured on "
+                                   "(use --hu-map ct, or --bind-from)")  # fmt: skip
+    train_patients = [patients[i] for i in train_idx]
+    if checkpoint is not None and checkpoint.get("binding") is not None:
+        binding = Binding.from_record(checkpoint["binding"])
+    elif checkpoint is not None:
+        raise ModelError(Path(cfg.out) / LAST, "was trained without --bind; cannot resume with it")
+    else:
+        binding = make_binding(cfg, names, values[train_idx], train_patients, source)
+    columns = [list(names).index(name) for name in binding.factors]
+    labels = binding.standardise(values[:, columns])
+    unlabelled = np.setdiff1d(train_idx, train_idx[np.isin(np.asarray(train_patients), binding.labelled)])
+    labels[unlabelled] = np.nan
+    return binding, labels
 
 
 def save_pictures(model: BetaVAE, originals: torch.Tensor, run: Path, epoch: int, grid: Grid,

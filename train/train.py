@@ -30,6 +30,7 @@ from ctgen.preprocess import HUMap
 from train import ddp
 from train.checkpoint import FORMAT, LAST, METRICS, write_epoch
 from train.config import FIELD_OF_VIEW_MM, TrainConfig
+from train.binding import r2_from_sums, r2_sums
 from train.data import derived_seed
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 from train.objectives import Objective, make_objective
@@ -62,7 +63,8 @@ def to_hu(unit: torch.Tensor, hu_map: HUMap) -> torch.Tensor:
 def validate(model: BetaVAE, objective: Objective, data: Data, seed: int, ctx: ddp.Dist, eval_batch: int,
              autocast: Any, hu_map: HUMap) -> dict[str, Any]:  # fmt: skip
     """One pass over the validation slices with sampled z (fixed noise), summed over processes:
-    val_recon, val_kl, recon_mae_hu (of decode(mu)), kl_per_unit and the objective's val_<extras>.
+    val_recon, val_kl, recon_mae_hu (of decode(mu)), kl_per_unit, the objective's val_<extras> and with a
+    binding the bound units' figures (train.binding.r2_from_sums, each prefixed val_).
     {} without validation slices."""
     if len(data.val_rows) == 0:
         return {}
@@ -70,6 +72,9 @@ def validate(model: BetaVAE, objective: Objective, data: Data, seed: int, ctx: d
     generator = torch.Generator(data.device).manual_seed(derived_seed(seed, "val", ctx.rank))
     mine = data.val_rows[ctx.rank :: ctx.world]
     sums = torch.zeros(3 + latent + len(names), device=data.device, dtype=torch.float64)  # recon, abs, n, kl, extras
+    bound = data.binding is not None
+    bind_sums = torch.zeros((len(data.binding.factors), 3 + 3 * latent) if bound else (0,), device=data.device,
+                            dtype=torch.float64)  # fmt: skip
     model.eval()
     with torch.no_grad():
         for start in range(0, len(mine), eval_batch):
@@ -85,6 +90,8 @@ def validate(model: BetaVAE, objective: Objective, data: Data, seed: int, ctx: d
             sums[3 : 3 + latent] += terms.kl_units.double() * len(x)
             for index, name in enumerate(names):
                 sums[3 + latent + index] += terms.extra[name].double() * len(x)
+            if bound:
+                bind_sums += r2_sums(mu.float(), data.batch_labels(mine[start : start + eval_batch]))
     ddp.all_reduce_sum(ctx, sums)
     count = sums[2].item()
     kl_units = (sums[3 : 3 + latent] / count).tolist()
@@ -92,6 +99,9 @@ def validate(model: BetaVAE, objective: Objective, data: Data, seed: int, ctx: d
               "recon_mae_hu": sums[1].item() / count, "kl_per_unit": kl_units}  # fmt: skip
     for index, name in enumerate(names):
         result[f"val_{name}"] = sums[3 + latent + index].item() / count
+    if bound:
+        ddp.all_reduce_sum(ctx, bind_sums)
+        result |= {f"val_{key}": value for key, value in r2_from_sums(bind_sums, data.binding.factors).items()}
     return result
 
 
@@ -147,7 +157,8 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    objective = make_objective(cfg, train_records=data.train_records, device=device, autocast=autocast, ctx=ctx)
+    objective = make_objective(cfg, train_records=data.train_records, device=device, autocast=autocast, ctx=ctx,
+                               binding=data.binding)  # fmt: skip
     if objective.items_per_epoch == 0:
         raise InputError(cfg.out, "no patient has two training slices to pair (--objective pairs)")
     start_epoch, step, best_val, best_epoch = 0, 0, math.inf, None
@@ -239,7 +250,7 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
             rows = data.train_rows[items.t().reshape(-1)]  # pairs: every first slice, then every partner
             x = data.batch(rows)
             eps = torch.randn((len(rows), cfg.latent), generator=noise, device=device)
-            terms = objective.loss(train_model, x, eps, step=step)
+            terms = objective.loss(train_model, x, eps, step=step, labels=data.batch_labels(rows))
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()
@@ -319,6 +330,7 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
                 "best_epoch": best_epoch,
                 "train": asdict(cfg),
                 "loss": objective.record(),
+                "binding": data.binding.record() if data.binding is not None else None,
                 "grid": grid.to_card(),
                 "data": data.summary,
                 "split": data.split,
@@ -340,6 +352,9 @@ def _train(cfg: TrainConfig, command: str, checkpoint: dict[str, Any] | None, ct
                             f"KL {metrics['val_kl']:.2f}, {metrics['active_units']} active)") if n_val else ""
                 speed = f"{metrics['images_per_s']:.1f} img/s{'  *best' if is_best else ''}"
                 console.print(f"epoch {epoch}/{cfg.epochs}  train {train_loss:.2f}  {val_text}  {speed}", soft_wrap=True)
+                if data.binding is not None and n_val:
+                    figures = (f"{name} {metrics[f'val_bind_r2_{name}']:.2f}" for name in data.binding.factors)
+                    console.print("  bound units, val R²: " + ", ".join(figures), soft_wrap=True)
         saved_epoch = epoch
         ddp.barrier(ctx)
 

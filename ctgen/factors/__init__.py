@@ -30,8 +30,8 @@ class Factor(NamedTuple):
 
 
 FACTORS: tuple[Factor, ...] = (
-    Factor("rotation_deg", "deg", "image", "in-plane rotation: angle of the head's long axis from the image's "
-           "vertical, counter-clockwise on screen (NaN for a round head)"),
+    Factor("rotation_deg", "deg", "image", "in-plane rotation: angle from the image's vertical of the head's "
+           "axis nearer to it, counter-clockwise on screen, -45 to 45 (NaN for a round head)"),
     Factor("head_width_mm", "mm", "image", "head width: the short axis of the ellipse with the head mask's moments"),
     Factor("head_length_mm", "mm", "image", "head length: the long axis of the ellipse with the head mask's moments"),
     Factor("head_area_mm2", "mm²", "image", "head cross-section (table and head holder left out)"),

@@ -37,8 +37,9 @@ _NAN = math.nan
 def principal_axes(mask: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0)):
     """Second moments of a bool (H, W) mask in mm: (rotation_deg, length_mm, width_mm, elongation).
 
-    ``rotation_deg``: angle of the long axis from the image's vertical, counter-clockwise on screen, in
-    (-90, 90]; length and width: the full axes (4 sqrt(eigenvalue)) of the ellipse with the same moments, the
+    ``rotation_deg``: angle from the image's vertical of the axis nearer to it (the long axis of a head longer
+    than wide; the short one of a head wider than long, as at the skull base), counter-clockwise on screen,
+    in [-45, 45]; length and width: the full axes (4 sqrt(eigenvalue)) of the ellipse with the same moments, the
     one nearer the image's vertical and the other (so a round head keeps its front-back length); elongation:
     long axis over short. None for an empty mask."""
     cov = _covariance_mm(mask, spacing_mm)
@@ -50,8 +51,8 @@ def principal_axes(mask: np.ndarray, spacing_mm: tuple[float, float] = (1.0, 1.0
     vx, vy = eigenvectors[:, 1]
     angle = math.degrees(math.atan2(-vx, vy))
     angle = (angle + 90.0) % 180.0 - 90.0
-    if angle == -90.0:
-        angle = 90.0
+    if abs(vy) < abs(vx):  # the long axis is nearer the horizontal: measure the perpendicular one
+        angle -= math.copysign(90.0, angle)
     short, long = (4.0 * math.sqrt(max(value, 0.0)) for value in eigenvalues)
     length, width = (long, short) if abs(vy) >= abs(vx) else (short, long)
     return angle, length, width, long / max(short, 1e-12)

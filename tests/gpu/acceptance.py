@@ -52,6 +52,9 @@ from runner import Clock, GpuMonitor, Processes, tail  # noqa: E402
 STAGES = ["install", "phantom", "cache", "gpu_tests", "probe", "training", "export", "ort_check"]
 GRID = [(10, 1.0), (20, 1.0), (50, 1.0), (100, 1.0), (500, 1.0), (50, 20.0), (50, 50.0), (50, 200.0)]
 EXPORT_POINT = (50, 1.0)  # shared by both sweeps; its best checkpoint (lowest validation loss) is exported
+# the exported run also binds units to measured factors and adds the image terms, so the GPU run exercises them
+EXPORT_EXTRAS = {"bind": "rotation_deg,level,head_width_max_mm,head_length_max_mm", "upsample": "resize",
+                 "ssim_weight": 0.1, "freq_weight": 1.0, "adv_weight": 0.01, "adv_start": 1}
 BUDGET_S = 540.0
 WHEEL_SITE = Path("/tmp/ctgen-site")
 PACKAGES = ["pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm", "nibabel", "nilearn",
@@ -333,8 +336,8 @@ class Acceptance:
         if spare < 2 * est:
             raise Skip(f"{spare:.0f} s spare, the probe needs ~{est:.0f} s: all of it goes to the grid")
         latent, beta = EXPORT_POINT
-        config = self.base_config() | {"out": str(self.runs / "probe"), "latent": latent, "beta": beta, "epochs": 1,
-                                       "force": True}  # fmt: skip
+        config = self.base_config() | EXPORT_EXTRAS | {"out": str(self.runs / "probe"), "latent": latent, "beta": beta,
+                                                       "epochs": 1, "force": True}  # fmt: skip
         process, result_path = self.worker("probe", config, self.plan.cores)
         try:
             process.wait(max(1.0, min(3 * est, spare)))
@@ -401,8 +404,9 @@ class Acceptance:
             name = run_name(latent, beta)
             if only is not None and name not in only:
                 continue
-            config = self.base_config() | {"out": str(self.runs / name), "latent": latent, "beta": beta,
-                                           "epochs": epochs, "resume": resume, "force": not resume}  # fmt: skip
+            config = self.base_config() | (EXPORT_EXTRAS if (latent, beta) == EXPORT_POINT else {}) | {
+                "out": str(self.runs / name), "latent": latent, "beta": beta, "epochs": epochs, "resume": resume,
+                "force": not resume}  # fmt: skip
             processes[name] = self.worker(f"{name}.{label}", config, threads)
         counts = {name: len(read_metrics(self.runs / name)) for name in processes}
         stamps: dict[str, list[float]] = {name: [] for name in processes}
