@@ -25,7 +25,7 @@ def test_every_file_gets_its_reason(archive):
     inventory = scan([root])
     found = {_relative(root, entry.path): entry.reason for entry in inventory.entries}
     assert found == expected
-    assert set(found.values()) == set(REASONS)  # the archive exercises every reason code
+    assert set(found.values()) == set(REASONS) - {"unreadable", "invalid"}  # those two: tests below
     by_name = {_relative(root, entry.path): entry for entry in inventory.entries}
     assert by_name["C/enhanced.dcm"].frames == 3  # multi-frame files count per frame
     assert "tilted 20.0°" in by_name["A/extra/tilted.dcm"].detail

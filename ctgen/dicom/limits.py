@@ -27,8 +27,8 @@ from pydicom.uid import (
 
 from ctgen.errors import DicomError, InputError
 
-__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "bounded_reader", "check_codestream", "check_deflated",
-           "check_pixel_count", "max_pixels", "set_max_pixels"]
+__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "LimitError", "bounded_reader", "check_codestream",
+           "check_deflated", "check_deflated_file", "check_pixel_count", "max_pixels", "set_max_pixels"]
 
 MAX_PIXELS_DEFAULT = 1 << 26  # 67,108,864 pixels: one 8192² image or 256 frames of 512²
 MAX_PIXELS_ENV = "CTGEN_MAX_PIXELS"
@@ -39,6 +39,10 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _setting_lock = threading.Lock()
 _max_pixels: int | None = None
+
+
+class LimitError(DicomError):
+    """A file beyond a limit of the reader (sequence nesting, inflated size): refused before it is parsed whole."""
 
 
 def set_max_pixels(limit: int | None) -> None:
@@ -187,10 +191,29 @@ def check_deflated(path: Path, syntax: UID | None, dataset_offset: int | None, l
                     total += len(inflater.decompress(block, 1 << 20))
                     block = inflater.unconsumed_tail
                     if total > limit_bytes:
-                        raise DicomError(path, f"deflated dataset inflates beyond {limit_bytes:,} bytes "
+                        raise LimitError(path, f"deflated dataset inflates beyond {limit_bytes:,} bytes "
                                                f"(raise the pixel limit with --max-pixels or {MAX_PIXELS_ENV})")
     except zlib.error as exc:
         raise DicomError(path, f"corrupt deflated dataset ({exc})") from None
+
+
+def check_deflated_file(path: Path, head: bytes, limit_pixels: int | None) -> None:
+    """``check_deflated`` for a file whose first bytes (``head``, 4 KiB are enough) name the deflated transfer
+    syntax: its file meta says where the dataset starts. Files without a readable file meta pass."""
+    if DeflatedExplicitVRLittleEndian.encode() not in head:
+        return
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - no file meta: parsing the file says what is wrong
+        return
+    length = meta.get("FileMetaInformationGroupLength")
+    try:
+        offset = None if length is None else 144 + int(length)
+    except (TypeError, ValueError):
+        offset = None
+    check_deflated(path, meta.get("TransferSyntaxUID"), offset, limit_pixels)
 
 
 def bounded_reader(path: Path) -> io.BufferedIOBase:
