@@ -166,6 +166,10 @@ def dataset_depth(ds, limit: int = MAX_SEQUENCE_DEPTH) -> int:
     while stack:
         dataset, depth = stack.pop()
         for tag in list(dataset.keys()):
+            stored = dataset.get_item(tag, keep_deferred=True)  # as stored: nothing converted or read
+            vr = stored.VR or _dictionary_vr(tag)
+            if vr not in ("SQ", "UN") or stored.value is None:  # None: a long value deferred, left unparsed
+                continue
             try:
                 element = dataset[tag]
             except RecursionError:
@@ -178,6 +182,15 @@ def dataset_depth(ds, limit: int = MAX_SEQUENCE_DEPTH) -> int:
                     return deepest
                 stack.extend((item, depth + 1) for item in element.value)
     return deepest
+
+
+def _dictionary_vr(tag) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def functional_groups(ds, frame: int) -> list:
