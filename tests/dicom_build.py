@@ -102,17 +102,50 @@ def file_bytes(ds: Dataset, syntax) -> bytes:
     return out.getvalue() + dataset_bytes(ds, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
 
 
-def set_element(data: bytes, group: int, number: int, vr: str, value: bytes) -> bytes:
-    """An explicit VR little endian Part 10 file with one top-level element replaced, or inserted in tag order
-    (top-level elements before it must have defined lengths)."""
-    wanted, offset = group << 16 | number, 132
-    while offset + 8 <= len(data):
-        tag_group, tag_number = struct.unpack_from("<HH", data, offset)
-        long_vr = data[offset + 4 : offset + 6] in _LONG_VRS
-        length = struct.unpack_from("<I" if long_vr else "<H", data, offset + (8 if long_vr else 6))[0]
-        end = offset + (12 if long_vr else 8) + length
-        tag = tag_group << 16 | tag_number
-        if tag >= wanted and tag_group != 2:
-            return data[:offset] + element(group, number, vr, value) + data[end if tag == wanted else offset :]
-        offset = end
-    return data + element(group, number, vr, value)
+def top_level(body: bytes, *, implicit: bool = False, little: bool = True) -> list[tuple[int, int, bytes, int, int]]:
+    """The top-level elements of a dataset's bytes, as (offset, tag, VR (b"" when implicit), length field
+    offset, value offset), up to the first element of undefined length (its end is not known without parsing)."""
+    endian, found, offset = "<" if little else ">", [], 0
+    while offset + 8 <= len(body):
+        group, number = struct.unpack_from(endian + "HH", body, offset)
+        if implicit:
+            vr, length_at, value_at = b"", offset + 4, offset + 8
+            length = struct.unpack_from(endian + "I", body, length_at)[0]
+        else:
+            vr = body[offset + 4 : offset + 6]
+            if vr in _LONG_VRS:
+                length_at, value_at = offset + 8, offset + 12
+                if value_at > len(body):
+                    break
+                length = struct.unpack_from(endian + "I", body, length_at)[0]
+            else:
+                length_at, value_at = offset + 6, offset + 8
+                length = struct.unpack_from(endian + "H", body, length_at)[0]
+        found.append((offset, group << 16 | number, vr, length_at, value_at))
+        if length == 0xFFFFFFFF:
+            break
+        offset = value_at + length
+    return found
+
+
+def set_element(data: bytes, group: int, number: int, vr: str, value: bytes, *, start: int = 132,
+                implicit: bool = False, little: bool = True) -> bytes:
+    """``data`` with one top-level element replaced, or inserted in tag order (elements before it must have
+    defined lengths; else ``data`` comes back unchanged). ``start``: where the elements begin (132: after
+    the preamble, skipping the file meta group)."""
+    wanted, endian = group << 16 | number, "<" if little else ">"
+    if implicit:
+        new = struct.pack(endian + "HHI", group, number, len(value)) + value
+    elif vr.encode() in _LONG_VRS:
+        new = struct.pack(endian + "HH2sHI", group, number, vr.encode(), 0, len(value)) + value
+    else:
+        new = struct.pack(endian + "HH2sH", group, number, vr.encode(), len(value)) + value
+    elements = top_level(data[start:], implicit=implicit, little=little)
+    for index, (offset, tag, _, _, _) in enumerate(elements):
+        if tag >= wanted and tag >> 16 != 2:
+            if tag != wanted:
+                return data[: start + offset] + new + data[start + offset :]
+            if index + 1 < len(elements):
+                return data[: start + offset] + new + data[start + elements[index + 1][0] :]
+            return data  # the last element known: where it ends is not
+    return data

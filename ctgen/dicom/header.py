@@ -17,7 +17,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctgen.dicom.limits import LimitError, check_deflated_file
+from ctgen.dicom.common import one_line
+from ctgen.dicom.limits import bounded_reader, check_deflated_file
 from ctgen.dicom.validate import (
     IMAGE_KEYWORDS, check_depth, check_frames, check_image, dataset_depth, floats, nesting_error, rescale,
     spacing_mm,
@@ -422,7 +423,7 @@ def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
     if not preamble and start[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
         raise DicomError(path, "not a DICOM file")
     check_deflated_file(path, start[:4096], None)  # pydicom inflates a deflated dataset whole
-    with warnings.catch_warnings(record=True) as caught, open(path, "rb") as handle:
+    with warnings.catch_warnings(record=True) as caught, bounded_reader(path, in_memory=False) as handle:
         warnings.simplefilter("always")
         try:
             # long values are deferred: seeked over, and read only if a wanted value is that long
@@ -467,16 +468,22 @@ def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
                         truncated = _fragments_cut(handle, value_offset, size, "<" if little else ">")
                     else:
                         pixels, truncated = "native", value_offset + length > size
-    values = {keyword: _pydicom_value(ds, keyword, kind) for keyword, kind in _WANTED.values() if keyword in ds}
-    values.update(_enhanced_geometry(ds))
-    values["ModalityLUTSequence"] = "ModalityLUTSequence" in ds
-    if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
-        values["_frames"] = ds  # spacing and rescale per frame, as the reader resolves them
-    if not values.get("SOPClassUID") and getattr(ds, "file_meta", None) is not None:
-        values["SOPClassUID"] = str(ds.file_meta.get("MediaStorageSOPClassUID") or "")
-    if not values.get("SOPInstanceUID") and getattr(ds, "file_meta", None) is not None:
-        values["SOPInstanceUID"] = str(ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
-    return _header(path, values, syntax, pixels, length, truncated)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom converts values now, and warns about malformed ones
+        values = {keyword: _pydicom_value(ds, keyword, kind) for keyword, kind in _WANTED.values() if keyword in ds}
+        try:
+            values.update(_enhanced_geometry(ds))
+        except Exception:  # noqa: BLE001 - damaged functional groups: check_frames says why
+            pass
+        values["ModalityLUTSequence"] = "ModalityLUTSequence" in ds
+        if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+            values["_frames"] = ds  # spacing and rescale per frame, as the reader resolves them
+        meta = getattr(ds, "file_meta", None)
+        for keyword, stored in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not values.get(keyword) and meta is not None:
+                values[keyword] = _pydicom_value(meta, stored, "text") or ""
+        return _header(path, values, syntax, pixels, length, truncated)
 
 
 def _deflated_pixels(path: Path) -> tuple[str, int]:
@@ -596,6 +603,8 @@ def _invalid(path: Path, values: dict, syntax: str, pixels: str, length: int) ->
             spacing_mm(path, values.get("PixelSpacing"))
     except DicomError as error:
         return error.reason
+    except Exception as error:  # noqa: BLE001 - values pydicom cannot convert: the reader cannot either
+        return f"cannot read: {one_line(error)}"
     return ""
 
 

@@ -27,12 +27,13 @@ from pydicom.uid import (
 
 from ctgen.errors import DicomError, InputError
 
-__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "LimitError", "bounded_reader", "check_codestream",
+__all__ = ["MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "MAX_READS", "LimitError", "bounded_reader", "check_codestream",
            "check_deflated", "check_deflated_file", "check_pixel_count", "max_pixels", "set_max_pixels"]
 
 MAX_PIXELS_DEFAULT = 1 << 26  # 67,108,864 pixels: one 8192² image or 256 frames of 512²
 MAX_PIXELS_ENV = "CTGEN_MAX_PIXELS"
 _IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
+MAX_READS = 1 << 17  # reads while parsing one file: 50,000-130,000 data elements (1,000 frames of an enhanced CT)
 _INFLATE_SLACK = 16 << 20  # bytes of header a deflated file may hold besides its pixels
 _SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}  # 0xF7: JPEG-LS
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length
@@ -216,24 +217,49 @@ def check_deflated_file(path: Path, head: bytes, limit_pixels: int | None) -> No
     check_deflated(path, meta.get("TransferSyntaxUID"), offset, limit_pixels)
 
 
-def bounded_reader(path: Path) -> io.BufferedIOBase:
-    """The file as a stream whose reads never ask for more than is left in it.
+def bounded_reader(path: Path, *, in_memory: bool = True) -> io.BufferedIOBase:
+    """The file as a stream whose reads never ask for more than is left in it, and that raises LimitError
+    after MAX_READS reads.
 
     A file's read(n) allocates n bytes before reading, so a damaged element length of 4 GB would allocate
     4 GB for the few bytes there are. Files up to _IN_MEMORY_BYTES are read whole (BytesIO reads what there
-    is, and is the fastest for pydicom's many small reads); larger ones are clamped read by read.
+    is, and is the fastest for pydicom's many small reads); larger ones, and all when not ``in_memory``, are
+    clamped read by read (a header is read without the rest of the file). pydicom
+    reads two or three times per element: a damaged length that leaves megabytes of zeros to be parsed as
+    empty elements would otherwise take minutes.
     """
-    if path.stat().st_size <= _IN_MEMORY_BYTES:
-        return io.BytesIO(path.read_bytes())
+    if in_memory and path.stat().st_size <= _IN_MEMORY_BYTES:
+        return _CountedBytes(path.read_bytes(), path)
     return _BoundedReader(path)
+
+
+def _too_many_reads(path) -> LimitError:
+    return LimitError(path, f"more than {MAX_READS:,} reads to parse the header: far more data elements than "
+                            "any image holds (a damaged length?)")
+
+
+class _CountedBytes(io.BytesIO):
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(data)
+        self._path, self._reads = path, 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self._reads += 1
+        if self._reads > MAX_READS:
+            raise _too_many_reads(self._path)
+        return super().read(size)
 
 
 class _BoundedReader(io.BufferedReader):
     def __init__(self, path: Path):
         super().__init__(io.FileIO(path, "rb"))
         self._size = os.fstat(self.fileno()).st_size
+        self._path, self._reads = path, 0
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if size is not None and size > 0:
+        self._reads += 1
+        if self._reads > MAX_READS:
+            raise _too_many_reads(self._path)
+        if size is not None and size > 1 << 16:  # smaller reads allocate little: no tell() for them
             size = min(size, max(0, self._size - self.tell()))
         return super().read(size)
