@@ -19,6 +19,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -487,7 +488,9 @@ def _sop_name(uid: str) -> str:
     try:
         from pydicom.uid import UID
 
-        name = UID(uid).name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # about a malformed UID: it has no name then
+            name = UID(uid).name
         return "" if name == uid else name
     except Exception:  # noqa: BLE001
         return ""

@@ -313,3 +313,16 @@ def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch):  # i
     found = {Path(entry.path).name: (entry.reason, entry.detail) for entry in inventory.entries}
     assert found == {"a.dcm": ("ok", ""),
                      "closed": ("unreadable", "cannot list the folder (Permission denied); its files are not scanned")}
+
+
+def test_scan_of_a_malformed_sop_class_warns_nothing(tmp_path):
+    import warnings
+
+    data = CT_SMALL.read_bytes()
+    data = set_element(data[: pixel_data_offset(data)], 0x0008, 0x0016, "UI", b"1.2.840.")  # and no pixels
+    path = tmp_path / "no-pixels.dcm"
+    path.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entry = _entry(path)
+    assert entry.reason == "no-image" and not caught, (entry, [str(w.message) for w in caught])
