@@ -561,8 +561,10 @@ def run_scan(examples: int, *, seed: int | None, log: Path | None, truncations: 
         try:
             if truncations:
                 for seed_name, one_seed in sorted(SCAN_SEEDS.items()):
-                    data = one_seed.meta + one_seed.body
-                    for cut in range(len(one_seed.meta) + _pixel_offset(one_seed.body, one_seed) + 16):
+                    data = build_scan_case(seed_name, [], None)[0]  # deflated as the seed says
+                    end = len(data) if one_seed.deflated else len(one_seed.meta) + _pixel_offset(one_seed.body,
+                                                                                               one_seed) + 16
+                    for cut in range(end):
                         one(f"{seed_name} cut at byte {cut}", data[:cut])
             else:
                 _hypothesis(examples, seed, SCAN_CASE, case, shrink=False)
