@@ -336,29 +336,26 @@ def _walk_top_level(buffer: _Buffer, offset: int, explicit: bool, values: dict, 
             return buffer.base + start, length
         if tag in _FUNCTIONAL_GROUPS:
             raise _Fallback
-        if tag == _MODALITY_LUT:
-            values["ModalityLUTSequence"] = True
-        if length == _UNDEFINED:  # a sequence (SQ, or UN holding implicit-VR items)
-            offset = _skip_sequence(buffer, start, None, explicit and vr != b"UN", 1, path)
+        if length == _UNDEFINED or vr == b"SQ":  # a sequence (SQ, or UN holding implicit-VR items)
+            if tag == _MODALITY_LUT:
+                values["ModalityLUTSequence"] = True
+            end = None if length == _UNDEFINED else buffer.base + start + length
+            offset = _skip_sequence(buffer, start, end, explicit and vr != b"UN", 1, path)
             data = buffer.data
             continue
         end = start + length
         entry = wanted.get(tag)
-        if vr == b"SQ" and length:
-            offset = _skip_sequence(buffer, start, buffer.base + end, explicit, 1, path)
-            data = buffer.data
-            continue
-        if entry is not None:
-            if length > _MAX_VALUE:
+        if entry is not None and length <= _MAX_VALUE:
+            if end > len(data):
+                start = buffer.need(start, length)
+                data, end = buffer.data, start + length
+            values[entry[0]] = _value(data[start:end], entry[1])
+        else:
+            if entry is not None:
                 values[entry[0]] = _OVERLONG
-            else:
-                if end > len(data):
-                    start = buffer.need(start, length)
-                    data, end = buffer.data, start + length
-                values[entry[0]] = _value(data[start:end], entry[1])
-        if end > len(data):
-            end = buffer.skip(end)
-            data = buffer.data
+            if end > len(data):
+                end = buffer.skip(end)
+                data = buffer.data
         offset = end
 
 
