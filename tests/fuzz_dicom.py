@@ -416,7 +416,7 @@ def build_scan_case(seed_name: str, mutations: list, cut: float | None) -> tuple
     ``where`` as a hole in a sparse file (0, 0 without one)."""
     seed = SCAN_SEEDS[seed_name]
     body, endian, hole_header = bytearray(seed.body), "<" if seed.little else ">", b""
-    for kind, *arguments in mutations:
+    for index, (kind, *arguments) in enumerate(mutations):
         elements = top_level(bytes(body), implicit=seed.implicit, little=seed.little)
         pick = elements[min(int(arguments[0] * len(elements)), len(elements) - 1)] if elements and kind in (
             "vr", "length") else None
@@ -430,7 +430,8 @@ def build_scan_case(seed_name: str, mutations: list, cut: float | None) -> tuple
             body[length_at : length_at + size] = (value % (1 << (8 * size))).to_bytes(size, order)
         elif kind == "nest" and seed.little and not seed.implicit:
             pixels = _pixel_offset(bytes(body), seed)
-            body[pixels:pixels] = nested_sequences(arguments[0])
+            # a tag of its own: of repeated tags pydicom keeps the last, and the reader never sees the others
+            body[pixels:pixels] = nested_sequences(arguments[0], tag=(0x0009, 0x1020 + index))
         elif kind == "long" and not seed.deflated and not hole_header:
             pixels = _pixel_offset(bytes(body), seed)
             hole_header = (struct.pack(endian + "HHI", 0x0009, 0x1010, arguments[0]) if seed.implicit else
