@@ -326,3 +326,14 @@ def test_scan_of_a_malformed_sop_class_warns_nothing(tmp_path):
         warnings.simplefilter("always")
         entry = _entry(path)
     assert entry.reason == "no-image" and not caught, (entry, [str(w.message) for w in caught])
+
+
+def test_encapsulated_pixel_data_declared_longer_than_the_file_is_truncated_for_both(tmp_path):  # the fuzz
+    data = Path(get_testdata_file("693_J2KI.dcm")).read_bytes()
+    at = data.rindex(b"\xe0\x7f\x10\x00OW\x00\x00\xff\xff\xff\xff") + 8
+    path = tmp_path / "long.dcm"
+    path.write_bytes(data[:at] + struct.pack("<I", len(data) - at + 1000) + data[at + 4 :])
+    read_frames(get_testdata_file("693_J2KI.dcm"))  # the file as it was reads
+    assert _entry(path).reason == "truncated"
+    with pytest.raises(DicomError, match="truncated"):
+        read_frames(path)  # pydicom reads the cut value as it is: the codestream decodes

@@ -196,6 +196,12 @@ def _raw(ds: Dataset, keyword: str):
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool, max_pixels: int | None) -> tuple[str, int]:
     if "PixelData" not in ds:
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
+    stored = ds.get_item("PixelData", keep_deferred=True)  # before conversion: the length the file declares
+    declared = getattr(stored, "length", None)
+    if truncated or (declared not in (None, 0xFFFFFFFF) and len(stored.value or b"") < declared):
+        # pydicom reads a cut value as it is: it may even decode, but it is not what the file holds (scan
+        # says "truncated" too)
+        raise DicomError(path, "file is truncated (it ends before its pixel data does)")
     if not ds.PixelData:
         raise DicomError(path, "pixel data is empty")
     modality = str(ds.get("Modality") or MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
