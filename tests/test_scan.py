@@ -337,3 +337,12 @@ def test_encapsulated_pixel_data_declared_longer_than_the_file_is_truncated_for_
     assert _entry(path).reason == "truncated"
     with pytest.raises(DicomError, match="truncated"):
         read_frames(path)  # pydicom reads the cut value as it is: the codestream decodes
+
+
+def test_a_character_set_pydicom_cannot_use_is_invalid_for_both(tmp_path):  # found by the scan fuzz
+    path = tmp_path / "charset.dcm"
+    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0008, 0x0005, "CS", b"ISO_IR 100\x00\x08CS"))
+    entry = _entry(path)
+    assert entry.reason == "invalid" and entry.detail.startswith("invalid SpecificCharacterSet"), entry
+    with pytest.raises(DicomError):
+        read_frames(path)

@@ -20,8 +20,8 @@ from pathlib import Path
 from ctgen.dicom.common import one_line
 from ctgen.dicom.limits import bounded_reader, check_deflated_file
 from ctgen.dicom.validate import (
-    IMAGE_KEYWORDS, check_depth, check_frames, check_image, dataset_depth, floats, nesting_error, rescale,
-    spacing_mm,
+    IMAGE_KEYWORDS, check_charset, check_depth, check_frames, check_image, dataset_depth, floats, nesting_error,
+    rescale, spacing_mm,
 )
 from ctgen.errors import DicomError
 
@@ -590,6 +590,7 @@ def _invalid(path: Path, values: dict, syntax: str, pixels: str, length: int) ->
     """Why the reader would refuse the header's values ("" when it would not): ``ctgen.dicom.validate``."""
     image = {keyword: values[keyword] for keyword in IMAGE_KEYWORDS if keyword in values}
     try:
+        check_charset(path, values.get("SpecificCharacterSet"))
         frames = check_image(path, image, pixel_bytes=None if syntax == _DEFLATED else length,
                              compressed=pixels == "encapsulated")
         if "_frames" in values:

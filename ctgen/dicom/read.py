@@ -35,7 +35,8 @@ from ctgen.dicom.common import MODALITY_BY_SOP
 from ctgen.dicom.common import one_line as _one_line
 from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated_file, check_pixel_count
 from ctgen.dicom.validate import (
-    IMAGE_KEYWORDS, attr, check_depth, check_image, dataset_depth, floats, functional_groups, nesting_error, rescale, spacing_mm,
+    IMAGE_KEYWORDS, attr, check_charset, check_depth, check_image, dataset_depth, floats, functional_groups,
+    nesting_error, rescale, spacing_mm,
 )
 from ctgen.errors import CtgenError, DicomError
 from ctgen.native_stderr import captured_native_stderr
@@ -196,6 +197,7 @@ def _raw(ds: Dataset, keyword: str):
 def _check(ds: Dataset, path, allow_mr: bool, truncated: bool, max_pixels: int | None) -> tuple[str, int]:
     if "PixelData" not in ds:
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
+    check_charset(path, _raw(ds, "SpecificCharacterSet"))
     stored = ds.get_item("PixelData", keep_deferred=True)  # before conversion: the length the file declares
     declared = getattr(stored, "length", None)
     if truncated or (declared not in (None, 0xFFFFFFFF) and len(stored.value or b"") < declared):

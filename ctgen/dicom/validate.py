@@ -9,14 +9,17 @@ rescale, and how deep sequences nest.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
+from ctgen.dicom.common import one_line
 from ctgen.dicom.limits import LimitError, check_pixel_count
 from ctgen.errors import DicomError
 from ctgen.preprocess import SPACING_RANGE_MM
 
-__all__ = ["BITS_ALLOCATED", "HU_LIMIT", "IMAGE_KEYWORDS", "MAX_SEQUENCE_DEPTH", "attr", "check_depth", "check_frames", "check_image",
-           "dataset_depth", "floats", "functional_groups", "nesting_error", "numbers", "rescale", "spacing_mm"]
+__all__ = ["BITS_ALLOCATED", "HU_LIMIT", "IMAGE_KEYWORDS", "MAX_SEQUENCE_DEPTH", "attr", "check_charset",
+           "check_depth", "check_frames", "check_image", "dataset_depth", "floats", "functional_groups",
+           "nesting_error", "numbers", "rescale", "spacing_mm"]
 
 BITS_ALLOCATED = (8, 16, 32)
 HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
@@ -147,6 +150,21 @@ def rescale(path, slope, intercept, bits_allocated: int) -> tuple[float, float]:
     if abs(slope) * 2.0 ** int(bits_allocated) + abs(intercept) > HU_LIMIT:
         raise DicomError(path, f"rescale slope {slope:g}, intercept {intercept:g} takes HU beyond float32")
     return slope, intercept
+
+
+def check_charset(path, value) -> None:
+    """DicomError for a SpecificCharacterSet that pydicom cannot turn into codecs (it would fail on every text
+    value); unknown names pass (pydicom falls back to its default for them)."""
+    if value is None or value == "" or value == ():
+        return
+    from pydicom.charset import convert_encodings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # about unknown names: pydicom falls back to ASCII
+            convert_encodings([value] if isinstance(value, str) else list(value))
+    except Exception as error:  # noqa: BLE001 - ValueError, LookupError and whatever else the lookup raises
+        raise DicomError(path, f"invalid SpecificCharacterSet {_shown(value)} ({one_line(error)})") from None
 
 
 def check_depth(path, depth: int) -> None:
