@@ -346,3 +346,15 @@ def test_a_character_set_pydicom_cannot_use_is_invalid_for_both(tmp_path):  # fo
     assert entry.reason == "invalid" and entry.detail.startswith("invalid SpecificCharacterSet"), entry
     with pytest.raises(DicomError):
         read_frames(path)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "enhanced"])
+def test_native_pixel_data_of_undefined_length_is_truncated_for_both(tmp_path, archive, name):  # the fuzz
+    source = CT_SMALL if name == "CT_small.dcm" else archive[0] / "C" / "enhanced.dcm"
+    data = source.read_bytes()
+    at = pixel_data_offset(data) + 8
+    path = tmp_path / "undefined.dcm"
+    path.write_bytes(data[:at] + b"\xff\xff\xff\xff" + data[at + 4 :])
+    assert _entry(path).reason == "truncated"
+    with pytest.raises(DicomError, match="truncated"):
+        read_frames(path)

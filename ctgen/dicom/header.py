@@ -39,6 +39,7 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData,
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _EXPLICIT_LE, _IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 _BIG_ENDIAN, _DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+_NATIVE = (_EXPLICIT_LE, _IMPLICIT_LE, _BIG_ENDIAN)
 _LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102",
                    "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.201",
@@ -237,6 +238,8 @@ def _parse_fast(data: bytes, size: int, handle, path=None) -> tuple[dict, str, s
     if found is None:
         return values, syntax, "none", 0, bool(values.pop("_cut", False))
     value_offset, length = found
+    if length == _UNDEFINED and syntax in _NATIVE:  # pydicom reads to a delimiter that native data lacks
+        return values, syntax, "native", 0, True
     if length == _UNDEFINED:
         return values, syntax, "encapsulated", length, _fragments_cut(handle, value_offset, size, "<")
     return values, syntax, "native", length, value_offset + length > size
@@ -460,7 +463,9 @@ def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
                     else:
                         length = struct.unpack("<I" if little else ">I", element[4:8])[0]
                         value_offset = position + 8
-                    if length == _UNDEFINED:
+                    if length == _UNDEFINED and syntax in _NATIVE:  # as in _parse_fast
+                        pixels, truncated = "native", True
+                    elif length == _UNDEFINED:
                         pixels = "encapsulated"
                         truncated = _fragments_cut(handle, value_offset, size, "<" if little else ">")
                     else:
@@ -557,7 +562,7 @@ def _header(path: Path, values: dict, syntax: str, pixels: str, length: int, tru
     bits = integer("BitsAllocated") or 0
     samples = integer("SamplesPerPixel") or 1
     photometric = text("PhotometricInterpretation").upper()
-    native = syntax in (_EXPLICIT_LE, _IMPLICIT_LE, _BIG_ENDIAN)
+    native = syntax in _NATIVE
     if native and pixels == "native" and not truncated and rows and columns and bits and length:
         per_pixel = 2 if photometric == "YBR_FULL_422" else samples  # 4:2:2 stores two values per pixel
         expected = (rows * columns * frames * per_pixel * bits + 7) // 8

@@ -200,9 +200,10 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool, max_pixels: int |
     check_charset(path, _raw(ds, "SpecificCharacterSet"))
     stored = ds.get_item("PixelData", keep_deferred=True)  # before conversion: the length the file declares
     declared = getattr(stored, "length", None)
-    if truncated or (declared not in (None, 0xFFFFFFFF) and len(stored.value or b"") < declared):
-        # pydicom reads a cut value as it is: it may even decode, but it is not what the file holds (scan
-        # says "truncated" too)
+    native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
+    if declared is not None and (len(stored.value or b"") < declared if declared != 0xFFFFFFFF else native):
+        # pydicom reads a cut value as it is (it may even decode), and native data of undefined length up to
+        # the end of the file: neither is what the file declares (scan says "truncated" too)
         raise DicomError(path, "file is truncated (it ends before its pixel data does)")
     if not ds.PixelData:
         raise DicomError(path, "pixel data is empty")
