@@ -127,6 +127,22 @@ def _entry(path: Path):
     return entry
 
 
+def _within(seconds: int, function, *arguments):
+    """``function(*arguments)``, or TimeoutError when it is still running after ``seconds`` (a hang)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError(f"{function.__name__} hangs")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        return function(*arguments)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _ct_small(**attributes) -> pydicom.Dataset:
     ds = pydicom.dcmread(CT_SMALL)
     for keyword, value in attributes.items():
@@ -177,24 +193,13 @@ def test_files_read_by_pydicom_cut_inside_a_value_are_truncated(tmp_path, layout
 
 
 def test_links_that_loop_and_fifos_are_unreadable_and_the_scan_goes_on(tmp_path):  # items 1 and 2
-    import signal
-
     shutil.copy(CT_SMALL, tmp_path / "good.dcm")
     os.symlink("self", tmp_path / "self")
     (tmp_path / "sub").mkdir()
     os.symlink("..", tmp_path / "sub" / "up")  # a folder loop
     os.mkfifo(tmp_path / "pipe")
 
-    def hung(*_):
-        raise TimeoutError("the scan hangs")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(10)
-    try:
-        inventory = scan([tmp_path])
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    inventory = _within(10, scan, [tmp_path])
     found = {Path(entry.path).name: (entry.reason, entry.detail) for entry in inventory.entries}
     assert found["good.dcm"][0] == "ok"
     assert found["pipe"] == ("unreadable", "not a regular file (a FIFO)")
@@ -358,3 +363,19 @@ def test_native_pixel_data_of_undefined_length_is_truncated_for_both(tmp_path, a
     assert _entry(path).reason == "truncated"
     with pytest.raises(DicomError, match="truncated"):
         read_frames(path)
+
+
+def test_a_huge_number_of_frames_is_not_checked_frame_by_frame(tmp_path, archive):  # found by the scan fuzz
+    import time
+
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(archive[0] / "C" / "enhanced.dcm")
+    ds.compress(RLELossless)
+    ds.NumberOfFrames = 191344354
+    path = tmp_path / "frames.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    started = time.perf_counter()
+    entry = _within(10, _entry, path)
+    assert time.perf_counter() - started < 5 and entry.reason in ("ok", "invalid"), entry

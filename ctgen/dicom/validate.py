@@ -237,7 +237,9 @@ def check_frames(path, ds, n_frames: int) -> None:
     """Every frame's pixel spacing and rescale, resolved as the reader resolves them (frame group, shared
     group, top level). Raises DicomError as ``spacing_mm`` and ``rescale``."""
     bits = int(ds.get("BitsAllocated") or 16)
-    for frame in range(n_frames if "PerFrameFunctionalGroupsSequence" in ds else 1):
+    per_frame = len(ds.get("PerFrameFunctionalGroupsSequence") or ())
+    # frames past the per-frame groups resolve alike (shared group, top level): one of them is checked
+    for frame in range(min(n_frames, per_frame + 1)):
         groups = functional_groups(ds, frame)
         transform = attr(ds, groups, "PixelValueTransformationSequence")
         source = transform if transform is not None and "RescaleIntercept" in transform else ds
