@@ -323,6 +323,27 @@ def _reader_case(spec, folder: Path, log_stream, stats: Stats) -> None:
 
 
 @contextlib.contextmanager
+def _deadline(seconds: float):
+    """TimeoutError in the body once ``seconds`` have passed (where SIGALRM exists)."""
+    import signal
+
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(*_):
+        raise TimeoutError(f"the case runs longer than {seconds:g} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
 def _workspace(log: Path | None):
     """(an empty temporary folder, the log stream or None), both gone afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="ctgen-fuzz-"))
@@ -554,7 +575,8 @@ def run_scan(examples: int, *, seed: int | None, log: Path | None, truncations: 
                 log_stream.flush()
             _write_case(path, data, hole, where)
             started = time.perf_counter()
-            check_scan_case(path, stats)
+            with _deadline(4 * TIME_LIMIT_S):  # a hang fails the case instead of stopping the run
+                check_scan_case(path, stats)
             if log_stream:
                 log_stream.write(f"  {time.perf_counter() - started:.2f} s\n")
 
