@@ -379,3 +379,14 @@ def test_a_huge_number_of_frames_is_not_checked_frame_by_frame(tmp_path, archive
     started = time.perf_counter()
     entry = _within(10, _entry, path)
     assert time.perf_counter() - started < 5 and entry.reason in ("ok", "invalid"), entry
+
+
+def test_an_image_value_under_another_vr_is_read_by_that_vr(tmp_path):  # found by the scan fuzz
+    data = CT_SMALL.read_bytes()
+    bits = data.index(b"\x28\x00\x00\x01US\x02\x00")
+    path = tmp_path / "vr.dcm"
+    path.write_bytes(data[:bits + 4] + b"UL" + data[bits + 6 :])  # 2 bytes are no UL: pydicom keeps the bytes
+    entry = _entry(path)
+    assert entry.reason == "invalid" and entry.detail.startswith("BitsAllocated"), entry
+    with pytest.raises(DicomError, match="BitsAllocated"):
+        read_frames(path)

@@ -31,6 +31,7 @@ _FIRST_READ = 64 * 1024  # the whole header of nearly every file; more is read o
 _MAX_VALUE = 64 * 1024  # a wanted value longer than this is malformed: it is skipped, not read
 _OVERLONG = "\x00overlong"  # what such a value becomes: text that no check accepts
 _MODALITY_LUT = 0x00283000
+_INTEGER_VRS = {None: "<H", b"US": "<H", b"SS": "<h", b"UL": "<I", b"SL": "<i"}  # None: implicit, or UN
 _UNDEFINED = 0xFFFFFFFF
 _VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
                                 "UC UI UL UN UR US UT UV").split()}
@@ -352,7 +353,7 @@ def _walk_top_level(buffer: _Buffer, offset: int, explicit: bool, values: dict, 
             if end > len(data):
                 start = buffer.need(start, length)
                 data, end = buffer.data, start + length
-            values[entry[0]] = _value(data[start:end], entry[1])
+            values[entry[0]] = _value(data[start:end], entry[1], vr)
         else:
             if entry is not None:
                 values[entry[0]] = _OVERLONG
@@ -401,9 +402,12 @@ def _skip_item(buffer: _Buffer, offset: int, end: int | None, explicit: bool, de
             offset = buffer.skip(start + length)
 
 
-def _value(raw: bytes, kind: str):
-    if kind == "ushort":  # anything but one value is malformed, as pydicom reads it
-        return struct.unpack("<H", raw)[0] if len(raw) == 2 else raw.decode("latin-1") or ""
+def _value(raw: bytes, kind: str, vr: bytes | None = None):
+    if kind == "ushort":  # one value of the VR the element says (pydicom converts by it), else malformed
+        code = _INTEGER_VRS.get(vr if vr != b"UN" else None)
+        if code is None or len(raw) != struct.calcsize(code):
+            return raw.decode("latin-1") or ""
+        return struct.unpack(code, raw)[0]
     if kind == "text" and not raw.isascii():
         return raw  # decoded (or refused) later
     text = raw.decode("ascii", "replace").rstrip("\x00 ").strip()
