@@ -390,3 +390,12 @@ def test_an_image_value_under_another_vr_is_read_by_that_vr(tmp_path):  # found 
     assert entry.reason == "invalid" and entry.detail.startswith("BitsAllocated"), entry
     with pytest.raises(DicomError, match="BitsAllocated"):
         read_frames(path)
+
+
+def test_an_optional_value_pydicom_cannot_convert_is_left_out_by_the_reader_as_by_scan(tmp_path):  # the fuzz
+    data = CT_SMALL.read_bytes()
+    position = data.index(b"\x20\x00\x32\x00DS")  # ImagePositionPatient under VR UL: its text is no UL
+    path = tmp_path / "position.dcm"
+    path.write_bytes(data[: position + 4] + b"UL" + data[position + 6 :])
+    assert _entry(path).reason == "ok"
+    assert read_frames(path)[0].position_mm is None

@@ -36,7 +36,7 @@ from ctgen.dicom.common import one_line as _one_line
 from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated_file, check_pixel_count
 from ctgen.dicom.validate import (
     IMAGE_KEYWORDS, attr, check_charset, check_depth, check_image, dataset_depth, floats, functional_groups,
-    nesting_error, rescale, spacing_mm,
+    nesting_error, rescale, spacing_mm, value,
 )
 from ctgen.errors import CtgenError, DicomError
 from ctgen.native_stderr import captured_native_stderr
@@ -297,25 +297,26 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
         hu = stored.astype(np.float32)
         slope, intercept = 1.0, 0.0
         if "RescaleIntercept" in source:
-            slope, intercept = rescale(path, source.get("RescaleSlope"), source.get("RescaleIntercept"),
+            slope, intercept = rescale(path, value(source, "RescaleSlope"), value(source, "RescaleIntercept"),
                                        int(ds.BitsAllocated))
         if slope != 1.0:
             hu *= np.float32(slope)
         if intercept != 0.0:
             hu += np.float32(intercept)
-    if ds.get("PixelPaddingValue") is not None:
-        lo = hi = _stored_value(ds, ds.PixelPaddingValue)
-        if ds.get("PixelPaddingRangeLimit") is not None:
-            lo, hi = sorted((lo, _stored_value(ds, ds.PixelPaddingRangeLimit)))
+    padding, limit = value(ds, "PixelPaddingValue"), value(ds, "PixelPaddingRangeLimit")
+    if isinstance(padding, int):  # anything else (absent, malformed) pads nothing
+        lo = hi = _stored_value(ds, padding)
+        if isinstance(limit, int):
+            lo, hi = sorted((lo, _stored_value(ds, limit)))
         hu[(stored >= lo) & (stored <= hi)] = AIR_HU if modality == "CT" else 0.0
     thickness = floats(attr(ds, groups, "PixelMeasuresSequence", "SliceThickness"), 1, positive=True)
     center = floats(attr(ds, groups, "FrameVOILUTSequence", "WindowCenter"))
     width = floats(attr(ds, groups, "FrameVOILUTSequence", "WindowWidth"), positive=True)
-    number = floats(ds.get("InstanceNumber"), 1)
+    number = floats(value(ds, "InstanceNumber"), 1)
     return Slice(
         hu=hu, spacing_mm=spacing_mm(path, attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing")),
-        path=str(path), modality=modality, patient_id=str(ds.get("PatientID") or ""),
-        series_uid=str(ds.get("SeriesInstanceUID") or ""),
+        path=str(path), modality=modality, patient_id=str(value(ds, "PatientID") or ""),
+        series_uid=str(value(ds, "SeriesInstanceUID") or ""),
         position_mm=floats(attr(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
         orientation=floats(attr(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
         instance_number=int(number[0]) if number else None,
@@ -327,11 +328,11 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
 
 
 
-def _stored_value(ds: Dataset, value) -> int:
+def _stored_value(ds: Dataset, number: int) -> int:
     # US or SS by PixelRepresentation: some writers store a signed padding value as US
-    value, bits = int(value), int(ds.get("BitsAllocated") or 16)
+    bits = int(ds.get("BitsAllocated") or 16)
     signed = int(ds.get("PixelRepresentation") or 0) == 1
-    return value - (1 << bits) if signed and value >= 1 << (bits - 1) else value
+    return number - (1 << bits) if signed and number >= 1 << (bits - 1) else number
 
 
 

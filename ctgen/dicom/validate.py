@@ -17,9 +17,9 @@ from ctgen.dicom.limits import LimitError, check_pixel_count
 from ctgen.errors import DicomError
 from ctgen.preprocess import SPACING_RANGE_MM
 
-__all__ = ["BITS_ALLOCATED", "HU_LIMIT", "IMAGE_KEYWORDS", "MAX_SEQUENCE_DEPTH", "attr", "check_charset",
+__all__ = ["BITS_ALLOCATED", "HU_LIMIT", "IMAGE_KEYWORDS", "MALFORMED", "MAX_SEQUENCE_DEPTH", "attr", "check_charset",
            "check_depth", "check_frames", "check_image", "dataset_depth", "floats", "functional_groups",
-           "nesting_error", "numbers", "rescale", "spacing_mm"]
+           "nesting_error", "numbers", "rescale", "spacing_mm", "value"]
 
 BITS_ALLOCATED = (8, 16, 32)
 HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
@@ -211,6 +211,18 @@ def _dictionary_vr(tag) -> str:
         return "UN"
 
 
+MALFORMED = "\x00malformed"  # what ``value`` gives for a value pydicom cannot convert: no check accepts it
+
+
+def value(ds, keyword: str):
+    """``ds.get(keyword)``, or MALFORMED when pydicom cannot convert what is stored (a VR that does not fit the
+    bytes, an unknown VR): optional values then count as malformed instead of failing the whole read."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - every conversion error of pydicom's
+        return MALFORMED
+
+
 def functional_groups(ds, frame: int) -> list:
     """The frame's and the shared functional group items of an enhanced multi-frame file (none otherwise)."""
     items = []
@@ -228,9 +240,9 @@ def attr(ds, groups: list, sequence: str, keyword: str | None = None):
     """
     for group in groups:
         items = group.get(sequence)
-        if items and (keyword is None or items[0].get(keyword) is not None):
-            return items[0] if keyword is None else items[0].get(keyword)
-    return None if keyword is None else ds.get(keyword)
+        if items and (keyword is None or value(items[0], keyword) is not None):
+            return items[0] if keyword is None else value(items[0], keyword)
+    return None if keyword is None else value(ds, keyword)
 
 
 def check_frames(path, ds, n_frames: int) -> None:
@@ -244,5 +256,5 @@ def check_frames(path, ds, n_frames: int) -> None:
         transform = attr(ds, groups, "PixelValueTransformationSequence")
         source = transform if transform is not None and "RescaleIntercept" in transform else ds
         if "ModalityLUTSequence" not in source and "RescaleIntercept" in source:
-            rescale(path, source.get("RescaleSlope"), source.get("RescaleIntercept"), bits)
+            rescale(path, value(source, "RescaleSlope"), value(source, "RescaleIntercept"), bits)
         spacing_mm(path, attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing"))
