@@ -401,11 +401,14 @@ def test_an_optional_value_pydicom_cannot_convert_is_left_out_by_the_reader_as_b
     assert read_frames(path)[0].position_mm is None
 
 
-def test_a_big_endian_file_without_samples_per_pixel_reads_as_scan_says(tmp_path):  # found by the scan fuzz
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_big_endian_file_without_samples_per_pixel_reads_as_scan_says(tmp_path, empty):  # found by the fuzz
     from pydicom.uid import ExplicitVRBigEndian
 
     ds = _ct_small()
     del ds.SamplesPerPixel
+    if empty:
+        ds.add_new(0x00280002, "US", None)
     path = tmp_path / "samples.dcm"
     path.write_bytes(file_bytes(ds, ExplicitVRBigEndian))
     assert _entry(path).reason == "ok"

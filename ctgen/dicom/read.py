@@ -213,8 +213,8 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool, max_pixels: int |
         raise DicomError(path, f"modality {modality or 'unknown'} is not CT{hint}")
     if "PhotometricInterpretation" not in ds:
         ds.PhotometricInterpretation = "MONOCHROME2"  # ACR-NEMA style files omit it
-    if "SamplesPerPixel" not in ds:
-        ds.SamplesPerPixel = 1  # and this one: pydicom's decoders need it (scan takes it as 1 too)
+    if value(ds, "SamplesPerPixel") in (None, ""):
+        ds.SamplesPerPixel = 1  # absent or empty: pydicom's decoders need it (scan takes it as 1 too)
     n_frames = check_image(path, {keyword: _raw(ds, keyword) for keyword in IMAGE_KEYWORDS},
                            pixel_bytes=len(ds.PixelData), compressed=ds.file_meta.TransferSyntaxUID.is_encapsulated,
                            max_pixels=max_pixels)
