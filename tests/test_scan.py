@@ -413,3 +413,17 @@ def test_a_big_endian_file_without_samples_per_pixel_reads_as_scan_says(tmp_path
     path.write_bytes(file_bytes(ds, ExplicitVRBigEndian))
     assert _entry(path).reason == "ok"
     assert read_frames(path)[0].hu.shape == (128, 128)
+
+
+def test_a_number_of_frames_of_control_bytes_is_invalid_for_both(tmp_path):  # found by the scan fuzz
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = _ct_small()
+    data = file_bytes(ds, ImplicitVRLittleEndian)
+    path = tmp_path / "frames.dcm"
+    path.write_bytes(set_element(data, 0x0028, 0x0008, "IS", b"\x0b\x00", start=len(data) - len(
+        dataset_bytes(ds, implicit=True, little=True)), implicit=True))
+    entry = _entry(path)
+    assert entry.reason == "invalid" and entry.detail.startswith("invalid NumberOfFrames"), entry
+    with pytest.raises(DicomError, match="NumberOfFrames"):
+        read_frames(path)

@@ -410,6 +410,8 @@ def _value(raw: bytes, kind: str, vr: bytes | None = None):
         return struct.unpack(code, raw)[0]
     if kind == "text" and not raw.isascii():
         return raw  # decoded (or refused) later
+    if kind == "number":  # as stored: ctgen.dicom.validate.numbers strips it as it strips pydicom's bytes
+        return raw.decode("ascii", "replace")
     text = raw.decode("ascii", "replace").rstrip("\x00 ").strip()
     if kind == "texts":
         return tuple(part.strip() for part in text.split("\\"))
