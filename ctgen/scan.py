@@ -18,6 +18,8 @@ import io
 import json
 import math
 import os
+import stat
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ctgen.defaults import MAX_TILT_DEG
-from ctgen.dicom.common import MODALITY_BY_SOP, SC_SOP, patient_key
+from ctgen.dicom.common import MODALITY_BY_SOP, SC_SOP, one_line, patient_key
+from ctgen.dicom.limits import LimitError
 from ctgen.errors import DicomError, InputError
 from ctgen.geometry import axial_tilt_deg  # re-exported
 from ctgen.nifti import is_nifti, sidecar_path
@@ -33,8 +36,8 @@ from ctgen.nifti import is_nifti, sidecar_path
 __all__ = ["MAX_TILT_DEG", "REASONS", "SKIP_REASONS", "SPLIT_BY", "Entry", "Inventory", "axial_tilt_deg",
            "list_files", "scan", "split_keys", "write_inventory"]
 
-REASONS = ("ok", "not-dicom", "truncated", "no-image", "not-ct", "colour", "secondary-capture", "localizer",
-           "not-axial", "duplicate")
+REASONS = ("ok", "not-dicom", "unreadable", "truncated", "no-image", "not-ct", "colour", "invalid",
+           "secondary-capture", "localizer", "not-axial", "duplicate")
 SKIP_REASONS = REASONS[1:]
 SPLIT_BY = ("auto", "patient", "study")
 INVENTORY_SUFFIXES = (".csv", ".jsonl")
@@ -80,6 +83,7 @@ class Entry:
     def row(self) -> dict[str, Any]:
         """The file's inventory row (JSON-ready; no identifier of the patient)."""
         values = {name: getattr(self, name) for name in _ROW_FIELDS}
+        values["path"] = _shown_path(self.path)
         for name in ("slice_thickness_mm", "fov_mm", "spacing_mm", "tilt_deg"):
             if values[name] is not None:
                 values[name] = round(values[name], 3)
@@ -123,7 +127,8 @@ class Inventory:
             "studies": len({entry.study for entry in used}),
             "series": len({entry.series for entry in used}),
             "reasons": self.counts(),
-            "skipped": [{"path": e.path, "reason": e.reason, "detail": e.detail} for e in self.skipped],
+            "skipped": [{"path": _shown_path(e.path), "reason": e.reason, "detail": _shown_path(e.detail)}
+                        for e in self.skipped],
             "warnings": list(self.warnings),
             "split_by": self.split_by,
             "max_tilt_deg": self.max_tilt_deg,
@@ -167,23 +172,35 @@ def list_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
     """Every file under ``sources`` (folders walked at any depth, files as given), sorted, absolute.
 
     Hidden entries (a leading dot) are left out, and so are the JSON sidecars of NIfTI volumes (they belong to
-    their volume). Raises InputError for a source that does not exist.
+    their volume). A folder that cannot be listed is listed itself (``scan`` says why it is skipped), and so are
+    names that are not regular files (FIFOs, sockets, broken or looping links). Raises InputError for a source
+    that does not exist.
     """
     files: set[Path] = set()
     for source in sources:
         path = Path(source)
         if path.is_file():
-            files.add(path.resolve())
+            files.add(_absolute(path))
             continue
         if not path.is_dir():
             raise InputError(source, "no such file or folder")
-        for folder, folders, names in os.walk(path):
+        unlisted: list[OSError] = []
+        for folder, folders, names in os.walk(path, onerror=unlisted.append):
             folders[:] = [name for name in folders if not name.startswith(".")]
             for name in names:
                 if not name.startswith("."):
-                    files.add(Path(folder, name).resolve())
+                    files.add(_absolute(Path(folder, name)))
+        files.update(_absolute(Path(error.filename)) for error in unlisted if error.filename is not None)
     sidecars = {sidecar_path(path) for path in files if is_nifti(path)}
     return sorted((path for path in files if path not in sidecars), key=str)
+
+
+def _absolute(path: Path) -> Path:
+    """The path resolved; a link that loops stays as it is (scan says why it is skipped)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's "Symlink loop"
+        return path.absolute()
 
 
 def scan(sources: Sequence[str | os.PathLike], *, split_by: str = "auto", max_tilt_deg: float = MAX_TILT_DEG,
@@ -238,12 +255,46 @@ def write_inventory(inventory: Inventory, path: str | os.PathLike, *, force: boo
 
 # ------------------------------------------------------------------------------------------ deciding
 def _decide(path: Path, max_tilt_deg: float) -> Entry:
-    if is_nifti(path):
-        return _decide_nifti(path, max_tilt_deg)
+    unreadable = _unreadable(path)
+    if unreadable:
+        return Entry(str(path), "unreadable", unreadable)
+    try:
+        if is_nifti(path):
+            return _decide_nifti(path, max_tilt_deg)
+        return _decide_dicom(path, max_tilt_deg)
+    except OSError as error:
+        return Entry(str(path), "unreadable", f"cannot read ({error.strerror or error})")
+    except Exception as error:  # noqa: BLE001 - one damaged file must not stop the scan of an archive
+        return Entry(str(path), "unreadable", f"internal error: {type(error).__name__}: {one_line(error)}")
+
+
+def _unreadable(path: Path) -> str:
+    """Why ``path`` is not a file that can be read ("" when it is one), without opening it: a FIFO would block."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return f"cannot read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as error:
+            return f"cannot list the folder ({error.strerror or error}); its files are not scanned"
+        return "a folder given as a file"
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+                stat.S_ISBLK: "a block device"}
+        return "not a regular file (" + next((name for test, name in kind.items() if test(mode)), "special") + ")"
+    return ""
+
+
+def _decide_dicom(path: Path, max_tilt_deg: float) -> Entry:
     from ctgen.dicom.header import read_header
 
     try:
         header = read_header(path)
+    except LimitError as error:
+        return Entry(str(path), "invalid", error.reason)
     except DicomError as error:
         return Entry(str(path), "not-dicom", error.reason)
     spacing = header.pixel_spacing_mm
@@ -279,6 +330,8 @@ def _reason(header, tilt: float | None, max_tilt_deg: float) -> tuple[str, str]:
         return "not-ct", f"modality {modality or 'unknown'}"
     if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
         return "colour", f"photometric interpretation {header.photometric or '?'}, {header.samples_per_pixel} samples"
+    if header.invalid:
+        return "invalid", header.invalid
     localizer = _LOCALIZER_TYPES.intersection(header.image_type)
     if localizer:
         return "localizer", f"image type {'/'.join(header.image_type)}"
@@ -406,6 +459,17 @@ def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _shown_path(text: str) -> str:
+    """A path as text that any encoding writes: bytes of a name that are not UTF-8 (held as surrogates by
+    ``os.fsdecode``) become backslash escapes, e.g. ``\\xff``."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _key(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
 
@@ -414,7 +478,9 @@ def _sop_name(uid: str) -> str:
     try:
         from pydicom.uid import UID
 
-        name = UID(uid).name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # about a malformed UID: it has no name then
+            name = UID(uid).name
         return "" if name == uid else name
     except Exception:  # noqa: BLE001
         return ""

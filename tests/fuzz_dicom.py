@@ -11,26 +11,33 @@ The invariant: reading either raises a ctgen error (not one caused by running ou
 finite float32 HU with no or a plausible spacing, which ``to_model`` turns into a finite image in [0, 1]
 (or refuses with InputError); each case stays under a time and a peak-memory bound.
 
+``--target scan`` fuzzes ``ctgen scan`` against the reader instead (issue 23): see "scan" below.
+
 Run it where a native crash cannot take anything down with it: ``tests/test_dicom_fuzz.py`` starts it in
-a subprocess under an address-space limit. By hand: ``python tests/fuzz_dicom.py --examples 10000``.
+a subprocess under an address-space limit. By hand: ``python tests/fuzz_dicom.py --examples 10000``
+(``--target scan``, ``--target scan --truncations``).
 Every case is written to ``--log`` before it runs, so a crash leaves the culprit as the last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import re
+import struct
 import sys
 import tempfile
 import time
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -49,7 +56,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from ctgen.dicom import read_frames, read_slice  # noqa: E402
 from ctgen.errors import CtgenError, InputError  # noqa: E402
 from ctgen.preprocess import SPACING_RANGE_MM, Grid, to_model  # noqa: E402
-from dicom_build import functional_group, gdcm_change_syntax  # noqa: E402 - tests/ is this script's folder
+from dicom_build import (  # noqa: E402 - tests/ is this script's folder
+    dataset_bytes, file_bytes, functional_group, gdcm_change_syntax, nested_sequences, set_element, top_level,
+)
 
 MAX_PIXELS = 1 << 22  # the reader's limit during fuzzing: bounds below are stated against it
 TIME_LIMIT_S = 5.0  # per case, reading and preprocessing (a 2048² decode takes well under a second)
@@ -271,47 +280,322 @@ def check_case(path: Path, all_frames: bool, stats: Stats) -> None:
         assert grown < MEMORY_LIMIT_MB, f"peak memory grew by {grown:.0f} MB"
 
 
+def _hypothesis(examples: int, seed: int | None, strategy, body, *, shrink: bool = True) -> None:
+    """Run ``body`` on ``examples`` draws of ``strategy``: the same cases every time when ``seed`` is None.
+    Without ``shrink`` the first failing case is reported as it is (the log names it)."""
+    options = dict(max_examples=examples, deadline=None, database=None, print_blob=True,
+                   suppress_health_check=list(HealthCheck))
+    if not shrink:
+        options["phases"] = [Phase.explicit, Phase.reuse, Phase.generate]
+    if seed is None:
+        options["derandomize"] = True
+    case = settings(**options)(given(strategy)(body))
+    if seed is not None:
+        from hypothesis import seed as hypothesis_seed
+
+        case = hypothesis_seed(seed)(case)
+    case()
+
+
 def run(examples: int, *, seed: int | None, log: Path | None) -> Stats:
     """Fuzz ``examples`` cases; raises (hypothesis's report) on the first broken invariant."""
     stats = Stats()
+    with _workspace(log) as (folder, log_stream):
+        _hypothesis(examples, seed, CASE, lambda spec: _reader_case(spec, folder, log_stream, stats))
+    return stats
+
+
+def _reader_case(spec, folder: Path, log_stream, stats: Stats) -> None:
+    seed_name, mutations, all_frames = spec
+    if log_stream:
+        log_stream.write(f"{seed_name} all_frames={all_frames} {mutations!r}\n")
+        log_stream.flush()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's complaints about the values it is asked to write
+            data = build(seed_name, mutations)
+    except Exception:  # noqa: BLE001 - a mutation pydicom cannot write: nothing to read
+        stats.unwritable += 1
+        return
+    path = folder / "case.dcm"
+    path.write_bytes(data)
+    check_case(path, all_frames, stats)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """TimeoutError in the body once ``seconds`` have passed (where SIGALRM exists)."""
+    import signal
+
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expired(*_):
+        raise TimeoutError(f"the case runs longer than {seconds:g} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _workspace(log: Path | None):
+    """(an empty temporary folder, the log stream or None), both gone afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="ctgen-fuzz-"))
     log_stream = open(log, "w") if log else None  # noqa: SIM115 - closed below
-    options = dict(max_examples=examples, deadline=None, database=None, print_blob=True,
-                   suppress_health_check=list(HealthCheck))
-    if seed is None:
-        options["derandomize"] = True
-
-    @settings(**options)
-    @given(CASE)
-    def case(spec):
-        seed_name, mutations, all_frames = spec
-        if log_stream:
-            log_stream.write(f"{seed_name} all_frames={all_frames} {mutations!r}\n")
-            log_stream.flush()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pydicom's complaints about the values it is asked to write
-                data = build(seed_name, mutations)
-        except Exception:  # noqa: BLE001 - a mutation pydicom cannot write: nothing to read
-            stats.unwritable += 1
-            return
-        path = folder / "case.dcm"
-        path.write_bytes(data)
-        check_case(path, all_frames, stats)
-
     try:
-        if seed is not None:
-            from hypothesis import seed as hypothesis_seed
-
-            hypothesis_seed(seed)(case)()
-        else:
-            case()
+        yield folder, log_stream
     finally:
         if log_stream:
             log_stream.close()
         for file in folder.iterdir():
             file.unlink()
         folder.rmdir()
+
+
+# ------------------------------------------------------------------------------------- scan (issue 23)
+# Scan's own header parser against the reader, on header mutations made in the bytes (where pydicom would
+# refuse to write them) and on truncations. The invariant: scan never stops on an internal error; each case
+# stays under the time and memory bounds; and scan and the reader agree: what the reader reads, scan calls
+# usable (ok, or skipped for a selection rule only), and what scan calls ok the reader reads, wherever the
+# header decides it (native pixel data: a damaged codestream shows only when decoded).
+READABLE = {"ok", "localizer", "not-axial", "duplicate"}  # reasons of files the reader reads
+UNDECIDED = {"secondary-capture"}  # a selection rule that comes before the checks of values
+
+
+@dataclass(frozen=True)
+class ScanSeed:
+    meta: bytes  # preamble and file meta ("" for a headerless file)
+    body: bytes  # the dataset as the encoding below says
+    implicit: bool
+    little: bool
+    deflated: bool = False
+
+
+def _scan_seed(ds: Dataset, syntax, *, headerless: bool = False) -> ScanSeed:
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    encoding = ExplicitVRLittleEndian if deflated else syntax
+    body = dataset_bytes(ds, implicit=encoding.is_implicit_VR, little=encoding.is_little_endian)
+    meta = b"" if headerless else file_bytes(ds, syntax)[: -len(body)] if not deflated else \
+        file_bytes(ds, ExplicitVRLittleEndian)[: -len(body)].replace(
+            _padded_uid(ExplicitVRLittleEndian), _padded_uid(DeflatedExplicitVRLittleEndian))
+    return ScanSeed(meta, body, encoding.is_implicit_VR, encoding.is_little_endian, deflated)
+
+
+def _padded_uid(uid) -> bytes:
+    return b"\x10\x00UI" + struct.pack("<H", len(uid) + len(uid) % 2) + uid.encode() + b"\0" * (len(uid) % 2)
+
+
+def make_scan_seeds() -> dict[str, ScanSeed]:
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    ct = SEEDS["ct"]
+    seeds = {"ct": _scan_seed(ct, ExplicitVRLittleEndian), "ct-implicit": _scan_seed(ct, ImplicitVRLittleEndian),
+             "ct-big-endian": _scan_seed(ct, ExplicitVRBigEndian),
+             "ct-headerless": _scan_seed(ct, ImplicitVRLittleEndian, headerless=True),
+             "ct-deflated": _scan_seed(ct, DeflatedExplicitVRLittleEndian),
+             "enhanced": _scan_seed(SEEDS["enhanced"], ExplicitVRLittleEndian)}
+    for name in ("ct-rle", "ct-j2k", "enhanced-rle"):
+        if name in SEEDS:
+            seeds[name] = _scan_seed(SEEDS[name], SEEDS[name].file_meta.TransferSyntaxUID)
+    with_meta = file_bytes(ct, ExplicitVRLittleEndian)
+    assert with_meta == seeds["ct"].meta + seeds["ct"].body
+    return seeds
+
+
+SCAN_SEEDS = make_scan_seeds()
+VALUE_KEYWORDS = {"Rows": "US", "Columns": "US", "BitsAllocated": "US", "BitsStored": "US", "SamplesPerPixel": "US",
+                  "NumberOfFrames": "IS", "PixelSpacing": "DS", "RescaleSlope": "DS", "RescaleIntercept": "DS",
+                  "PhotometricInterpretation": "CS", "ImageOrientationPatient": "DS", "SliceThickness": "DS"}
+TEXT = st.one_of(NUMBERS, st.lists(NUMBERS, min_size=2, max_size=3).map("\\".join),
+                 st.sampled_from(["MONOCHROME2", "MONOCHROME1", "RGB", "", "1\\0\\0\\0\\1\\0", "0.5\\0.5"]),
+                 st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=12))
+RAW = st.one_of(
+    st.tuples(st.just("vr"), st.floats(0.0, 1.0),
+              st.sampled_from([vr.encode() for vr in ("OB", "OW", "SQ", "UN", "UT", "US", "UL", "DS", "IS", "CS",
+                                                         "SH", "UI", "AT", "FD")] + [b"\0\0", b"ZZ", b"  "])),
+    st.tuples(st.just("length"), st.floats(0.0, 1.0),
+              st.one_of(st.integers(-16, 16), st.sampled_from([0xFFFFFFFF, 0xFFFFFFFE, 2**31, 2**20, 65535]),
+                        st.integers(0, 2**32 - 1))),
+    st.tuples(st.just("nest"), st.one_of(st.integers(0, 40), st.integers(0, 600))),
+    st.tuples(st.just("value"), st.sampled_from(sorted(VALUE_KEYWORDS)),
+              st.one_of(TEXT, st.binary(max_size=5), US.map(lambda v: struct.pack("<H", v)))),
+    st.tuples(st.just("long"), st.integers(65536, 1 << 19)),  # longer ones: tests/test_scan.py
+)
+SCAN_CASE = st.tuples(st.sampled_from(sorted(SCAN_SEEDS)), st.lists(RAW, max_size=4),
+                      st.one_of(st.none(), st.none(), st.floats(0.0, 1.0)))
+
+
+def build_scan_case(seed_name: str, mutations: list, cut: float | None) -> tuple[bytes, int, int]:
+    """The seed with ``mutations`` made in its bytes, cut at ``cut`` of the way to its pixel data (None: not
+    cut). Returns (bytes, hole, where): a "long" mutation's value is ``hole`` zero bytes to be written at
+    ``where`` as a hole in a sparse file (0, 0 without one)."""
+    seed = SCAN_SEEDS[seed_name]
+    body, endian, hole_header = bytearray(seed.body), "<" if seed.little else ">", b""
+    for index, (kind, *arguments) in enumerate(mutations):
+        # the header: elements up to the pixel data (a damaged one after it makes pydicom drop the whole
+        # dataset, where scan, which reads headers, cannot see it)
+        elements = [one for one in top_level(bytes(body), implicit=seed.implicit, little=seed.little)
+                    if one[1] <= 0x7FE00010]
+        pick = elements[min(int(arguments[0] * len(elements)), len(elements) - 1)] if elements and kind in (
+            "vr", "length") else None
+        if kind == "vr" and pick and not seed.implicit:
+            body[pick[0] + 4 : pick[0] + 6] = arguments[1]
+        elif kind == "length" and pick:
+            offset, _, _, length_at, _ = pick
+            size, order = (2 if length_at == offset + 6 else 4), ("little" if seed.little else "big")
+            old = int.from_bytes(body[length_at : length_at + size], order)
+            value = old + arguments[1] if -16 <= arguments[1] <= 16 else arguments[1]
+            body[length_at : length_at + size] = (value % (1 << (8 * size))).to_bytes(size, order)
+        elif kind == "nest" and seed.little and not seed.implicit:
+            pixels = _pixel_offset(bytes(body), seed)
+            # a tag of its own: of repeated tags pydicom keeps the last, and the reader never sees the others
+            body[pixels:pixels] = nested_sequences(arguments[0], tag=(0x0009, 0x1020 + index))
+        elif kind == "long" and not seed.deflated and not hole_header:
+            pixels = _pixel_offset(bytes(body), seed)
+            hole_header = (struct.pack(endian + "HHI", 0x0009, 0x1010, arguments[0]) if seed.implicit else
+                           struct.pack(endian + "HH2sHI", 0x0009, 0x1010, b"OB", 0, arguments[0]))
+            body[pixels:pixels] = hole_header
+        elif kind == "value":
+            keyword, value = arguments
+            tag = pydicom.datadict.tag_for_keyword(keyword)
+            raw = value.encode("latin-1") if isinstance(value, str) else value
+            if not seed.little and VALUE_KEYWORDS[keyword] == "US" and len(raw) == 2:
+                raw = raw[::-1]
+            body = bytearray(set_element(bytes(body), tag >> 16, tag & 0xFFFF, VALUE_KEYWORDS[keyword],
+                                         raw + b" " * (len(raw) % 2), start=0, implicit=seed.implicit,
+                                         little=seed.little))
+    body = bytes(body)
+    pixels = _pixel_offset(body, seed)
+    if seed.deflated:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = packer.compress(body) + packer.flush()
+    data = seed.meta + body
+    if cut is not None:
+        return data[: int(cut * (len(seed.meta) + pixels + 16))], 0, 0
+    at = data.rfind(hole_header) if hole_header else -1
+    if at < 0:
+        return data, 0, 0
+    return data, struct.unpack_from(endian + "I", hole_header, len(hole_header) - 4)[0], at + len(hole_header)
+
+
+def _pixel_offset(body: bytes, seed: ScanSeed) -> int:
+    tag = b"\xe0\x7f\x10\x00" if seed.little else b"\x7f\xe0\x00\x10"
+    at = body.rfind(tag)
+    return at if at >= 0 and not seed.deflated else len(body)
+
+
+def _pixel_element_size(body: bytes, seed: ScanSeed) -> int:
+    return len(body) - _pixel_offset(body, seed)
+
+
+def _write_case(path: Path, data: bytes, hole: int = 0, where: int = 0) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data[:where] if hole else data)
+        if hole:
+            handle.seek(hole, os.SEEK_CUR)  # sparse: the long value costs no disk
+            handle.write(data[where:])
+
+
+class ScanStats(Stats):
+    def __init__(self):
+        super().__init__()
+        self.scan_reasons: dict[str, int] = {}
+        self.checked_both_ways = 0
+
+
+def check_scan_case(path: Path, stats: ScanStats) -> None:
+    """Scan ``path``, read it, assert the invariant."""
+    from ctgen.scan import REASONS, scan
+
+    baseline = _peak_rss_mb() if _reset_peak_rss() else None
+    start = time.perf_counter()
+    (entry,) = scan([path]).entries
+    scanned = time.perf_counter() - start
+    if baseline is not None:  # scan reads headers only, whatever the file's size
+        grown = _peak_rss_mb() - baseline
+        stats.peak_mb = max(stats.peak_mb, grown)
+        assert grown < MEMORY_LIMIT_MB, f"scan's peak memory grew by {grown:.0f} MB"
+        baseline = _peak_rss_mb() if _reset_peak_rss() else None
+    assert entry.reason in REASONS, entry
+    assert not entry.detail.startswith("internal error"), entry.detail
+    assert "\n" not in entry.detail, entry.detail
+    stats.scan_reasons[entry.reason] = stats.scan_reasons.get(entry.reason, 0) + 1
+    error = None
+    try:
+        read_frames(path, max_pixels=MAX_PIXELS)
+    except CtgenError as caught:
+        error = caught
+        assert not isinstance(caught.__cause__, (MemoryError, RecursionError)), f"{caught.__cause__!r} became {caught}"
+    elapsed = time.perf_counter() - start
+    stats.cases += 1
+    stats.errors += error is not None
+    stats.read += error is None
+    stats.slowest_s = max(stats.slowest_s, elapsed)
+    assert scanned < TIME_LIMIT_S and elapsed < 2 * TIME_LIMIT_S, f"scan took {scanned:.1f} s, both {elapsed:.1f} s"
+    if baseline is not None:  # the reader reads the whole file (a long element's hole included)
+        grown = _peak_rss_mb() - baseline
+        assert grown < MEMORY_LIMIT_MB + path.stat().st_size / 2**20, f"the reader's peak memory grew by {grown:.0f} MB"
+    if entry.reason in UNDECIDED:
+        return
+    if error is None:
+        assert entry.reason in READABLE, f"the reader reads it, scan says {entry.reason}: {entry.detail}"
+    elif entry.reason in READABLE and _native(path):
+        stats.checked_both_ways += 1
+        raise AssertionError(f"scan says {entry.reason}, the reader refuses: {error}")
+
+
+def _native(path: Path) -> bool:
+    from ctgen.dicom.header import read_header
+
+    try:
+        return read_header(path).pixels == "native"
+    except CtgenError:
+        return False
+
+
+def run_scan(examples: int, *, seed: int | None, log: Path | None, truncations: bool = False) -> ScanStats:
+    """Fuzz scan against the reader: ``examples`` hypothesis cases, or (``truncations``) every cut of every seed
+    up to its pixel data."""
+    from ctgen.dicom import set_max_pixels
+
+    set_max_pixels(MAX_PIXELS)
+    stats = ScanStats()
+    with _workspace(log) as (folder, log_stream):
+        path = folder / "case.dcm"
+
+        def one(label: str, data: bytes, hole: int = 0, where: int = 0) -> None:
+            if log_stream:
+                log_stream.write(label + "\n")
+                log_stream.flush()
+            _write_case(path, data, hole, where)
+            started = time.perf_counter()
+            with _deadline(4 * TIME_LIMIT_S):  # a hang fails the case instead of stopping the run
+                check_scan_case(path, stats)
+            if log_stream:
+                log_stream.write(f"  {time.perf_counter() - started:.2f} s\n")
+
+        def case(spec):
+            seed_name, mutations, cut = spec
+            one(f"{seed_name} cut={cut} {mutations!r}", *build_scan_case(seed_name, mutations, cut))
+
+        try:
+            if truncations:
+                for seed_name, one_seed in sorted(SCAN_SEEDS.items()):
+                    data = build_scan_case(seed_name, [], None)[0]  # deflated as the seed says
+                    end = len(data) if one_seed.deflated else len(one_seed.meta) + _pixel_offset(one_seed.body,
+                                                                                               one_seed) + 16
+                    for cut in range(end):
+                        one(f"{seed_name} cut at byte {cut}", data[:cut])
+            else:
+                _hypothesis(examples, seed, SCAN_CASE, case, shrink=False)
+        finally:
+            set_max_pixels(None)
     return stats
 
 
@@ -320,8 +604,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: derandomized, the same cases)")
     parser.add_argument("--log", type=Path, default=None, help="write each case here before running it")
+    parser.add_argument("--target", choices=("reader", "scan"), default="reader",
+                        help="the reader alone, or scan against the reader (issue 23)")
+    parser.add_argument("--truncations", action="store_true",
+                        help="with --target scan: every cut of every seed up to its pixel data, no random cases")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.target == "scan":
+        stats = run_scan(args.examples, seed=args.seed, log=args.log, truncations=args.truncations)
+        print(f"fuzz scan: {stats.cases} cases in {time.perf_counter() - started:.1f} s: {stats.read} read by "
+              f"the reader, {stats.errors} refused; scan reasons "
+              + ", ".join(f"{count} {reason}" for reason, count in sorted(stats.scan_reasons.items()))
+              + f"; slowest case {stats.slowest_s:.2f} s, largest peak-memory growth {stats.peak_mb:.0f} MB")
+        return
     stats = run(args.examples, seed=args.seed, log=args.log)
     print(f"fuzz: {stats.cases} cases ({stats.unwritable} more that pydicom could not write) in "
           f"{time.perf_counter() - started:.1f} s: {stats.errors} ctgen errors, "

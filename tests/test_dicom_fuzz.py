@@ -1,7 +1,9 @@
-"""Fuzzing the DICOM reader (issue 15): ``tests/fuzz_dicom.py`` in a subprocess under an address-space limit,
-so that a decoder that aborts or runs away fails this test instead of killing the test run.
+"""Fuzzing the DICOM reader (issue 15) and scan against it (issue 23): ``tests/fuzz_dicom.py`` in a subprocess
+under an address-space limit, so that a decoder that aborts or runs away fails this test instead of killing
+the test run.
 
-The default run has the same 200 cases every time (derandomized); the slow set draws 2,000 new ones.
+The default run has the same 200 cases of each every time (derandomized); the slow set draws 2,000 new ones of
+each and cuts every scan seed at every byte up to its pixel data.
 """
 
 from __future__ import annotations
@@ -46,3 +48,21 @@ def test_reader_fuzz_2000_random_cases(tmp_path):
     summary = _fuzz(tmp_path, "--examples", "2000", "--seed", str(int.from_bytes(os.urandom(4), "little")),
                     timeout=900)
     assert summary.startswith("fuzz: "), summary
+
+
+def test_scan_fuzz_200_cases(tmp_path):  # issue 23: scan against the reader
+    summary = _fuzz(tmp_path, "--target", "scan", "--examples", "200", timeout=120)
+    assert summary.startswith("fuzz scan: 200 cases"), summary
+
+
+@pytest.mark.slow
+def test_scan_fuzz_2000_random_cases(tmp_path):
+    summary = _fuzz(tmp_path, "--target", "scan", "--examples", "2000",
+                    "--seed", str(int.from_bytes(os.urandom(4), "little")), timeout=900)
+    assert summary.startswith("fuzz scan: 2000 cases"), summary
+
+
+@pytest.mark.slow
+def test_scan_fuzz_every_truncation_up_to_the_pixel_data(tmp_path):
+    summary = _fuzz(tmp_path, "--target", "scan", "--truncations", timeout=900)
+    assert summary.startswith("fuzz scan: "), summary

@@ -10,18 +10,28 @@ the two to the same values over pydicom's bundled files.
 
 from __future__ import annotations
 
-import math
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctgen.dicom.common import one_line
+from ctgen.dicom.limits import bounded_reader, check_deflated_file
+from ctgen.dicom.validate import (
+    IMAGE_KEYWORDS, check_charset, check_depth, check_frames, check_image, dataset_depth, floats, nesting_error,
+    rescale, spacing_mm,
+)
 from ctgen.errors import DicomError
 
 __all__ = ["Header", "read_header"]
 
 _FIRST_READ = 64 * 1024  # the whole header of nearly every file; more is read only when a header is longer
+_MAX_VALUE = 64 * 1024  # a wanted value longer than this is malformed: it is skipped, not read
+_OVERLONG = "\x00overlong"  # what such a value becomes: text that no check accepts
+_MODALITY_LUT = 0x00283000
+_INTEGER_VRS = {None: "<H", b"US": "<H", b"SS": "<h", b"UL": "<I", b"SL": "<i"}  # None: implicit, or UN
 _UNDEFINED = 0xFFFFFFFF
 _VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
                                 "UC UI UL UN UR US UT UV").split()}
@@ -30,6 +40,7 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData,
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _EXPLICIT_LE, _IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 _BIG_ENDIAN, _DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+_NATIVE = (_EXPLICIT_LE, _IMPLICIT_LE, _BIG_ENDIAN)
 _LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102",
                    "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.201",
@@ -68,6 +79,9 @@ _WANTED = {
     0x00280011: ("Columns", "ushort"),
     0x00280030: ("PixelSpacing", "number"),
     0x00280100: ("BitsAllocated", "ushort"),
+    0x00280101: ("BitsStored", "ushort"),
+    0x00281052: ("RescaleIntercept", "number"),
+    0x00281053: ("RescaleSlope", "number"),
     0x00282110: ("LossyImageCompression", "text"),
 }
 _FUNCTIONAL_GROUPS = {0x52009229, 0x52009230}  # enhanced multi-frame geometry: pydicom reads those files
@@ -117,21 +131,31 @@ class Header:
     age_years: float | None = None  # PatientAge ("045Y", "018M", ...) in years
     kvp: float | None = None
     contrast_agent: str = ""  # ContrastBolusAgent: non-empty for contrast-enhanced (CTA) series
+    invalid: str = ""  # why the reader refuses the header's values (ctgen.dicom.validate); "" when it does not
 
 
 def read_header(path: str | os.PathLike) -> Header:
     """The header of one file, read without its pixel data; a file cut short anywhere, header included,
-    comes back with ``truncated`` set and whatever values came before the cut.
+    comes back with ``truncated`` set and whatever values came before the cut. ``invalid`` says why the
+    reader would refuse the values (``ctgen.dicom.validate``, the checks the reader runs).
 
-    Raises DicomError for a file that is not DICOM or cannot be opened.
+    Raises DicomError for a file that is not DICOM, not a regular file, or cannot be opened; LimitError
+    (a DicomError) for sequences nested beyond MAX_SEQUENCE_DEPTH or a deflated dataset that inflates beyond
+    the reader's limit. Reads at most what the elements before the pixel data need: long elements whose
+    values are not wanted are seeked over.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(descriptor, "rb", closefd=True) as handle:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise DicomError(path, "not a regular file")
             data = handle.read(_FIRST_READ)
-            size = os.fstat(handle.fileno()).st_size
+            size = status.st_size
             if len(data) >= 132 and data[128:132] == b"DICM":
-                parsed = _parse_fast(data, size, handle)
+                parsed = _parse_fast(data, size, handle, path)
                 if parsed is not None:
                     return _header(path, *parsed)
     except OSError as exc:
@@ -148,13 +172,53 @@ class _Fallback(Exception):
     pass
 
 
-def _parse_fast(data: bytes, size: int, handle) -> tuple[dict, str, str, int, bool] | None:
+class _Buffer:
+    """A window on the file: ``data`` holds its bytes from ``base`` on. Offsets handed around are offsets into
+    ``data``; skipping past its end moves the window without reading what is skipped."""
+
+    __slots__ = ("data", "base", "handle", "size")
+
+    def __init__(self, data: bytes, handle, size: int):
+        self.data, self.base, self.handle, self.size = data, 0, handle, size
+
+    def need(self, offset: int, count: int) -> int:
+        """Make ``data[offset : offset + count]`` present; returns the offset, which may have moved.
+        Raises _Truncated when the file ends before."""
+        if offset + count <= len(self.data):
+            return offset
+        position = self.base + offset
+        if position + count > self.size:
+            raise _Truncated
+        kept = self.data[offset:]
+        self.handle.seek(self.base + len(self.data))
+        wanted = min(max(count - len(kept), _FIRST_READ), self.size - self.base - len(self.data))
+        self.data, self.base = kept + self.handle.read(wanted), position
+        if count > len(self.data):
+            raise _Truncated
+        return 0
+
+    def skip(self, offset: int) -> int:
+        """The offset of file position ``base + offset``, reading nothing before it; _Truncated past the end."""
+        if offset <= len(self.data):
+            return offset
+        position = self.base + offset
+        if position > self.size:
+            raise _Truncated
+        self.data, self.base = b"", position
+        return 0
+
+    def at_end(self, offset: int) -> bool:
+        return self.base + offset >= self.size
+
+
+def _parse_fast(data: bytes, size: int, handle, path=None) -> tuple[dict, str, str, int, bool] | None:
     """(values, transfer syntax, pixels kind, pixel value length, truncated) or None (pydicom's case)."""
     values: dict = {}
     meta: dict = {}
     syntax = ""
+    buffer = _Buffer(data, handle, size)
     try:
-        meta, offset = _parse_meta(data, size, handle, meta)
+        meta, offset = _parse_meta(buffer, meta)
         syntax = meta.get("TransferSyntaxUID", "")
         if syntax == _IMPLICIT_LE:
             explicit = False
@@ -162,7 +226,7 @@ def _parse_fast(data: bytes, size: int, handle) -> tuple[dict, str, str, int, bo
             explicit = True  # explicit VR little endian, and every encapsulated syntax
         else:
             return None
-        data, found = _walk_top_level(data, size, handle, offset, explicit, values)
+        found = _walk_top_level(buffer, offset, explicit, values, path)
     except _Fallback:
         return None
     except _Truncated:  # what was read before the cut still describes the file
@@ -175,6 +239,8 @@ def _parse_fast(data: bytes, size: int, handle) -> tuple[dict, str, str, int, bo
     if found is None:
         return values, syntax, "none", 0, bool(values.pop("_cut", False))
     value_offset, length = found
+    if length == _UNDEFINED and syntax in _NATIVE:  # pydicom reads to a delimiter that native data lacks
+        return values, syntax, "native", 0, True
     if length == _UNDEFINED:
         return values, syntax, "encapsulated", length, _fragments_cut(handle, value_offset, size, "<")
     return values, syntax, "native", length, value_offset + length > size
@@ -200,79 +266,59 @@ def _fragments_cut(handle, offset: int, size: int, endian: str) -> bool:
             return True
 
 
-def _more(data: bytes, handle, needed: int) -> bytes:
-    """``data`` extended by the rest of the file when ``needed`` bytes are not yet there."""
-    if needed <= len(data):
-        return data
-    handle.seek(len(data))
-    return data + handle.read()
-
-
-def _need(data: bytes, handle, needed: int) -> bytes:
-    """``data`` holding at least ``needed`` bytes; raises _Truncated when the file ends before."""
-    data = _more(data, handle, needed)
-    if needed > len(data):
-        raise _Truncated
-    return data
-
-
-def _element(data: bytes, handle, offset: int, explicit: bool) -> tuple[bytes, int, bytes | None, int, int]:
-    """(data, tag, VR or None, value length, value offset) of the data element at ``offset``; _Fallback for
-    a VR this parser does not know, _Truncated when the file ends inside the element's header."""
-    data = _need(data, handle, offset + 8)
+def _element(buffer: _Buffer, offset: int, explicit: bool) -> tuple[int, int, bytes | None, int, int]:
+    """(offset, tag, VR or None, value length, value offset) of the data element at ``offset`` (which may
+    move); _Fallback for a VR this parser does not know, _Truncated when the file ends inside its header."""
+    offset = buffer.need(offset, 8)
+    data = buffer.data
     group, element = struct.unpack_from("<HH", data, offset)
     tag = group << 16 | element
     if not explicit:
-        return data, tag, None, struct.unpack_from("<I", data, offset + 4)[0], offset + 8
+        return offset, tag, None, struct.unpack_from("<I", data, offset + 4)[0], offset + 8
     vr = data[offset + 4 : offset + 6]
     if vr not in _VRS:
         raise _Fallback  # implicit VR under an explicit transfer syntax, and other oddities
     if vr in _LONG_VRS:
-        data = _need(data, handle, offset + 12)
-        return data, tag, vr, struct.unpack_from("<I", data, offset + 8)[0], offset + 12
-    return data, tag, vr, struct.unpack_from("<H", data, offset + 6)[0], offset + 8
+        offset = buffer.need(offset, 12)
+        return offset, tag, vr, struct.unpack_from("<I", buffer.data, offset + 8)[0], offset + 12
+    return offset, tag, vr, struct.unpack_from("<H", data, offset + 6)[0], offset + 8
 
 
-def _parse_meta(data: bytes, size: int, handle, meta: dict) -> tuple[dict, int]:
-    offset, end = 132, None
+def _parse_meta(buffer: _Buffer, meta: dict) -> tuple[dict, int]:
+    offset, end = 132, None  # end: where the group ends, as a file position
     while True:
-        data = _need(data, handle, offset + 8)
-        group, element = struct.unpack_from("<HH", data, offset)
-        if group != 2 or (end is not None and offset >= end):
+        offset = buffer.need(offset, 8)
+        group, element = struct.unpack_from("<HH", buffer.data, offset)
+        if group != 2 or (end is not None and buffer.base + offset >= end):
             return meta, offset
-        vr = data[offset + 4 : offset + 6]
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<I", data, offset + 8)
-            start = offset + 12
-        else:
-            (length,) = struct.unpack_from("<H", data, offset + 6)
-            start = offset + 8
+        offset, _, vr, length, start = _element(buffer, offset, True)
         if length == _UNDEFINED:
             raise _Fallback
-        data = _need(data, handle, start + length)
-        value = data[start : start + length]
-        if element == 0x0000 and length == 4:
-            end = start + length + struct.unpack("<I", value)[0]
-        elif element in (0x0002, 0x0003, 0x0010):
-            key = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
-                   0x0010: "TransferSyntaxUID"}[element]
-            meta[key] = value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
-        offset = start + length
+        if element in (0x0000, 0x0002, 0x0003, 0x0010) and length <= _MAX_VALUE:
+            start = buffer.need(start, length)
+            value = buffer.data[start : start + length]
+            if element == 0x0000 and length == 4:
+                end = buffer.base + start + length + struct.unpack("<I", value)[0]
+            elif element != 0x0000:
+                key = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
+                       0x0010: "TransferSyntaxUID"}[element]
+                meta[key] = value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+        offset = buffer.skip(start + length)
 
 
-def _walk_top_level(data: bytes, size: int, handle, offset: int, explicit: bool, values: dict):
-    """Collect the wanted values until the pixel data; returns (data, (value offset, length) or None).
+def _walk_top_level(buffer: _Buffer, offset: int, explicit: bool, values: dict, path):
+    """Collect the wanted values until the pixel data; returns (value position in the file, length) or None.
 
     The loop every file runs, element by element: ``_element``'s decoding is written out here and the buffer
-    is only extended when short (a function call per element costs a fifth of the scan's speed)."""
+    is only moved when short (a function call per element costs a fifth of the scan's speed)."""
     wanted, unpack = _WANTED, struct.unpack_from
+    data = buffer.data
     while True:
         if offset + 12 > len(data):
-            data = _more(data, handle, offset + 12)
-            if offset >= len(data):
-                return data, None  # a clean end: no pixel data
-        if offset + 12 > len(data):  # the file's last bytes: the careful path
-            data, tag, vr, length, start = _element(data, handle, offset, explicit)
+            if buffer.at_end(offset):
+                return None  # a clean end: no pixel data
+            offset, tag, vr, length, start = _element(buffer, offset, explicit)
+            data = buffer.data
         else:
             group, element = unpack("<HH", data, offset)
             tag = group << 16 | element
@@ -291,67 +337,85 @@ def _walk_top_level(data: bytes, size: int, handle, offset: int, explicit: bool,
                 (length,) = unpack("<I", data, offset + 4)
                 start = offset + 8
         if tag in _PIXEL_TAGS:
-            return data, (start, length)
+            return buffer.base + start, length
         if tag in _FUNCTIONAL_GROUPS:
             raise _Fallback
-        if length == _UNDEFINED:  # a sequence (SQ, or UN holding implicit-VR items)
-            data, offset = _skip_sequence(data, handle, start, explicit and vr != b"UN")
+        if length == _UNDEFINED or vr == b"SQ":  # a sequence (SQ, or UN holding implicit-VR items)
+            if tag == _MODALITY_LUT:
+                values["ModalityLUTSequence"] = True
+            end = None if length == _UNDEFINED else buffer.base + start + length
+            offset = _skip_sequence(buffer, start, end, explicit and vr != b"UN", 1, path)
+            data = buffer.data
             continue
         end = start + length
-        if end > len(data):
-            data = _need(data, handle, end)
         entry = wanted.get(tag)
-        if entry is not None:
-            values[entry[0]] = _value(data[start:end], entry[1])
+        if entry is not None and length <= _MAX_VALUE:
+            if end > len(data):
+                start = buffer.need(start, length)
+                data, end = buffer.data, start + length
+            values[entry[0]] = _value(data[start:end], entry[1], vr)
+        else:
+            if entry is not None:
+                values[entry[0]] = _OVERLONG
+            if end > len(data):
+                end = buffer.skip(end)
+                data = buffer.data
         offset = end
 
 
-def _skip_sequence(data: bytes, handle, offset: int, explicit: bool) -> tuple[bytes, int]:
-    """Skip an undefined-length sequence starting at its first item; returns (data, offset after it)."""
+def _skip_sequence(buffer: _Buffer, offset: int, end: int | None, explicit: bool, depth: int, path) -> int:
+    """Skip a sequence's items from its first (``end``: the file position after a defined-length sequence,
+    None for an undefined length); returns the offset after it. LimitError beyond MAX_SEQUENCE_DEPTH."""
+    check_depth(path, depth)
     while True:
-        data = _need(data, handle, offset + 8)
-        group, element, length = struct.unpack_from("<HHI", data, offset)
+        if end is not None and buffer.base + offset >= end:
+            return offset
+        offset = buffer.need(offset, 8)
+        group, element, length = struct.unpack_from("<HHI", buffer.data, offset)
         tag = group << 16 | element
         offset += 8
-        if tag == _SEQUENCE_END:
-            return data, offset
+        if tag == _SEQUENCE_END and end is None:
+            return offset
         if tag != _ITEM:
             raise _Fallback  # not what a sequence holds: let pydicom judge
-        if length != _UNDEFINED:
-            offset += length
-            continue
-        data, offset = _skip_item(data, handle, offset, explicit)
-
-
-def _skip_item(data: bytes, handle, offset: int, explicit: bool) -> tuple[bytes, int]:
-    """Skip the elements of an undefined-length item up to and including its delimiter."""
-    while True:
-        data = _need(data, handle, offset + 8)
-        group, element = struct.unpack_from("<HH", data, offset)
-        if group << 16 | element == _ITEM_END:  # delimiters carry no VR
-            return data, offset + 8
-        data, _, vr, length, start = _element(data, handle, offset, explicit)
         if length == _UNDEFINED:
-            data, offset = _skip_sequence(data, handle, start, explicit and vr != b"UN")
+            offset = _skip_item(buffer, offset, None, explicit, depth, path)
         else:
-            offset = start + length
+            offset = _skip_item(buffer, offset, buffer.base + offset + length, explicit, depth, path)
 
 
-def _value(raw: bytes, kind: str):
-    if kind == "ushort":
-        return struct.unpack_from("<H", raw)[0] if len(raw) >= 2 else None
+def _skip_item(buffer: _Buffer, offset: int, end: int | None, explicit: bool, depth: int, path) -> int:
+    """Skip the elements of an item up to its end (``end``, a file position) or its delimiter (None)."""
+    while True:
+        if end is not None and buffer.base + offset >= end:
+            return offset
+        offset = buffer.need(offset, 8)
+        group, element = struct.unpack_from("<HH", buffer.data, offset)
+        if end is None and group << 16 | element == _ITEM_END:  # delimiters carry no VR
+            return offset + 8
+        offset, _, vr, length, start = _element(buffer, offset, explicit)
+        if length == _UNDEFINED:
+            offset = _skip_sequence(buffer, start, None, explicit and vr != b"UN", depth + 1, path)
+        elif vr == b"SQ" and length:
+            offset = _skip_sequence(buffer, start, buffer.base + start + length, explicit, depth + 1, path)
+        else:
+            offset = buffer.skip(start + length)
+
+
+def _value(raw: bytes, kind: str, vr: bytes | None = None):
+    if kind == "ushort":  # one value of the VR the element says (pydicom converts by it), else malformed
+        code = _INTEGER_VRS.get(vr if vr != b"UN" else None)
+        if code is None or len(raw) != struct.calcsize(code):
+            return raw.decode("latin-1") or ""
+        return struct.unpack(code, raw)[0]
     if kind == "text" and not raw.isascii():
         return raw  # decoded (or refused) later
+    if kind == "number":  # as stored: ctgen.dicom.validate.numbers strips it as it strips pydicom's bytes
+        return raw.decode("ascii", "replace")
     text = raw.decode("ascii", "replace").rstrip("\x00 ").strip()
-    if kind == "text":
-        return text
-    parts = [part.strip() for part in text.split("\\")]
     if kind == "texts":
-        return tuple(parts)
-    try:
-        return tuple(float(part) for part in parts)
-    except ValueError:
-        return None
+        return tuple(part.strip() for part in text.split("\\"))
+    return text  # "text"; "number" is parsed where it is used (ctgen.dicom.validate.numbers)
 
 
 # ------------------------------------------------------------------------------------------ pydicom path
@@ -364,13 +428,20 @@ def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
     # handed to pydicom's forced parsing, which would read any bytes as some dataset.
     if not preamble and start[:2] not in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
         raise DicomError(path, "not a DICOM file")
-    with warnings.catch_warnings(record=True) as caught, open(path, "rb") as handle:
+    check_deflated_file(path, start[:4096], None)  # pydicom inflates a deflated dataset whole
+    with warnings.catch_warnings(record=True) as caught, bounded_reader(path, in_memory=False) as handle:
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not preamble)
+            # long values are deferred: seeked over, and read only if a wanted value is that long
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not preamble, defer_size=_MAX_VALUE)
             position = handle.tell()
+            check_depth(path, dataset_depth(ds))
         except InvalidDicomError:
             raise DicomError(path, "not a DICOM file") from None
+        except RecursionError:
+            raise nesting_error(path) from None
+        except DicomError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of a damaged header is one reason
             if preamble and (isinstance(exc, (EOFError, struct.error)) or "end of file" in str(exc).lower()):
                 return _header(path, {}, "", "none", 0, True)
@@ -398,18 +469,29 @@ def _read_with_pydicom(path: Path, start: bytes, size: int) -> Header:
                     else:
                         length = struct.unpack("<I" if little else ">I", element[4:8])[0]
                         value_offset = position + 8
-                    if length == _UNDEFINED:
+                    if length == _UNDEFINED and syntax in _NATIVE:  # as in _parse_fast
+                        pixels, truncated = "native", True
+                    elif length == _UNDEFINED:
                         pixels = "encapsulated"
                         truncated = _fragments_cut(handle, value_offset, size, "<" if little else ">")
                     else:
                         pixels, truncated = "native", value_offset + length > size
-    values = {keyword: _pydicom_value(ds.get(keyword), kind) for keyword, kind in _WANTED.values() if keyword in ds}
-    values.update(_enhanced_geometry(ds))
-    if not values.get("SOPClassUID") and getattr(ds, "file_meta", None) is not None:
-        values["SOPClassUID"] = str(ds.file_meta.get("MediaStorageSOPClassUID") or "")
-    if not values.get("SOPInstanceUID") and getattr(ds, "file_meta", None) is not None:
-        values["SOPInstanceUID"] = str(ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
-    return _header(path, values, syntax, pixels, length, truncated)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom converts values now, and warns about malformed ones
+        values = {keyword: _pydicom_value(ds, keyword, kind) for keyword, kind in _WANTED.values() if keyword in ds}
+        try:
+            values.update(_enhanced_geometry(ds))
+        except Exception:  # noqa: BLE001 - damaged functional groups: check_frames says why
+            pass
+        values["ModalityLUTSequence"] = "ModalityLUTSequence" in ds
+        if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+            values["_frames"] = ds  # spacing and rescale per frame, as the reader resolves them
+        meta = getattr(ds, "file_meta", None)
+        for keyword, stored in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not values.get(keyword) and meta is not None:
+                values[keyword] = _pydicom_value(meta, stored, "text") or ""
+        return _header(path, values, syntax, pixels, length, truncated)
 
 
 def _deflated_pixels(path: Path) -> tuple[str, int]:
@@ -424,20 +506,19 @@ def _deflated_pixels(path: Path) -> tuple[str, int]:
     return "native", 0
 
 
-def _pydicom_value(value, kind: str):
+def _pydicom_value(ds, keyword: str, kind: str):
+    """A value as the fast path gives it: ushort an int (else what pydicom holds: malformed), number as
+    pydicom holds it (parsed by ``ctgen.dicom.validate.numbers``), texts a tuple, text a string."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - pydicom cannot convert what is stored (IS "inf", a cut US value)
+        return "\x00malformed"
     if value is None:
-        return None
+        return "" if kind in ("ushort", "number") else None
     if kind == "ushort":
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
+        return value if isinstance(value, int) else ("" if value == "" else repr(value))
     if kind == "number":
-        items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-        try:
-            return tuple(float(item) for item in items)
-        except (TypeError, ValueError):
-            return None
+        return value
     if kind == "texts":
         items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
         return tuple(str(item).strip() for item in items)
@@ -460,7 +541,7 @@ def _enhanced_geometry(ds) -> dict:
                                           ("PlanePositionSequence", "ImagePositionPatient", "ImagePositionPatient")):
             items = group.get(sequence)
             if items and items[0].get(keyword) is not None and target not in found:
-                found[target] = _pydicom_value(items[0].get(keyword), "number")
+                found[target] = _pydicom_value(items[0], keyword, "number")
     return found
 
 
@@ -473,30 +554,26 @@ def _header(path: Path, values: dict, syntax: str, pixels: str, length: int, tru
         return value if isinstance(value, str) else ""
 
     def numbers(keyword: str, count: int | None = None, *, positive: bool = False):
-        value = values.get(keyword)
-        if not isinstance(value, tuple) or not value or (count and len(value) != count):
-            return None
-        if not all(math.isfinite(v) and (v > 0 or not positive) for v in value):
-            return None
-        return value
+        return floats(values.get(keyword), count, positive=positive)
 
     def integer(keyword: str) -> int | None:
         value = values.get(keyword)
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         first = numbers(keyword, 1)
-        return int(first[0]) if first else None
+        return int(first[0]) if first and abs(first[0]) < 2**63 else None
 
     rows, columns = integer("Rows") or 0, integer("Columns") or 0
     frames = integer("NumberOfFrames") or 1
     bits = integer("BitsAllocated") or 0
     samples = integer("SamplesPerPixel") or 1
     photometric = text("PhotometricInterpretation").upper()
-    native = syntax in (_EXPLICIT_LE, _IMPLICIT_LE, _BIG_ENDIAN)
+    native = syntax in _NATIVE
     if native and pixels == "native" and not truncated and rows and columns and bits and length:
         per_pixel = 2 if photometric == "YBR_FULL_422" else samples  # 4:2:2 stores two values per pixel
         expected = (rows * columns * frames * per_pixel * bits + 7) // 8
         truncated = length < expected  # a header that promises more pixels than the element holds
+    invalid = "" if pixels == "none" or truncated else _invalid(path, values, syntax, pixels, length)
     thickness = numbers("SliceThickness", 1, positive=True)
     diameter = numbers("ReconstructionDiameter", 1, positive=True)
     tilt = numbers("GantryDetectorTilt", 1)
@@ -516,7 +593,28 @@ def _header(path: Path, values: dict, syntax: str, pixels: str, length: int, tru
         kernel="\\".join(kernel) if isinstance(kernel, tuple) else "",
         lossy=text("LossyImageCompression") == "01" or syntax in _LOSSY_SYNTAXES,
         pixels=pixels, truncated=truncated, age_years=_age_years(text("PatientAge")),
-        kvp=(numbers("KVP", 1, positive=True) or (None,))[0], contrast_agent=text("ContrastBolusAgent"))
+        kvp=(numbers("KVP", 1, positive=True) or (None,))[0], contrast_agent=text("ContrastBolusAgent"),
+        invalid=invalid)
+
+
+def _invalid(path: Path, values: dict, syntax: str, pixels: str, length: int) -> str:
+    """Why the reader would refuse the header's values ("" when it would not): ``ctgen.dicom.validate``."""
+    image = {keyword: values[keyword] for keyword in IMAGE_KEYWORDS if keyword in values}
+    try:
+        check_charset(path, values.get("SpecificCharacterSet"))
+        frames = check_image(path, image, pixel_bytes=None if syntax == _DEFLATED else length,
+                             compressed=pixels == "encapsulated")
+        if "_frames" in values:
+            check_frames(path, values["_frames"], frames)
+        else:
+            if not values.get("ModalityLUTSequence") and "RescaleIntercept" in values:
+                rescale(path, values.get("RescaleSlope"), values["RescaleIntercept"], image["BitsAllocated"])
+            spacing_mm(path, values.get("PixelSpacing"))
+    except DicomError as error:
+        return error.reason
+    except Exception as error:  # noqa: BLE001 - values pydicom cannot convert: the reader cannot either
+        return f"cannot read: {one_line(error)}"
+    return ""
 
 
 def _age_years(text: str) -> float | None:

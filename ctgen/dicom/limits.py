@@ -27,13 +27,14 @@ from pydicom.uid import (
 
 from ctgen.errors import DicomError, InputError
 
-__all__ = ["HEADER_SLACK_BYTES", "MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "MAX_SIDECAR_BYTES", "MAX_SIDECAR_NESTING",
-           "bounded_reader", "check_codestream", "check_deflated",
-           "check_pixel_count", "max_pixels", "set_max_pixels"]
+__all__ = ["HEADER_SLACK_BYTES", "MAX_PIXELS_DEFAULT", "MAX_PIXELS_ENV", "MAX_READS", "MAX_SIDECAR_BYTES",
+           "MAX_SIDECAR_NESTING", "LimitError", "bounded_reader", "check_codestream", "check_deflated",
+           "check_deflated_file", "check_pixel_count", "max_pixels", "set_max_pixels"]
 
 MAX_PIXELS_DEFAULT = 1 << 26  # 67,108,864 pixels: one 8192² image or 256 frames of 512²
 MAX_PIXELS_ENV = "CTGEN_MAX_PIXELS"
 _IN_MEMORY_BYTES = 64 << 20  # files up to this size are parsed from memory
+MAX_READS = 1 << 17  # reads while parsing one file: 50,000-130,000 data elements (1,000 frames of an enhanced CT)
 _INFLATE_SLACK = 16 << 20  # bytes of header a deflated file may hold besides its pixels
 HEADER_SLACK_BYTES = _INFLATE_SLACK  # the same bound for what a NIfTI file holds before its voxels
 MAX_SIDECAR_BYTES = 1 << 20  # a JSON sidecar holds a few header values: a few kB
@@ -43,6 +44,10 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RSTn: markers without a length
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _setting_lock = threading.Lock()
 _max_pixels: int | None = None
+
+
+class LimitError(DicomError):
+    """A file beyond a limit of the reader (sequence nesting, inflated size): refused before it is parsed whole."""
 
 
 def set_max_pixels(limit: int | None) -> None:
@@ -191,30 +196,74 @@ def check_deflated(path: Path, syntax: UID | None, dataset_offset: int | None, l
                     total += len(inflater.decompress(block, 1 << 20))
                     block = inflater.unconsumed_tail
                     if total > limit_bytes:
-                        raise DicomError(path, f"deflated dataset inflates beyond {limit_bytes:,} bytes "
+                        raise LimitError(path, f"deflated dataset inflates beyond {limit_bytes:,} bytes "
                                                f"(raise the pixel limit with --max-pixels or {MAX_PIXELS_ENV})")
     except zlib.error as exc:
         raise DicomError(path, f"corrupt deflated dataset ({exc})") from None
 
 
-def bounded_reader(path: Path) -> io.BufferedIOBase:
-    """The file as a stream whose reads never ask for more than is left in it.
+def check_deflated_file(path: Path, head: bytes, limit_pixels: int | None) -> None:
+    """``check_deflated`` for a file whose first bytes (``head``, 4 KiB are enough) name the deflated transfer
+    syntax: its file meta says where the dataset starts. Files without a readable file meta pass."""
+    if DeflatedExplicitVRLittleEndian.encode() not in head:
+        return
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - no file meta: parsing the file says what is wrong
+        return
+    length = meta.get("FileMetaInformationGroupLength")
+    try:
+        offset = None if length is None else 144 + int(length)
+    except (TypeError, ValueError):
+        offset = None
+    check_deflated(path, meta.get("TransferSyntaxUID"), offset, limit_pixels)
+
+
+def bounded_reader(path: Path, *, in_memory: bool = True) -> io.BufferedIOBase:
+    """The file as a stream whose reads never ask for more than is left in it, and that raises LimitError
+    after MAX_READS reads.
 
     A file's read(n) allocates n bytes before reading, so a damaged element length of 4 GB would allocate
     4 GB for the few bytes there are. Files up to _IN_MEMORY_BYTES are read whole (BytesIO reads what there
-    is, and is the fastest for pydicom's many small reads); larger ones are clamped read by read.
+    is, and is the fastest for pydicom's many small reads); larger ones, and all when not ``in_memory``, are
+    clamped read by read (a header is read without the rest of the file). pydicom
+    reads two or three times per element: a damaged length that leaves megabytes of zeros to be parsed as
+    empty elements would otherwise take minutes.
     """
-    if path.stat().st_size <= _IN_MEMORY_BYTES:
-        return io.BytesIO(path.read_bytes())
+    if in_memory and path.stat().st_size <= _IN_MEMORY_BYTES:
+        return _CountedBytes(path.read_bytes(), path)
     return _BoundedReader(path)
+
+
+def _too_many_reads(path) -> LimitError:
+    return LimitError(path, f"more than {MAX_READS:,} reads to parse the header: far more data elements than "
+                            "any image holds (a damaged length?)")
+
+
+class _CountedBytes(io.BytesIO):
+    def __init__(self, data: bytes, path: Path):
+        super().__init__(data)
+        self._path, self._reads = path, 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self._reads += 1
+        if self._reads > MAX_READS:
+            raise _too_many_reads(self._path)
+        return super().read(size)
 
 
 class _BoundedReader(io.BufferedReader):
     def __init__(self, path: Path):
         super().__init__(io.FileIO(path, "rb"))
         self._size = os.fstat(self.fileno()).st_size
+        self._path, self._reads = path, 0
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if size is not None and size > 0:
+        self._reads += 1
+        if self._reads > MAX_READS:
+            raise _too_many_reads(self._path)
+        if size is not None and size > 1 << 16:  # smaller reads allocate little: no tell() for them
             size = min(size, max(0, self._size - self.tell()))
         return super().read(size)

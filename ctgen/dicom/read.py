@@ -33,10 +33,13 @@ from pydicom.uid import (
 from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import MODALITY_BY_SOP
 from ctgen.dicom.common import one_line as _one_line
-from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated, check_pixel_count
+from ctgen.dicom.limits import bounded_reader, check_codestream, check_deflated_file, check_pixel_count
+from ctgen.dicom.validate import (
+    IMAGE_KEYWORDS, attr, check_charset, check_depth, check_image, dataset_depth, floats, functional_groups,
+    nesting_error, rescale, spacing_mm, value,
+)
 from ctgen.errors import CtgenError, DicomError
 from ctgen.native_stderr import captured_native_stderr
-from ctgen.preprocess import SPACING_RANGE_MM
 
 __all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "AIR_HU"]
 
@@ -47,8 +50,6 @@ _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # one reader at a time, whichever thread reads
 _READ_LOCK = threading.RLock()
 _JPEG_GPL = "12-bit JPEG Extended needs the GPL libjpeg decoder: pip install 'ctgen[jpeg-gpl]'"
-_BITS_ALLOCATED = (8, 16, 32)
-_HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,11 @@ def _guard(path, allow_mr: bool, max_pixels: int | None):
         try:
             ds = _open(Path(path), max_pixels)
             truncated = any("End of file" in str(w.message) for w in caught)
-            yield (ds, *_check(ds, path, allow_mr, truncated))
+            yield (ds, *_check(ds, path, allow_mr, truncated, max_pixels))
         except (CtgenError, *_FATAL):
             raise
+        except RecursionError:
+            raise nesting_error(path) from None
         except BaseException as exc:  # anything at all from damaged files, Rust panics included
             raise DicomError(path, f"cannot read: {_one_line(exc)}") from exc
 
@@ -162,16 +165,7 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
     if not path.is_file():
         raise DicomError(path, "no such file" if not path.exists() else "not a file")
     with open(path, "rb") as stream:
-        head = stream.read(4096)
-    if DeflatedExplicitVRLittleEndian.encode() in head:  # the file meta may say so: inflate it once, bounded
-        try:
-            meta = read_file_meta_info(path)
-        except Exception:  # no file meta: dcmread says what is wrong
-            meta = None
-        if meta is not None:
-            length = meta.get("FileMetaInformationGroupLength")
-            check_deflated(path, meta.get("TransferSyntaxUID"), None if length is None else 144 + int(length),
-                           max_pixels)
+        check_deflated_file(path, stream.read(4096), max_pixels)
     try:
         with bounded_reader(path) as stream:
             return pydicom.dcmread(stream)
@@ -192,9 +186,25 @@ def _open(path: Path, max_pixels: int | None) -> Dataset:
     return ds
 
 
-def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int]:
+def _raw(ds: Dataset, keyword: str):
+    """A header value for ``check_image``: pydicom's, or the bytes as stored when pydicom cannot convert them."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - IS "inf" and friends: check_image refuses the text
+        return ds.get_item(keyword).value
+
+
+def _check(ds: Dataset, path, allow_mr: bool, truncated: bool, max_pixels: int | None) -> tuple[str, int]:
     if "PixelData" not in ds:
         raise DicomError(path, "file is truncated" if truncated else "no pixel data (not an image)")
+    check_charset(path, _raw(ds, "SpecificCharacterSet"))
+    stored = ds.get_item("PixelData", keep_deferred=True)  # before conversion: the length the file declares
+    declared = getattr(stored, "length", None)
+    native = not ds.file_meta.TransferSyntaxUID.is_encapsulated
+    if declared is not None and (len(stored.value or b"") < declared if declared != 0xFFFFFFFF else native):
+        # pydicom reads a cut value as it is (it may even decode), and native data of undefined length up to
+        # the end of the file: neither is what the file declares (scan says "truncated" too)
+        raise DicomError(path, "file is truncated (it ends before its pixel data does)")
     if not ds.PixelData:
         raise DicomError(path, "pixel data is empty")
     modality = str(ds.get("Modality") or MODALITY_BY_SOP.get(str(ds.get("SOPClassUID")), "")).strip().upper()
@@ -203,24 +213,12 @@ def _check(ds: Dataset, path, allow_mr: bool, truncated: bool) -> tuple[str, int
         raise DicomError(path, f"modality {modality or 'unknown'} is not CT{hint}")
     if "PhotometricInterpretation" not in ds:
         ds.PhotometricInterpretation = "MONOCHROME2"  # ACR-NEMA style files omit it
-    photometric = str(ds.PhotometricInterpretation).strip().upper()
-    if int(ds.get("SamplesPerPixel") or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(path, f"colour images are not supported (photometric interpretation {photometric})")
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    if n_frames < 1:
-        raise DicomError(path, f"invalid number of frames {n_frames}")
-    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    if rows < 1 or columns < 1:
-        raise DicomError(path, f"invalid image size {columns} x {rows} pixels")
-    bits = ds.get("BitsAllocated")
-    if bits not in _BITS_ALLOCATED:
-        raise DicomError(path, f"BitsAllocated {bits} is not supported (8, 16 or 32)")
-    if not 1 <= _bits_stored(ds) <= bits:
-        raise DicomError(path, f"BitsStored {ds.get('BitsStored')} does not fit BitsAllocated {bits}")
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:  # pydicom pads short native pixel data
-        expected, actual = get_expected_length(ds, "bytes"), len(ds.PixelData)
-        if actual < expected:
-            raise DicomError(path, f"file is truncated (pixel data has {actual} of {expected} bytes)")
+    if value(ds, "SamplesPerPixel") in (None, ""):
+        ds.SamplesPerPixel = 1  # absent or empty: pydicom's decoders need it (scan takes it as 1 too)
+    n_frames = check_image(path, {keyword: _raw(ds, keyword) for keyword in IMAGE_KEYWORDS},
+                           pixel_bytes=len(ds.PixelData), compressed=ds.file_meta.TransferSyntaxUID.is_encapsulated,
+                           max_pixels=max_pixels)
+    check_depth(path, dataset_depth(ds))
     return modality, n_frames
 
 
@@ -291,8 +289,8 @@ def _native_16bit(ds: Dataset, index: int | None) -> np.ndarray | None:
 
 
 def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> Slice:
-    groups = _functional_groups(ds, frame)
-    transform = _attr(ds, groups, "PixelValueTransformationSequence")
+    groups = functional_groups(ds, frame)
+    transform = attr(ds, groups, "PixelValueTransformationSequence")
     source = transform if transform is not None and "RescaleIntercept" in transform else ds
     if "ModalityLUTSequence" in source:
         hu = np.array(apply_modality_lut(stored, source), dtype=np.float32)
@@ -301,102 +299,43 @@ def _slice(ds: Dataset, path, modality: str, frame: int, stored: np.ndarray) -> 
         hu = stored.astype(np.float32)
         slope, intercept = 1.0, 0.0
         if "RescaleIntercept" in source:
-            slope, intercept = _rescale(ds, source, path)
+            slope, intercept = rescale(path, value(source, "RescaleSlope"), value(source, "RescaleIntercept"),
+                                       int(ds.BitsAllocated))
         if slope != 1.0:
             hu *= np.float32(slope)
         if intercept != 0.0:
             hu += np.float32(intercept)
-    if ds.get("PixelPaddingValue") is not None:
-        lo = hi = _stored_value(ds, ds.PixelPaddingValue)
-        if ds.get("PixelPaddingRangeLimit") is not None:
-            lo, hi = sorted((lo, _stored_value(ds, ds.PixelPaddingRangeLimit)))
+    padding, limit = value(ds, "PixelPaddingValue"), value(ds, "PixelPaddingRangeLimit")
+    if isinstance(padding, int):  # anything else (absent, malformed) pads nothing
+        lo = hi = _stored_value(ds, padding)
+        if isinstance(limit, int):
+            lo, hi = sorted((lo, _stored_value(ds, limit)))
         hu[(stored >= lo) & (stored <= hi)] = AIR_HU if modality == "CT" else 0.0
-    thickness = _floats(_attr(ds, groups, "PixelMeasuresSequence", "SliceThickness"), 1, positive=True)
-    center = _floats(_attr(ds, groups, "FrameVOILUTSequence", "WindowCenter"))
-    width = _floats(_attr(ds, groups, "FrameVOILUTSequence", "WindowWidth"), positive=True)
-    number = _floats(ds.get("InstanceNumber"), 1)
+    thickness = floats(attr(ds, groups, "PixelMeasuresSequence", "SliceThickness"), 1, positive=True)
+    center = floats(attr(ds, groups, "FrameVOILUTSequence", "WindowCenter"))
+    width = floats(attr(ds, groups, "FrameVOILUTSequence", "WindowWidth"), positive=True)
+    number = floats(value(ds, "InstanceNumber"), 1)
     return Slice(
-        hu=hu, spacing_mm=_spacing(_attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing"), path),
-        path=str(path), modality=modality, patient_id=str(ds.get("PatientID") or ""),
-        series_uid=str(ds.get("SeriesInstanceUID") or ""),
-        position_mm=_floats(_attr(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
-        orientation=_floats(_attr(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+        hu=hu, spacing_mm=spacing_mm(path, attr(ds, groups, "PixelMeasuresSequence", "PixelSpacing")),
+        path=str(path), modality=modality, patient_id=str(value(ds, "PatientID") or ""),
+        series_uid=str(value(ds, "SeriesInstanceUID") or ""),
+        position_mm=floats(attr(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3),
+        orientation=floats(attr(ds, groups, "PlaneOrientationSequence", "ImageOrientationPatient"), 6),
         instance_number=int(number[0]) if number else None,
         slice_thickness_mm=thickness[0] if thickness else None,
         window=(center[0], width[0]) if center and width else None)
 
 
-def _functional_groups(ds: Dataset, frame: int) -> list[Dataset]:
-    """The frame's and the shared functional group items of an enhanced multi-frame file (none otherwise)."""
-    items = []
-    for groups, index in ((ds.get("PerFrameFunctionalGroupsSequence"), frame),
-                          (ds.get("SharedFunctionalGroupsSequence"), 0)):
-        if groups and index < len(groups):
-            items.append(groups[index])
-    return items
 
 
-def _attr(ds: Dataset, groups: list[Dataset], sequence: str, keyword: str | None = None):
-    """`keyword` from the frame's functional group, else the shared one (``groups``), else the top level.
-
-    Without keyword: the first item of `sequence` in the frame's or the shared group, or None.
-    """
-    for group in groups:
-        items = group.get(sequence)
-        if items and (keyword is None or items[0].get(keyword) is not None):
-            return items[0] if keyword is None else items[0].get(keyword)
-    return None if keyword is None else ds.get(keyword)
 
 
-def _spacing(value, path) -> tuple[float, float] | None:
-    """PixelSpacing as (row, column) mm; None when absent, empty or 0 (some writers store 0 for unknown).
-
-    DicomError when it is anything else than two finite numbers inside SPACING_RANGE_MM: resampling by a
-    damaged spacing would give a wrong image or ask for gigabytes."""
-    if value is None or value == "" or (not isinstance(value, (str, bytes, int, float)) and len(value) == 0):
-        return None
-    spacing = _floats(value, 2)
-    if spacing is not None and 0.0 in spacing:
-        return None
-    low, high = SPACING_RANGE_MM
-    if spacing is None or not all(low <= v <= high for v in spacing):
-        shown = " x ".join(f"{v:g}" for v in spacing) + " mm" if spacing else repr(value)[:60]
-        raise DicomError(path, f"implausible pixel spacing {shown} (expected {low:g} to {high:g} mm)")
-    return spacing
-
-
-def _rescale(ds: Dataset, source: Dataset, path) -> tuple[float, float]:
-    """(slope, intercept): an absent or empty slope is 1; zero, non-finite or overflowing values raise."""
-    values = []
-    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
-        raw = source.get(keyword)
-        value = _floats(default if raw is None or raw == "" else raw, 1)
-        if value is None:
-            raise DicomError(path, f"invalid {keyword} {repr(raw)[:40]} (not a finite number)")
-        values.append(value[0])
-    slope, intercept = values
-    if slope == 0.0:
-        raise DicomError(path, "invalid RescaleSlope 0 (every pixel would have one value)")
-    if abs(slope) * 2.0 ** int(ds.BitsAllocated) + abs(intercept) > _HU_LIMIT:
-        raise DicomError(path, f"rescale slope {slope:g}, intercept {intercept:g} takes HU beyond float32")
-    return slope, intercept
-
-
-def _stored_value(ds: Dataset, value) -> int:
+def _stored_value(ds: Dataset, number: int) -> int:
     # US or SS by PixelRepresentation: some writers store a signed padding value as US
-    value, bits = int(value), int(ds.get("BitsAllocated") or 16)
+    bits = int(ds.get("BitsAllocated") or 16)
     signed = int(ds.get("PixelRepresentation") or 0) == 1
-    return value - (1 << bits) if signed and value >= 1 << (bits - 1) else value
+    return number - (1 << bits) if signed and number >= 1 << (bits - 1) else number
 
-
-def _floats(value, count: int | None = None, *, positive: bool = False) -> tuple[float, ...] | None:
-    # header numbers; None when absent, malformed, non-finite or not `count` of them
-    try:
-        values = tuple(float(v) for v in ([value] if isinstance(value, (str, bytes, int, float)) else value))
-    except (TypeError, ValueError):
-        return None
-    usable = all(math.isfinite(v) and (v > 0 or not positive) for v in values)
-    return values if values and usable and len(values) == (count or len(values)) else None
 
 
 def _sorted_along_normal(group: list[Slice]) -> list[Slice]:

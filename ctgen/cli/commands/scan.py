@@ -22,8 +22,9 @@ OPTIONS = (
 def scan(*, archives, out, split_by, max_tilt, force, json_summary, quiet) -> None:
     """Inventory an archive: decide every file, from its header, with one reason code.
 
-    Reasons: ok, not-dicom, truncated, no-image, not-ct, colour, secondary-capture, localizer, not-axial,
-    duplicate (a SOP Instance UID already seen; the lossless copy is kept). A gantry-tilted axial stack is
+    Reasons: ok, not-dicom, unreadable (not a regular file, a folder that cannot be listed, a link that
+    loops), truncated, no-image, not-ct, colour, invalid (header values the reader refuses), secondary-capture,
+    localizer, not-axial, duplicate (a SOP Instance UID already seen; the lossless copy is kept). A gantry-tilted axial stack is
     ok, with its tilt noted. Prints a table per series on stderr (images used, files skipped by reason, slice
     thickness, kernel, field of view); --json prints a summary listing every skipped file; --out writes one
     row per file. Patients appear as hashed keys, never their IDs. Training (python -m train) selects its
