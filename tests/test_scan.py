@@ -290,6 +290,16 @@ def test_scan_says_invalid_where_the_reader_refuses(tmp_path, attribute, value, 
         read_frames(path)
 
 
+@pytest.mark.parametrize("blank", [b"\x1e ", b"\x1c\x1d", b"\x00\x00"])
+def test_a_rescale_of_whitespace_only_is_absent_for_scan_and_reader(tmp_path, blank):
+    """pydicom strips every whitespace character of a DS value (\\x1c-\\x1f too) and reads the empty slope as
+    absent; scan's check strips the same (found by the 10,000-case scan fuzz: scan said invalid, the reader read)."""
+    path = tmp_path / "blank.dcm"
+    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0028, 0x1053, "DS", blank))
+    assert _entry(path).reason == "ok"
+    assert read_frames(path)
+
+
 def test_a_one_byte_rows_value_is_invalid_for_scan_and_reader(tmp_path):  # item 5
     data = CT_SMALL.read_bytes()
     rows = data.index(b"\x28\x00\x10\x00US\x02\x00")

@@ -37,7 +37,7 @@ def numbers(value) -> tuple[float, ...] | None:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if isinstance(value, str):
-        text = value.strip("\x00 ")
+        text = value.strip("\x00").strip()  # pydicom strips every whitespace character (\x1c-\x1f too)
         parts: list = text.split("\\") if text else []
     elif isinstance(value, (int, float)):
         parts = [value]
