@@ -300,6 +300,17 @@ def test_a_rescale_of_whitespace_only_is_absent_for_scan_and_reader(tmp_path, bl
     assert read_frames(path)
 
 
+def test_a_frame_count_of_control_characters_is_invalid_for_scan_and_reader(tmp_path):
+    """An IS value keeps its control characters in pydicom (only padding goes), and the pixel decoder's int()
+    then fails: scan says invalid (found by the 10,000-case scan fuzz, seed 23, after the DS fix)."""
+    path = tmp_path / "frames.dcm"
+    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0028, 0x0008, "IS", b"\x0b\x00"))
+    entry = _entry(path)
+    assert entry.reason == "invalid" and entry.detail.startswith("invalid NumberOfFrames"), entry
+    with pytest.raises(DicomError):
+        read_frames(path)
+
+
 def test_a_one_byte_rows_value_is_invalid_for_scan_and_reader(tmp_path):  # item 5
     data = CT_SMALL.read_bytes()
     rows = data.index(b"\x28\x00\x10\x00US\x02\x00")

@@ -29,15 +29,17 @@ IMAGE_KEYWORDS = ("PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrame
 _NESTING = f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels"
 
 
-def numbers(value) -> tuple[float, ...] | None:
+def numbers(value, *, vr: str = "DS") -> tuple[float, ...] | None:
     """A DS or IS value (text, bytes, number, or several of them) as floats: () when empty or absent (None),
-    None when malformed. Non-finite values are returned as such; the checks refuse them."""
+    None when malformed. Non-finite values are returned as such; the checks refuse them. As pydicom does, a DS
+    value loses every whitespace character around it (so one of control characters like \\x1e is empty), an IS
+    value only its padding (one of control characters stays, and is malformed)."""
     if value is None:
         return ()
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if isinstance(value, str):
-        text = value.strip("\x00").strip()  # pydicom strips every whitespace character (\x1c-\x1f too)
+        text = value.strip("\x00").strip() if vr == "DS" else value.strip("\x00 ")
         parts: list = text.split("\\") if text else []
     elif isinstance(value, (int, float)):
         parts = [value]
@@ -90,7 +92,7 @@ def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: b
     samples = values.get("SamplesPerPixel")
     if (samples not in (None, "", 1)) or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(path, f"colour images are not supported (photometric interpretation {photometric})")
-    frame_values = numbers(values.get("NumberOfFrames"))
+    frame_values = numbers(values.get("NumberOfFrames"), vr="IS")
     if frame_values is None or len(frame_values) > 1 or (frame_values and not (
             math.isfinite(frame_values[0]) and frame_values[0] == int(frame_values[0]))):
         raise DicomError(path, f"invalid NumberOfFrames {_shown(values.get('NumberOfFrames'))}")
