@@ -402,7 +402,12 @@ def _skip_item(buffer: _Buffer, offset: int, end: int | None, explicit: bool, de
             offset = buffer.skip(start + length)
 
 
+_TEXT_VRS = {vr.encode() for vr in "AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split()}
+
+
 def _value(raw: bytes, kind: str, vr: bytes | None = None):
+    if kind == "texts" and vr is not None and vr != b"UN" and vr not in _TEXT_VRS:
+        return (raw,)  # pydicom converts by the VR the element says: a number or bytes, not text
     if kind == "ushort":  # one value of the VR the element says (pydicom converts by it), else malformed
         code = _INTEGER_VRS.get(vr if vr != b"UN" else None)
         if code is None or len(raw) != struct.calcsize(code):

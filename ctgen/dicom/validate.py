@@ -161,10 +161,13 @@ def check_charset(path, value) -> None:
         return
     from pydicom.charset import convert_encodings
 
+    names = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    if not all(isinstance(name, str) for name in names):  # stored under a binary VR: pydicom fails on it
+        raise DicomError(path, f"invalid SpecificCharacterSet {_shown(value)} (not text)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # about unknown names: pydicom falls back to ASCII
-            convert_encodings([value] if isinstance(value, str) else list(value))
+            convert_encodings(names)
     except Exception as error:  # noqa: BLE001 - ValueError, LookupError and whatever else the lookup raises
         raise DicomError(path, f"invalid SpecificCharacterSet {_shown(value)} ({one_line(error)})") from None
 
