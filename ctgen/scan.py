@@ -29,6 +29,7 @@ from typing import Any
 from ctgen.defaults import MAX_TILT_DEG
 from ctgen.dicom.common import MODALITY_BY_SOP, SC_SOP, one_line, patient_key
 from ctgen.dicom.limits import LimitError
+from ctgen.dicom.validate import shown as _shown
 from ctgen.errors import DicomError, InputError
 from ctgen.geometry import axial_tilt_deg  # re-exported
 from ctgen.nifti import is_nifti, sidecar_path
@@ -329,7 +330,8 @@ def _reason(header, tilt: float | None, max_tilt_deg: float) -> tuple[str, str]:
     if modality != "CT":
         return "not-ct", f"modality {modality or 'unknown'}"
     if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
-        return "colour", f"photometric interpretation {header.photometric or '?'}, {header.samples_per_pixel} samples"
+        shown = _shown(header.photometric) if header.photometric else "?"
+        return "colour", f"photometric interpretation {shown}, {header.samples_per_pixel} samples"
     if header.invalid:
         return "invalid", header.invalid
     localizer = _LOCALIZER_TYPES.intersection(header.image_type)

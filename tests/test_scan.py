@@ -323,6 +323,17 @@ def test_a_character_set_under_a_binary_vr_is_invalid_for_scan_and_reader(tmp_pa
         read_frames(path)
 
 
+def test_a_photometric_interpretation_with_a_line_break_stays_one_line(tmp_path):
+    """Found by the 10,000-case scan fuzz (seed 23): the colour reason quoted the value as it was."""
+    path = tmp_path / "colour.dcm"
+    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0028, 0x0004, "CS", b"RGB\nX "))
+    entry = _entry(path)
+    assert entry.reason == "colour" and "\n" not in entry.detail and "RGB" in entry.detail, entry
+    with pytest.raises(DicomError) as caught:
+        read_frames(path)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_one_byte_rows_value_is_invalid_for_scan_and_reader(tmp_path):  # item 5
     data = CT_SMALL.read_bytes()
     rows = data.index(b"\x28\x00\x10\x00US\x02\x00")

@@ -19,7 +19,7 @@ from ctgen.preprocess import SPACING_RANGE_MM
 
 __all__ = ["BITS_ALLOCATED", "HU_LIMIT", "IMAGE_KEYWORDS", "MALFORMED", "MAX_SEQUENCE_DEPTH", "attr", "check_charset",
            "check_depth", "check_frames", "check_image", "dataset_depth", "floats", "functional_groups",
-           "nesting_error", "numbers", "rescale", "spacing_mm", "value"]
+           "nesting_error", "numbers", "rescale", "shown", "spacing_mm", "value"]
 
 BITS_ALLOCATED = (8, 16, 32)
 HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
@@ -62,7 +62,8 @@ def floats(value, count: int | None = None, *, positive: bool = False) -> tuple[
     return values if usable and len(values) == (count or len(values)) else None
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
+    """A header value for a message: its repr, so control characters and line breaks stay on one line."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return repr(value)[:40]
@@ -74,7 +75,7 @@ def _ushort(path, values: Mapping, keyword: str) -> int:
         return 0
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF:
         return value
-    raise DicomError(path, f"invalid {keyword} {_shown(value)}")
+    raise DicomError(path, f"invalid {keyword} {shown(value)}")
 
 
 def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: bool,
@@ -91,11 +92,11 @@ def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: b
     photometric = str(values.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = values.get("SamplesPerPixel")
     if (samples not in (None, "", 1)) or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(path, f"colour images are not supported (photometric interpretation {photometric})")
+        raise DicomError(path, f"colour images are not supported (photometric interpretation {shown(photometric)})")
     frame_values = numbers(values.get("NumberOfFrames"), vr="IS")
     if frame_values is None or len(frame_values) > 1 or (frame_values and not (
             math.isfinite(frame_values[0]) and frame_values[0] == int(frame_values[0]))):
-        raise DicomError(path, f"invalid NumberOfFrames {_shown(values.get('NumberOfFrames'))}")
+        raise DicomError(path, f"invalid NumberOfFrames {shown(values.get('NumberOfFrames'))}")
     frames = int(frame_values[0]) if frame_values else 1
     if frames < 1:
         raise DicomError(path, f"invalid number of frames {frames}")
@@ -104,11 +105,11 @@ def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: b
         raise DicomError(path, f"invalid image size {columns} x {rows} pixels")
     bits = values.get("BitsAllocated")
     if bits not in BITS_ALLOCATED or isinstance(bits, bool):
-        raise DicomError(path, f"BitsAllocated {_shown(bits)} is not supported (8, 16 or 32)")
+        raise DicomError(path, f"BitsAllocated {shown(bits)} is not supported (8, 16 or 32)")
     stored = values.get("BitsStored")
     stored = bits if stored is None or stored == "" else stored
     if not isinstance(stored, int) or not 1 <= stored <= bits:
-        raise DicomError(path, f"BitsStored {_shown(stored)} does not fit BitsAllocated {bits}")
+        raise DicomError(path, f"BitsStored {shown(stored)} does not fit BitsAllocated {bits}")
     if pixel_bytes is not None and pixel_bytes == 0:
         raise DicomError(path, "pixel data is empty")
     if pixel_bytes is not None and not compressed:
@@ -131,8 +132,8 @@ def spacing_mm(path, value) -> tuple[float, float] | None:
         return None
     low, high = SPACING_RANGE_MM
     if spacing is None or len(spacing) != 2 or not all(low <= v <= high for v in spacing):
-        shown = " x ".join(f"{v:g}" for v in spacing) + " mm" if spacing else _shown(value)
-        raise DicomError(path, f"implausible pixel spacing {shown} (expected {low:g} to {high:g} mm)")
+        text = " x ".join(f"{v:g}" for v in spacing) + " mm" if spacing else shown(value)
+        raise DicomError(path, f"implausible pixel spacing {text} (expected {low:g} to {high:g} mm)")
     return spacing
 
 
@@ -144,7 +145,7 @@ def rescale(path, slope, intercept, bits_allocated: int) -> tuple[float, float]:
         value = numbers(raw)
         value = (default,) if value == () else value
         if value is None or len(value) != 1 or not math.isfinite(value[0]):
-            raise DicomError(path, f"invalid {keyword} {_shown(raw)} (not a finite number)")
+            raise DicomError(path, f"invalid {keyword} {shown(raw)} (not a finite number)")
         result.append(value[0])
     slope, intercept = result
     if slope == 0.0:
@@ -163,13 +164,13 @@ def check_charset(path, value) -> None:
 
     names = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
     if not all(isinstance(name, str) for name in names):  # stored under a binary VR: pydicom fails on it
-        raise DicomError(path, f"invalid SpecificCharacterSet {_shown(value)} (not text)")
+        raise DicomError(path, f"invalid SpecificCharacterSet {shown(value)} (not text)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # about unknown names: pydicom falls back to ASCII
             convert_encodings(names)
     except Exception as error:  # noqa: BLE001 - ValueError, LookupError and whatever else the lookup raises
-        raise DicomError(path, f"invalid SpecificCharacterSet {_shown(value)} ({one_line(error)})") from None
+        raise DicomError(path, f"invalid SpecificCharacterSet {shown(value)} ({one_line(error)})") from None
 
 
 def check_depth(path, depth: int) -> None:
