@@ -14,4 +14,7 @@ WINDOWS: dict[str, tuple[float, float]] = {  # display windows (center, width) i
     "bone": (600.0, 2800.0),
 }
 
+BRAIN_WINDOW = WINDOWS["brain"]  # the default display window, and the window of the brain-window MAE
 BODY_THRESHOLD_HU = -500.0  # above: body (head, and table, holder, anything solid in the field): head masks, centring
+AIR_HU = -1000.0  # air: what padding pixels and the area outside the scanned field of view become
+ACTIVE_UNIT_KL = 0.01  # nats: a latent unit whose mean KL exceeds this carries information ("active")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ctgen import metrics
+from ctgen.defaults import ACTIVE_UNIT_KL
 from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.latent import sample_prior
@@ -33,7 +34,7 @@ REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # r
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)
 NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm", "warp_seed")
-ACTIVE_KL = 0.01  # nats: a unit is active above this (as in training and the card)
+ACTIVE_KL = ACTIVE_UNIT_KL  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)

@@ -37,6 +37,7 @@ import numpy as np
 
 from ctgen import __version__
 from ctgen.api import Generator
+from ctgen.defaults import BRAIN_WINDOW
 from ctgen.errors import CtgenError, InputError
 from ctgen.serving import (
     MAX_CONNECTIONS, REQUEST_TIMEOUT_S, BadRequest, Disconnected, GuardedHandler, GuardedHTTPServer, choice_field,
@@ -91,7 +92,7 @@ class ExploreServer(GuardedHTTPServer):
 
     def __init__(self, generator: Generator, address: tuple[str, int], *, start: np.ndarray | None = None,
                  start_label: str = "prior mean", seed: int = 0, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 window: tuple[float, float] = (40.0, 80.0), request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 window: tuple[float, float] = BRAIN_WINDOW, request_timeout_s: float = REQUEST_TIMEOUT_S,
                  max_connections: int = MAX_CONNECTIONS):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6

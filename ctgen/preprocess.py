@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 WINDOW_DEFAULT = (-50.0, 250.0)  # HU mapped to [0, 1] for the model (lo, hi)
-AIR_HU = -1000.0  # fill value outside the scanned field of view
+from ctgen.defaults import AIR_HU  # noqa: E402 - the fill value outside the scanned field of view (re-exported)
 # Plausible pixel spacings, in mm, of an input slice and of a model grid. Far outside them the resampling
 # would read thousands of input pixels per model pixel (or none at all): such values are header damage.
 SPACING_RANGE_MM = (0.05, 20.0)

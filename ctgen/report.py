@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ctgen.defaults import ACTIVE_UNIT_KL
 from ctgen.metrics.disentangle import SCORE_NAMES
 
 __all__ = ["REPORT_FILES", "check_out", "control_figure", "control_markdown", "draw_figures", "interpret",
@@ -90,7 +91,7 @@ def control_figure(factor: str, entry: dict, requested: Any, measured: Any) -> A
                          x_label=f"requested{unit}", y_label=f"measured on the output{unit}")
 
 
-def kl_bar_chart(kl: Any, threshold: float = 0.01) -> Any:
+def kl_bar_chart(kl: Any, threshold: float = ACTIVE_UNIT_KL) -> Any:
     """Per-unit KL (nats, (L,)) as a bar chart (``ctgen.charts``): a PIL image; active units coloured."""
     from ctgen.charts import bar_chart
 

@@ -50,7 +50,7 @@ from torch import nn
 __all__ = ["VAEConfig", "BetaVAE", "LossTerms", "vae_loss", "kl_per_unit", "ACTIVE_UNIT_KL", "RECONSTRUCTION_LOSS",
            "RECONSTRUCTION_LOSSES"]
 
-ACTIVE_UNIT_KL = 0.01  # nats; a latent unit with mean KL above this carries information
+from ctgen.defaults import ACTIVE_UNIT_KL  # noqa: E402 - nats; a unit with mean KL above this carries information
 RECONSTRUCTION_LOSSES = {  # vae_loss(reconstruction=...): what the checkpoint and the card say about it
     "l2": "squared error summed over pixels (model units, [0, 1]) per image, mean over the batch",
     "l1": "absolute error summed over pixels (model units, [0, 1]) per image, mean over the batch",

@@ -43,7 +43,7 @@ from ctgen.native_stderr import captured_native_stderr
 
 __all__ = ["Slice", "read_slice", "read_frames", "read_series", "iter_dicom_files", "AIR_HU"]
 
-AIR_HU = -1000.0  # what PixelPaddingValue pixels of a CT become
+from ctgen.defaults import AIR_HU  # noqa: E402 - what PixelPaddingValue pixels of a CT become
 _FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
 _NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # warnings.catch_warnings (how _guard silences pydicom) swaps process-wide state and is not thread-safe:

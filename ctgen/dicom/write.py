@@ -22,7 +22,7 @@ from ctgen.dicom.common import CT_SOP as _CT_SOP
 from ctgen.dicom.common import SC_SOP as _SC_SOP
 from ctgen.atomic import Claims, atomic_file
 from ctgen.dicom.common import one_line as _one_line
-from ctgen.defaults import WINDOWS
+from ctgen.defaults import BRAIN_WINDOW, WINDOWS
 from ctgen.errors import InputError, OutputError
 
 __all__ = ["SeriesWriter", "write_series", "write_slice", "STORED_OFFSET"]
@@ -32,7 +32,7 @@ STORED_OFFSET = 1024  # written files store round(HU + 1024) as int16, RescaleIn
 
 def write_series(hu, out_dir, *, spacing_mm, description: str, derivation: str, positions_mm=None,
                  orientation=None, patient_id: str = "ANONYMOUS", patient_name: str = "ANONYMOUS",
-                 series_number: int = 1, window=(40.0, 80.0), sop_class: str = "ct", force: bool = False,
+                 series_number: int = 1, window=BRAIN_WINDOW, sop_class: str = "ct", force: bool = False,
                  filename_pattern: str = "{index:04d}.dcm", extra_comments: str | None = None,
                  study_uid: str | None = None, series_uid: str | None = None,
                  timestamp: datetime | None = None) -> list[Path]:
@@ -165,7 +165,7 @@ def _ds(value: float) -> DSfloat:
 
 def _planner(shape: tuple[int, int, int], where, *, spacing_mm, description: str, derivation: str, positions_mm=None,
              orientation=None, patient_id="ANONYMOUS", patient_name="ANONYMOUS", series_number=1,
-             window=(40.0, 80.0), sop_class="ct", extra_comments=None, study_uid=None, series_uid=None,
+             window=BRAIN_WINDOW, sop_class="ct", extra_comments=None, study_uid=None, series_uid=None,
              timestamp: datetime | None = None):
     # check every option before any file exists; make(index) builds a dataset from these values only
     if sop_class not in ("ct", "sc"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctgen.defaults import ACTIVE_UNIT_KL
 from ctgen.errors import InputError
 
 __all__ = ["kl_per_unit", "active_units", "units_by_kl", "mu_variance", "active_units_by_variance",
@@ -30,7 +31,7 @@ def kl_per_unit(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return np.mean(0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0), axis=0)
 
 
-def active_units(kl: np.ndarray, threshold: float = 0.01) -> int:
+def active_units(kl: np.ndarray, threshold: float = ACTIVE_UNIT_KL) -> int:
     """Number of units whose KL (nats, from ``kl_per_unit``) exceeds ``threshold``."""
     return int(np.sum(np.asarray(kl) > threshold))
 
@@ -46,7 +47,7 @@ def mu_variance(mu: np.ndarray) -> np.ndarray:
     return mu.var(axis=0)
 
 
-def active_units_by_variance(mu: np.ndarray, threshold: float = 0.01) -> int:
+def active_units_by_variance(mu: np.ndarray, threshold: float = ACTIVE_UNIT_KL) -> int:
     """Active units as Burda, Grosse & Salakhutdinov (2016) define them: Cov_x(E_q[z_i|x]) > ``threshold``.
 
     Counts units whose mean moves with the input. A unit at the prior (mu ≈ 0, logvar ≈ 0) is inactive

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ctgen.defaults import BODY_THRESHOLD_HU
 from ctgen.errors import InputError
 from ctgen.metrics.memorisation import downsample
 
@@ -23,7 +24,7 @@ FEATURE_SIZE = 64  # pixels per side of the images the features are made of
 FEATURE_COMPONENTS = 64
 NEIGHBOURS = 3
 # the anatomical check: thresholds in HU and shares (see anatomy_check)
-ANATOMY = {"bone_hu": 150.0, "bridge_px": 1, "brain_hu": (0.0, 80.0), "head_hu": -500.0, "min_interior_of_head": 0.05,
+ANATOMY = {"bone_hu": 150.0, "bridge_px": 1, "brain_hu": (0.0, 80.0), "head_hu": BODY_THRESHOLD_HU, "min_interior_of_head": 0.05,
            "min_brain_of_interior": 0.5}
 
 

@@ -17,7 +17,7 @@ from ctgen.preprocess import BODY_THRESHOLD_HU, window_to_unit
 
 __all__ = ["BRAIN_WINDOW", "HeadError", "window_unit", "head_mask", "head_error", "mae_hu", "psnr", "ssim", "reconstruction_report"]
 
-BRAIN_WINDOW = (40.0, 80.0)  # (center, width) HU, as render.WINDOWS["brain"]
+from ctgen.defaults import BRAIN_WINDOW  # noqa: E402 - (center, width) HU
 
 
 def window_unit(hu: np.ndarray, window: tuple[float, float] = BRAIN_WINDOW) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import generate_uid
 
+from ctgen.defaults import BRAIN_WINDOW
 from ctgen.errors import CtgenError, InputError, OutputError
 from train.phantom.anatomy import load_anatomy
 from train.phantom.render import FACTORS, MATRIX, PIXEL_MM, level_to_z_mm, render_slice, sample_patient, slice_levels
@@ -176,7 +177,7 @@ def _render_and_write(index, seed_sequence, slices, level_mode, seed, out, force
         hu, Path(out) / pid, spacing_mm=PIXEL_MM, positions_mm=positions, orientation=(1, 0, 0, 0, 1, 0),
         description="ctgen synthetic brain CT phantom",
         derivation=", ".join([f"train.phantom seed {seed}", pid, *variant]),
-        patient_id=pid, patient_name=f"PHANTOM^{index + 1:04d}", window=(40.0, 80.0), force=force,
+        patient_id=pid, patient_name=f"PHANTOM^{index + 1:04d}", window=BRAIN_WINDOW, force=force,
         study_uid=generate_uid(entropy_srcs=[*entropy, "study"]),
         series_uid=generate_uid(entropy_srcs=[*entropy, "series"]),
         timestamp=STUDY_DATE,  # fixed, so the same seed gives byte-identical files
