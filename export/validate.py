@@ -77,22 +77,27 @@ def graph_specs(image_size: int, latent_size: int) -> dict[str, GraphSpec]:
 
 
 def load_validation_images(source: str | os.PathLike, grid: Grid, *, max_slices: int = MAX_VALIDATION_SLICES) -> np.ndarray:
-    """Real slices for parity checks: up to ``max_slices`` DICOM files spread evenly over ``source`` (sorted),
-    through ``ctgen.preprocess.batch_to_model``. float32 (N, 1, S, S) in [0, 1]. Raises DicomError.
+    """Real slices for parity checks: the files that ``ctgen.scan`` finds usable under ``source`` (DICOM, multi-frame
+    files and NIfTI volumes, as training and the runtime select them), up to ``max_slices`` spread evenly (sorted),
+    each file's middle slice (``ctgen.sources.one_slice``, as the one-slice commands take it), through
+    ``ctgen.preprocess.batch_to_model``. float32 (N, 1, S, S) in [0, 1]. Raises DicomError.
     """
-    from ctgen.dicom import iter_dicom_files, read_slice
     from ctgen.errors import DicomError
     from ctgen.preprocess import batch_to_model
+    from ctgen.scan import scan
+    from ctgen.sources import one_slice, read_slices
 
-    files = list(iter_dicom_files(source))
+    files = sorted(Path(entry.path) for entry in scan([source]).entries if entry.reason == "ok")
     if not files:
-        raise DicomError(source, "no DICOM files found for validation")
+        raise DicomError(source, "no usable CT slices found for validation (ctgen scan says why)")
     if len(files) > max_slices:
         picks = np.linspace(0, len(files) - 1, max_slices).round().astype(int)
         files = [files[i] for i in sorted(set(picks.tolist()))]
+    picked = [one_slice(file) for file in files]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # files without pixel spacing only warn; fine for parity
-        return batch_to_model([read_slice(file) for file in files], grid)
+        slices = [read_slices(one.path, None if one.index is None else [one.index])[0] for one in picked]
+        return batch_to_model(slices, grid)
 
 
 def check_graph(path: str | os.PathLike, spec: GraphSpec, *, opset: int | None = None) -> onnx.ModelProto:

@@ -286,6 +286,29 @@ def test_real_slices_enter_the_parity_check(tiny_model_dir, tiny_vae):
     validate_parity(_graphs(tiny_model_dir), _modules(tiny_vae, order), SPECS, feeds, tolerance=1e-4)
 
 
+def test_validation_slices_come_through_scan_and_the_one_slice_path(tiny_model_dir, enhanced, volume, tmp_path):
+    """export's real slices are those the runtime reads: scan's usable files (a multi-frame DICOM file and a NIfTI
+    volume here; a truncated file and a text file left out), each file's middle slice, on the same model grid
+    and in the same model units as ``Generator.load`` gives them (issue 22: one reader)."""
+    import shutil
+
+    import ctgen
+    from ctgen.preprocess import Grid
+    from export.onnx_export import load_validation_images
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(enhanced, archive / "enhanced.dcm")
+    shutil.copy(volume, archive / "head.nii.gz")
+    (archive / "cut.dcm").write_bytes(enhanced.read_bytes()[:2000])
+    (archive / "notes.txt").write_text("not a slice")
+    generator = ctgen.load_generator(tiny_model_dir, device="cpu")
+    images = load_validation_images(archive, Grid.from_card(generator.model.card))
+    expected = np.stack([generator.load(archive / name).image for name in ("enhanced.dcm", "head.nii.gz")])
+    assert images.shape == (2, 1, *expected.shape[1:])
+    np.testing.assert_allclose(images[:, 0], expected, atol=1e-6)
+
+
 def test_cli_error_is_one_line_and_exit_1(tiny_checkpoint, tmp_path, capsys):
     from export.__main__ import main
 
