@@ -186,7 +186,20 @@ def atomic_folder(path: str | os.PathLike, *, force: bool) -> Iterator[Path]:
 _OPEN: list[Claims] = []  # the transactions open in this process, innermost last
 
 
+_INTERRUPTED = [False]  # set by the command line's SIGINT/SIGTERM handler (``note_interrupt``)
+
+
+def note_interrupt() -> None:
+    """Remember that the process was interrupted: the next file committed raises KeyboardInterrupt, even when
+    the one the signal handler raised was swallowed on its way (C code that clears pending errors can lose it)."""
+    _INTERRUPTED[0] = True
+
+
 def _claimed(path: Path, kind: str, backup: Path | None = None) -> None:
+    if _INTERRUPTED[0]:  # the file joins the transaction first, so the rollback takes it back too
+        if _OPEN:
+            _OPEN[-1].add(path, kind=kind, backup=backup)
+        raise KeyboardInterrupt
     if _OPEN:
         _OPEN[-1].add(path, kind=kind, backup=backup)
     elif backup is not None:

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # SIGTERM (a batch system's kill, `timeout`) unwinds like Ctrl-C, so that no half-written output stays
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     _keep_freed_memory()
     arguments = sys.argv[1:] if argv is None else list(argv)
     if os.environ.get("CTGEN_NO_FAST_PATH", "") in ("", "0"):
@@ -53,4 +54,7 @@ def _keep_freed_memory() -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    from ctgen.atomic import note_interrupt
+
+    note_interrupt()  # a KeyboardInterrupt lost in C code is raised again at the next file written
     raise KeyboardInterrupt
