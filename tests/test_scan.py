@@ -290,6 +290,16 @@ def test_scan_says_invalid_where_the_reader_refuses(tmp_path, attribute, value, 
         read_frames(path)
 
 
+def _invalid_for_both(tmp_path, tag: tuple[int, int], vr: str, value: bytes, reason: str) -> None:
+    """CT_small with one element set to ``value``: scan says invalid for ``reason``, and the reader refuses it."""
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(set_element(CT_SMALL.read_bytes(), *tag, vr, value))
+    entry = _entry(path)
+    assert entry.reason == "invalid" and entry.detail.startswith(reason), entry
+    with pytest.raises(DicomError):
+        read_frames(path)
+
+
 @pytest.mark.parametrize("blank", [b"\x1e ", b"\x1c\x1d", b"\x00\x00"])
 def test_a_rescale_of_whitespace_only_is_absent_for_scan_and_reader(tmp_path, blank):
     """pydicom strips every whitespace character of a DS value (\\x1c-\\x1f too) and reads the empty slope as
@@ -303,24 +313,14 @@ def test_a_rescale_of_whitespace_only_is_absent_for_scan_and_reader(tmp_path, bl
 def test_a_frame_count_of_control_characters_is_invalid_for_scan_and_reader(tmp_path):
     """An IS value keeps its control characters in pydicom (only padding goes), and the pixel decoder's int()
     then fails: scan says invalid (found by the 10,000-case scan fuzz, seed 23, after the DS fix)."""
-    path = tmp_path / "frames.dcm"
-    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0028, 0x0008, "IS", b"\x0b\x00"))
-    entry = _entry(path)
-    assert entry.reason == "invalid" and entry.detail.startswith("invalid NumberOfFrames"), entry
-    with pytest.raises(DicomError):
-        read_frames(path)
+    _invalid_for_both(tmp_path, (0x0028, 0x0008), "IS", b"\x0b\x00", "invalid NumberOfFrames")
 
 
 @pytest.mark.parametrize("vr, value", [("US", b"IS"), ("OB", b"ISO_IR 100"), ("FL", b"\x00\x00\x80\x3f")])
 def test_a_character_set_under_a_binary_vr_is_invalid_for_scan_and_reader(tmp_path, vr, value):
     """pydicom converts SpecificCharacterSet by the VR the element says, and fails on a number or bytes: scan
     refuses it too (found by the 10,000-case scan fuzz, seed 23: a VR mutation to US)."""
-    path = tmp_path / "charset.dcm"
-    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0008, 0x0005, vr, value))
-    entry = _entry(path)
-    assert entry.reason == "invalid" and entry.detail.startswith("invalid SpecificCharacterSet"), entry
-    with pytest.raises(DicomError):  # pydicom itself fails while reading, or ctgen's check refuses
-        read_frames(path)
+    _invalid_for_both(tmp_path, (0x0008, 0x0005), vr, value, "invalid SpecificCharacterSet")
 
 
 def test_a_photometric_interpretation_with_a_line_break_stays_one_line(tmp_path):
@@ -389,12 +389,7 @@ def test_encapsulated_pixel_data_declared_longer_than_the_file_is_truncated_for_
 
 
 def test_a_character_set_pydicom_cannot_use_is_invalid_for_both(tmp_path):  # found by the scan fuzz
-    path = tmp_path / "charset.dcm"
-    path.write_bytes(set_element(CT_SMALL.read_bytes(), 0x0008, 0x0005, "CS", b"ISO_IR 100\x00\x08CS"))
-    entry = _entry(path)
-    assert entry.reason == "invalid" and entry.detail.startswith("invalid SpecificCharacterSet"), entry
-    with pytest.raises(DicomError):
-        read_frames(path)
+    _invalid_for_both(tmp_path, (0x0008, 0x0005), "CS", b"ISO_IR 100\x00\x08CS", "invalid SpecificCharacterSet")
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "enhanced"])
