@@ -37,6 +37,7 @@ from ctgen.dicom.limits import (
     MAX_SIDECAR_NESTING,
     check_pixel_count,
 )
+from ctgen.dicom.validate import HU_LIMIT
 from ctgen.errors import DicomError
 from ctgen.geometry import axial_tilt_deg
 from ctgen.preprocess import SPACING_RANGE_MM
@@ -49,7 +50,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _AXIAL_CODES = ("P", "L", "S")  # array axes: rows to posterior, columns to the patient's left, slices up
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAGIC = {348: b"n+1", 540: b"n+2"}  # header size -> the magic of a single-file volume
-_HU_LIMIT = 1e30  # as the DICOM reader's: every stored value times the slope plus the intercept a finite float32
 _CHUNK = 1 << 16
 
 
@@ -292,7 +292,7 @@ def _scaling(path, header, dtype: np.dtype) -> tuple[float, float]:
         raise DicomError(path, f"invalid scl_inter {intercept} (not a finite number)")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        if abs(slope) * max(abs(int(info.min)), int(info.max)) + abs(intercept) > _HU_LIMIT:
+        if abs(slope) * max(abs(int(info.min)), int(info.max)) + abs(intercept) > HU_LIMIT:
             raise DicomError(path, f"scaling {slope:g} x value + {intercept:g} gives HU beyond float32")
     return slope, intercept
 

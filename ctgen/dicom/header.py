@@ -11,7 +11,6 @@ the two to the same values over pydicom's bundled files.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ctgen.dicom.validate import (
     rescale, spacing_mm,
 )
 from ctgen.errors import DicomError
+from ctgen.regular_file import open_regular
 
 __all__ = ["Header", "read_header"]
 
@@ -146,14 +146,9 @@ def read_header(path: str | os.PathLike) -> Header:
     """
     path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(descriptor, "rb", closefd=True) as handle:
-            status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode):
-                raise DicomError(path, "not a regular file")
+        with open_regular(path, DicomError) as handle:  # a FIFO is refused, not waited on
+            size = os.fstat(handle.fileno()).st_size
             data = handle.read(_FIRST_READ)
-            size = status.st_size
             if len(data) >= 132 and data[128:132] == b"DICM":
                 parsed = _parse_fast(data, size, handle, path)
                 if parsed is not None:
