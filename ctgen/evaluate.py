@@ -34,7 +34,6 @@ REAL_SLICES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # r
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)
 NOT_FACTORS = ("file", "patient_id", "slice_index", "level_start", "level_end", "z_mm", "warp_seed")
-ACTIVE_KL = ACTIVE_UNIT_KL  # nats: a unit is active above this (as in training and the card)
 UNIT_FACTOR_MIN_NMI = 0.2  # a unit "tracks" a factor whose normalised MI exceeds chance by this much
 SAMPLES = 1000  # prior samples decoded for realism, the anatomical check and memorisation
 MAX_REFERENCE = 20000  # training slices the memorisation check compares samples with (a seeded subset beyond)
@@ -407,7 +406,7 @@ def _disentanglement(mu: np.ndarray, table: dict, rows: np.ndarray, seed: int, k
     chance = np.array([scores["units"][name]["chance_nmi"] for name in names])
     unit_labels = {str(unit): {"factor": names[int(np.argmax(nmi[unit]))], "nmi": float(nmi[unit].max()),
                                "chance_nmi": float(chance[int(np.argmax(nmi[unit]))])}
-                   for unit in np.flatnonzero(kl > ACTIVE_KL)}  # every active unit: the factor it carries best
+                   for unit in np.flatnonzero(kl > ACTIVE_UNIT_KL)}  # every active unit: the factor it carries best
     return {**scores, "unit_factors": unit_factors, "unit_labels": unit_labels,
             "unit_factor_min_nmi": UNIT_FACTOR_MIN_NMI, "n_slices": len(mu), "n_patients": len(set(patients)),
             "set": what, "factors_used": names,
