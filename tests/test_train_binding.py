@@ -95,6 +95,20 @@ def test_bind_term_is_the_masked_gaussian_likelihood():
     assert mu.grad[0, 1] == 0 and mu.grad[0, 0] != 0  # no gradient from a missing label
 
 
+def test_bind_term_with_logvar_adds_the_posterior_variance_and_keeps_bound_units_precise():
+    mu = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, -0.5]])
+    logvar = torch.log(torch.tensor([[0.04, 0.09, 1.0], [0.01, 0.25, 1.0]])).requires_grad_(True)
+    labels = torch.tensor([[1.5, float("nan")], [0.0, 1.0]])
+    _, extra = bind_terms(mu, labels, binding(free_weight=0.0), logvar=logvar)
+    # E[(z - y)^2] = (mu - y)^2 + sigma^2 on labelled entries; the free unit's variance adds nothing
+    expected = ((0.5**2 + 0.04) + (0.0 + 0.01) + (1.0**2 + 0.25)) / (2 * BIND_SIGMA**2) / 2
+    assert extra["bind"].item() == pytest.approx(expected)
+    # with beta = 1 and weight 1, the bound unit's variance that minimises KL's sigma part + the term
+    s = torch.linspace(1e-4, 1.0, 20001)
+    total = 0.5 * (s - 1 - torch.log(s)) + s / (2 * BIND_SIGMA**2)
+    assert s[total.argmin()].item() == pytest.approx(1 / (1 + 1 / BIND_SIGMA**2), rel=0.01)
+
+
 def test_free_term_penalises_a_free_unit_that_copies_a_bound_factor():
     generator = torch.Generator().manual_seed(0)
     labels = torch.randn(256, 1, generator=generator)

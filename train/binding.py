@@ -11,6 +11,14 @@ is tied to it by a Gaussian likelihood, per image (batch mean; a missing label, 
 leaves sqrt(1 − r²) ≈ 0.14-0.28 of the spread unexplained, part of which is real slice-to-slice variation), and
 it makes the term (50 per unit of squared error) outweigh a unit's KL pull towards 0 (β·μ²/2), so μ_k ≈ y_k.
 
+The likelihood is that of the label given the *sampled* unit z_k = μ_k + σ_k·ε, in expectation over ε:
+E[(z_k − y_k)²] = (μ_k − y_k)² + σ_k². On the mean alone, a bound unit's posterior σ_k was left to the KL,
+which pulls it to 1: the decoder then saw y_k under noise of its own spread (SNR 1), learnt to read the factor
+from the free units instead, and setting the unit moved nothing (controllability slope 0.01 on a short run).
+With σ_k² in the term, β·KL's σ-part β·½(σ_k² − 1 − log σ_k²) plus w·σ_k²/(2·BIND_SIGMA²) is least at
+σ_k² = β / (β + w / BIND_SIGMA²), σ_k ≈ 0.1 for β = w = 1: the bound channel is precise, and a free unit that
+copies it only costs KL.
+
 The free units (B..L-1) keep the objective. So that they do not carry the bound factors as well, one of two
 terms (``--free-term``) acts on their posterior means, weighted by w_free = --free-weight (default 10):
 
@@ -243,16 +251,22 @@ class FreeAdversary(torch.nn.Module):
 
 
 def bind_terms(mu: torch.Tensor, labels: torch.Tensor, binding: Binding,
-               adversary: FreeAdversary | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-    """The binding's part of the loss for posterior means ``mu`` (N, L) and standardised labels (N, B) with
-    NaN where unlabelled: (weighted bind + free terms, scalar float32; {"bind": .., "free": ..} unweighted,
-    detached). Computed in float32. ``adversary``: the free term of ``--free-term adversary``."""
+               adversary: FreeAdversary | None = None, *,
+               logvar: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """The binding's part of the loss for posterior means ``mu`` (N, L), their log-variances ``logvar`` (N, L)
+    and standardised labels (N, B) with NaN where unlabelled: (weighted bind + free terms, scalar float32;
+    {"bind": .., "free": ..} unweighted, detached). Computed in float32. ``adversary``: the free term of
+    ``--free-term adversary``. With ``logvar`` the bound term is the label's expected squared error under the
+    posterior, (μ_k − y_k)² + σ_k², so the bound units are also kept precise (see the module docstring)."""
     count = len(binding.factors)
     mu = mu.float()
     mask = torch.isfinite(labels)
     target = torch.where(mask, labels, torch.zeros_like(labels))
     bound = mu[:, :count]
-    bind = ((bound - target).square() * mask).sum(1).mean() / (2 * BIND_SIGMA**2)
+    error = (bound - target).square()
+    if logvar is not None:
+        error = error + logvar.float()[:, :count].exp()
+    bind = (error * mask).sum(1).mean() / (2 * BIND_SIGMA**2)
     free = mu[:, count:]
     if adversary is not None:
         predicted = adversary(free)  # (N, B); the encoder's gradient through it is reversed

@@ -85,6 +85,7 @@ class Objective:
         self.image_loss = ImageLoss(cfg, device=device, ctx=ctx)
         self.binding = binding
         self._encoder_mu: torch.Tensor | None = None
+        self._encoder_logvar: torch.Tensor | None = None
         self.free_adversary: FreeAdversary | None = None
         if binding is not None and binding.free_term == "adversary":
             bound = len(binding.factors)
@@ -109,20 +110,21 @@ class Objective:
         the terms of one training step (loss to minimise)."""
         terms, recon = self._loss(model, images, noise, step=step)
         if self.binding is not None:
-            bound, extra = bind_terms(self._encoder_mu, labels, self.binding, self.free_adversary)
+            bound, extra = bind_terms(self._encoder_mu, labels, self.binding, self.free_adversary,
+                                      logvar=self._encoder_logvar)
             terms.loss = terms.loss + bound
             terms.extra.update(extra)
-        self._encoder_mu = None
+        self._encoder_mu = self._encoder_logvar = None
         return self._add_image_terms(terms, images, recon, step)
 
     def _forward(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor,
                  posterior: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        """model(images) under autocast, keeping the encoder's own posterior means for the binding terms
+        """model(images) under autocast, keeping the encoder's own posterior (means, log-variances) for the binding terms
         (inside forward, so that DDP sees one call)."""
 
         def keep(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            self._encoder_mu = mu
+            self._encoder_mu, self._encoder_logvar = mu, logvar
             return (mu, logvar) if posterior is None else posterior(mu, logvar)
 
         with self.autocast():  # without a binding the call is exactly the objective's own
