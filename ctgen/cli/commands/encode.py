@@ -38,10 +38,11 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
     import numpy as np
 
     from ctgen.api import gather_files
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError, InputError
     from ctgen.latent import parse_shard, take_shard
     from ctgen.latent_io import LATENT_SUFFIXES, LatentModel, factor_columns, write_latents
+    from ctgen.writers import check_targets, resolve_out
 
     with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
         k, n = parse_shard(shard) if shard is not None else (1, 1)

@@ -41,11 +41,11 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
     traverse.png; --gif-dir adds one animation per unit, --per-file one file per cell (as DICOM, one
     ordered series per unit).
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError
     from ctgen.latent import parse_ranges
     from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile
+    from ctgen.writers import PerFile, check_targets, resolve_out
 
     with Run("traverse", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
