@@ -210,6 +210,12 @@ class FactorSetting:
     value: float
     relative: bool = False
 
+    def __str__(self) -> str:
+        """As ``--set`` takes it (``parse_setting`` reads it back): "rotation_deg=+10", "rotation_deg==-10"."""
+        if self.relative:
+            return f"{self.factor}={self.value:+g}"
+        return f"{self.factor}{'==' if self.value < 0 else '='}{self.value:g}"
+
 
 _SETTING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(=?)\s*(\S+)\s*$")
 

@@ -23,7 +23,7 @@ from typing import Any
 from ctgen.atomic import Claims
 from ctgen.errors import CtgenError, OutputError
 
-__all__ = ["Run", "rich_console", "write_stdout"]
+__all__ = ["Run", "drop_stdout", "rich_console", "write_stdout"]
 
 
 class Run:
@@ -191,11 +191,11 @@ def write_stdout(text: str) -> None:
     except OSError as error:
         if error.errno == errno.EPIPE:
             raise
-        _drop_stdout()
+        drop_stdout()
         raise OutputError("<stdout>", error.strerror or str(error)) from None
 
 
-def _drop_stdout() -> None:
+def drop_stdout() -> None:
     """Send stdout to /dev/null: what is still buffered would fail again when Python exits, with a traceback."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -52,7 +52,7 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
 
         edited = generator.edit(slice_path, changes, slice_index=slice_index)
         origin = Path(edited.slice.source).name
-        asked = ", ".join(_asked(change) for change in changes)
+        asked = ", ".join(map(str, changes))
         suffix = target.suffix.lower()
         if suffix == ".png":
             recon = generator.decode(edited.mu)[0]
@@ -71,14 +71,8 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
         else:
             save_npy(edited.hu.astype(np.float32), target, force=force)
         run.wrote([{"kind": f"edited_{suffix.lstrip('.')}", "path": str(target), "count": 1}], "edited slice")
-        run.finish(file=edited.slice.source, settings=[_asked(change) for change in changes],
+        run.finish(file=edited.slice.source, settings=[str(change) for change in changes],
                    factors=[_report(bound, edited) for bound in generator.bound_units])
-
-
-def _asked(change) -> str:
-    if change.relative:
-        return f"{change.factor}={change.value:+g}"
-    return f"{change.factor}{'==' if change.value < 0 else '='}{change.value:g}"  # as --set takes it
 
 
 def _shown(generator, factor: str, value: float) -> str:
