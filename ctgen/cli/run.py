@@ -17,7 +17,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from ctgen.atomic import Claims
@@ -154,9 +153,6 @@ class Run:
             print(f"ctgen: {len(self.failures)} of {total} inputs failed and were skipped", file=sys.stderr,
                   flush=True)
             raise SystemExit(1)
-
-    def record(self, kind: str, path: Path | str, **extra: Any) -> None:
-        self.summary["outputs"].append({"kind": kind, "path": str(path), **extra})
 
     def wrote(self, records: list[dict[str, Any]], what: str, *, note: bool = True) -> None:
         """Record ``ctgen.writers`` output records in the summary and say on stderr what was written where."""
