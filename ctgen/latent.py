@@ -1,4 +1,4 @@
-"""Operations on latent vectors: prior samples, interpolation, traversal, unit and shard specs.
+"""Operations on latent vectors: prior samples, interpolation, traversal and its rows' labels, unit and shard specs.
 
 Pure numpy; latents are float32 arrays of shape (N, L) (or (L,) for one vector).
 """

@@ -73,6 +73,7 @@ class _Group(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
+_HELP_OPTIONS = ["-h", "--help"]
 _APP_SETTINGS: dict[str, Any] = dict(
     cls=_Group,
     name="ctgen",
@@ -84,7 +85,7 @@ _APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": _HELP_OPTIONS},
 )
 
 
@@ -180,6 +181,8 @@ def _invoked_command(argv: list[str]) -> str | None:
             expect_value = False
         elif token in _COMMANDS:
             return token
+        elif token in _HELP_OPTIONS:
+            return None  # the root's help, before the command: it lists every command
         elif token in _ROOT_VALUE_OPTIONS:
             expect_value = True
         elif not token.startswith("-") or token == "--":
