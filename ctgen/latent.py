@@ -1,4 +1,4 @@
-"""Operations on latent vectors: prior samples, interpolation, traversal, unit and shard specs.
+"""Operations on latent vectors: prior samples, interpolation, traversal and its rows' labels, unit and shard specs.
 
 Pure numpy; latents are float32 arrays of shape (N, L) (or (L,) for one vector).
 """
@@ -44,6 +44,13 @@ __all__ = [
     "parse_ranges",
     "parse_setting",
     "physical_text",
+    "caption_text",
+    "cell_name",
+    "change_text",
+    "row_label",
+    "row_name",
+    "row_summary",
+    "span_text",
     "sweep",
     "parse_shard",
     "take_shard",
@@ -202,6 +209,12 @@ class FactorSetting:
     factor: str
     value: float
     relative: bool = False
+
+    def __str__(self) -> str:
+        """As ``--set`` takes it (``parse_setting`` reads it back): "rotation_deg=+10", "rotation_deg==-10"."""
+        if self.relative:
+            return f"{self.factor}={self.value:+g}"
+        return f"{self.factor}{'==' if self.value < 0 else '='}{self.value:g}"
 
 
 _SETTING = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(=?)\s*(\S+)\s*$")
@@ -374,3 +387,64 @@ def iter_batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         raise ArgumentError("batch_size", f"must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# The labels of a traversal row (``ctgen.api.TraverseRow``): pictures, file names, series, --json
+
+
+def row_name(row) -> str:
+    """"u3", or "u0 rotation_deg" for a bound unit."""
+    return f"u{row.unit}" + (f" {row.bound.factor}" if row.bound is not None else "")
+
+
+def row_label(card, row) -> str:
+    """"u0 rotation_deg (deg)" for a bound unit, "u3 (KL 1.20)" (with the card's factor) for the others."""
+    if row.bound is None:
+        return card.unit_label(row.unit)
+    return f"u{row.unit} {row.bound.factor}" + (f" ({row.bound.unit_of_measure})" if row.bound.unit_of_measure else "")
+
+
+def change_text(row, column: int) -> str:
+    """What a column does to its unit, independent of the start: "+1.0" (standard deviations), "+15°" (a bound
+    unit's change), "15°" (a value of an absolute range)."""
+    if row.bound is None:
+        return f"{float(row.offsets[column]):+.1f}"
+    unit, value = row.bound.unit_of_measure, float(row.values[column])
+    return physical_text(value, unit) if not row.relative else physical_text(value - row.reading, unit, signed=True)
+
+
+def caption_text(row, column: int, middle: str) -> str:
+    """A picture's label: the change in standard deviations ("+1.0", the middle one "recon"), or for a bound unit
+    the change and the value in its unit ("+15° (16.2°)", "+0° (1.2°)"), or the value of an absolute range."""
+    if row.bound is None:
+        return change_text(row, column) if row.offsets[column] else middle
+    if not row.relative:
+        return change_text(row, column)
+    return f"{change_text(row, column)} ({physical_text(float(row.values[column]), row.bound.unit_of_measure)})"
+
+
+def cell_name(row, column: int, digits: int) -> str:
+    """u03_+1.00 (standard deviations); a bound unit u00_rotation_deg_+15 (the change in its unit) or, for an
+    absolute range, u00_rotation_deg_=-20 (the value)."""
+    if row.bound is None:
+        return f"u{row.unit:0{digits}d}_{float(row.offsets[column]):+.2f}"
+    value = float(row.values[column]) - (row.reading if row.relative else 0.0)
+    return f"u{row.unit:0{digits}d}_{row.bound.factor}_{'' if row.relative else '='}{value:+.4g}"
+
+
+def span_text(row) -> str:
+    """The columns' span: offsets in standard deviations, or a bound unit's change or values in its unit."""
+    if row.bound is None:
+        return f"{float(row.offsets[0]):+g}..{float(row.offsets[-1]):+g}"
+    return f"{change_text(row, 0)}..{change_text(row, len(row.values) - 1)}"
+
+
+def row_summary(row, captions) -> dict:
+    """A row in --json: its unit, latent values, offsets and ``captions``; a bound unit's factor values too."""
+    summary = {"unit": row.unit, "z": [float(v) for v in row.z], "offsets": [float(v) for v in row.offsets],
+               "labels": list(captions)}
+    if row.bound is not None:
+        summary.update(factor=row.bound.factor, unit_of_measure=row.bound.unit_of_measure,
+                       values=[float(v) for v in row.values], reading=row.reading,
+                       relative=row.relative)
+    return summary

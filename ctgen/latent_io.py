@@ -98,6 +98,17 @@ def json_line(file: str, mu: np.ndarray, logvar: np.ndarray | None, warnings: Se
     return line + "}"
 
 
+def json_lines(files: Sequence[str], mu: np.ndarray, logvar: np.ndarray | None, *, model: LatentModel | None,
+               warnings: Sequence[Sequence[str]] | None = None,
+               factors: dict[str, np.ndarray] | None = None) -> Iterator[str]:
+    """encode's rows as JSON lines, each ending in a newline (what ``write_latents`` writes to .jsonl and ``ctgen
+    encode`` prints): ``mu`` float32 (N, L), ``logvar`` (N, L) or None, ``warnings`` and ``factors`` as there."""
+    for index, file in enumerate(files):
+        readings = {name: values[index] for name, values in (factors or {}).items()}
+        yield json_line(file, mu[index], None if logvar is None else logvar[index],
+                        warnings[index] if warnings is not None else (), model, readings) + "\n"
+
+
 def _number_text(value: float) -> str:
     """A reading as JSON/CSV text: the shortest float32 text, null/empty for NaN."""
     return str(np.float32(value)) if np.isfinite(value) else "null"
@@ -157,11 +168,7 @@ def write_latents(path: Path, files: Sequence[str], mu: np.ndarray, logvar: np.n
                 handle.write(",".join(cells) + "\n")
     else:
         with atomic_file(path, force=force, mode="w") as handle:
-            for index, file in enumerate(files):
-                found = warnings[index] if warnings is not None else ()
-                readings = {name: values[index] for name, values in factors.items()}
-                handle.write(json_line(file, mu[index], None if logvar is None else logvar[index], found, model,
-                                       readings) + "\n")
+            handle.writelines(json_lines(files, mu, logvar, model=model, warnings=warnings, factors=factors))
 
 
 def _csv_cell(text: str) -> str:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ctgen.atomic import Claims, atomic_file, remove_dead_temporaries
-from ctgen.errors import ArgumentError, InputError
+from ctgen.errors import ArgumentError, InputError, OutputError
 from ctgen.sources import split_source
 
-__all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "derivation", "derived_series",
-           "output_timestamp", "save_npy", "unique_names"]
+__all__ = ["MAX_GRID_IMAGES", "GridTiles", "ImageOutputs", "NpyStack", "PerFile", "check_targets", "derivation",
+           "derived_series", "is_folder", "output_timestamp", "resolve_out", "save_npy", "unique_names"]
 
 MAX_GRID_IMAGES = 1024  # a labelled grid of more tiles is unreadable (and large): use --per-file
 
@@ -297,3 +297,54 @@ class ImageOutputs:
             records.append({"kind": f"per_file_{self.files.format}", "path": str(self.files.folder),
                             "count": self.count, "files": [str(p) for p in self.files.paths]})
         return records
+
+
+def resolve_out(out: str | os.PathLike | None, default_name: str, suffixes: Sequence[str]) -> Path:
+    """The output file of ``--out``: ``default_name`` in the working folder when omitted, and inside ``out`` when
+    it names a folder (an existing one, a path written with a trailing slash, or one without a file suffix:
+    ``--out newdir/``, ``--out newdir``); else ``out`` itself, whose suffix must be one of ``suffixes``.
+    Raises ArgumentError ("out") otherwise."""
+    if out is None:
+        return Path(default_name)
+    if is_folder(out):
+        return Path(out) / default_name
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise ArgumentError("out", f"{os.fspath(out)}: unsupported file type {path.suffix}; use "
+                                   f"{' or '.join(suffixes)}, or a folder")
+    return path
+
+
+def is_folder(out: str | os.PathLike) -> bool:
+    """Whether ``--out`` names a folder: it exists as one, ends with a slash, or has no file suffix."""
+    text = os.fspath(out)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir() or not Path(text).suffix
+
+
+def check_targets(paths: Sequence[Path], *, force: bool) -> None:
+    """Raise OutputError unless every path can be written: no duplicates, no folders in the way, and no
+    existing file unless ``force``. Call it with every target of a command before writing any."""
+    seen: set[Path] = set()
+    listing: dict[Path, set[str] | None] = {}
+    for path in paths:
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise OutputError(path, "would be written twice in one run")
+        seen.add(key)
+        parent = key.parent
+        if parent not in listing:
+            if parent.exists() and not parent.is_dir():
+                raise OutputError(parent, "is not a folder")
+            listing[parent] = set(os.listdir(parent)) if parent.is_dir() else None
+            ancestor = parent
+            while not ancestor.exists():
+                ancestor = ancestor.parent
+            if not ancestor.is_dir():
+                raise OutputError(ancestor, "is not a folder")
+        names = listing[parent]
+        if names is not None and key.name in names:
+            if key.is_dir():
+                raise OutputError(path, "is a folder")
+            if not force:
+                raise OutputError(path, "already exists (use --force to overwrite)")
+

@@ -218,6 +218,8 @@ def test_example_slices_ship_and_run(model, workdir):
     (["--model=sample", "units"], "units"),
     (["--quiet", "--json", "info"], "info"),
     (["--help"], None),
+    (["--help", "sample"], None),  # the root's help, which lists every command
+    (["-h", "sample"], None),
     ([], None),
     (["samplx"], None),  # unknown: the full app lists the commands
 ])

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from ctgen.cli import typer_app as app_module
 from ctgen.cli import fast
-from ctgen.cli.coerce import _unwrap, kind_of
 from ctgen.cli.options import ROOT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +63,20 @@ def assert_same(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> fast.Call |
     return call
 
 
+def _kind(annotation: Any) -> tuple[str, list[str]]:
+    """The kind (``Option.kind``) and choices of the type Typer was given: X | None and Optional[X] read as X."""
+    import typing
+
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Union or type(annotation).__name__ == "UnionType":
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return "choice", list(typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return "list", []
+    return {bool: "bool", int: "int", float: "float", Path: "path", str: "str"}[annotation], []
+
+
 def _table(params: Any, function: Any) -> dict[str, Any]:
     """What the fast path must know of each parameter, as Typer built it (``function``: its signature)."""
     import typing
@@ -76,8 +89,8 @@ def _table(params: Any, function: Any) -> dict[str, Any]:
             "opts": list(param.opts) if param.param_type_name == "option" else [],
             "secondary_opts": list(getattr(param, "secondary_opts", [])), "flag": bool(getattr(param, "is_flag", 0)),
             "nargs": param.nargs, "required": bool(param.required), "default": param.default,
-            "envvar": param.envvar if isinstance(param.envvar, str) else None, "type": kind_of(annotation),
-            "choices": list(typing.get_args(_unwrap(annotation))) if kind_of(annotation) == "choice" else [],
+            "envvar": param.envvar if isinstance(param.envvar, str) else None, "type": _kind(annotation)[0],
+            "choices": _kind(annotation)[1],
             "min": getattr(info, "min", None), "max": getattr(info, "max", None),
             "dirs_only": getattr(info, "file_okay", True) is False}
     return table
@@ -230,6 +243,19 @@ def test_the_fast_path_imports_no_typer(tmp_path):
                             capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_the_typer_path_coerces_options_without_pydantic(tmp_path):
+    # ctgen.cli.coerce: every declared option, Typer's own flags (--version) and a refused value, without pydantic
+    code = ("import sys; from ctgen.cli import main\nfor argv in (['example', '--folder'], ['--version'], "
+            "['sample', '--n', '0'], ['-q', 'traverse', '--steps', '3', '--units', '0', '--real-no']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('pydantic' in sys.modules)")
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CTGEN_NO_FAST_PATH": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert "--n: 0 is smaller than the minimum 1" in result.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

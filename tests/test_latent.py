@@ -177,3 +177,14 @@ def test_iter_batches():
     assert list(iter_batches([], 3)) == []
     with pytest.raises(InputError):
         list(iter_batches([1], 0))
+
+
+def test_a_factor_setting_reads_back_as_it_was_written():
+    from ctgen.latent import FactorSetting, parse_setting
+
+    for text, setting in (("rotation_deg=+10", FactorSetting("rotation_deg", 10.0, True)),
+                          ("rotation_deg=-2.5", FactorSetting("rotation_deg", -2.5, True)),
+                          ("ventricle_mm2=40", FactorSetting("ventricle_mm2", 40.0)),
+                          ("rotation_deg==-10", FactorSetting("rotation_deg", -10.0))):
+        assert parse_setting(text) == setting and str(setting) == text
+        assert parse_setting(str(setting)) == setting

@@ -74,11 +74,11 @@ def test_dicom_on_a_disk_full_from_the_start_is_one_line(full_disk, tmp_path):
 
 # ---------------------------------------------------------------------------------------- races
 def test_a_file_that_appears_during_a_run_is_never_overwritten(model, workdir, monkeypatch):
-    import ctgen.cli.run as run_module
+    import ctgen.writers as writers_module
 
     (workdir / "out").mkdir()
     (workdir / "out" / "sample_00003.png").write_bytes(b"not ours")
-    monkeypatch.setattr(run_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
+    monkeypatch.setattr(writers_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
     result = invoke("sample", "--n", 6, "-m", model, "--per-file", "out", "--batch-size", 2)
     one_error_line(result, "sample_00003.png", "already exists")
     assert files_under(workdir / "out") == ["sample_00003.png"]  # ours were taken back, theirs is intact
@@ -212,10 +212,10 @@ def test_a_failed_forced_run_puts_the_old_file_back(model, workdir):
 
 
 def test_a_later_file_that_fails_takes_back_the_earlier_ones(model, workdir, monkeypatch):
-    import ctgen.cli.run as run_module
+    import ctgen.writers as writers_module
 
     (workdir / "grid.png").write_bytes(b"not ours")  # the grid is saved last, after the per-file images
-    monkeypatch.setattr(run_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
+    monkeypatch.setattr(writers_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check
     result = invoke("sample", "--n", 4, "-m", model, "--per-file", "each", "--out", "grid.png")
     one_error_line(result, "grid.png", "already exists")
     assert files_under(workdir) == ["grid.png"] and not (workdir / "each").exists()

@@ -3,54 +3,28 @@
 Typer (0.2x) coerces every option value through a pydantic ``TypeAdapter``: importing pydantic and building
 adapters costs about 0.15-0.2 s on every ``ctgen`` call, more than the command itself for one slice. ctgen's
 options are all plain types (str, int, float, bool, Path, Literal choices and lists of str), so ``install``
-gives those a small coercer here (same checks: numbers, ranges, choices, Typer's own path checks) and leaves
-anything else to Typer. Where Typer's internals differ from what this expects, nothing is changed.
+gives the options that ctgen declares (``ctgen.cli.options.Option``) a small coercer here, driven by the
+declaration (same checks: numbers, ranges, choices, Typer's own path checks), and leaves anything else to Typer.
+Where Typer's internals differ from what this expects, nothing is changed.
 """
 
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["coerce_value", "install", "kind_of"]
+from ctgen.cli.options import Option
 
-_PLAIN = (str, int, float, bool, Path)
+__all__ = ["coerce_value", "declare", "install"]
 
-
-def _unwrap(annotation: Any) -> Any:
-    """X | None and Optional[X] -> X; anything else unchanged."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    origin = typing.get_origin(annotation)
-    if (origin is typing.Union or type(annotation).__name__ == "UnionType") and len(args) == 1:
-        return args[0]
-    return annotation
-
-
-def _is_plain(annotation: Any) -> bool:
-    annotation = _unwrap(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return all(isinstance(value, str) for value in typing.get_args(annotation))
-    if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation) == (str,)
-    return annotation in _PLAIN
-
-
-def kind_of(annotation: Any) -> str:
-    """The coercion of a plain annotation: "choice", "list", "bool", "int", "float", "path" or "str"."""
-    annotation = _unwrap(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return "choice"
-    if typing.get_origin(annotation) is list:
-        return "list"
-    return {bool: "bool", int: "int", float: "float", Path: "path"}.get(annotation, "str")
+_FLAG = Option("flag", kind="bool")
 
 
 def coerce_value(kind: str, value: Any, *, choices: tuple[str, ...] = (), minimum: float | None = None,
                  maximum: float | None = None) -> Any:
-    """An option's value from its command-line text (``kind`` from ``kind_of``; "path" gives the Path unchecked).
+    """An option's value from its command-line text (``kind``: ``Option.kind``; "path" gives the Path unchecked).
     Raises ValueError with the message for the user. Shared by Typer (through ``install``) and ctgen.cli.fast."""
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
@@ -87,8 +61,15 @@ def coerce_value(kind: str, value: Any, *, choices: tuple[str, ...] = (), minimu
     return str(value)
 
 
+def declare(info: Any, option: Any) -> Any:
+    """Mark Typer's parameter info ``info`` as made from ``option`` (``ctgen.cli.options.Option``): ``install``
+    coerces its values by the declaration. Returns ``info``."""
+    info.ctgen_option = option
+    return info
+
+
 def install() -> bool:
-    """Route plain-typed options through ``PlainParam``; returns whether Typer could be taught to."""
+    """Route the declared options (``declare``) through ``PlainParam``; returns whether Typer could be taught to."""
     try:
         from typer import _coercion, core
         from typer._click.exceptions import BadParameter
@@ -101,23 +82,25 @@ def install() -> bool:
 
     @dataclass(frozen=True)
     class PlainParam(_coercion.RuntimeParam):
-        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            return _coerce(_unwrap(self.annotation), value, self.parameter_info, param, ctx)
+        option: Any = None
 
-    def _coerce(annotation: Any, value: Any, info: Any, param: Any, ctx: Any) -> Any:
-        if annotation is Path:
-            return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
-        try:
-            return coerce_value(kind_of(annotation), value, choices=typing.get_args(annotation),
-                                minimum=info.min, maximum=info.max)
-        except ValueError as error:
-            raise BadParameter(str(error), ctx=ctx, param=param) from None
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            option = self.option
+            if option.kind == "path":
+                return coerce_cli_path(Path(value), self.parameter_info, path_type=Path, param=param, ctx=ctx)
+            try:
+                return coerce_value(option.kind, value, choices=option.choices, minimum=option.minimum,
+                                    maximum=option.maximum)
+            except ValueError as error:
+                raise BadParameter(str(error), ctx=ctx, param=param) from None
 
     def build_runtime_param(descriptor: Any) -> Any:
-        info = descriptor.parameter_info
-        if (descriptor.file_annotation is None and getattr(info, "parser", None) is None
-                and _is_plain(descriptor.annotation)):
-            return PlainParam(annotation=descriptor.annotation, parameter_info=info)
+        option = getattr(descriptor.parameter_info, "ctgen_option", None)
+        if option is None and descriptor.annotation is bool:
+            option = _FLAG  # Typer coerces every flag through a bool parameter of its own
+        if option is not None and descriptor.file_annotation is None:
+            return PlainParam(annotation=descriptor.annotation, parameter_info=descriptor.parameter_info,
+                              option=option)
         return original(descriptor)
 
     build_runtime_param.ctgen_plain = True  # type: ignore[attr-defined]

@@ -19,7 +19,6 @@ import errno
 import importlib
 import os
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,15 +194,10 @@ def run(call: Call) -> int:
         if code is not None:
             return code
         if isinstance(error, OSError) and error.errno == errno.EPIPE and not debug:
-            _quiet_stdout()  # the reader went away (`ctgen encode ... | head`): exit quietly, as Typer does
+            from ctgen.cli.run import drop_stdout
+
+            drop_stdout()  # the reader went away (`ctgen encode ... | head`): exit quietly, as Typer does
             return 1
         raise
     return 0
 
-
-def _quiet_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass

@@ -109,25 +109,29 @@ def shared(*names: str, **defaults: Any) -> tuple[Option, ...]:
                  for name in names)
 
 
+# root options that become the defaults of the command's options of the same name, with the root's short help
+_ROOT_HELP = {"model": "Model name or folder.", "device": "Where to run.", "quiet": "No progress or notes.",
+              "json_summary": "JSON summary on stdout.", "force": "Overwrite outputs.", "window": "Display window.",
+              "seed": "Random seed."}
+ROOT_SHARED = tuple(_ROOT_HELP)
+
+
+def _root_option(name: str) -> Option:
+    """A command's common option as the root takes it: in the root's panel, with no environment variable and,
+    unless a flag, no default (only a given value becomes the command's default)."""
+    option = replace(_SHARED[name], help=_ROOT_HELP[name], panel=_ROOT, envvar=None)
+    return option if option.kind == "bool" else replace(option, default=None, show_default=False)
+
+
 # The root's own options (before the command), --version aside: the Typer app adds it
 ROOT = (
     Option("debug", ("--debug",), "bool", False, "Show full tracebacks on errors (or set CTGEN_DEBUG=1)."),
-    Option("model", ("--model", "-m"), metavar="NAME|PATH", help="Model name or folder.", panel=_ROOT,
-           show_default=False),
-    Option("device", ("--device",), "choice", choices=DEVICES, help="Where to run.", panel=_ROOT, show_default=False),
-    Option("quiet", ("--quiet", "-q"), "bool", False, "No progress or notes.", panel=_ROOT),
-    Option("json_summary", ("--json",), "bool", False, "JSON summary on stdout.", panel=_ROOT),
-    Option("force", ("--force", "-f"), "bool", False, "Overwrite outputs.", panel=_ROOT),
-    Option("window", ("--window", "-w"), metavar="brain|subdural|bone|C,W", help="Display window.", panel=_ROOT,
-           show_default=False),
-    Option("seed", ("--seed",), "int", bounds="seed", help="Random seed.", panel=_ROOT, show_default=False),
+    *map(_root_option, ROOT_SHARED),
     Option("max_pixels", ("--max-pixels",), "int", bounds="max_pixels", metavar="N", envvar="CTGEN_MAX_PIXELS",
            show_default="2^26", panel=_ROOT,
            help="Refuse DICOM files and NIfTI volumes whose rows x columns x frames (slices) exceed N, before "
                 "decoding them."),
 )
-# root options that become the defaults of the command's options of the same name
-ROOT_SHARED = ("model", "device", "quiet", "json_summary", "force", "window", "seed")
 
 
 def output(help: str, show_default: bool | str = False) -> Option:

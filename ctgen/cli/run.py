@@ -1,6 +1,6 @@
 """What the commands share: one ``Run`` per command (stderr notes, warnings and progress, --skip-bad
-reporting, the --json summary), the output targets (``resolve_out``, ``check_targets``) and stdout
-(``write_stdout``).
+reporting, the --json summary) and stdout (``write_stdout``); the output targets are ``ctgen.writers``'
+(``resolve_out``, ``check_targets``).
 
 Every command checks *all* its targets before it computes anything, and the writers (``ctgen.writers``,
 ``ctgen.atomic``) commit each file exclusively, so a failed run leaves no half-written output. A ``Run`` holds
@@ -17,13 +17,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from ctgen.atomic import Claims
-from ctgen.errors import ArgumentError, CtgenError, OutputError
+from ctgen.errors import CtgenError, OutputError
 
-__all__ = ["Run", "check_targets", "is_folder", "resolve_out", "rich_console", "write_stdout"]
+__all__ = ["Run", "drop_stdout", "rich_console", "write_stdout"]
 
 
 class Run:
@@ -155,9 +154,6 @@ class Run:
                   flush=True)
             raise SystemExit(1)
 
-    def record(self, kind: str, path: Path | str, **extra: Any) -> None:
-        self.summary["outputs"].append({"kind": kind, "path": str(path), **extra})
-
     def wrote(self, records: list[dict[str, Any]], what: str, *, note: bool = True) -> None:
         """Record ``ctgen.writers`` output records in the summary and say on stderr what was written where."""
         for record in records:
@@ -191,11 +187,11 @@ def write_stdout(text: str) -> None:
     except OSError as error:
         if error.errno == errno.EPIPE:
             raise
-        _drop_stdout()
+        drop_stdout()
         raise OutputError("<stdout>", error.strerror or str(error)) from None
 
 
-def _drop_stdout() -> None:
+def drop_stdout() -> None:
     """Send stdout to /dev/null: what is still buffered would fail again when Python exits, with a traceback."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -221,54 +217,3 @@ def rich_console(*, stderr: bool = False):
 
 
 PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: wider than any row
-
-
-def resolve_out(out: str | os.PathLike | None, default_name: str, suffixes: Sequence[str]) -> Path:
-    """The output file of ``--out``: ``default_name`` in the working folder when omitted, and inside ``out`` when
-    it names a folder (an existing one, a path written with a trailing slash, or one without a file suffix:
-    ``--out newdir/``, ``--out newdir``); else ``out`` itself, whose suffix must be one of ``suffixes``.
-    Raises ArgumentError ("out") otherwise."""
-    if out is None:
-        return Path(default_name)
-    if is_folder(out):
-        return Path(out) / default_name
-    path = Path(out)
-    if path.suffix.lower() not in suffixes:
-        raise ArgumentError("out", f"{os.fspath(out)}: unsupported file type {path.suffix}; use "
-                                   f"{' or '.join(suffixes)}, or a folder")
-    return path
-
-
-def is_folder(out: str | os.PathLike) -> bool:
-    """Whether ``--out`` names a folder: it exists as one, ends with a slash, or has no file suffix."""
-    text = os.fspath(out)
-    return text.endswith(("/", os.sep)) or Path(text).is_dir() or not Path(text).suffix
-
-
-def check_targets(paths: Sequence[Path], *, force: bool) -> None:
-    """Raise OutputError unless every path can be written: no duplicates, no folders in the way, and no
-    existing file unless ``force``. Call it with every target of a command before writing any."""
-    seen: set[Path] = set()
-    listing: dict[Path, set[str] | None] = {}
-    for path in paths:
-        key = Path(os.path.abspath(path))
-        if key in seen:
-            raise OutputError(path, "would be written twice in one run")
-        seen.add(key)
-        parent = key.parent
-        if parent not in listing:
-            if parent.exists() and not parent.is_dir():
-                raise OutputError(parent, "is not a folder")
-            listing[parent] = set(os.listdir(parent)) if parent.is_dir() else None
-            ancestor = parent
-            while not ancestor.exists():
-                ancestor = ancestor.parent
-            if not ancestor.is_dir():
-                raise OutputError(ancestor, "is not a folder")
-        names = listing[parent]
-        if names is not None and key.name in names:
-            if key.is_dir():
-                raise OutputError(path, "is a folder")
-            if not force:
-                raise OutputError(path, "already exists (use --force to overwrite)")
-

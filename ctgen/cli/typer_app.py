@@ -20,6 +20,7 @@ import typer
 from typer.core import TyperGroup
 
 from ctgen import __version__
+from ctgen.cli.coerce import declare
 from ctgen.cli.coerce import install as _plain_coercion
 from ctgen.cli.failures import debug_requested, exit_code
 from ctgen.cli.options import ROOT, ROOT_SHARED, Option
@@ -72,6 +73,7 @@ class _Group(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
+_HELP_OPTIONS = ["-h", "--help"]
 _APP_SETTINGS: dict[str, Any] = dict(
     cls=_Group,
     name="ctgen",
@@ -83,7 +85,7 @@ _APP_SETTINGS: dict[str, Any] = dict(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": _HELP_OPTIONS},
 )
 
 
@@ -104,7 +106,7 @@ def _annotation(option: Option) -> Any:
     settings = {key: value for key, value in given.items() if value is not None}
     if option.kind == "path":
         settings.update(file_okay=option.file_okay, dir_okay=option.dir_okay)
-    made = typer.Option(*option.flags, **settings) if option.flags else typer.Argument(**settings)
+    made = declare(typer.Option(*option.flags, **settings) if option.flags else typer.Argument(**settings), option)
     return Annotated[Optional[kind] if option.optional else kind, made]  # noqa: UP007 - a type made at run time
 
 
@@ -117,12 +119,6 @@ def _signed(function: Any, options: tuple[Option, ...], *first: inspect.Paramete
     function.__signature__ = inspect.Signature(parameters)
     function.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     return function
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        print(f"ctgen {__version__}")
-        raise typer.Exit()
 
 
 def _root(ctx: typer.Context, **given: Any) -> None:
@@ -148,21 +144,13 @@ def _help_text(function: Any) -> str:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
 
 
-_COMMANDS: dict[str, str] = {  # command name -> help panel, in --help order; each is ctgen.cli.commands.NAME
-    "sample": "Generate images",
-    "interpolate": "Generate images",
-    "traverse": "Generate images",
-    "reconstruct": "Generate images",
-    "edit": "Generate images",
-    "explore": "Generate images",
-    "encode": "Latent vectors",
-    "scan": "Archives",
-    "decode": "Latent vectors",
-    "info": "Model",
-    "units": "Model",
-    "evaluate": "Model",
-    "example": "Model",
+_PANELS = {  # help panel -> its commands, each ctgen.cli.commands.NAME, in --help order
+    "Generate images": ("sample", "interpolate", "traverse", "reconstruct", "edit", "explore"),
+    "Latent vectors": ("encode", "decode"),
+    "Archives": ("scan",),
+    "Model": ("info", "units", "evaluate", "example"),
 }
+_COMMANDS = {name: panel for panel, names in _PANELS.items() for name in names}
 # root options that take a value (their value is never the command's name)
 _ROOT_VALUE_OPTIONS = frozenset(flag for option in ROOT if option.kind != "bool" for flag in option.flags)
 
@@ -193,6 +181,8 @@ def _invoked_command(argv: list[str]) -> str | None:
             expect_value = False
         elif token in _COMMANDS:
             return token
+        elif token in _HELP_OPTIONS:
+            return None  # the root's help, before the command: it lists every command
         elif token in _ROOT_VALUE_OPTIONS:
             expect_value = True
         elif not token.startswith("-") or token == "--":

@@ -28,11 +28,11 @@ def decode(*, latents, out, per_file, file_format, window, model, device, batch_
     decoded_00000.png, … in input order (as DICOM, each its own series). Pipes:
     ctgen encode scans/ | ctgen decode - -o recon.png
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.errors import InputError
     from ctgen.latent_io import LatentModel, check_latents, latent_names, load_latents
     from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs
+    from ctgen.writers import ImageOutputs, check_targets, resolve_out
 
     with Run("decode", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

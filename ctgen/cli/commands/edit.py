@@ -33,11 +33,11 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
     """
     import numpy as np
 
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError
     from ctgen.latent import parse_setting
     from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
-    from ctgen.writers import derived_series, save_npy
+    from ctgen.writers import check_targets, derived_series, resolve_out, save_npy
 
     with Run("edit", quiet=quiet, json_summary=json_summary, force=force) as run:
         changes = [parse_setting(text) for text in settings]
@@ -52,7 +52,7 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
 
         edited = generator.edit(slice_path, changes, slice_index=slice_index)
         origin = Path(edited.slice.source).name
-        asked = ", ".join(_asked(change) for change in changes)
+        asked = ", ".join(map(str, changes))
         suffix = target.suffix.lower()
         if suffix == ".png":
             recon = generator.decode(edited.mu)[0]
@@ -71,14 +71,8 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
         else:
             save_npy(edited.hu.astype(np.float32), target, force=force)
         run.wrote([{"kind": f"edited_{suffix.lstrip('.')}", "path": str(target), "count": 1}], "edited slice")
-        run.finish(file=edited.slice.source, settings=[_asked(change) for change in changes],
+        run.finish(file=edited.slice.source, settings=[str(change) for change in changes],
                    factors=[_report(bound, edited) for bound in generator.bound_units])
-
-
-def _asked(change) -> str:
-    if change.relative:
-        return f"{change.factor}={change.value:+g}"
-    return f"{change.factor}{'==' if change.value < 0 else '='}{change.value:g}"  # as --set takes it
 
 
 def _shown(generator, factor: str, value: float) -> str:

@@ -38,10 +38,11 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
     import numpy as np
 
     from ctgen.api import gather_files
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run, write_stdout
     from ctgen.errors import ArgumentError, InputError
     from ctgen.latent import parse_shard, take_shard
-    from ctgen.latent_io import LATENT_SUFFIXES, LatentModel, factor_columns, write_latents
+    from ctgen.latent_io import LATENT_SUFFIXES, LatentModel, factor_columns, json_lines, write_latents
+    from ctgen.writers import check_targets, resolve_out
 
     with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
         k, n = parse_shard(shard) if shard is not None else (1, 1)
@@ -75,8 +76,9 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
         with run.progress(len(ordered), f"encoding shard {k}/{n}" if n > 1 else "encoding") as advance:
             for batch in generator.iter_encode(ordered, batch_size=batch_size, on_error=on_error):
                 if stream:
-                    _print_lines(batch.sources, batch.mu, batch.logvar if logvar else None, batch.warnings, written_by,
-                                 readings(batch.mu))
+                    write_stdout("".join(json_lines(batch.sources, batch.mu, batch.logvar if logvar else None,
+                                                    model=written_by, warnings=batch.warnings,
+                                                    factors=readings(batch.mu))))
                 else:
                     batches.append(batch)
                 encoded += len(batch.sources)
@@ -88,7 +90,8 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
             mu = np.concatenate([batch.mu for batch in batches]) if batches else empty
             log_variance = (np.concatenate([batch.logvar for batch in batches]) if batches else empty) if logvar else None
             if target is None:
-                _print_lines(done, mu, log_variance, found, written_by, readings(mu))
+                write_stdout("".join(json_lines(done, mu, log_variance, model=written_by, warnings=found,
+                                                factors=readings(mu))))
             else:
                 write_latents(target, done, mu, log_variance, force=force, model=written_by, warnings=found,
                               factors=readings(mu))
@@ -110,12 +113,3 @@ def _expand_stdin(inputs: list[str]) -> list[str]:
             items.append(item)
     return items
 
-
-def _print_lines(files, mu, logvar, warnings, model, factors=None) -> None:
-    from ctgen.cli.run import write_stdout
-    from ctgen.latent_io import json_line
-
-    if len(files):
-        write_stdout("".join(json_line(f, mu[i], None if logvar is None else logvar[i], warnings[i], model,
-                                       {name: values[i] for name, values in (factors or {}).items()}) + "\n"
-                             for i, f in enumerate(files)))

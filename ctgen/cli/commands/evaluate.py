@@ -56,8 +56,8 @@ def evaluate(*, study, factors, split, dense, max_slices, out, real, seed, model
         for line in report["interpretation"].values():
             run.note(line)
         run.note(f"wrote {out}/ (report.md, metrics.json, {len(figures)} figures)")
-        for name in ["metrics.json", "report.md", *figures]:
-            run.record("json" if name.endswith(".json") else "markdown" if name.endswith(".md") else "png", out / name)
+        run.wrote([{"kind": "json" if name.endswith(".json") else "markdown" if name.endswith(".md") else "png",
+                    "path": str(out / name)} for name in ["metrics.json", "report.md", *figures]], "files", note=False)
         run.finish(metrics=card_metrics(report))
 
 

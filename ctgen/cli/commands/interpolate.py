@@ -35,9 +35,9 @@ def interpolate(*, first, second, slice_index, steps, method, out, gif, with_ori
     """
     import numpy as np
 
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile
+    from ctgen.writers import PerFile, check_targets, resolve_out
 
     with Run("interpolate", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -59,8 +59,8 @@ def interpolate(*, first, second, slice_index, steps, method, out, gif, with_ori
         mu = generator.encode(ends)
         frames = generator.interpolate(mu[0], mu[1], steps, method)
 
-        tiles = list(frames)
-        labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
+        steps_labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
+        tiles, labels = list(frames), steps_labels
         if with_originals:
             tiles, labels = [ends[0].hu, *tiles, ends[1].hu], ["A input", *labels, "B input"]
         title = f"{names[0]} to {names[1]} · {method} · {generator.card.name}"
@@ -68,7 +68,6 @@ def interpolate(*, first, second, slice_index, steps, method, out, gif, with_ori
                             tile_px=PICTURE_PX), strip_path, force=force)
         run.wrote([{"kind": "strip_png", "path": str(strip_path), "count": steps}], "images")
         if gif_path is not None:
-            steps_labels = ["A"] + [f"t={t:.2f}" for t in times[1:-1]] + ["B"]
             save_gif(frames_loop(labelled_frames(frames, display, steps_labels)), gif_path, force=force)
             run.wrote([{"kind": "gif", "path": str(gif_path), "count": 2 * steps - 2}], "frames")
         if files is not None:

@@ -31,10 +31,10 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
     import numpy as np
 
     from ctgen.api import gather_files, slice_sources
-    from ctgen.cli.run import Run, check_targets, is_folder
+    from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError, InputError
     from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
-    from ctgen.writers import PerFile, unique_names
+    from ctgen.writers import PerFile, check_targets, is_folder, unique_names
 
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -77,19 +77,19 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
                              "rmse_hu": item.rmse_hu, "head_pixels": item.head_pixels,
                              "warnings": list(item.slice.warnings)})
                 advance(1)
-        run.table(_table(rows))
+        maes = [row["mae_hu"] for row in rows if row["mae_hu"] is not None]
+        rmses = [row["rmse_hu"] for row in rows if row["rmse_hu"] is not None]
+        means = (float(np.mean(maes)), float(np.mean(rmses))) if maes else (None, None)
+        run.table(_table(rows, means))
         if recon_files is not None:
             written = [str(recon_files.paths[index[row["file"]]]) for row in rows]
             run.wrote([{"kind": f"per_file_{file_format}", "path": str(per_file), "count": len(rows),
                         "files": written}], "reconstructions")
-        maes = [row["mae_hu"] for row in rows if row["mae_hu"] is not None]
-        rmses = [row["rmse_hu"] for row in rows if row["rmse_hu"] is not None]
-        run.finish(slices=rows, failed=run.failures, mean_mae_hu=float(np.mean(maes)) if maes else None,
-                   mean_rmse_hu=float(np.mean(rmses)) if rmses else None)
+        run.finish(slices=rows, failed=run.failures, mean_mae_hu=means[0], mean_rmse_hu=means[1])
         run.exit_if_skipped(len(files) + sum(failure not in index for failure in run.failures))
 
 
-def _table(rows: list[dict]):
+def _table(rows: list[dict], means: tuple[float | None, float | None]):
     from rich.table import Table
 
     table = Table(title="reconstruction error inside the head (HU)", title_justify="left")
@@ -101,9 +101,7 @@ def _table(rows: list[dict]):
 
     for row in rows:
         table.add_row(row["file"], cell(row["mae_hu"]), cell(row["rmse_hu"]), str(row["head_pixels"]))
-    maes = [row["mae_hu"] for row in rows if row["mae_hu"] is not None]
-    rmses = [row["rmse_hu"] for row in rows if row["rmse_hu"] is not None]
-    if len(rows) > 1 and maes:
+    if len(rows) > 1 and means[0] is not None:
         table.add_section()
-        table.add_row("mean", cell(sum(maes) / len(maes)), cell(sum(rmses) / len(rmses)), "")
+        table.add_row("mean", *map(cell, means), "")
     return table

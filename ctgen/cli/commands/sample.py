@@ -26,9 +26,9 @@ def sample(*, n, temperature, prior, out, per_file, file_format, seed, window, m
     (sample_00000.png, …; as DICOM each sample is its own series). Decodes in batches: --n 10000
     --per-file runs in flat memory. The same --seed gives byte-identical files.
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs
+    from ctgen.writers import ImageOutputs, check_targets, resolve_out
 
     with Run("sample", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

@@ -30,9 +30,10 @@ def scan(*, archives, out, split_by, max_tilt, force, json_summary, quiet) -> No
     row per file. Patients appear as hashed keys, never their IDs. Training (python -m train) selects its
     slices by the same rules.
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.scan import INVENTORY_SUFFIXES, list_files, write_inventory
     from ctgen.scan import scan as scan_archive
+    from ctgen.writers import check_targets, resolve_out
 
     with Run("scan", quiet=quiet, json_summary=json_summary, force=force) as run:
         target = resolve_out(out, "inventory.csv", INVENTORY_SUFFIXES) if out is not None else None

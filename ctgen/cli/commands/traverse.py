@@ -41,11 +41,12 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
     traverse.png; --gif-dir adds one animation per unit, --per-file one file per cell (as DICOM, one
     ordered series per unit).
     """
-    from ctgen.cli.run import Run, check_targets, resolve_out
+    from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError
-    from ctgen.latent import parse_ranges
+    from ctgen.latent import (caption_text, cell_name, change_text, parse_ranges, row_label, row_name, row_summary,
+                              span_text)
     from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile
+    from ctgen.writers import PerFile, check_targets, resolve_out
 
     with Run("traverse", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
@@ -65,28 +66,28 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
         files = None
         if per_file is not None:
             cells = [(row, column) for row in planned for column in range(count)]
-            files = PerFile(per_file, [_file_name(row, column, digits) for row, column in cells],
+            files = PerFile(per_file, [cell_name(row, column, digits) for row, column in cells],
                             file_format, window=display, card=generator.card, grid=generator.grid, force=force,
                             action=f"traverse {origin}: units {chosen}, {_ranges_text(value_range)} in {count}",
                             groups=[index for index in range(len(planned)) for _ in range(count)],
-                            descriptions=[f"ctgen traverse {_row_name(row)} {_span(row)}" for row in planned],
+                            descriptions=[f"ctgen traverse {row_name(row)} {span_text(row)}" for row in planned],
                             comments=[f"unit {row.unit} offset {float(row.offsets[column]):+.2f} around {origin}"
                                       if row.bound is None else
-                                      f"unit {row.unit} {row.bound.factor} {_change(row, column)} around {origin}"
+                                      f"unit {row.unit} {row.bound.factor} {change_text(row, column)} around {origin}"
                                       for row, column in cells])
         check_targets([grid_path, *gif_paths, *(files.paths if files else [])], force=force)
 
         center = generator.encode(loaded)[0] if loaded is not None else None
         rows = generator.traverse_rows(center, chosen, ranges, steps)
         middle = "recon" if loaded is not None else "z=0"
-        captions = [_caption(row, column, middle) for row in rows for column in range(count)]
+        captions = [caption_text(row, column, middle) for row in rows for column in range(count)]
         if files is not None:  # per-file PNGs carry the same captions as the grid
-            files.labels = [f"{_row_name(row)} {caption}"
+            files.labels = [f"{row_name(row)} {caption}"
                             for row, caption in zip((r for r in rows for _ in range(count)), captions)]
         hu = generator.decode_rows(center, rows)
         physical = any(row.bound is not None for row in rows)
         picture = grid_image(hu, display, rows=len(rows), cols=count,
-                             row_labels=[_row_label(generator.card, row) for row in rows],
+                             row_labels=[row_label(generator.card, row) for row in rows],
                              col_labels=None if physical else captions[:count],
                              tile_labels=captions if physical else None,
                              title=f"traversal around {origin} · {generator.card.name}",
@@ -95,7 +96,7 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
         run.wrote([{"kind": "grid_png", "path": str(grid_path), "count": len(hu), "units": chosen}], "images")
         for index, gif_path in enumerate(gif_paths):
             frames = labelled_frames(hu[index * count : (index + 1) * count], display,
-                                     [f"{_row_name(rows[index])} {caption}"
+                                     [f"{row_name(rows[index])} {caption}"
                                       for caption in captions[index * count : (index + 1) * count]])
             save_gif(frames_loop(frames), gif_path, force=force)
             run.wrote([{"kind": "gif", "path": str(gif_path), "unit": chosen[index], "count": 2 * count - 2}],
@@ -106,69 +107,9 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
         free = next((row for row in rows if row.bound is None), None)
         run.finish(units=chosen, offsets=[float(d) for d in (free.offsets if free is not None else rows[0].offsets)],
                    range_sd=ranges.sd, center=origin, kl=[kl[unit] for unit in chosen] if kl else None,
-                   rows=[_row_summary(row, caption) for row, caption in
+                   rows=[row_summary(row, caption) for row, caption in
                          zip(rows, (captions[i * count : (i + 1) * count] for i in range(len(rows))))])
-
-
-def _row_name(row) -> str:
-    return f"u{row.unit}" + (f" {row.bound.factor}" if row.bound is not None else "")
-
-
-def _row_label(card, row) -> str:
-    """"u0 rotation_deg (deg)" for a bound unit, "u3 (KL 1.20)" (with the card's factor) for the others."""
-    if row.bound is None:
-        return card.unit_label(row.unit)
-    return f"u{row.unit} {row.bound.factor}" + (f" ({row.bound.unit_of_measure})" if row.bound.unit_of_measure else "")
-
-
-def _change(row, column: int) -> str:
-    """What a column does to its unit, independent of the start: "+1.0" (standard deviations), "+15°" (a bound
-    unit's change), "15°" (a value of an absolute range)."""
-    from ctgen.latent import physical_text
-
-    if row.bound is None:
-        return f"{float(row.offsets[column]):+.1f}"
-    unit, value = row.bound.unit_of_measure, float(row.values[column])
-    return physical_text(value, unit) if not row.relative else physical_text(value - row.reading, unit, signed=True)
-
-
-def _caption(row, column: int, middle: str) -> str:
-    """A picture's label: the change in standard deviations ("+1.0", the middle one "recon"), or for a bound unit
-    the change and the value in its unit ("+15° (16.2°)", "+0° (1.2°)"), or the value of an absolute range."""
-    from ctgen.latent import physical_text
-
-    if row.bound is None:
-        return _change(row, column) if row.offsets[column] else middle
-    if not row.relative:
-        return _change(row, column)
-    return f"{_change(row, column)} ({physical_text(float(row.values[column]), row.bound.unit_of_measure)})"
-
-
-def _file_name(row, column: int, digits: int) -> str:
-    """u03_+1.00 (standard deviations); a bound unit u00_rotation_deg_+15 (the change in its unit) or, for an
-    absolute range, u00_rotation_deg_=-20 (the value)."""
-    if row.bound is None:
-        return f"u{row.unit:0{digits}d}_{float(row.offsets[column]):+.2f}"
-    value = float(row.values[column]) - (row.reading if row.relative else 0.0)
-    return f"u{row.unit:0{digits}d}_{row.bound.factor}_{'' if row.relative else '='}{value:+.4g}"
-
-
-def _span(row) -> str:
-    """The columns' span: offsets in standard deviations, or a bound unit's change or values in its unit."""
-    if row.bound is None:
-        return f"{float(row.offsets[0]):+g}..{float(row.offsets[-1]):+g}"
-    return f"{_change(row, 0)}..{_change(row, len(row.values) - 1)}"
 
 
 def _ranges_text(value_range) -> str:
     return "range " + (",".join(value_range) if value_range else "default")
-
-
-def _row_summary(row, captions) -> dict:
-    summary = {"unit": row.unit, "z": [float(v) for v in row.z], "offsets": [float(v) for v in row.offsets],
-               "labels": list(captions)}
-    if row.bound is not None:
-        summary.update(factor=row.bound.factor, unit_of_measure=row.bound.unit_of_measure,
-                       values=[float(v) for v in row.values], reading=row.reading,
-                       relative=row.relative)
-    return summary
