@@ -42,7 +42,9 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
                    progress: Progress | None = None, pictures: dict | None = None,
                    dense: str | os.PathLike | None = None, max_dense: int = 2000,
                    max_control: int = CONTROL_PATIENTS) -> dict:
-    """Score ``model`` (a ``ctgen.model.Model``, or a name/path for ``load_model``) on a DICOM study.
+    """Score ``model`` (a ``ctgen.model.Model``, or a name/path for ``load_model``) on a CT study: a folder whose
+    usable slices ``ctgen.scan`` selects (every frame of a multi-frame file, every axial slice of a NIfTI volume,
+    as training and ``ctgen encode`` take them), or the slices its factors table names.
 
     ``factors``: the factors table (None: STUDY/factors.csv when present; False: none). ``split``: a
     training run's split.json; its validation patients (and any patient it does not list) are held
