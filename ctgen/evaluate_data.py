@@ -24,8 +24,8 @@ from ctgen.errors import CtgenError, InputError
 from ctgen.preprocess import Grid, to_grid_hu
 from ctgen.sources import read_source, selected_sources, split_source
 
-__all__ = ["NOT_FACTORS", "Progress", "decode_latents", "encode_images", "header_factors", "load_factors",
-           "load_split", "choose", "read_study", "study_slices"]
+__all__ = ["NOT_FACTORS", "Progress", "choose", "decode_latents", "encode_images", "header_factors", "load_factors",
+           "load_split", "read_study", "slice_patient", "study_slices"]
 
 # Not factors of variation: identifiers, per-patient bookkeeping, and z_mm (the level in scanner mm: a duplicate
 # of level that would make every metric punish the unit carrying both)

@@ -79,6 +79,7 @@ def json_ready(value: Any) -> Any:
 
 
 def model_summary(model) -> dict:
+    """The report's "model" section: name, path (relative when under the working folder), grid, β, checksum."""
     card = model.card
     return {"name": card.get("name"), "path": display_path(model.path), "latent_size": model.latent_size,
             "image_size": model.grid.size, "spacing_mm": model.grid.spacing_mm,
@@ -87,6 +88,7 @@ def model_summary(model) -> dict:
 
 
 def map_text(grid: Grid) -> str:
+    """The grid's HU map as a short phrase for the report."""
     hu_map = grid.hu_map
     if hu_map.is_window:
         return f"window {hu_map.hu[0]:g}..{hu_map.hu[1]:g} HU, clipped"
