@@ -346,7 +346,8 @@ def render_markdown(report: dict) -> str:
     size = len(activity["kl_per_unit"])
     parts = [f"# Evaluation of model `{model['name']}`",
              f"Study `{study['path']}`: {study['evaluated']} slices of {study['patients']} patients read "
-             f"({study['heldout_slices']} held out, {study['skipped_files']} unreadable) of {study['files']} files; "
+             f"({study['heldout_slices']} held out, {study['skipped_files']} skipped or unreadable) of "
+             f"{study.get('slices', study['files'])} slices in {study['files']} files; "
              f"split `{study['split']}`, factors `{study['factors']}`, seed {study['seed']}. Model: latent "
              f"{model['latent_size']}, {model['image_size']}² at {model['spacing_mm']} mm, β {model['beta']}.",
              "## Reconstruction",

@@ -14,7 +14,8 @@ from typing import Any
 
 from ctgen.errors import ArgumentError, CtgenError, DicomError
 
-__all__ = ["OneSlice", "gather_files", "one_slice", "read_slices", "slice_count", "slice_sources", "split_source"]
+__all__ = ["OneSlice", "gather_files", "one_slice", "read_source", "read_slices", "selected_sources", "slice_count",
+           "slice_sources", "split_source"]
 
 _INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 ErrorHandler = Callable[[Any, CtgenError], None]
@@ -111,6 +112,24 @@ def slice_sources(files: Iterable[str | os.PathLike]) -> list[str]:
         count = slice_count(path)
         sources.extend([str(path)] if count == 1 else [f"{path}#{index}" for index in range(count)])
     return sources
+
+
+def selected_sources(entries: Iterable[Any]) -> list[str]:
+    """Every slice of the usable files of a ``ctgen.scan`` inventory (its ``entries``), by name as
+    ``slice_sources`` names them: the file when it holds one image, else ``FILE#0``, ``FILE#1``, … (frames of a
+    multi-frame file, axial slices of a volume, as ``Entry.frames`` counts them). Reads nothing."""
+    sources = []
+    for entry in entries:
+        if entry.reason == "ok":
+            sources.extend([entry.path] if entry.frames <= 1 else [f"{entry.path}#{k}" for k in range(entry.frames)])
+    return sources
+
+
+def read_source(source: str | os.PathLike) -> Any:
+    """The ``ctgen.dicom.Slice`` that a name stands for: ``FILE#K`` (frame or axial slice K), else the file's
+    first slice (a single-frame DICOM file's only one). Raises DicomError."""
+    path, index = split_source(source)
+    return read_slices(path, [0 if index is None else index])[0]
 
 
 def read_slices(path: str | os.PathLike, indices: list[int] | None = None) -> list[Any]:

@@ -124,7 +124,7 @@ class RotatingModel:
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory):
     """5 phantom patients x 6 slices: their files and patients (factors.csv)."""
-    from ctgen.evaluate import load_factors
+    from ctgen.evaluate_data import load_factors
     from train.phantom import generate_study
 
     folder = tmp_path_factory.mktemp("phantom")
@@ -147,11 +147,11 @@ def _rotating_model():
 
 
 def test_a_perfect_rotation_unit_scores_slope_one_r2_one_and_no_leakage(unseen):
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     files, patients = unseen
     pictures: dict = {}
-    section = _controllability(_rotating_model(), files, patients, None, 5, 0, lambda *a: None, pictures)
+    section = controllability(_rotating_model(), files, patients, None, 5, 0, lambda *a: None, pictures)
     entry = section["factors"]["rotation_deg"]
     assert section["n_patients"] == 5 and entry["n_sources"] == 5
     assert entry["requested"] == pytest.approx([-20, -13.333, -6.667, 0, 6.667, 13.333, 20], abs=1e-3)
@@ -164,7 +164,7 @@ def test_a_perfect_rotation_unit_scores_slope_one_r2_one_and_no_leakage(unseen):
 def test_held_out_patients_only_and_unmeasurable_factors_are_named(unseen):
     from ctgen.card import ModelCard
     from ctgen.dicom import patient_key
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     files, patients = unseen
     model = _rotating_model()
@@ -173,31 +173,31 @@ def test_held_out_patients_only_and_unmeasurable_factors_are_named(unseen):
         {"unit": 1, "factor": "scale_x", "mean": 1.0, "std": 0.1},
         {"unit": 2, "factor": "age_years", "mean": 50.0, "std": 10.0}]}})
     train = {patient_key(p) for p in sorted(set(patients))[:3]}
-    section = _controllability(model, files, patients, train, 200, 0, lambda *a: None, None)
+    section = controllability(model, files, patients, train, 200, 0, lambda *a: None, None)
     assert section["n_patients"] == 2 and section["set"] == "held-out patients"
     assert section["factors"]["scale_x"]["skipped"].endswith("not a factor that ctgen.factors measures")
     assert section["factors"]["age_years"]["skipped"].endswith("a header factor")
 
 
 def test_a_unit_turned_the_wrong_way_scores_slope_minus_one(unseen):
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     model = _rotating_model()
     model.sign = -model.sign
-    entry = _controllability(model, *unseen, None, 5, 0, lambda *a: None, None)["factors"]["rotation_deg"]
+    entry = controllability(model, *unseen, None, 5, 0, lambda *a: None, None)["factors"]["rotation_deg"]
     assert entry["slope"] < -0.5
 
 
 def test_series_factors_bound_to_a_unit_the_decoder_ignores_score_slope_zero(unseen):
     from ctgen.card import ModelCard
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     model = _rotating_model()
     model.card = ModelCard({"binding": {"units": [
         {"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3},
         {"unit": 1, "factor": "head_width_max_mm", "mean": 140.0, "std": 6.0}]}})
     model.card["binding"]["units"][1]["unit"] = 2  # both on the ignored unit (a card would refuse that: a test only)
-    section = _controllability(model, *unseen, None, 5, 0, lambda *a: None, None)
+    section = controllability(model, *unseen, None, 5, 0, lambda *a: None, None)
     level, width = section["factors"]["level"], section["factors"]["head_width_max_mm"]
     assert level["requested"][0] == pytest.approx(0.5 - 0.3 * 5 / 3) and level["requested"][-1] == pytest.approx(1.0)
     assert level["n_sources"] == 5 and abs(level["slope"]) < 0.05 and "nearest" in level["method"]
@@ -253,13 +253,13 @@ def test_the_controllability_reading_names_what_misses_the_targets():
 
 def test_level_needs_whole_series_and_says_so(unseen):
     from ctgen.card import ModelCard
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     files, patients = unseen
     keep = [index for index in range(len(files)) if index % 6 < 2]  # two slices a patient: no level to measure
     model = _rotating_model()
     model.card = ModelCard({"binding": {"units": [{"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3}]}})
-    section = _controllability(model, [files[i] for i in keep], [patients[i] for i in keep], None, 5, 0,
+    section = controllability(model, [files[i] for i in keep], [patients[i] for i in keep], None, 5, 0,
                                lambda *a: None, None)
     assert section["factors"]["level"]["skipped"] == ("needs unseen patients with a whole series whose levels can "
                                                       "be measured")
@@ -267,13 +267,13 @@ def test_level_needs_whole_series_and_says_so(unseen):
 
 def test_requests_stay_within_what_the_factor_can_be(unseen):
     from ctgen.card import ModelCard
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
     model = _rotating_model()
     model.card = ModelCard({"binding": {"units": [
         {"unit": 2, "factor": "ventricle_mm2", "mean": 400.0, "std": 400.0},
         {"unit": 0, "factor": "rotation_deg", "mean": 0.0, "std": 10.0}]}})
-    section = _controllability(model, *unseen, None, 3, 0, lambda *a: None, None)
+    section = controllability(model, *unseen, None, 3, 0, lambda *a: None, None)
     assert section["factors"]["ventricle_mm2"]["requested"] == pytest.approx(np.linspace(0.0, 1200.0, 7))
     assert section["factors"]["rotation_deg"]["requested"] == pytest.approx(np.linspace(-20.0, 20.0, 7))
 
@@ -287,7 +287,7 @@ class LevelModel(RotatingModel):
         from dataclasses import replace
 
         from ctgen.dicom import read_slice
-        from ctgen.evaluate import _series_levels
+        from ctgen.evaluate_control import _series_levels
         from ctgen.preprocess import from_model, to_grid_hu
 
         super().__init__()
@@ -316,8 +316,8 @@ class LevelModel(RotatingModel):
 
 
 def test_a_perfect_level_unit_scores_slope_near_one_by_nearest_match(unseen):
-    from ctgen.evaluate import _controllability
+    from ctgen.evaluate_control import controllability
 
-    entry = _controllability(LevelModel(*unseen), *unseen, None, 5, 0, lambda *a: None, None)["factors"]["level"]
+    entry = controllability(LevelModel(*unseen), *unseen, None, 5, 0, lambda *a: None, None)["factors"]["level"]
     # six slices a series: the levels come in steps of about 0.2, so the match is a staircase around the line
     assert entry["n_sources"] == 5 and entry["slope"] == pytest.approx(1.0, abs=0.15) and entry["r2"] > 0.85

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import _enhanced_ct, head_hu, not_dicom, write_heads
 from ctgen.errors import ArgumentError, DicomError
-from ctgen.sources import OneSlice, gather_files, one_slice, read_slices, slice_count, slice_sources, split_source
+from ctgen.sources import (OneSlice, gather_files, one_slice, read_slices, read_source, selected_sources, slice_count,
+                           slice_sources, split_source)
 from nifti_build import write_nifti
 
 FRAME_LEVELS_HU = (0.0, 100.0, 200.0)  # added to the head in frame / slice k: tells the slices apart
@@ -114,3 +115,21 @@ def test_read_slices_of_a_nifti_volume_inferior_first(archive):
 def test_read_slices_of_a_file_that_is_not_a_slice(archive):
     with pytest.raises(DicomError):
         read_slices(archive["text"])
+
+
+def test_selected_sources_names_every_slice_of_the_usable_files(archive):
+    from ctgen.scan import scan
+
+    selected = selected_sources(scan([archive["root"]]).entries)
+    resolved = {key: str(path.resolve()) for key, path in archive.items()}
+    assert selected == sorted([resolved["single"], resolved["single2"], *(f"{resolved['multi']}#{k}" for k in range(3)),
+                               *(f"{resolved['nifti']}#{k}" for k in range(3))])
+
+
+def test_read_source_reads_the_slice_a_name_stands_for(archive):
+    assert [float(read_source(f"{archive['nifti']}#{k}").hu.max()) for k in (2, 0)] == [240.0, 40.0]
+    np.testing.assert_array_equal(read_source(f"{archive['multi']}#1").hu, read_slices(archive["multi"], [1])[0].hu)
+    np.testing.assert_array_equal(read_source(archive["multi"]).hu, read_slices(archive["multi"], [0])[0].hu)
+    np.testing.assert_array_equal(read_source(archive["single"]).hu, read_slices(archive["single"])[0].hu)
+    with pytest.raises(DicomError):
+        read_source(archive["text"])

@@ -2,8 +2,8 @@
 patient-level split.
 
 The cache is built once with the runtime's own code (``ctgen.scan`` selects the usable axial CT slices,
-``ctgen.dicom`` / ``ctgen.nifti`` read, ``ctgen.preprocess.to_model`` resamples and windows) and reused until
-its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
+``ctgen.sources.read_slices`` reads them as ``ctgen encode`` and ``ctgen evaluate`` do, ``ctgen.preprocess.to_model``
+resamples and windows) and reused until its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
 
     images.f16       raw float16 (N, S, S), C order, values in [0, 1] (the model's window)
     manifest.jsonl   one JSON object per slice, in image order: index, file, frame, patient (the split key of
@@ -93,11 +93,13 @@ def _preprocess_fingerprint() -> str:
     import ctgen.nifti
     import ctgen.preprocess
     import ctgen.scan
+    import ctgen.sources
 
     digest = hashlib.sha256()
     files = sorted(Path(ctgen.dicom.__file__).parent.glob("*.py"))
     files += sorted(Path(ctgen.factors.__file__).parent.glob("*.py"))
-    files += [Path(module.__file__) for module in (ctgen.preprocess, ctgen.geometry, ctgen.scan, ctgen.nifti)]
+    files += [Path(module.__file__) for module in (ctgen.preprocess, ctgen.geometry, ctgen.scan, ctgen.nifti,
+                                                   ctgen.sources)]
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -184,17 +186,12 @@ def _read_one(job: tuple[str, dict[str, str], Grid]) -> tuple[str, list[dict[str
     """Pool worker: one selected file (every frame / axial slice) -> (path, records, float16 image bytes, error
     or None). ``keys``: its patient keys (patient, patient_id_key) and study, from the selection."""
     from ctgen.errors import CtgenError
-    from ctgen.nifti import is_nifti, read_volume
     from ctgen.preprocess import to_model
+    from ctgen.sources import read_slices
 
     path, keys, grid = job
     try:
-        if is_nifti(path):
-            slices = read_volume(path)
-        else:
-            from ctgen import dicom
-
-            slices = dicom.read_frames(path)
+        slices = read_slices(path)  # the runtime's reader: every frame of a DICOM file, every axial slice of a volume
         records, images = [], []
         for frame, item in enumerate(slices):
             unit = to_model(item.hu, item.spacing_mm, grid)  # float32 (S, S) in [0, 1]
