@@ -100,7 +100,7 @@ class Generator(GridReader, BoundFactors):
 
     ``model``, ``card`` (a ``ctgen.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
     ``units_by_kl`` ranks the latent units (most informative first), ``kl_per_unit`` holds their KL in nats
-    (None if unknown) and ``unit_labels`` the factor the card names for a unit. ``bound_units`` are the units
+    (None if unknown) and ``unit_factors`` the factor the card names for a unit. ``bound_units`` are the units
     bound to measured factors (the card's ``binding``): ``read_factors``, ``set_factors``, ``edit`` and
     ``traverse_rows`` work with them in the factors' units of measure.
     """
@@ -128,8 +128,8 @@ class Generator(GridReader, BoundFactors):
         return self.card.kl_per_unit
 
     @property
-    def unit_labels(self) -> dict[int, str]:
-        return self.card.unit_labels
+    def unit_factors(self) -> dict[int, str]:
+        return self.card.unit_factors
 
     @property
     def batch_size(self) -> int:
@@ -291,7 +291,7 @@ class Generator(GridReader, BoundFactors):
         unit = bound.unit if bound is not None else self.card.unit_for_factor(factor)
         if unit is None:
             known = ", ".join(dict.fromkeys([b.factor for b in self.bound_units]
-                                            + sorted(set(self.unit_labels.values()))))
+                                            + sorted(set(self.unit_factors.values()))))
             raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it; use "
                                          "a list like 0-4,7, top5, all, or a factor the card names ("
                                          f"{known or 'none yet: ctgen evaluate with factors, export.attach'})")

@@ -138,11 +138,11 @@ class ModelCard(dict):
         return ranked
 
     @property
-    def unit_labels(self) -> dict[int, str]:
+    def unit_factors(self) -> dict[int, str]:
         """{unit: the factor it carries} from ``metrics.unit_factors`` ({unit: name}, or a list by unit)."""
         raw = (self.get("metrics") or {}).get("unit_factors")
         pairs = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
-        labels = {}
+        factors = {}
         for unit, factor in pairs:
             if isinstance(factor, dict):
                 factor = factor.get("factor") or factor.get("name")
@@ -151,8 +151,8 @@ class ModelCard(dict):
             except (TypeError, ValueError):
                 continue
             if isinstance(factor, str) and factor and 0 <= index < self.latent_size:
-                labels[index] = factor
-        return labels
+                factors[index] = factor
+        return factors
 
     @property
     def bound_units(self) -> list[BoundUnit]:
@@ -168,8 +168,9 @@ class ModelCard(dict):
 
     def unit_for_factor(self, factor: str) -> int | None:
         """The unit the card names for ``factor`` (``metrics.unit_factors``), else the active unit that carries it
-        best (``metrics.unit_labels``); None when no unit carries it."""
-        for unit, name in self.unit_labels.items():
+        best by the evaluation's scores (``metrics.unit_labels``: {unit: {"factor", "nmi"}}, the JSON key that
+        ``ctgen evaluate`` writes; not ``unit_factors``); None when no unit carries it."""
+        for unit, name in self.unit_factors.items():
             if name == factor:
                 return unit
         scored = (self.get("metrics") or {}).get("unit_labels") or {}
@@ -180,7 +181,7 @@ class ModelCard(dict):
 
     def unit_label(self, unit: int) -> str:
         """"u3", with the KL and the factor the card names for it when known: "u3 level (KL 1.20)"."""
-        kl, factor = self.kl_per_unit, self.unit_labels.get(unit)
+        kl, factor = self.kl_per_unit, self.unit_factors.get(unit)
         text = f"u{unit}" + (f" {factor}" if factor else "")
         return text + (f" (KL {kl[unit]:.2f})" if kl is not None else "")
 
