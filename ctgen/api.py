@@ -1,11 +1,12 @@
 """The one pipeline: a loaded model behind numpy calls in Hounsfield units.
 
 ``Generator`` is the only place that reads slices onto the model grid, batches, encodes, decodes, samples,
-interpolates, traverses and edits bound factors in their units of measure; the commands of ``ctgen.cli`` and ``ctgen explore`` parse options, call it,
-write and print. Every image is HU, float32 (N, S, S) on the model grid (S = ``image_size``, ``spacing_mm``
-per pixel); every latent is float32 (N, L). Streaming variants (``iter_load``, ``iter_encode``,
-``iter_decode``, ``iter_sample``) keep memory flat over archives of any size. Reading onto the grid lives in
-``ctgen.grid_reader`` and the bound factors in ``ctgen.bound_factors``, the two bases of ``Generator``.
+interpolates, traverses and edits bound factors in their units of measure; the commands of ``ctgen.cli`` and
+``ctgen explore`` parse options, call it, write and print. Every image is HU, float32 (N, S, S) on the model
+grid (S = ``image_size``, ``spacing_mm`` per pixel); every latent is float32 (N, L). Streaming variants
+(``iter_load``, ``iter_encode``, ``iter_decode``, ``iter_sample``) keep memory flat over archives of any size.
+Reading onto the grid lives in ``ctgen.grid_reader`` and the bound factors in ``ctgen.bound_factors``, the two
+bases of ``Generator``.
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ class GridReader:
 
         Of a file holding several slices (a volume's axial slices, a multi-frame file's frames), slice
         ``slice_index`` K or the one named ``FILE#K``; without either, the middle one (index n // 2, as
-        ``slice_sources`` numbers them), said in ``GridSlice.note`` and to ``on_notes``. Arrays use ``spacing_mm`` ((row, column) or one number, in
-        mm); without it they must already be on the model grid (S, S). Resampled, centred and mapped by
+        ``slice_sources`` numbers them), said in ``GridSlice.note`` and to ``on_notes``. Arrays use
+        ``spacing_mm`` ((row, column) or one number, in mm); without it they must already be on the model grid
+        (S, S). Resampled, centred and mapped by
         ``ctgen.preprocess.to_model``. ``with_hu`` also fills ``hu``; ``source`` renames the slice in
         ``GridSlice.source`` and warnings. A slice unlike the training data is reported (``on_warnings``) and
         loaded all the same. Raises DicomError (unreadable file) or InputError (bad array, spacing or index).
