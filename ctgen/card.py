@@ -1,21 +1,20 @@
 """The card (``model.json``) of a model folder: read and check it, and check the files it lists.
 
 Standard library only at import, so that reading a card stays cheap; ``ctgen.model`` runs the graphs.
-Every card field the runtime uses is type-checked here, so that a damaged or hostile card fails as one
-ModelError naming the card; the files it lists must lie inside the model folder.
+Every card field the runtime uses is type-checked (``ctgen.card_fields``), so that a damaged or hostile card
+fails as one ModelError naming the card; the files it lists must lie inside the model folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import stat
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, NamedTuple
 
+from ctgen.card_fields import check_fields, check_relative, shown_value
 from ctgen.errors import InputError, ModelError
 from ctgen.onnx_graph import CONTROL_FLOW_OPS, ELEMENT_TYPES, FLOAT, MAX_GRAPH_BYTES, inspect_graph
 from ctgen.regular_file import read_regular
@@ -42,13 +41,6 @@ CARD_FORMAT = "ctgen-model"
 CARD_VERSION = 2  # 2: the HU map ("hu_map"); cards of version 1 have a plain "window_hu"
 REQUIRED_KEYS = ("format", "card_version", "name", "image_size", "spacing_mm", "window_hu", "latent_size", "files")
 MAX_CARD_BYTES = 4 << 20  # a card is a few kB; refuse to read megabytes of JSON
-MAX_LATENT_SIZE = 1 << 16
-# HU a card's window and map may name: every value 16-bit CT stores with the usual rescales; beyond it the
-# model's units -> HU in float32 overflow (a window of +-1e308 gives NaN images, such knots +inf)
-CT_RANGE_HU = (-32768.0, 65535.0)
-MIN_STEP_HU = 1e-3
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_SECTIONS = ("architecture", "training", "export", "metrics", "evaluation")  # dicts when present
 # graph -> (default file, input names, output names); the card's "graphs" section may override the file
 GRAPHS = {
     "encoder": ("encoder.onnx", ("image",), ("mu", "logvar")),
@@ -146,11 +138,11 @@ class ModelCard(dict):
         return ranked
 
     @property
-    def unit_labels(self) -> dict[int, str]:
+    def unit_factors(self) -> dict[int, str]:
         """{unit: the factor it carries} from ``metrics.unit_factors`` ({unit: name}, or a list by unit)."""
         raw = (self.get("metrics") or {}).get("unit_factors")
         pairs = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
-        labels = {}
+        factors = {}
         for unit, factor in pairs:
             if isinstance(factor, dict):
                 factor = factor.get("factor") or factor.get("name")
@@ -159,8 +151,8 @@ class ModelCard(dict):
             except (TypeError, ValueError):
                 continue
             if isinstance(factor, str) and factor and 0 <= index < self.latent_size:
-                labels[index] = factor
-        return labels
+                factors[index] = factor
+        return factors
 
     @property
     def bound_units(self) -> list[BoundUnit]:
@@ -176,8 +168,9 @@ class ModelCard(dict):
 
     def unit_for_factor(self, factor: str) -> int | None:
         """The unit the card names for ``factor`` (``metrics.unit_factors``), else the active unit that carries it
-        best (``metrics.unit_labels``); None when no unit carries it."""
-        for unit, name in self.unit_labels.items():
+        best by the evaluation's scores (``metrics.unit_labels``: {unit: {"factor", "nmi"}}, the JSON key that
+        ``ctgen evaluate`` writes; not ``unit_factors``); None when no unit carries it."""
+        for unit, name in self.unit_factors.items():
             if name == factor:
                 return unit
         scored = (self.get("metrics") or {}).get("unit_labels") or {}
@@ -188,7 +181,7 @@ class ModelCard(dict):
 
     def unit_label(self, unit: int) -> str:
         """"u3", with the KL and the factor the card names for it when known: "u3 level (KL 1.20)"."""
-        kl, factor = self.kl_per_unit, self.unit_labels.get(unit)
+        kl, factor = self.kl_per_unit, self.unit_factors.get(unit)
         text = f"u{unit}" + (f" {factor}" if factor else "")
         return text + (f" (KL {kl[unit]:.2f})" if kl is not None else "")
 
@@ -223,7 +216,7 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     missing = [key for key in REQUIRED_KEYS if key not in card]
     if missing:
         raise ModelError(card_path, f"card lacks {', '.join(missing)}")
-    _check_fields(card, card_path)
+    check_fields(card, card_path, GRAPHS)
     from ctgen.preprocess import Grid  # numpy-only; imported here to keep this module's import light
 
     try:
@@ -239,144 +232,19 @@ def read_card(model_dir: str | os.PathLike) -> ModelCard:
     return ModelCard(card)
 
 
-def _check_fields(card: dict[str, Any], card_path: Path) -> None:
-    """The types (and plausible sizes) of every card field the runtime reads. Raises ModelError."""
-
-    def fail(reason: str) -> None:
-        raise ModelError(card_path, reason)
-
-    if not isinstance(card["name"], str) or len(card["name"]) > 200 or not card["name"].isprintable():
-        fail(f"name must be a line of text (up to 200 characters), not {_shown(card['name'])}")
-    for key, largest in (("image_size", 4096), ("latent_size", MAX_LATENT_SIZE)):
-        if not _is_int(card[key]) or not 1 <= card[key] <= largest:
-            fail(f"{key} must be a positive integer up to {largest}, not {_shown(card[key])}")
-    if not _is_number(card["spacing_mm"]):
-        fail(f"spacing_mm must be a number, not {_shown(card['spacing_mm'])}")
-    window = card["window_hu"]
-    if not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window):
-        fail(f"window_hu must be two numbers [lo, hi], not {_shown(window)}")
-    _check_hu("window_hu", window, card_path)
-    hu_map = card.get("hu_map")
-    if isinstance(hu_map, dict) and hu_map.get("hu") is not None:
-        knots = hu_map["hu"]
-        if not isinstance(knots, list) or not all(_is_number(v) for v in knots):
-            fail(f"hu_map.hu must be a list of numbers, not {_shown(knots)}")
-        _check_hu("hu_map.hu", knots, card_path)
-    files = card["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
-                                              and _SHA256.fullmatch(v["sha256"]) for v in files.values()):
-        fail('files must map each file to {"sha256": "<64 hex digits>"}')
-    for filename in files:
-        _check_relative(filename, card_path)
-    for section in _SECTIONS:
-        if card.get(section) is not None and not isinstance(card[section], dict):
-            fail(f"{section} must be an object, not {_shown(card[section])}")
-    graphs = card.get("graphs")
-    if graphs is not None and not isinstance(graphs, dict):
-        fail(f"graphs must be an object, not {_shown(graphs)}")
-    for graph in GRAPHS:
-        entry = (graphs or {}).get(graph)
-        if entry is None:
-            continue
-        if not isinstance(entry, dict):
-            fail(f"graphs.{graph} must be an object, not {_shown(entry)}")
-        for key in ("file", "fp16_file"):
-            if entry.get(key) is not None and not isinstance(entry[key], str):
-                fail(f"graphs.{graph}.{key} must be a file name, not {_shown(entry[key])}")
-        for key in ("inputs", "outputs"):
-            names = entry.get(key)
-            if names is not None and (not isinstance(names, (list, dict)) or not names
-                                      or not all(isinstance(name, str) for name in names)):
-                fail(f"graphs.{graph}.{key} must list tensor names, not {_shown(names)}")
-    metrics = card.get("metrics") or {}
-    kl = metrics.get("kl_per_unit")
-    if kl is not None and (not isinstance(kl, list) or not all(_is_number(v) for v in kl)):
-        fail(f"metrics.kl_per_unit must be a list of numbers, not {_shown(kl)}")
-    ranked = metrics.get("units_by_kl")
-    if ranked is not None and (not isinstance(ranked, list) or not all(_is_int(v) for v in ranked)):
-        fail(f"metrics.units_by_kl must be a list of unit indices, not {_shown(ranked)}")
-    active = metrics.get("active_units")
-    if active is not None and not _is_int(active):
-        fail(f"metrics.active_units must be an integer, not {_shown(active)}")
-    factors = metrics.get("unit_factors")
-    if factors is not None and not isinstance(factors, (dict, list)):
-        fail(f"metrics.unit_factors must be an object or a list, not {_shown(factors)}")
-    _check_binding(card, fail)
-
-
-def _check_binding(card: dict[str, Any], fail) -> None:
-    """``binding``: {"units": [{"unit", "factor", "unit_of_measure", "mean", "std"}, ...], ...}: distinct units
-    inside the latent, distinct factor names, finite means and positive finite standard deviations."""
-    binding = card.get("binding")
-    if binding is None:
-        return
-    if not isinstance(binding, dict) or not isinstance(binding.get("units", []), list):
-        fail(f"binding must be an object with a list of units, not {_shown(binding)}")
-    seen_units, seen_factors = set(), set()
-    for entry in binding.get("units", []):
-        if not isinstance(entry, dict):
-            fail(f"binding.units must hold objects, not {_shown(entry)}")
-        unit, factor = entry.get("unit"), entry.get("factor")
-        if not _is_int(unit) or not 0 <= unit < card["latent_size"] or unit in seen_units:
-            fail(f"binding.units: unit must be a distinct index below latent_size, not {_shown(unit)}")
-        if not isinstance(factor, str) or not factor.isidentifier() or factor in seen_factors:
-            fail(f"binding.units: factor must be a distinct name, not {_shown(factor)}")
-        if not isinstance(entry.get("unit_of_measure", ""), str) or len(entry.get("unit_of_measure", "")) > 20:
-            fail(f"binding.units.{factor}: unit_of_measure must be a short text")
-        mean, std = entry.get("mean"), entry.get("std")
-        if not (_is_number(mean) and math.isfinite(mean)) or not (_is_number(std) and math.isfinite(std) and std > 0):
-            fail(f"binding.units.{factor}: mean must be finite and std finite and positive, not {_shown(mean)}, "
-                 f"{_shown(std)}")
-        seen_units.add(unit)
-        seen_factors.add(factor)
-
-
-def _check_hu(key: str, values: list, card_path: Path) -> None:
-    """HU values of a window or map: inside CT_RANGE_HU and each at least MIN_STEP_HU above the one before, so
-    that model units <-> HU stay finite in float32 (a window of 1e-40 HU divides by zero)."""
-    low, high = CT_RANGE_HU
-    outside = [v for v in values if not low <= v <= high]
-    if outside:
-        raise ModelError(card_path, f"{key} {_shown(outside[0])} lies outside the CT range {low:g} to {high:g} HU")
-    if not all(b - a >= MIN_STEP_HU for a, b in zip(values, values[1:])):
-        need = "needs lo < hi" if len(values) == 2 else "must increase strictly"
-        raise ModelError(card_path, f"{key} {_shown(values)} {need} (by {MIN_STEP_HU:g} HU at least)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_relative(filename: Any, card_path: Path) -> None:
-    """A card's file entry must name a file inside the model folder: relative, without "..", plain text."""
-    if (not isinstance(filename, str) or not filename or "\\" in filename
-            or PurePosixPath(filename).is_absolute() or PureWindowsPath(filename).drive
-            or ".." in PurePosixPath(filename).parts or not filename.isprintable()):
-        raise ModelError(card_path, f"files: {_shown(filename)} is not a file name inside the model folder")
-
-
 def model_file(model_dir: str | os.PathLike, filename: str) -> Path:
     """The path of a card's file entry, checked to stay inside ``model_dir`` (symbolic links resolved).
 
     Raises ModelError naming the card for a name or link that leads out of the folder."""
     folder = Path(model_dir)
-    _check_relative(filename, folder / CARD_FILE)
+    check_relative(filename, folder / CARD_FILE)
     path = folder / filename
     try:
         inside = path.resolve().is_relative_to(folder.resolve())
     except (OSError, RuntimeError):  # a symbolic link loop
         inside = False
     if not inside:
-        raise ModelError(folder / CARD_FILE, f"files: {_shown(filename)} leads out of the model folder")
+        raise ModelError(folder / CARD_FILE, f"files: {shown_value(filename)} leads out of the model folder")
     return path
 
 
@@ -405,7 +273,7 @@ def read_listed_file(model_dir: str | os.PathLike, card: dict[str, Any], filenam
     file_path = model_file(model_dir, filename)
     entry = card["files"].get(filename)
     if entry is None:
-        raise ModelError(Path(model_dir) / CARD_FILE, f"files: {_shown(filename)} has no checksum")
+        raise ModelError(Path(model_dir) / CARD_FILE, f"files: {shown_value(filename)} has no checksum")
     try:
         data = read_regular(file_path, max_bytes, ModelError)
     except FileNotFoundError:

@@ -121,7 +121,7 @@ class ExploreServer(GuardedHTTPServer):
 
         generator = self.generator
         kl = generator.kl_per_unit
-        factors = generator.unit_labels
+        factors = generator.unit_factors
         windows = {name: list(window) for name, window in WINDOWS.items()}
         if self.window not in WINDOWS.values():
             windows["start"] = list(self.window)

@@ -4,17 +4,13 @@ A model folder holds ``encoder.onnx`` ("image" -> "mu", "logvar"), ``decoder.onn
 optionally their fp16 variants for CUDA, and the card ``model.json`` (written by ``python -m export``).
 numpy and onnxruntime only; onnxruntime is imported on first use so that finding and reading a model
 stays cheap. Reading and checking the card lives in ``ctgen.card``; its public names are re-exported here.
+The ONNX Runtime sessions and the CUDA probe's helpers live in ``ctgen.ort_session``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import io
 import os
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,10 @@ from ctgen.card import (  # re-exported: callers import the card helpers from he
     verify_files,
 )
 from ctgen.errors import InputError, ModelError
+from ctgen.ort_session import (
+    CPU, CUDA, Session, cpu_count, cuda_unavailable, load_failure_hint, onnxruntime_module, preload_cuda_libraries,
+    quiet_native_output,
+)
 
 __all__ = [
     "CARD_FILE",
@@ -56,16 +56,12 @@ __all__ = [
 
 DEFAULT_MODEL = "default"
 DEVICES = ("auto", "cpu", "cuda")
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 # images per run at 128 px, scaled by 1/area for larger images: on the CPU more buys no speed and ORT's
 # working memory grows with the batch (~380 MB at 32 x 128 px); 64 fits small GPUs at 256 px
 BATCH_SIZE = {CPU: 16, CUDA: 256}
-_QUIET = 4  # ONNX Runtime's log severity "fatal": its own error lines must not sit beside ctgen's one line
 
 _CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
 _PACKAGE_MODELS = Path(__file__).resolve().parent / "_models"
-_preload_lock = threading.Lock()
-_preloaded = False
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
@@ -157,7 +153,7 @@ class Model:
         self.verify_checksums = verify
         self._lock = threading.Lock()
         self._provider: str | None = None
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._prior = None
         self._spare_cores = 0
 
@@ -208,7 +204,7 @@ class Model:
         """The execution provider really in use: "CUDAExecutionProvider" or "CPUExecutionProvider"."""
         if self._provider is None and self.device == "cpu":
             return CPU
-        if self._provider is None and self.device == "auto" and _cuda_unavailable(_onnxruntime()):
+        if self._provider is None and self.device == "auto" and cuda_unavailable(onnxruntime_module()):
             self._provider = CPU  # known without loading a graph
         if self._provider is None:
             self._session("decoder")
@@ -258,7 +254,7 @@ class Model:
             (images[start:stop],) = session.run({"z": z[start:stop]}, [(1, size, size)])
         return images
 
-    def _session(self, graph: str) -> _Session:
+    def _session(self, graph: str) -> Session:
         session = self._sessions.get(graph)
         if session is not None:
             return session
@@ -267,7 +263,7 @@ class Model:
                 self._sessions[graph] = self._create_session(graph)
             return self._sessions[graph]
 
-    def _create_session(self, graph: str) -> _Session:
+    def _create_session(self, graph: str) -> Session:
         entry = graph_entry(self.card, graph)
         fp32_path = entry["file"]
         fp16_path = entry["fp16_file"] if entry.get("fp16_file") and self.precision == "auto" else None
@@ -282,8 +278,8 @@ class Model:
         self._provider = session.provider
         return session
 
-    def _new_session(self, graph: str, filename: str, provider: str) -> _Session:
-        return _Session(*self._checked_graph(graph, filename), provider, max(1, _cpu_count() - self._spare_cores))
+    def _new_session(self, graph: str, filename: str, provider: str) -> Session:
+        return Session(*self._checked_graph(graph, filename), provider, max(1, cpu_count() - self._spare_cores))
 
     def _checked_graph(self, graph: str, filename: str) -> tuple[Path, bytes]:
         """(path, bytes) of one of the card's graph files, read once: its checksum and its match with the card
@@ -292,83 +288,30 @@ class Model:
         check_graph(path, graph, self.card, data)
         return path, data
 
-    def _probe_cuda(self, graph: str, cuda_path: str, cpu_path: str) -> _Session:
+    def _probe_cuda(self, graph: str, cuda_path: str, cpu_path: str) -> Session:
         """First session on "auto"/"cuda": CUDA if it really loads, else CPU ("auto") or ModelError ("cuda")."""
-        ort = _onnxruntime()
-        reason = _cuda_unavailable(ort)
+        ort = onnxruntime_module()
+        reason = cuda_unavailable(ort)
         remedy = "install the CUDA and cuDNN libraries with pip install 'ctgen[cuda]', or use --device auto or cpu"
         if reason is not None and reason.startswith("no NVIDIA driver"):
             remedy = "use --device auto or cpu"  # no pip package helps
         if reason is None:
             path, data = self._checked_graph(graph, cuda_path)  # a bad graph is reported as itself
-            with _quiet_native_output() as captured:
-                _preload_cuda_libraries(ort)
+            with quiet_native_output() as captured:
+                preload_cuda_libraries(ort)
                 try:
-                    session = _Session(path, data, CUDA, _cpu_count())
+                    session = Session(path, data, CUDA, cpu_count())
                 except ModelError:
                     session = None
             if session is not None and session.provider == CUDA:
                 return session
             if session is not None and cuda_path == cpu_path and self.device == "auto":
                 return session  # ORT already fell back to the CPU with the right graph
-            reason = "the CUDA provider did not load" + _load_failure_hint(captured())
+            reason = "the CUDA provider did not load" + load_failure_hint(captured())
         if self.device == "cuda":
             raise ModelError(self.path, f"device cuda: {reason}; {remedy}")
         return self._new_session(graph, cpu_path, CPU)
 
-
-class _Session:
-    """One graph on one ONNX Runtime session; inputs fed by name, IO binding on CUDA."""
-
-    def __init__(self, path: Path, data: bytes, provider: str, threads: int):  # data: what check_graph passed
-        ort = _onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = _QUIET  # failures become ModelError; a failed CUDA load is handled
-        # idle ORT threads must not spin: the CLI reads DICOM in a thread beside inference on few cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers: list[Any] = [CPU]
-        if provider == CUDA:
-            # heuristic conv algorithms: exhaustive search re-runs for every new batch size
-            providers = [(CUDA, {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}), CPU]
-        try:
-            self.session = ort.InferenceSession(data, sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ModelError(path, f"ONNX Runtime cannot load it ({_first_line(exc)})") from None
-        self.path = path
-        self.provider = CUDA if CUDA in self.session.get_providers() else CPU
-        self.use_io_binding = self.provider == CUDA
-        self.run_options = ort.RunOptions()
-        self.run_options.log_severity_level = _QUIET
-        self.input_names = [arg.name for arg in self.session.get_inputs()]
-        self.output_names = [arg.name for arg in self.session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-        """The outputs for ``feeds``; each must be finite and of shape (N, *shape). Raises ModelError."""
-        feeds = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
-        try:
-            if not self.use_io_binding:
-                outputs = self.session.run(self.output_names, feeds, self.run_options)
-            else:
-                binding = self.session.io_binding()
-                for name, array in feeds.items():
-                    binding.bind_cpu_input(name, array)
-                for name in self.output_names:
-                    binding.bind_output(name, "cpu")
-                self.session.run_with_iobinding(binding, self.run_options)
-                outputs = binding.copy_outputs_to_cpu()
-        except Exception as exc:
-            raise ModelError(self.path, f"inference failed ({_first_line(exc)})") from None
-        count = len(next(iter(feeds.values())))
-        for name, output, shape in zip(self.output_names, outputs, shapes):
-            if output.shape != (count, *shape):
-                raise ModelError(self.path, f"output {name!r} has shape {output.shape}, expected {(count, *shape)}")
-            if not np.isfinite(output).all():
-                raise ModelError(self.path, f"output {name!r} holds NaN or infinite values (damaged weights?)")
-        return outputs
 
 
 def _as_float32(array: Any, what: str) -> np.ndarray:
@@ -382,102 +325,3 @@ def _check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)).ravel()
         raise InputError(None, f"{what} contain NaN or infinite values (rows {', '.join(map(str, bad[:5]))})")
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ModelError(None, f"onnxruntime is not installed ({exc})") from None
-    return onnxruntime
-
-
-def _cuda_unavailable(ort: Any) -> str | None:
-    """Why the CUDA provider cannot load here, when that is known without trying; None: try it."""
-    if CUDA not in ort.get_available_providers():
-        return "this onnxruntime build has no CUDA provider (install onnxruntime-gpu, e.g. ctgen[cuda])"
-    if not _cuda_driver_present():
-        return "no NVIDIA driver on this machine (libcuda cannot be loaded)"
-    return None
-
-
-def _cuda_driver_present() -> bool:
-    """Whether the NVIDIA driver's library loads: without it the CUDA provider cannot, and trying (loading the
-    CUDA and cuDNN libraries, then failing) costs a CPU-only machine about 8 ms on every ctgen call."""
-    name = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}.get(sys.platform)
-    if name is None:
-        return False
-    try:
-        ctypes.CDLL(name)
-    except OSError:
-        return False
-    return True
-
-
-def _preload_cuda_libraries(ort: Any) -> None:
-    """Load CUDA/cuDNN from NVIDIA's pip wheels (ctgen[cuda]) once; it prints, so call it quietly."""
-    global _preloaded
-    with _preload_lock:
-        if not _preloaded and hasattr(ort, "preload_dlls"):
-            with contextlib.suppress(Exception):
-                ort.preload_dlls()
-        _preloaded = True
-
-
-def _load_failure_hint(text: str) -> str:
-    for line in text.splitlines():
-        if "with error:" in line:
-            return f" ({line.split('with error:', 1)[1].strip()})"
-    for line in text.splitlines():
-        if "Failed to create CUDAExecutionProvider" in line or "CUDA failure" in line:
-            return f" ({line.split(']', 1)[-1].strip()[:200]})"
-    return ""
-
-
-@contextlib.contextmanager
-def _quiet_native_output() -> Iterator[Any]:
-    """Redirect file descriptors 1 and 2 (and sys.stdout/err) into a temporary file for the block.
-
-    onnxruntime writes CUDA load failures straight to the process's stderr and ``preload_dlls`` prints
-    to stdout; neither must reach the user when "auto" quietly falls back to the CPU. Yields a function
-    returning the captured text. The redirection is process-wide for the duration of the block.
-    """
-    text: list[str] = []
-    python_out = io.StringIO()
-    import tempfile  # here: it costs 4 ms of start-up, and only the CUDA probe needs it
-
-    with tempfile.TemporaryFile() as sink:
-        saved: list[tuple[int, int]] = []
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        for fd in (1, 2):
-            try:
-                saved.append((fd, os.dup(fd)))
-                os.dup2(sink.fileno(), fd)
-            except OSError:
-                pass
-        try:
-            with contextlib.redirect_stdout(python_out), contextlib.redirect_stderr(python_out):
-                yield lambda: "".join(text)
-        finally:
-            with contextlib.suppress(Exception):  # C stdio buffers must drain into the sink, not later
-                ctypes.CDLL(None).fflush(None)
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
-            sink.seek(0)
-            text.append(sink.read().decode("utf-8", "replace"))
-            text.append(python_out.getvalue())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

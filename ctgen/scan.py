@@ -2,10 +2,9 @@
 each belongs to. ``ctgen scan`` prints it; training (``train.data``) selects its slices with it, so the two
 can never disagree.
 
-Every file under the archive is decided with one reason code of ``REASONS``, from its header alone
-(``ctgen.dicom.header``; a NIfTI volume without a sidecar naming its modality is the one case whose voxels
-are read: CT has air below -500 HU). Files are grouped by patient, study and series. Patient keys are
-hashes (``ctgen.dicom.patient_key``), never the ID: by PatientID; by study when the ID is empty; and, when
+Every file under the archive is decided with one reason code of ``REASONS`` (``ctgen.scan_entry``, from its
+header alone). Files are grouped by patient, study and series. Patient keys are hashes
+(``ctgen.dicom.patient_key``), never the ID: by PatientID; by study when the ID is empty; and, when
 one ID holds studies with different birth dates or sexes (anonymisation that gave two people one ID),
 by ID, birth date and sex, with a warning. ``split_by`` "patient" or "study" overrides that.
 """
@@ -16,79 +15,23 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
-import stat
-import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctgen.defaults import MAX_TILT_DEG
-from ctgen.dicom.common import MODALITY_BY_SOP, SC_SOP, one_line, patient_key
-from ctgen.dicom.limits import LimitError
-from ctgen.dicom.validate import shown as _shown
-from ctgen.errors import DicomError, InputError
-from ctgen.geometry import axial_tilt_deg  # re-exported
+from ctgen.dicom.common import patient_key
+from ctgen.errors import InputError
 from ctgen.nifti import is_nifti, sidecar_path
+from ctgen.scan_entry import REASONS, ROW_FIELDS, Entry, decide, shown_path
 
-__all__ = ["MAX_TILT_DEG", "REASONS", "SKIP_REASONS", "SPLIT_BY", "Entry", "Inventory", "axial_tilt_deg",
-           "list_files", "scan", "split_keys", "write_inventory"]
+__all__ = ["MAX_TILT_DEG", "SPLIT_BY", "Inventory", "list_files", "scan", "split_keys", "write_inventory"]
 
-REASONS = ("ok", "not-dicom", "unreadable", "truncated", "no-image", "not-ct", "colour", "invalid",
-           "secondary-capture", "localizer", "not-axial", "duplicate")
-SKIP_REASONS = REASONS[1:]
 SPLIT_BY = ("auto", "patient", "study")
 INVENTORY_SUFFIXES = (".csv", ".jsonl")
-_LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM"}
-_ROW_FIELDS = ("path", "reason", "detail", "patient", "study", "series", "frames", "series_number",
-               "slice_thickness_mm", "kernel", "fov_mm", "spacing_mm", "tilt_deg")
-
-
-@dataclass
-class Entry:
-    """One file of the archive and its decision: ``reason`` (one of REASONS) and a free-text ``detail``;
-    ``frames``: images it holds (frames of a multi-frame file, axial slices of a volume; 0 when none).
-    ``patient``, ``study`` and ``series`` are 16-hex-digit hashes; the identity fields below them stay in
-    memory (they feed the keys and the duplicate check) and are never written."""
-
-    path: str
-    reason: str
-    detail: str = ""
-    kind: str = ""  # "dicom", "nifti" or "" (not an image file we know)
-    frames: int = 0
-    patient: str = ""
-    study: str = ""
-    series: str = ""
-    series_number: int | None = None
-    series_description: str = ""
-    slice_thickness_mm: float | None = None
-    kernel: str = ""
-    fov_mm: float | None = None
-    spacing_mm: float | None = None
-    tilt_deg: float | None = None
-    lossy: bool = False
-    patient_id: str = field(default="", repr=False)
-    birth_date: str = field(default="", repr=False)
-    sex: str = field(default="", repr=False)
-    study_uid: str = field(default="", repr=False)
-    series_uid: str = field(default="", repr=False)
-    sop_instance: str = field(default="", repr=False)
-
-    @property
-    def used(self) -> bool:
-        return self.reason == "ok"
-
-    def row(self) -> dict[str, Any]:
-        """The file's inventory row (JSON-ready; no identifier of the patient)."""
-        values = {name: getattr(self, name) for name in _ROW_FIELDS}
-        values["path"] = _shown_path(self.path)
-        for name in ("slice_thickness_mm", "fov_mm", "spacing_mm", "tilt_deg"):
-            if values[name] is not None:
-                values[name] = round(values[name], 3)
-        return values
 
 
 @dataclass
@@ -128,7 +71,7 @@ class Inventory:
             "studies": len({entry.study for entry in used}),
             "series": len({entry.series for entry in used}),
             "reasons": self.counts(),
-            "skipped": [{"path": _shown_path(e.path), "reason": e.reason, "detail": _shown_path(e.detail)}
+            "skipped": [{"path": shown_path(e.path), "reason": e.reason, "detail": shown_path(e.detail)}
                         for e in self.skipped],
             "warnings": list(self.warnings),
             "split_by": self.split_by,
@@ -221,7 +164,7 @@ def scan(sources: Sequence[str | os.PathLike], *, split_by: str = "auto", max_ti
     listing = list(files) if files is not None else list_files(sources)
     entries = []
     for done, path in enumerate(listing, 1):
-        entries.append(_decide(path, max_tilt_deg))
+        entries.append(decide(path, max_tilt_deg))
         if progress is not None:
             progress(done, len(listing))
     _mark_duplicates(entries)
@@ -242,7 +185,7 @@ def write_inventory(inventory: Inventory, path: str | os.PathLike, *, force: boo
         raise InputError(path, f"unsupported inventory type {suffix or '(none)'}; use .csv or .jsonl")
     if suffix == ".csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=_ROW_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
         writer.writeheader()
         for entry in inventory.entries:
             writer.writerow({k: "" if v is None else v for k, v in entry.row().items()})
@@ -252,140 +195,6 @@ def write_inventory(inventory: Inventory, path: str | os.PathLike, *, force: boo
     with atomic_file(path, force=force, mode="w") as handle:
         handle.write(text)
     return path
-
-
-# ------------------------------------------------------------------------------------------ deciding
-def _decide(path: Path, max_tilt_deg: float) -> Entry:
-    unreadable = _unreadable(path)
-    if unreadable:
-        return Entry(str(path), "unreadable", unreadable)
-    try:
-        if is_nifti(path):
-            return _decide_nifti(path, max_tilt_deg)
-        return _decide_dicom(path, max_tilt_deg)
-    except OSError as error:
-        return Entry(str(path), "unreadable", f"cannot read ({error.strerror or error})")
-    except Exception as error:  # noqa: BLE001 - one damaged file must not stop the scan of an archive
-        return Entry(str(path), "unreadable", f"internal error: {type(error).__name__}: {one_line(error)}")
-
-
-def _unreadable(path: Path) -> str:
-    """Why ``path`` is not a file that can be read ("" when it is one), without opening it: a FIFO would block."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        return f"cannot read ({error.strerror or error})"
-    if stat.S_ISDIR(mode):
-        try:
-            with os.scandir(path):
-                pass
-        except OSError as error:
-            return f"cannot list the folder ({error.strerror or error}); its files are not scanned"
-        return "a folder given as a file"
-    if not stat.S_ISREG(mode):
-        kind = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
-                stat.S_ISBLK: "a block device"}
-        return "not a regular file (" + next((name for test, name in kind.items() if test(mode)), "special") + ")"
-    return ""
-
-
-def _decide_dicom(path: Path, max_tilt_deg: float) -> Entry:
-    from ctgen.dicom.header import read_header
-
-    try:
-        header = read_header(path)
-    except LimitError as error:
-        return Entry(str(path), "invalid", error.reason)
-    except DicomError as error:
-        return Entry(str(path), "not-dicom", error.reason)
-    spacing = header.pixel_spacing_mm
-    fov = header.reconstruction_diameter_mm
-    if fov is None and spacing is not None and header.columns:
-        fov = max(header.rows * spacing[0], header.columns * spacing[1])
-    tilt = axial_tilt_deg(header.orientation) if header.orientation is not None else None
-    if tilt is not None and math.isnan(tilt):
-        tilt = None
-    entry = Entry(
-        str(path), "ok", kind="dicom", frames=header.frames if header.pixels != "none" else 0,
-        series_number=header.series_number, series_description=header.series_description,
-        slice_thickness_mm=header.slice_thickness_mm, kernel=header.kernel, fov_mm=fov,
-        spacing_mm=(spacing[0] + spacing[1]) / 2 if spacing else None, tilt_deg=tilt, lossy=header.lossy,
-        patient_id=header.patient_id, birth_date=header.birth_date, sex=header.sex, study_uid=header.study_uid,
-        series_uid=header.series_uid, sop_instance=header.sop_instance)
-    entry.reason, entry.detail = _reason(header, tilt, max_tilt_deg)
-    if entry.reason != "ok":
-        entry.frames = 0 if entry.reason in ("truncated", "no-image") else entry.frames
-    return entry
-
-
-def _reason(header, tilt: float | None, max_tilt_deg: float) -> tuple[str, str]:
-    if header.truncated:
-        return "truncated", "the file ends before its pixel data does" if header.pixels != "none" else \
-            "the file ends inside its header"
-    if header.pixels == "none":
-        return "no-image", f"no pixel data ({_sop_name(header.sop_class) or header.modality or 'unknown kind'})"
-    if header.sop_class.startswith(SC_SOP):
-        return "secondary-capture", f"secondary capture{f' ({header.conversion_type})' if header.conversion_type else ''}"
-    modality = header.modality or MODALITY_BY_SOP.get(header.sop_class, "")
-    if modality != "CT":
-        return "not-ct", f"modality {modality or 'unknown'}"
-    if header.samples_per_pixel != 1 or header.photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
-        shown = _shown(header.photometric) if header.photometric else "?"
-        return "colour", f"photometric interpretation {shown}, {header.samples_per_pixel} samples"
-    if header.invalid:
-        return "invalid", header.invalid
-    localizer = _LOCALIZER_TYPES.intersection(header.image_type)
-    if localizer:
-        return "localizer", f"image type {'/'.join(header.image_type)}"
-    return _orientation_reason(tilt, max_tilt_deg, header.gantry_tilt_deg, header.orientation is None)
-
-
-def _orientation_reason(tilt: float | None, max_tilt_deg: float, gantry_tilt: float | None = None,
-                        unknown: bool = False) -> tuple[str, str]:
-    if tilt is not None and tilt > max_tilt_deg:
-        plane = "coronal or sagittal" if tilt > 80 else "oblique"
-        return "not-axial", f"slice normal {tilt:.0f}° from the head-foot axis ({plane}; limit {max_tilt_deg:g}°)"
-    notes = []
-    if tilt is not None and tilt >= 0.5:
-        notes.append(f"tilted {tilt:.1f}°")
-    if gantry_tilt:
-        notes.append(f"gantry tilt {gantry_tilt:g}°")
-    if unknown:
-        notes.append("no orientation in the header (taken as axial)")
-    return "ok", "; ".join(notes)
-
-
-def _decide_nifti(path: Path, max_tilt_deg: float) -> Entry:
-    from ctgen.nifti import check_volume
-
-    try:
-        volume = check_volume(path)  # the reader's checks; the voxels too where they decide
-    except DicomError as error:
-        return Entry(str(path), "not-dicom", error.reason, kind="nifti")
-    side = volume.sidecar
-    fov = max(volume.shape[0] * volume.spacing_mm[0], volume.shape[1] * volume.spacing_mm[1])
-    kernel = side.get("ConvolutionKernel") or ""
-    entry = Entry(
-        str(path), "ok", kind="nifti", frames=volume.slices, series_number=_int(side.get("SeriesNumber")),
-        series_description=str(side.get("SeriesDescription") or ""),
-        slice_thickness_mm=_float(side.get("SliceThickness")) or volume.spacing_mm[2],
-        kernel="\\".join(map(str, kernel)) if isinstance(kernel, list) else str(kernel), fov_mm=fov,
-        spacing_mm=(volume.spacing_mm[0] + volume.spacing_mm[1]) / 2, tilt_deg=volume.tilt_deg,
-        patient_id=str(side.get("PatientID") or ""), birth_date=str(side.get("PatientBirthDate") or ""),
-        sex=str(side.get("PatientSex") or "").upper(), study_uid=str(side.get("StudyInstanceUID") or ""),
-        series_uid=str(side.get("SeriesInstanceUID") or ""))
-    image_type = side.get("ImageType") or []
-    image_type = {str(v).upper() for v in (image_type if isinstance(image_type, list) else str(image_type).split("\\"))}
-    modality = str(side.get("Modality") or "").upper()
-    if modality and modality != "CT":
-        entry.reason, entry.detail = "not-ct", f"modality {modality} (sidecar)"
-    elif _LOCALIZER_TYPES & image_type:
-        entry.reason, entry.detail = "localizer", "image type in the sidecar"
-    elif not modality and not (volume.min_hu is not None and volume.min_hu < -500.0):  # CT has air around the head
-        entry.reason, entry.detail = "not-ct", "no values below -500: not CT in HU"
-    else:
-        entry.reason, entry.detail = _orientation_reason(volume.tilt_deg, max_tilt_deg)
-    return entry
 
 
 def _mark_duplicates(entries: list[Entry]) -> None:
@@ -461,31 +270,8 @@ def _assign_keys(entries: list[Entry], split_by: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _shown_path(text: str) -> str:
-    """A path as text that any encoding writes: bytes of a name that are not UTF-8 (held as surrogates by
-    ``os.fsdecode``) become backslash escapes, e.g. ``\\xff``."""
-    if text.isascii():
-        return text
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _key(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()[:16]
-
-
-def _sop_name(uid: str) -> str:
-    try:
-        from pydicom.uid import UID
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # about a malformed UID: it has no name then
-            name = UID(uid).name
-        return "" if name == uid else name
-    except Exception:  # noqa: BLE001
-        return ""
 
 
 def _spread(values: Iterable[float | None]) -> str:
@@ -493,18 +279,3 @@ def _spread(values: Iterable[float | None]) -> str:
     if not numbers:
         return ""
     return f"{numbers[0]:g}" if len(numbers) == 1 else f"{numbers[0]:g}-{numbers[-1]:g}"
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None

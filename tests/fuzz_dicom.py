@@ -511,7 +511,8 @@ class ScanStats(Stats):
 
 def check_scan_case(path: Path, stats: ScanStats) -> None:
     """Scan ``path``, read it, assert the invariant."""
-    from ctgen.scan import REASONS, scan
+    from ctgen.scan import scan
+    from ctgen.scan_entry import REASONS
 
     baseline = _peak_rss_mb() if _reset_peak_rss() else None
     start = time.perf_counter()

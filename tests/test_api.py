@@ -13,8 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import BINDING
-from ctgen.api import DISPLAY_WINDOW_HU, Generator, GridSlice, SliceWarning, load_generator
+from ctgen.api import Generator, load_generator
 from ctgen.errors import ArgumentError, DicomError, InputError, ModelError
+from ctgen.grid_reader import DISPLAY_WINDOW_HU, GridSlice, SliceWarning
 from ctgen.latent import FactorSetting
 from ctgen.metrics.reconstruction import head_error
 from ctgen.preprocess import from_model

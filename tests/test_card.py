@@ -47,3 +47,17 @@ def test_bound_units_map_latent_values_to_physical_ones(tiny_model_copy):
 def test_a_bad_binding_fails_as_one_model_error(tiny_model_copy, units, reason):
     with pytest.raises(ModelError, match=reason):
         read_card(_with_binding(tiny_model_copy, {"units": units}))
+
+
+def test_unit_factors_are_the_named_factors_and_the_scored_labels_only_a_fallback(tiny_model_copy):
+    card_path = tiny_model_copy / "model.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"].update(unit_factors={"2": "level", "9": "beyond", "x": "junk"},
+                           unit_labels={"3": {"factor": "rotation_deg", "nmi": 0.4},
+                                        "5": {"factor": "rotation_deg", "nmi": 0.6}})
+    card_path.write_text(json.dumps(card))
+    card = read_card(tiny_model_copy)
+    assert card.unit_factors == {2: "level"}  # {unit: factor name}, inside the latent; the scored labels are not in it
+    assert card.unit_for_factor("level") == 2 and card.unit_for_factor("rotation_deg") == 5
+    assert card.unit_label(2).startswith("u2 level") and card.unit_label(5).startswith("u5")
+    assert not hasattr(card, "unit_labels")  # one name, one structure: metrics.unit_labels stays a card key only

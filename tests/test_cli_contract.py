@@ -196,10 +196,10 @@ def test_cuda_error_names_the_extra(model, workdir):
             pass
         else:
             pytest.skip("CUDA really loads here")
-    from ctgen.model import _cuda_driver_present
+    from ctgen.ort_session import cuda_driver_present
 
     # without a driver no pip package helps; with one, the CUDA and cuDNN wheels (the cuda extra) are what lacks
-    remedy = "ctgen[cuda]" if _cuda_driver_present() else "no NVIDIA driver on this machine"
+    remedy = "ctgen[cuda]" if cuda_driver_present() else "no NVIDIA driver on this machine"
     one_error_line(invoke("sample", "--n", "1", "-m", model, "--device", "cuda"), remedy, "--device auto or cpu")
 
 

@@ -16,6 +16,7 @@ import ctgen.model as model_module
 from conftest import invoke, one_error_line
 from ctgen.errors import InputError, ModelError
 from ctgen.model import Model, incomplete_card_fields, load_model, read_card, resolve_model_dir
+from ctgen.ort_session import cpu_count, quiet_native_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
@@ -84,7 +85,7 @@ def test_a_reading_pipeline_leaves_cores_to_its_readers(tiny_model_dir, tmp_path
     from ctgen.api import Generator
     from ctgen.dicom import write_series
 
-    cores = model_module._cpu_count()
+    cores = cpu_count()
     plain = load_model(tiny_model_dir, device="cpu")
     plain.decode(np.zeros((1, 8), np.float32))  # no readers: every core
     assert plain._sessions["decoder"].session.get_session_options().intra_op_num_threads == cores
@@ -219,7 +220,7 @@ def test_fp16_graphs_are_never_used_on_the_cpu(tiny_model_copy):
 
 
 def test_quiet_native_output_captures_file_descriptors(capfd):
-    with model_module._quiet_native_output() as captured:
+    with quiet_native_output() as captured:
         os.write(1, b"native stdout\n")
         os.write(2, b"native stderr\n")
         print("python stdout")

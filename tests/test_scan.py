@@ -17,10 +17,12 @@ from pydicom.data import get_testdata_file
 from conftest import invoke, one_error_line, run_ctgen
 from ctgen.dicom import patient_key, read_frames, write_series
 from ctgen.errors import DicomError, InputError
+from ctgen.geometry import axial_tilt_deg
+from ctgen.scan import scan
+from ctgen.scan_entry import REASONS
 from dicom_build import (
     dataset_bytes, element, file_bytes, insert_before_pixels, nested_sequences, pixel_data_offset, set_element,
 )
-from ctgen.scan import REASONS, axial_tilt_deg, scan
 
 
 def _relative(root: Path, path: str) -> str:

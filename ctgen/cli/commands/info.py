@@ -84,7 +84,7 @@ def info(*, model, device, json_summary) -> None:
     if card.bound_units:
         table.add_row("bound units", "; ".join(_bound_text(bound) for bound in card.bound_units)
                       + " (ctgen edit --set FACTOR=VALUE)")
-    labels = vae.card.unit_labels
+    labels = vae.card.unit_factors
     if labels:
         table.add_row("units", ", ".join(f"u{unit} {factor}" for unit, factor in sorted(labels.items())))
     prior = card.get("prior")

@@ -35,7 +35,7 @@ def units(*, model, json_summary) -> None:
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)
     metrics = card.get("metrics") or {}
-    kl, labels = card.kl_per_unit, card.unit_labels
+    kl, labels = card.kl_per_unit, card.unit_factors
     bound_of = {bound.unit: bound for bound in card.bound_units}
     active = metrics.get("active_units")
     total = sum(kl) if kl else 0.0
