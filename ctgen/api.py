@@ -20,7 +20,7 @@ import numpy as np
 
 from ctgen.bound_factors import BoundFactors, latent_of
 from ctgen.errors import ArgumentError, CtgenError, InputError
-from ctgen.grid_reader import DISPLAY_WINDOW_HU, ErrorHandler, GridReader, GridSlice, WarningHandler, handle_error
+from ctgen.grid_reader import ErrorHandler, GridReader, GridSlice, WarningHandler, handle_error
 from ctgen.latent import (
     DEFAULT_INTERPOLATION,
     DEFAULT_INTERPOLATION_STEPS,
@@ -39,9 +39,8 @@ from ctgen.preprocess import Grid, from_model
 from ctgen.prior import PRIORS
 from ctgen.sources import gather_files, slice_sources, split_source
 
-# DISPLAY_WINDOW_HU (ctgen.grid_reader) stays importable here for ctgen.evaluate; gather_files, slice_sources and
-# split_source (ctgen.sources) for the commands
-__all__ = ["DISPLAY_WINDOW_HU", "Encoded", "Generator", "Reconstruction", "TraverseRow", "gather_files",
+# gather_files, slice_sources and split_source (ctgen.sources) stay importable here for the commands
+__all__ = ["Encoded", "Generator", "Reconstruction", "TraverseRow", "gather_files",
            "load_generator", "slice_sources", "split_source"]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ctgen import metrics
-from ctgen.api import DISPLAY_WINDOW_HU as WIDE_HU  # originals on the grid, unclipped: masks, pictures
+from ctgen.grid_reader import DISPLAY_WINDOW_HU as WIDE_HU  # originals on the grid, unclipped: masks, pictures
 from ctgen.defaults import ACTIVE_UNIT_KL
 from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError

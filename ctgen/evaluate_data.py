@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctgen.api import DISPLAY_WINDOW_HU as WIDE_HU  # originals on the grid, unclipped: masks, pictures
+from ctgen.grid_reader import DISPLAY_WINDOW_HU as WIDE_HU  # originals on the grid, unclipped: masks, pictures
 from ctgen.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.preprocess import Grid, to_grid_hu
