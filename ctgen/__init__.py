@@ -18,16 +18,16 @@ _EXPORTS = {
     "ModelError": "ctgen.errors",
     "InputError": "ctgen.errors",
     "OutputError": "ctgen.errors",
-    "Slice": "ctgen.dicom",
-    "read_slice": "ctgen.dicom",
-    "read_series": "ctgen.dicom",
-    "write_series": "ctgen.dicom",
-    "Grid": "ctgen.preprocess",
-    "to_model": "ctgen.preprocess",
-    "from_model": "ctgen.preprocess",
-    "batch_to_model": "ctgen.preprocess",
-    "Model": "ctgen.model",
-    "load_model": "ctgen.model",
+    "Slice": "ctgen.io.dicom",
+    "read_slice": "ctgen.io.dicom",
+    "read_series": "ctgen.io.dicom",
+    "write_series": "ctgen.io.dicom",
+    "Grid": "ctgen.images.preprocess",
+    "to_model": "ctgen.images.preprocess",
+    "from_model": "ctgen.images.preprocess",
+    "batch_to_model": "ctgen.images.preprocess",
+    "Model": "ctgen.runtime.model",
+    "load_model": "ctgen.runtime.model",
     "Generator": "ctgen.api",
     "load_generator": "ctgen.api",
 }
@@ -49,8 +49,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ctgen.dicom import Slice, read_series, read_slice, write_series
+    from ctgen.io.dicom import Slice, read_series, read_slice, write_series
     from ctgen.errors import CtgenError, DicomError, InputError, ModelError, OutputError
-    from ctgen.model import Model, load_model
+    from ctgen.runtime.model import Model, load_model
     from ctgen.api import Generator, load_generator
-    from ctgen.preprocess import Grid, batch_to_model, from_model, to_model
+    from ctgen.images.preprocess import Grid, batch_to_model, from_model, to_model

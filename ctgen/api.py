@@ -5,7 +5,7 @@ interpolates, traverses and edits bound factors in their units of measure; the c
 ``ctgen explore`` parse options, call it, write and print. Every image is HU, float32 (N, S, S) on the model
 grid (S = ``image_size``, ``spacing_mm`` per pixel); every latent is float32 (N, L). Streaming variants
 (``iter_load``, ``iter_encode``, ``iter_decode``, ``iter_sample``) keep memory flat over archives of any size.
-Reading onto the grid lives in ``ctgen.grid_reader`` and the bound factors in ``ctgen.bound_factors``, the two
+Reading onto the grid lives in ``ctgen.images.grid_reader`` and the bound factors in ``ctgen.bound_factors``, the two
 bases of ``Generator``.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from ctgen.bound_factors import BoundFactors, latent_of
 from ctgen.errors import ArgumentError, CtgenError, InputError
-from ctgen.grid_reader import ErrorHandler, GridReader, GridSlice, WarningHandler, handle_error
+from ctgen.images.grid_reader import ErrorHandler, GridReader, GridSlice, WarningHandler, handle_error
 from ctgen.latent import (
     DEFAULT_INTERPOLATION,
     DEFAULT_INTERPOLATION_STEPS,
@@ -35,22 +35,22 @@ from ctgen.latent import (
 )
 from ctgen.latent import offsets as traverse_offsets
 from ctgen.latent import traverse as traverse_codes
-from ctgen.preprocess import Grid, from_model
-from ctgen.prior import PRIORS
-from ctgen.sources import gather_files, slice_sources, split_source
+from ctgen.images.preprocess import Grid, from_model
+from ctgen.runtime.prior import PRIORS
+from ctgen.io.sources import gather_files, slice_sources, split_source
 
-# gather_files, slice_sources and split_source (ctgen.sources) stay importable here for the commands
+# gather_files, slice_sources and split_source (ctgen.io.sources) stay importable here for the commands
 __all__ = ["Encoded", "Generator", "Reconstruction", "TraverseRow", "gather_files",
            "load_generator", "slice_sources", "split_source"]
 
 
 def load_generator(name_or_path: str | os.PathLike | None = None, *, device: str = "auto") -> Generator:
-    """Load a model folder (a path, a name found as ``ctgen.model.resolve_model_dir`` says: ./models/NAME, then
+    """Load a model folder (a path, a name found as ``ctgen.runtime.model.resolve_model_dir`` says: ./models/NAME, then
     the shipped models; None for "default") as a ``Generator``.
 
     device: "auto", "cpu" or "cuda" (see ``ctgen.load_model``). Raises ModelError / InputError.
     """
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     return Generator(load_model(name_or_path, device=device))
 
@@ -81,7 +81,7 @@ class Reconstruction:
 @dataclass(frozen=True)
 class TraverseRow:
     """One row of ``traverse_rows``: unit ``unit`` takes the latent values ``z`` float32 (K,) in turn (``offsets``:
-    the same minus the start's value). For a bound unit, ``bound`` (``ctgen.card.BoundUnit``) and ``values``
+    the same minus the start's value). For a bound unit, ``bound`` (``ctgen.runtime.card.BoundUnit``) and ``values``
     float64 (K,): the factor's value each column stands for, in its unit of measure, and ``reading``: the start's;
     ``relative`` when the columns are changes around the reading (standard deviations, or ``FACTOR=N``), not
     absolute values (``FACTOR=LO:HI``)."""
@@ -96,9 +96,9 @@ class TraverseRow:
 
 
 class Generator(GridReader, BoundFactors):
-    """A loaded β-VAE (``ctgen.model.Model``) behind numpy calls in HU.
+    """A loaded β-VAE (``ctgen.runtime.model.Model``) behind numpy calls in HU.
 
-    ``model``, ``card`` (a ``ctgen.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
+    ``model``, ``card`` (a ``ctgen.runtime.card.ModelCard``), ``grid``, ``latent_size`` and ``image_size`` describe it;
     ``units_by_kl`` ranks the latent units (most informative first), ``kl_per_unit`` holds their KL in nats
     (None if unknown) and ``unit_factors`` the factor the card names for a unit. ``bound_units`` are the units
     bound to measured factors (the card's ``binding``): ``read_factors``, ``set_factors``, ``edit`` and
@@ -143,7 +143,7 @@ class Generator(GridReader, BoundFactors):
     def latents(self, n: int = 1, *, seed: int = 0, temperature: float = 1.0, prior: str = "auto") -> np.ndarray:
         """``n`` latents from a prior: float32 (n, L); same seed, same values.
 
-        prior: "fitted" (the mixture fitted to the training slices' codes, ``ctgen.prior``), "standard"
+        prior: "fitted" (the mixture fitted to the training slices' codes, ``ctgen.runtime.prior``), "standard"
         (N(0, I)) or "auto" (fitted when the model has one). ``temperature`` scales the spread: N(0, T²) for
         the standard prior, each component's covariance by T² for the fitted one. Raises ArgumentError.
         """
@@ -184,7 +184,7 @@ class Generator(GridReader, BoundFactors):
     def encode(self, slices: Any, *, spacing_mm: tuple[float, float] | float | None = None) -> np.ndarray:
         """Posterior means mu, float32 (N, L), of CT slices.
 
-        ``slices``: one item or a sequence of items, each a DICOM path, a ``ctgen.dicom.Slice``, an HU array
+        ``slices``: one item or a sequence of items, each a DICOM path, a ``ctgen.io.dicom.Slice``, an HU array
         (H, W) or a ``GridSlice``; an HU array (N, H, W) is N slices (see ``load`` for ``spacing_mm``).
         Raises DicomError (unreadable file) or InputError (bad array or spacing).
         """
@@ -239,9 +239,9 @@ class Generator(GridReader, BoundFactors):
     def iter_reconstruct(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                          on_error: ErrorHandler | None = None) -> Iterator[Reconstruction]:
         """Reconstruct files one ``Reconstruction`` at a time, with MAE and RMSE in HU inside the head
-        (``ctgen.metrics.head_error``: original > -500 HU) against what the model can reach: the original
+        (``ctgen.evaluation.metrics.head_error``: original > -500 HU) against what the model can reach: the original
         through its HU map."""
-        from ctgen.metrics.reconstruction import head_error, head_mask  # only reconstruct needs them (start-up)
+        from ctgen.evaluation.metrics.reconstruction import head_error, head_mask  # only reconstruct needs them (start-up)
 
         step = batch_size or self.batch_size
         batch: list[GridSlice] = []

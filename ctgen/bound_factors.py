@@ -1,7 +1,7 @@
 """Bound units in their factors' units of measure: read, set and edit (``ctgen.api.Generator`` inherits it).
 
 A model trained with ``--bind`` carries one latent unit per measured factor (the card's ``binding``, each a
-``ctgen.card.BoundUnit``); ``BoundFactors`` maps between those units and values in degrees, mm, HU. The host
+``ctgen.runtime.card.BoundUnit``); ``BoundFactors`` maps between those units and values in degrees, mm, HU. The host
 class provides ``card``, ``model``, ``grid``, ``latent_size``, ``load``, ``encode_images`` and ``decode``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ctgen.errors import ArgumentError, ModelError
-from ctgen.grid_reader import GridSlice
+from ctgen.images.grid_reader import GridSlice
 from ctgen.latent import MAX_RANGE_SD, FactorSetting
 
 __all__ = ["BoundFactors", "Edited", "latent_of"]
@@ -42,14 +42,14 @@ class Edited:
 class BoundFactors:
     """Reading, setting and editing bound factors; a base of ``ctgen.api.Generator``."""
 
-    card: Any  # ctgen.card.ModelCard
-    model: Any  # ctgen.model.Model
-    grid: Any  # ctgen.preprocess.Grid
+    card: Any  # ctgen.runtime.card.ModelCard
+    model: Any  # ctgen.runtime.model.Model
+    grid: Any  # ctgen.images.preprocess.Grid
     latent_size: int
 
     @property
     def bound_units(self) -> list:
-        """The units bound to measured factors (``ctgen.card.BoundUnit``), in unit order; [] without binding."""
+        """The units bound to measured factors (``ctgen.runtime.card.BoundUnit``), in unit order; [] without binding."""
         return self.card.bound_units
 
     def bound(self, factor: str, *, argument: str = "set"):

@@ -200,7 +200,7 @@ def sweep(z: np.ndarray, units: Sequence[int], values: Sequence[Sequence[float]]
     return grid
 
 
-# ---- physical values of bound units (ctgen.card.BoundUnit)
+# ---- physical values of bound units (ctgen.runtime.card.BoundUnit)
 @dataclass(frozen=True)
 class FactorSetting:
     """One ``--set`` of ``ctgen edit``: the bound factor's new ``value`` in its unit of measure, or with

@@ -1,7 +1,7 @@
 """``python -m export.attach MODEL_DIR REPORT_DIR [--note TEXT]``: put measured figures into a model card.
 
 REPORT_DIR is what ``ctgen evaluate`` wrote (its metrics.json). The compact figures of
-``ctgen.evaluate.card_metrics`` go into the card's "metrics" (so ``ctgen info``, ``ctgen units`` and
+``ctgen.evaluation.evaluate.card_metrics`` go into the card's "metrics" (so ``ctgen info``, ``ctgen units`` and
 ``ctgen explore`` show them), and an "evaluation" section records the command and where the figures came
 from. Only model.json changes: the graphs and their checksums stay as the export wrote them. ``--note``
 records why the model was trained as it was (e.g. the choice of β).
@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ctgen.card import CARD_FILE, read_card
+from ctgen.runtime.card import CARD_FILE, read_card
 from ctgen.errors import CtgenError, InputError
-from ctgen.evaluate import card_metrics
+from ctgen.evaluation.evaluate import card_metrics
 from export.card import update_card
 
 

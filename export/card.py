@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 import torch
 
-from ctgen.model import CARD_FORMAT, CARD_VERSION, sha256_file
-from ctgen.preprocess import Grid
+from ctgen.runtime.model import CARD_FORMAT, CARD_VERSION, sha256_file
+from ctgen.images.preprocess import Grid
 from train.model import ACTIVE_UNIT_KL, BetaVAE
 
 __all__ = ["binding_section", "build_card", "dumps_card", "json_safe", "network_kl", "parity_section", "update_card",
@@ -128,7 +128,7 @@ def _order_text(order: list[int] | None, checkpoint: dict[str, Any]) -> str:
 
 
 def binding_section(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The card's ``binding`` (ctgen.card: units 0..B-1 with factor, unit of measure and the standardisation's
+    """The card's ``binding`` (ctgen.runtime.card: units 0..B-1 with factor, unit of measure and the standardisation's
     mean and std; source, fraction, weight) from checkpoint["binding"]; None for a run without one."""
     if not record:
         return None
@@ -163,8 +163,8 @@ def write_card(card: dict[str, Any], path: Path) -> None:
 def update_card(model_dir: str | os.PathLike, change) -> dict[str, Any]:
     """Read MODEL_DIR/model.json, apply ``change(card)`` (in place) and write it back atomically; the graphs
     and their checksums stay as the export wrote them. Returns the new card. Raises ModelError."""
-    from ctgen.atomic import atomic_file
-    from ctgen.card import CARD_FILE, read_card
+    from ctgen.io.atomic import atomic_file
+    from ctgen.runtime.card import CARD_FILE, read_card
 
     card = dict(read_card(model_dir))
     change(card)

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from ctgen.errors import CtgenError, ModelError, OutputError
-from ctgen.metrics.activity import units_by_kl as unit_order  # the exported order: highest KL first
-from ctgen.model import CARD_FILE
-from ctgen.preprocess import Grid
+from ctgen.evaluation.metrics.activity import units_by_kl as unit_order  # the exported order: highest KL first
+from ctgen.runtime.model import CARD_FILE
+from ctgen.images.preprocess import Grid
 from export import card as card_module
 from export.validate import (  # re-exported: the graph contract and its checks live in export.validate
     BATCH_DIM,

@@ -5,7 +5,7 @@ posterior means of the training slices follows where the data's codes lie. The s
 exported model itself (ONNX Runtime, through ``ctgen.api``), so the prior matches the graphs unit for unit.
 The number of components is chosen from ``--components`` by the mean log-likelihood of the validation
 patients' codes (ties: fewer components). Writes ``prior.npz`` (numpy arrays only) and lists it, with its
-checksum and the selection table, in the card; sampling at run time needs numpy alone (``ctgen.prior``).
+checksum and the selection table, in the card; sampling at run time needs numpy alone (``ctgen.runtime.prior``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ctgen.card import CARD_FILE, sha256_file
+from ctgen.runtime.card import CARD_FILE, sha256_file
 from ctgen.errors import CtgenError, InputError
-from ctgen.prior import PRIOR_FILE, MixturePrior, save_prior
+from ctgen.runtime.prior import PRIOR_FILE, MixturePrior, save_prior
 from export.card import update_card
 
 __all__ = ["fit_prior", "COMPONENTS"]
@@ -32,10 +32,10 @@ VAL_FRACTION = 0.2  # without a split.json: this share of patients (seeded) choo
 
 
 def _selection(data: str | os.PathLike, split: str | os.PathLike | None) -> tuple[list[Path], dict[str, str], list[str]]:
-    """The files ``ctgen.scan`` finds usable under ``data`` (as training selects them), each file's patient key
+    """The files ``ctgen.io.scan`` finds usable under ``data`` (as training selects them), each file's patient key
     under the run's ``split_by`` (its config.json beside split.json; "auto" without one), and one line per
     file scan skipped."""
-    from ctgen.scan import scan
+    from ctgen.io.scan import scan
 
     split_by = "auto"
     if split is not None and (config := Path(split).with_name("config.json")).is_file():
@@ -69,14 +69,14 @@ def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: s
               components: tuple[int, ...] = COMPONENTS, seed: int = 0, command: str | None = None,
               skipped: list[str] | None = None) -> dict[str, Any]:
     """Fit, choose and write the mixture prior of ``model_dir`` from the slices under ``data``; returns the
-    card's "prior" section. The slices are those ``ctgen.scan`` selects (as training does); a file it skips, or
+    card's "prior" section. The slices are those ``ctgen.io.scan`` selects (as training does); a file it skips, or
     one that cannot be read after all, is left out, and its "path: reason" line is appended to ``skipped``.
     Raises InputError (no usable slice), ModelError."""
     from sklearn.mixture import GaussianMixture
 
     from ctgen.api import Generator
-    from ctgen.model import load_model
-    from ctgen.sources import split_source
+    from ctgen.runtime.model import load_model
+    from ctgen.io.sources import split_source
 
     skipped = [] if skipped is None else skipped
     model_dir = Path(model_dir)

@@ -18,9 +18,9 @@ import onnx
 import torch
 from torch import nn
 
-from ctgen.card import GRAPHS
+from ctgen.runtime.card import GRAPHS
 from ctgen.errors import ModelError
-from ctgen.preprocess import Grid
+from ctgen.images.preprocess import Grid
 from train.model import BetaVAE
 
 __all__ = [
@@ -69,7 +69,7 @@ class GraphSpec:
 
 def graph_specs(image_size: int, latent_size: int) -> dict[str, GraphSpec]:
     """The encoder and decoder specs of the model folder layout (all tensors float32): the names of
-    ``ctgen.card.GRAPHS``, the one graph contract that the runtime reads too."""
+    ``ctgen.runtime.card.GRAPHS``, the one graph contract that the runtime reads too."""
     shapes = {"image": (BATCH_DIM, 1, image_size, image_size), "z": (BATCH_DIM, latent_size),
               "mu": (BATCH_DIM, latent_size), "logvar": (BATCH_DIM, latent_size)}
     return {graph: GraphSpec(graph, {name: shapes[name] for name in inputs}, {name: shapes[name] for name in outputs})
@@ -77,15 +77,15 @@ def graph_specs(image_size: int, latent_size: int) -> dict[str, GraphSpec]:
 
 
 def load_validation_images(source: str | os.PathLike, grid: Grid, *, max_slices: int = MAX_VALIDATION_SLICES) -> np.ndarray:
-    """Real slices for parity checks: the files that ``ctgen.scan`` finds usable under ``source`` (DICOM, multi-frame
+    """Real slices for parity checks: the files that ``ctgen.io.scan`` finds usable under ``source`` (DICOM, multi-frame
     files and NIfTI volumes, as training and the runtime select them), up to ``max_slices`` spread evenly (sorted),
-    each file's middle slice (``ctgen.sources.one_slice``, as the one-slice commands take it), through
-    ``ctgen.preprocess.batch_to_model``. float32 (N, 1, S, S) in [0, 1]. Raises DicomError.
+    each file's middle slice (``ctgen.io.sources.one_slice``, as the one-slice commands take it), through
+    ``ctgen.images.preprocess.batch_to_model``. float32 (N, 1, S, S) in [0, 1]. Raises DicomError.
     """
     from ctgen.errors import DicomError
-    from ctgen.preprocess import batch_to_model
-    from ctgen.scan import scan
-    from ctgen.sources import one_slice, read_slices
+    from ctgen.images.preprocess import batch_to_model
+    from ctgen.io.scan import scan
+    from ctgen.io.sources import one_slice, read_slices
 
     files = sorted(Path(entry.path) for entry in scan([source]).entries if entry.reason == "ok")
     if not files:

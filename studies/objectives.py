@@ -108,9 +108,9 @@ def run_objectives(base, data: str, dense_train: str | None, dense: str, report_
 
 def write_report(rows: list[dict[str, Any]], report_dir: Path, *, command: str, settings: dict[str, Any]) -> None:
     """report.md, objectives.json and the chart of MIG and DCI against MAE into ``report_dir``."""
-    from ctgen.charts import scatter_chart, side_by_side
-    from ctgen.render import save_png
-    from ctgen.report import markdown_table
+    from ctgen.images.charts import scatter_chart, side_by_side
+    from ctgen.images.render import save_png
+    from ctgen.evaluation.report import markdown_table
 
     report_dir.mkdir(parents=True, exist_ok=True)
     chosen, why = choose(rows)

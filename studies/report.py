@@ -119,8 +119,8 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
     report_dir.mkdir(parents=True, exist_ok=True)
     for old in report_dir.glob("*.png"):
         old.unlink()
-    from ctgen.charts import line_chart, side_by_side
-    from ctgen.render import save_png
+    from ctgen.images.charts import line_chart, side_by_side
+    from ctgen.images.render import save_png
 
     at_beta, at_latent = settings["at_beta"], settings["at_latent"]
     latent_rows, beta_rows = _sweeps(rows, settings)
@@ -151,7 +151,7 @@ def write_study_report(rows: list[dict[str, Any]], settings: dict[str, Any], run
 
 
 def _markdown(rows, settings, figures) -> str:
-    from ctgen.report import markdown_table
+    from ctgen.evaluation.report import markdown_table
 
     latent_rows, beta_rows = _sweeps(rows, settings)
     size = settings["image_size"]

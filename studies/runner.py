@@ -169,7 +169,7 @@ def row_from_report(name: str, report: dict) -> dict[str, Any]:
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
     """One table: sharpness, anatomy kept, brain-window MAE, realism, disentanglement and controllability."""
-    from ctgen.report import markdown_table
+    from ctgen.evaluation.report import markdown_table
 
     bands = sorted({band for row in rows for band in (row["recon_bands"] or {})})
     header = ["run", *(f"recon power {band}" for band in bands), *(f"sample power {band}" for band in bands),
@@ -237,7 +237,7 @@ def parse_study_args(argv: list[str] | None, prog: str, doc: str,
 
 def targets_markdown(rows: list[dict[str, Any]], targets_met: Callable[[dict], dict[str, bool]]) -> str:
     """Which run meets which target: a yes/no table."""
-    from ctgen.report import markdown_table
+    from ctgen.evaluation.report import markdown_table
 
     names = list(targets_met(rows[0]))
     return markdown_table(["run", *names], [[row["run"], *("yes" if ok else "no" for ok in targets_met(row).values())]

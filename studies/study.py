@@ -6,7 +6,7 @@
 Trains latent sizes --latent (10,20,50,100,500) at β = --at-beta (1) and βs --beta (1,20,50,200) at
 latent size --at-latent (50); everything else (data, split, seed, epochs, architecture) is shared. A run
 whose metrics.jsonl already holds --epochs epochs is read, not retrained, so a stopped study continues.
-Each run is exported (``export.export_model``) to RUN/model and scored by ``ctgen.evaluate`` on the same
+Each run is exported (``export.export_model``) to RUN/model and scored by ``ctgen.evaluation.evaluate`` on the same
 study (held-out patients of the run's split, factors.csv for disentanglement) into RUN/report. The study
 report (REPORT/report.md, study.json, figures) answers the seed study's claims with numbers.
 """
@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ctgen.metrics.disentangle import SCORE_NAMES
+from ctgen.evaluation.metrics.disentangle import SCORE_NAMES
 
 __all__ = ["grid_points", "run_study", "study_row"]
 
@@ -52,8 +52,8 @@ def train_point(base, latent: int, beta: float, command: str) -> Path:
 def score_run(run: Path, data: str, *, max_slices: int, seed: int, rescore: bool = False,
               dense: str | None = None) -> dict[str, Any]:
     """Export ``run`` to RUN/model and evaluate it into RUN/report (both redone when the checkpoint is newer)."""
-    from ctgen.report import report_folder
-    from ctgen.model import load_model
+    from ctgen.evaluation.report import report_folder
+    from ctgen.runtime.model import load_model
     from export.onnx_export import export_model
 
     checkpoint, model_dir, report_dir = run / "checkpoint_best.pt", run / "model", run / "report"

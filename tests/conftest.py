@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctgen.preprocess import Grid
+from ctgen.images.preprocess import Grid
 from export import export_model
 from export.onnx_export import DecoderGraph, EncoderGraph, unit_order
 from train.model import RECONSTRUCTION_LOSS, BetaVAE, VAEConfig
@@ -204,8 +204,8 @@ def head_hu(size: int = 160, shift: float = 0.0, seed: int = 0) -> np.ndarray:
 
 
 def write_heads(folder: Path, count: int, *, size: int = 160, spacing_mm: float = 1.5) -> list[Path]:
-    """``count`` head slices written with ctgen.dicom.write_series into ``folder``; returns the paths."""
-    from ctgen.dicom import write_series
+    """``count`` head slices written with ctgen.io.dicom.write_series into ``folder``; returns the paths."""
+    from ctgen.io.dicom import write_series
 
     hu = np.stack([head_hu(size, shift=2.0 * index, seed=index) for index in range(count)])
     return write_series(hu, folder, spacing_mm=(spacing_mm, spacing_mm), description="cli test heads",
@@ -429,7 +429,7 @@ def write_archive(root: Path, *, size: int = 64, spacing_mm: float = 3.5) -> dic
 
     from pydicom.uid import RLELossless, generate_uid
 
-    from ctgen.dicom import write_series
+    from ctgen.io.dicom import write_series
 
     expected: dict[str, str] = {}
     people = {"A": ("19500101", "M", 4), "B": ("19720505", "F", 3)}

@@ -53,9 +53,9 @@ from pydicom.uid import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ctgen.dicom import read_frames, read_slice  # noqa: E402
+from ctgen.io.dicom import read_frames, read_slice  # noqa: E402
 from ctgen.errors import CtgenError, InputError  # noqa: E402
-from ctgen.preprocess import SPACING_RANGE_MM, Grid, to_model  # noqa: E402
+from ctgen.images.preprocess import SPACING_RANGE_MM, Grid, to_model  # noqa: E402
 from dicom_build import (  # noqa: E402 - tests/ is this script's folder
     dataset_bytes, file_bytes, functional_group, gdcm_change_syntax, nested_sequences, set_element, top_level,
 )
@@ -511,8 +511,8 @@ class ScanStats(Stats):
 
 def check_scan_case(path: Path, stats: ScanStats) -> None:
     """Scan ``path``, read it, assert the invariant."""
-    from ctgen.scan import scan
-    from ctgen.scan_entry import REASONS
+    from ctgen.io.scan import scan
+    from ctgen.io.scan_entry import REASONS
 
     baseline = _peak_rss_mb() if _reset_peak_rss() else None
     start = time.perf_counter()
@@ -552,7 +552,7 @@ def check_scan_case(path: Path, stats: ScanStats) -> None:
 
 
 def _native(path: Path) -> bool:
-    from ctgen.dicom.header import read_header
+    from ctgen.io.dicom.header import read_header
 
     try:
         return read_header(path).pixels == "native"
@@ -563,7 +563,7 @@ def _native(path: Path) -> bool:
 def run_scan(examples: int, *, seed: int | None, log: Path | None, truncations: bool = False) -> ScanStats:
     """Fuzz scan against the reader: ``examples`` hypothesis cases, or (``truncations``) every cut of every seed
     up to its pixel data."""
-    from ctgen.dicom import set_max_pixels
+    from ctgen.io.dicom import set_max_pixels
 
     set_max_pixels(MAX_PIXELS)
     stats = ScanStats()

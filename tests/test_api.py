@@ -15,10 +15,10 @@ from pydicom.data import get_testdata_file
 from conftest import BINDING
 from ctgen.api import Generator, load_generator
 from ctgen.errors import ArgumentError, DicomError, InputError, ModelError
-from ctgen.grid_reader import DISPLAY_WINDOW_HU, GridSlice, SliceWarning
+from ctgen.images.grid_reader import DISPLAY_WINDOW_HU, GridSlice, SliceWarning
 from ctgen.latent import FactorSetting
-from ctgen.metrics.reconstruction import head_error
-from ctgen.preprocess import from_model
+from ctgen.evaluation.metrics.reconstruction import head_error
+from ctgen.images.preprocess import from_model
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 
@@ -54,7 +54,7 @@ def test_generator_shapes_and_determinism(generator):
 
 
 def test_generator_encode_inputs(generator):
-    from ctgen.dicom import read_slice
+    from ctgen.io.dicom import read_slice
 
     mu_path = generator.encode(CT_SMALL)
     assert mu_path.shape == (1, generator.latent_size) and mu_path.dtype == np.float32

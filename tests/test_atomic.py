@@ -1,4 +1,4 @@
-"""ctgen.atomic: files and folders committed whole or not at all, never over another's file without force,
+"""ctgen.io.atomic: files and folders committed whole or not at all, never over another's file without force,
 transactions (``Claims``) that take a failed run's outputs back, backups of files replaced with force,
 temporaries of dead processes removed."""
 
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from conftest import files_under
-from ctgen.atomic import Claims, atomic_file, atomic_folder, remove_dead_temporaries, temporary_path
+from ctgen.io.atomic import Claims, atomic_file, atomic_folder, remove_dead_temporaries, temporary_path
 from ctgen.errors import OutputError
 
 DEAD_PID = 999999999  # above any PID the kernel hands out

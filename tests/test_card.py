@@ -1,4 +1,4 @@
-"""ctgen.card: the bound units' section (``binding``) of a card, read and checked."""
+"""ctgen.runtime.card: the bound units' section (``binding``) of a card, read and checked."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ctgen.card import BoundUnit, read_card
+from ctgen.runtime.card import BoundUnit, read_card
 from ctgen.errors import ModelError
 
 BINDING = {"units": [{"unit": 0, "factor": "rotation_deg", "unit_of_measure": "deg", "mean": 1.5, "std": 8.0},

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ctgen import __version__
-from ctgen.dicom import read_slice
+from ctgen.io.dicom import read_slice
 from conftest import CT_SMALL, files_under, invoke, one_error_line, one_usage_line
 
 

@@ -146,7 +146,7 @@ def test_edit_on_the_fast_path_runs_without_torch(bound_model, heads, tmp_path):
 
 # --------------------------------------------------------------------------------------------- encode --factors
 def test_encode_factors_in_every_format_and_decode_ignores_them(bound_model, workdir, heads, generator):
-    from ctgen.latent_io import load_latents
+    from ctgen.io.latent_io import load_latents
 
     mu = generator.encode(heads[:2])
     expected = generator.read_factors(mu)
@@ -177,7 +177,7 @@ def test_encode_factors_errors(bound_model, model, workdir, heads):
 
 
 def test_factor_columns_keep_clear_of_the_files_own_fields():
-    from ctgen.latent_io import factor_columns
+    from ctgen.io.latent_io import factor_columns
 
     assert list(factor_columns({"rotation_deg": 1, "file": 2, "mu_3": 3})) == ["rotation_deg", "factor_file",
                                                                                "factor_mu_3"]

@@ -63,7 +63,7 @@ def _required_args(name: str, heads: list[Path], workdir: Path) -> list[str]:
 @pytest.fixture
 def never_serve(monkeypatch):
     """`ctgen explore` must fail before it serves: a server that starts is a failed test, not a hang."""
-    from ctgen.explore import ExploreServer
+    from ctgen.explorer.explore import ExploreServer
 
     def refuse(self, *args, **kwargs):
         raise RuntimeError("the explorer started serving")
@@ -188,7 +188,7 @@ def test_cuda_error_names_the_extra(model, workdir):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        from ctgen.model import load_model
+        from ctgen.runtime.model import load_model
 
         try:
             load_model(model, device="cuda")
@@ -196,7 +196,7 @@ def test_cuda_error_names_the_extra(model, workdir):
             pass
         else:
             pytest.skip("CUDA really loads here")
-    from ctgen.ort_session import cuda_driver_present
+    from ctgen.runtime.ort_session import cuda_driver_present
 
     # without a driver no pip package helps; with one, the CUDA and cuDNN wheels (the cuda extra) are what lacks
     remedy = "ctgen[cuda]" if cuda_driver_present() else "no NVIDIA driver on this machine"

@@ -29,10 +29,10 @@ def typer_call(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, d
     """(command, keyword arguments, --max-pixels) as the Typer app would call the command; None if it refuses."""
     import importlib
 
-    import ctgen.dicom
+    import ctgen.io.dicom
 
     seen: dict[str, Any] = {"max_pixels": None}
-    monkeypatch.setattr(ctgen.dicom, "set_max_pixels", lambda value: seen.__setitem__("max_pixels", value))
+    monkeypatch.setattr(ctgen.io.dicom, "set_max_pixels", lambda value: seen.__setitem__("max_pixels", value))
     for name in fast.FAST_COMMANDS:
         def record(_name=name, **arguments):
             seen["call"] = (_name, arguments)

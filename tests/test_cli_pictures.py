@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from conftest import CT_SMALL, invoke
-from ctgen.render import PICTURE_PX
+from ctgen.images.render import PICTURE_PX
 
 
 def _gray(path) -> np.ndarray:
@@ -77,6 +77,6 @@ def test_decoded_grid_rows_are_labelled_by_the_latent_rows_sources(model, workdi
 
 
 def _line_height() -> int:
-    from ctgen.render import PAD, _font, _text_size
+    from ctgen.images.render import PAD, _font, _text_size
 
     return _text_size(_font(), "Ag|")[1] + 2 * PAD

@@ -1,4 +1,4 @@
-"""ctgen.metrics.control (known answers for the controllability arithmetic) and its hook in `ctgen evaluate`."""
+"""ctgen.evaluation.metrics.control (known answers for the controllability arithmetic) and its hook in `ctgen evaluate`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ctgen.metrics.control import leakage, nearest_values, requested_z, response, set_unit
+from ctgen.evaluation.metrics.control import leakage, nearest_values, requested_z, response, set_unit
 
 
 def test_requested_z_spans_two_standard_deviations_in_seven_steps():
@@ -92,8 +92,8 @@ class RotatingModel:
     grid costs; a factor bound to unit 2 as slope 0."""
 
     def __init__(self, sign: float = 1.0):
-        from ctgen.card import ModelCard
-        from ctgen.preprocess import CT_MAP, Grid
+        from ctgen.runtime.card import ModelCard
+        from ctgen.images.preprocess import CT_MAP, Grid
 
         self.grid = Grid(64, 3.75, hu_map=CT_MAP)
         self.card = ModelCard({"name": "rotating", "binding": {"units": [
@@ -102,7 +102,7 @@ class RotatingModel:
 
     def encode(self, images):
         from ctgen.factors import measure_slice
-        from ctgen.preprocess import from_model
+        from ctgen.images.preprocess import from_model
 
         mu = np.zeros((len(images), 3), np.float32)
         for row, image in enumerate(images[:, 0]):
@@ -124,7 +124,7 @@ class RotatingModel:
 @pytest.fixture(scope="module")
 def unseen(tmp_path_factory):
     """5 phantom patients x 6 slices: their files and patients (factors.csv)."""
-    from ctgen.evaluate_data import load_factors
+    from ctgen.evaluation.evaluate_data import load_factors
     from train.phantom import generate_study
 
     folder = tmp_path_factory.mktemp("phantom")
@@ -135,7 +135,7 @@ def unseen(tmp_path_factory):
 def _rotating_model():
     """The model whose decode turns the head counter-clockwise on screen, as ctgen.factors counts the angle."""
     from ctgen.factors import measure_slice
-    from ctgen.preprocess import from_model
+    from ctgen.images.preprocess import from_model
 
     from scipy.ndimage import rotate
 
@@ -147,7 +147,7 @@ def _rotating_model():
 
 
 def test_a_perfect_rotation_unit_scores_slope_one_r2_one_and_no_leakage(unseen):
-    from ctgen.evaluate_control import controllability
+    from ctgen.evaluation.evaluate_control import controllability
 
     files, patients = unseen
     pictures: dict = {}
@@ -162,9 +162,9 @@ def test_a_perfect_rotation_unit_scores_slope_one_r2_one_and_no_leakage(unseen):
 
 
 def test_held_out_patients_only_and_unmeasurable_factors_are_named(unseen):
-    from ctgen.card import ModelCard
-    from ctgen.dicom import patient_key
-    from ctgen.evaluate_control import controllability
+    from ctgen.runtime.card import ModelCard
+    from ctgen.io.dicom import patient_key
+    from ctgen.evaluation.evaluate_control import controllability
 
     files, patients = unseen
     model = _rotating_model()
@@ -180,7 +180,7 @@ def test_held_out_patients_only_and_unmeasurable_factors_are_named(unseen):
 
 
 def test_a_unit_turned_the_wrong_way_scores_slope_minus_one(unseen):
-    from ctgen.evaluate_control import controllability
+    from ctgen.evaluation.evaluate_control import controllability
 
     model = _rotating_model()
     model.sign = -model.sign
@@ -189,8 +189,8 @@ def test_a_unit_turned_the_wrong_way_scores_slope_minus_one(unseen):
 
 
 def test_series_factors_bound_to_a_unit_the_decoder_ignores_score_slope_zero(unseen):
-    from ctgen.card import ModelCard
-    from ctgen.evaluate_control import controllability
+    from ctgen.runtime.card import ModelCard
+    from ctgen.evaluation.evaluate_control import controllability
 
     model = _rotating_model()
     model.card = ModelCard({"binding": {"units": [
@@ -239,7 +239,7 @@ def test_evaluate_reports_controllability_of_a_bound_model(tiny_model_copy, unse
 
 
 def test_the_controllability_reading_names_what_misses_the_targets():
-    from ctgen.report import _read_control
+    from ctgen.evaluation.report import _read_control
 
     entry = {"slope": 1.0, "r2": 0.9, "leakage_max": 0.1, "leakage_max_factor": "skull_mm"}
     section = {"n_patients": 200, "set": "held-out patients", "factors": {
@@ -252,8 +252,8 @@ def test_the_controllability_reading_names_what_misses_the_targets():
 
 
 def test_level_needs_whole_series_and_says_so(unseen):
-    from ctgen.card import ModelCard
-    from ctgen.evaluate_control import controllability
+    from ctgen.runtime.card import ModelCard
+    from ctgen.evaluation.evaluate_control import controllability
 
     files, patients = unseen
     keep = [index for index in range(len(files)) if index % 6 < 2]  # two slices a patient: no level to measure
@@ -266,8 +266,8 @@ def test_level_needs_whole_series_and_says_so(unseen):
 
 
 def test_requests_stay_within_what_the_factor_can_be(unseen):
-    from ctgen.card import ModelCard
-    from ctgen.evaluate_control import controllability
+    from ctgen.runtime.card import ModelCard
+    from ctgen.evaluation.evaluate_control import controllability
 
     model = _rotating_model()
     model.card = ModelCard({"binding": {"units": [
@@ -286,9 +286,9 @@ class LevelModel(RotatingModel):
     def __init__(self, files, patients):
         from dataclasses import replace
 
-        from ctgen.dicom import read_slice
-        from ctgen.evaluate_control import _series_levels
-        from ctgen.preprocess import from_model, to_grid_hu
+        from ctgen.io.dicom import read_slice
+        from ctgen.evaluation.evaluate_control import _series_levels
+        from ctgen.images.preprocess import from_model, to_grid_hu
 
         super().__init__()
         self.card = type(self.card)({"binding": {"units": [{"unit": 2, "factor": "level", "mean": 0.5, "std": 0.3}]}})
@@ -316,7 +316,7 @@ class LevelModel(RotatingModel):
 
 
 def test_a_perfect_level_unit_scores_slope_near_one_by_nearest_match(unseen):
-    from ctgen.evaluate_control import controllability
+    from ctgen.evaluation.evaluate_control import controllability
 
     entry = controllability(LevelModel(*unseen), *unseen, None, 5, 0, lambda *a: None, None)["factors"]["level"]
     # six slices a series: the levels come in steps of about 0.2, so the match is a staircase around the line

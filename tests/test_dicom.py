@@ -1,4 +1,4 @@
-"""Tests for ctgen.dicom: pydicom's bundled real CT/MR files plus datasets built in fixtures."""
+"""Tests for ctgen.io.dicom: pydicom's bundled real CT/MR files plus datasets built in fixtures."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pydicom.uid import (
 import ctgen
 from conftest import ct_small_compressed, gdcm_transcode, j2k_declaring
 from dicom_build import functional_group
-from ctgen.dicom import (
+from ctgen.io.dicom import (
     AIR_HU, Slice, iter_dicom_files, read_frames, read_series, read_slice, write_series, write_slice,
 )
 from ctgen.errors import DicomError, InputError, OutputError
@@ -564,7 +564,7 @@ def _ct_small(path: Path, **attributes) -> Path:
 @pytest.fixture
 def decoder_calls(monkeypatch) -> list:
     """Records every call of pydicom's pixel decoder made by the reader (it still decodes)."""
-    import ctgen.dicom.read as reader
+    import ctgen.io.dicom.read as reader
 
     calls: list = []
     decode = reader.pixel_array
@@ -646,7 +646,7 @@ def test_jpeg2000_labelled_as_jpeg_is_refused_without_decoder_output(tmp_path, c
 
 
 def test_pixel_limit_overrides(tmp_path, monkeypatch):  # item 2: parameter, setting, environment
-    from ctgen.dicom import MAX_PIXELS_DEFAULT, max_pixels, set_max_pixels
+    from ctgen.io.dicom import MAX_PIXELS_DEFAULT, max_pixels, set_max_pixels
 
     assert max_pixels() == MAX_PIXELS_DEFAULT == 1 << 26
     with pytest.raises(DicomError, match="128 x 128 pixels exceeds the limit of 16,383"):
@@ -731,7 +731,7 @@ def test_native_stderr_capture_keeps_other_threads_python_output(capfd):  # item
     import sys
     import threading
 
-    from ctgen.native_stderr import captured_native_stderr
+    from ctgen.runtime.native_stderr import captured_native_stderr
 
     with captured_native_stderr() as captured:
         os.write(2, b"decoder noise\n")
@@ -750,7 +750,7 @@ def test_a_damaged_element_length_allocates_nothing(tmp_path):  # item 2, found 
     path.write_bytes(Path(CT_SMALL).read_bytes() + b"\x09\x00\x01\x10OB\x00\x00" + (0xF0000000).to_bytes(4, "little")
                      + bytes(16))
     limit = 2 * 2**30  # Python allocates what a read asks for: 3.75 GiB would be a MemoryError here
-    reader = "import sys; from ctgen.dicom import read_slice; print(read_slice(sys.argv[1]).hu.shape)"
+    reader = "import sys; from ctgen.io.dicom import read_slice; print(read_slice(sys.argv[1]).hu.shape)"
     result = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
@@ -758,7 +758,7 @@ def test_a_damaged_element_length_allocates_nothing(tmp_path):  # item 2, found 
 
 
 def test_large_files_are_read_through_reads_clamped_to_the_file(tmp_path, monkeypatch, ct_small_hu):  # item 2
-    import ctgen.dicom.limits as limits
+    import ctgen.io.dicom.limits as limits
 
     monkeypatch.setattr(limits, "_IN_MEMORY_BYTES", 0)  # as if every file were larger than 64 MiB
     with limits.bounded_reader(Path(CT_SMALL)) as stream:

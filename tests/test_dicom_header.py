@@ -1,4 +1,4 @@
-"""ctgen.dicom.header: the fast header reader gives what pydicom reads, and says when a file is cut short."""
+"""ctgen.io.dicom.header: the fast header reader gives what pydicom reads, and says when a file is cut short."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ctgen.dicom.header import header_from_values, read_header
-from ctgen.dicom.header_fast import parse_fast
-from ctgen.dicom.header_pydicom import read_with_pydicom
+from ctgen.io.dicom.header import header_from_values, read_header
+from ctgen.io.dicom.header_fast import parse_fast
+from ctgen.io.dicom.header_pydicom import read_with_pydicom
 from ctgen.errors import DicomError
 
 BUNDLED = sorted(p for p in Path(get_testdata_file("CT_small.dcm")).parent.iterdir()

@@ -1,4 +1,4 @@
-"""ctgen.evaluate and `ctgen evaluate` on the tiny exported model and a 3-patient phantom study."""
+"""ctgen.evaluation.evaluate and `ctgen evaluate` on the tiny exported model and a 3-patient phantom study."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctgen.report import REPORT_FILES, kl_bar_chart
-from ctgen.dicom import patient_key
-from ctgen.evaluate import card_metrics, evaluate_model, load_factors
-from ctgen.model import load_model
+from ctgen.evaluation.report import REPORT_FILES, kl_bar_chart
+from ctgen.io.dicom import patient_key
+from ctgen.evaluation.evaluate import card_metrics, evaluate_model, load_factors
+from ctgen.runtime.model import load_model
 from conftest import invoke, one_error_line, run_ctgen
 
 SECTIONS = ("model", "study", "reconstruction", "activity", "disentanglement", "memorisation", "real_slices",
@@ -285,7 +285,7 @@ def test_traverse_accepts_factor_names(tiny_model_copy, tmp_path, monkeypatch):
 
 def test_archives_without_a_factors_table_are_scored_on_header_factors(tiny_model_dir, tmp_path):
     from conftest import write_heads
-    from ctgen.evaluate import header_factors
+    from ctgen.evaluation.evaluate import header_factors
 
     folder = tmp_path / "archive"
     files = write_heads(folder, 12)

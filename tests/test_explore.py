@@ -23,7 +23,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from ctgen.api import Generator, load_generator
-from ctgen.explore import MAX_UPLOAD_BYTES, is_loopback, start_server
+from ctgen.explorer.explore import MAX_UPLOAD_BYTES, is_loopback, start_server
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def build_synthetic_model(folder: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from ctgen.model import sha256_file
+    from ctgen.runtime.model import sha256_file
 
     rows, cols = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     y, x = (rows - SIZE / 2 + 0.5) / (SIZE / 2), (cols - SIZE / 2 + 0.5) / (SIZE / 2)
@@ -192,7 +192,7 @@ def test_decode_png_matches_the_api(server, generator):
     zeros = np.zeros(8)
     image = decode_png(server, zeros)
     assert image.shape == (64, 64) and image.dtype == np.uint8
-    from ctgen.render import to_uint8
+    from ctgen.images.render import to_uint8
 
     np.testing.assert_array_equal(image, to_uint8(generator.decode(zeros)[0], (40, 80)))
     np.testing.assert_array_equal(decode_png(server, zeros, window=[40, 80]), image)
@@ -282,7 +282,7 @@ def test_export_formats(server, generator, tmp_path):
     ds = pydicom.dcmread(path)
     assert ds.Modality == "CT" and "DERIVED" in ds.ImageType and ds.PatientIdentityRemoved == "YES"
     assert float(ds.WindowCenter) == 40 and float(ds.PixelSpacing[0]) == generator.grid.spacing_mm
-    from ctgen.dicom import read_slice
+    from ctgen.io.dicom import read_slice
 
     np.testing.assert_allclose(read_slice(path).hu, generator.decode(z)[0], atol=0.51)
 

@@ -24,7 +24,7 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
 from ctgen.api import Generator, load_generator  # noqa: E402
-from ctgen.explore import start_server  # noqa: E402
+from ctgen.explorer.explore import start_server  # noqa: E402
 from test_explore import SIZE, build_synthetic_model  # noqa: E402 - tests/ is on sys.path (pytest's prepend mode)
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))

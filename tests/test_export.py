@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from ctgen.errors import ModelError, OutputError  # noqa: E402
-from ctgen.model import incomplete_card_fields, sha256_file  # noqa: E402
+from ctgen.runtime.model import incomplete_card_fields, sha256_file  # noqa: E402
 from export import onnx_export  # noqa: E402
 from export.onnx_export import (  # noqa: E402
     DecoderGraph,
@@ -275,7 +275,7 @@ def test_run_folder_means_its_best_checkpoint(tiny_checkpoint, tmp_path):
 
 def test_real_slices_enter_the_parity_check(tiny_model_dir, tiny_vae):
     pydicom_data = pytest.importorskip("pydicom.data")
-    from ctgen.preprocess import Grid
+    from ctgen.images.preprocess import Grid
     from export.onnx_export import load_validation_images
 
     images = load_validation_images(pydicom_data.get_testdata_file("CT_small.dcm"), Grid(size=64, spacing_mm=3.75))
@@ -293,7 +293,7 @@ def test_validation_slices_come_through_scan_and_the_one_slice_path(tiny_model_d
     import shutil
 
     import ctgen
-    from ctgen.preprocess import Grid
+    from ctgen.images.preprocess import Grid
     from export.onnx_export import load_validation_images
 
     archive = tmp_path / "archive"

@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 def _study(root, patients: int = 4, per_patient: int = 3) -> None:
     """``patients`` one-series patients of 64-px heads under ``root`` (P0/, P1/, …)."""
-    from ctgen.dicom import write_series
+    from ctgen.io.dicom import write_series
 
     for patient in range(patients):
         hu = np.stack([head_hu(64, shift=1.5 * index, seed=10 * patient + index) for index in range(per_patient)])

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ctgen.dicom.read import Slice
+from ctgen.io.dicom.read import Slice
 from ctgen.factors import FACTORS, from_header, measure_series, measure_slice, measure_slices, slice_levels
 
 IMAGE_FACTORS = [factor.name for factor in FACTORS if factor.source == "image"]
@@ -108,7 +108,7 @@ def test_what_cannot_be_measured_is_nan():
 def test_bone_around_no_brain_is_no_skull():
     from pydicom.data import get_testdata_file
 
-    from ctgen.dicom import read_slice
+    from ctgen.io.dicom import read_slice
 
     neck = read_slice(get_testdata_file("CT_small.dcm"))  # a vertebra: marrow enclosed by cortical bone
     found = measure_slice(neck.hu, neck.spacing_mm)

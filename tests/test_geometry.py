@@ -1,4 +1,4 @@
-"""ctgen.geometry: connected components, the head mask without table or head holder, centring, the brain rule
+"""ctgen.images.geometry: connected components, the head mask without table or head holder, centring, the brain rule
 and the checks of slices against a model's training data."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import head_hu
-from ctgen.dicom import read_slice
-from ctgen.geometry import (
+from ctgen.io.dicom import read_slice
+from ctgen.images.geometry import (
     BRAIN_FRACTION_MIN, _fill_holes, brain_fraction, head_centroid, head_mask, intracranial_mask, label,
     slice_warnings,
 )

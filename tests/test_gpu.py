@@ -2,7 +2,7 @@
 
 bf16 autocast, channels_last, torch.compile, the slice cache kept on the GPU (and the pinned host path),
 NCCL with DistributedDataParallel, torchrun, a 256² run, and ONNX Runtime's CUDA provider through
-``ctgen.model.load_model`` (IO binding, fp16 graphs). Each test takes seconds on a GPU and skips without
+``ctgen.runtime.model.load_model`` (IO binding, fp16 graphs). Each test takes seconds on a GPU and skips without
 CUDA; the ``ort_cuda`` tests also skip, saying so, when the installed onnxruntime has no CUDA provider
 (the GPU machine's image has the CPU build: ``tests/gpu/acceptance.py --stage-ort`` stages the GPU one).
 """
@@ -269,7 +269,7 @@ def exported(study, cache_root, tmp_path_factory) -> Path:
 
 
 def _reference(model_dir: Path) -> tuple:
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     cpu = load_model(model_dir, device="cpu")
     z = np.random.default_rng(0).standard_normal((16, cpu.latent_size)).astype(np.float32)
@@ -285,7 +285,7 @@ def _check(model, z, images, reference, tolerance: float) -> None:
 
 
 def test_ort_cuda_fp32_io_binding(exported):
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     z, images, reference = _reference(exported)
     model = load_model(exported, device="cuda", precision="fp32")
@@ -298,7 +298,7 @@ def test_ort_cuda_fp32_io_binding(exported):
 
 
 def test_ort_cuda_fp16_graphs(exported):
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     z, images, reference = _reference(exported)
     model = load_model(exported, device="cuda")  # precision auto: the fp16 graphs on CUDA
@@ -309,6 +309,6 @@ def test_ort_cuda_fp16_graphs(exported):
 
 
 def test_ort_cuda_auto_device_picks_cuda(exported):
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     assert load_model(exported, device="auto").provider == "CUDAExecutionProvider"

@@ -103,7 +103,7 @@ def test_bit_depths_that_make_gdcm_abort_are_refused(tmp_path, bits):  # items 2
     for keyword, value in bits.items():
         setattr(ds, keyword, value)
     path = save_dicom(ds, tmp_path / "bits.dcm")
-    reader = "import sys; from ctgen.dicom import read_slice; read_slice(sys.argv[1])"
+    reader = "import sys; from ctgen.io.dicom import read_slice; read_slice(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", reader, str(path)], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # GDCM's C++ exception: SIGABRT

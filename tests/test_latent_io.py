@@ -1,4 +1,4 @@
-"""ctgen.latent_io: latent files record the model that wrote them (all formats but .npy), and read back."""
+"""ctgen.io.latent_io: latent files record the model that wrote them (all formats but .npy), and read back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ctgen.latent_io import LatentModel, load_latents, read_latents, write_latents
+from ctgen.io.latent_io import LatentModel, load_latents, read_latents, write_latents
 
 MINE = LatentModel("mine", "1a2b" * 16)
 OTHER = LatentModel("default", "9f8e" * 16)

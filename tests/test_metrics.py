@@ -1,4 +1,4 @@
-"""Known-answer tests for ctgen.metrics: each metric on a case whose value follows from its definition."""
+"""Known-answer tests for ctgen.evaluation.metrics: each metric on a case whose value follows from its definition."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctgen.errors import InputError
-from ctgen.metrics import (
+from ctgen.evaluation.metrics import (
     active_units,
     active_units_by_variance,
     beta_vae_score,
@@ -34,7 +34,7 @@ from ctgen.metrics import (
     units_by_kl,
     window_unit,
 )
-from ctgen.metrics.fit import fit_logistic, lasso, predict_logistic, standardize
+from ctgen.evaluation.metrics.fit import fit_logistic, lasso, predict_logistic, standardize
 
 # --- reconstruction -------------------------------------------------------------------------------
 
@@ -362,5 +362,5 @@ def test_memorisation_flags_copies_but_not_fresh_samples():
 
 
 def test_metrics_import_stays_light():
-    code = "import sys, ctgen.metrics; bad = {'torch', 'scipy', 'sklearn'} & set(sys.modules); assert not bad, bad"
+    code = "import sys, ctgen.evaluation.metrics; bad = {'torch', 'scipy', 'sklearn'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""ctgen.model: model folders on ONNX Runtime (no PyTorch in this file: references come from the fixture)."""
+"""ctgen.runtime.model: model folders on ONNX Runtime (no PyTorch in this file: references come from the fixture)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ctgen.model as model_module
+import ctgen.runtime.model as model_module
 from conftest import invoke, one_error_line
 from ctgen.errors import InputError, ModelError
-from ctgen.model import Model, incomplete_card_fields, load_model, read_card, resolve_model_dir
-from ctgen.ort_session import cpu_count, quiet_native_output
+from ctgen.runtime.model import Model, incomplete_card_fields, load_model, read_card, resolve_model_dir
+from ctgen.runtime.ort_session import cpu_count, quiet_native_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
@@ -83,7 +83,7 @@ def test_sessions_are_built_on_first_use(tiny_model_dir):
 @pytest.mark.filterwarnings("ignore:.*no brain in the slice")  # flat squares, not heads
 def test_a_reading_pipeline_leaves_cores_to_its_readers(tiny_model_dir, tmp_path):
     from ctgen.api import Generator
-    from ctgen.dicom import write_series
+    from ctgen.io.dicom import write_series
 
     cores = cpu_count()
     plain = load_model(tiny_model_dir, device="cpu")
@@ -231,7 +231,7 @@ def test_quiet_native_output_captures_file_descriptors(capfd):
 def test_runtime_never_imports_torch(tiny_model_dir):
     script = (
         "import sys, numpy as np\n"
-        "from ctgen.model import load_model\n"
+        "from ctgen.runtime.model import load_model\n"
         f"model = load_model({str(tiny_model_dir)!r})\n"
         "mu, logvar = model.encode(np.zeros((3, 1, 64, 64), np.float32))\n"
         "model.decode(mu)\n"
@@ -513,7 +513,7 @@ def test_symbolic_links_out_of_the_folder_are_refused(tiny_model_copy, tmp_path)
 def test_graph_checks_cost_little_at_load():  # items 14-16: measured, not assumed
     import time
 
-    from ctgen.onnx_graph import inspect_graph
+    from ctgen.runtime.onnx_graph import inspect_graph
 
     started = time.perf_counter()
     for name in ("encoder.onnx", "decoder.onnx"):

@@ -1,4 +1,4 @@
-"""NIfTI volumes (ctgen.nifti) wherever a slice goes: reoriented to axial stacks by their affine, HU from the
+"""NIfTI volumes (ctgen.io.nifti) wherever a slice goes: reoriented to axial stacks by their affine, HU from the
 scale slope and intercept, slices named VOLUME#K; and multi-frame DICOM encoded frame by frame."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 nibabel = pytest.importorskip("nibabel")
 
 from conftest import invoke  # noqa: E402
-from ctgen.dicom import read_frames, read_series, read_slice, write_series  # noqa: E402
+from ctgen.io.dicom import read_frames, read_series, read_slice, write_series  # noqa: E402
 from ctgen.examples import example_path  # noqa: E402
-from ctgen.nifti import read_volume, volume_header  # noqa: E402
-from ctgen.scan import scan  # noqa: E402
+from ctgen.io.nifti import read_volume, volume_header  # noqa: E402
+from ctgen.io.scan import scan  # noqa: E402
 
 
 def _phantom_series(folder):
@@ -147,7 +147,7 @@ def test_encode_takes_every_frame_of_a_multi_frame_file(archive, model, workdir)
 from nifti_build import ct_volume, nifti_bytes, write_nifti  # noqa: E402
 
 from conftest import one_error_line  # noqa: E402
-from ctgen.dicom import set_max_pixels  # noqa: E402
+from ctgen.io.dicom import set_max_pixels  # noqa: E402
 from ctgen.errors import DicomError  # noqa: E402
 
 

@@ -21,10 +21,10 @@ nibabel = pytest.importorskip("nibabel")
 
 from nifti_build import ct_volume, nifti_bytes  # noqa: E402
 
-from ctgen.dicom import set_max_pixels  # noqa: E402
+from ctgen.io.dicom import set_max_pixels  # noqa: E402
 from ctgen.errors import DicomError  # noqa: E402
-from ctgen.nifti import read_volume  # noqa: E402
-from ctgen.scan import scan  # noqa: E402
+from ctgen.io.nifti import read_volume  # noqa: E402
+from ctgen.io.scan import scan  # noqa: E402
 
 MAX_SECONDS = 5.0  # per case: a hang or a gigabyte inflated shows up here
 _DIMS_1 = [-1, 0, 1, 2, 3, 7, 255, 4096, 32767]

@@ -43,9 +43,9 @@ def _identity(source: str) -> str:
 
 def test_training_evaluation_and_encode_take_the_same_slices_as_the_same_images(messy, tiny_model_dir, tmp_path):
     from ctgen.api import gather_files, load_generator
-    from ctgen.evaluate import evaluate_model
-    from ctgen.evaluate_data import read_study, study_slices
-    from ctgen.model import load_model
+    from ctgen.evaluation.evaluate import evaluate_model
+    from ctgen.evaluation.evaluate_data import read_study, study_slices
+    from ctgen.runtime.model import load_model
     from train.data import build_cache
 
     model = load_model(tiny_model_dir)

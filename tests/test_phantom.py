@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("nibabel")
 pytest.importorskip("scipy")
 
-from ctgen.dicom import read_series  # noqa: E402
+from ctgen.io.dicom import read_series  # noqa: E402
 from ctgen.errors import InputError, OutputError  # noqa: E402
 from train.phantom import (  # noqa: E402
     CSV_COLUMNS,

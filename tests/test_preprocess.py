@@ -1,4 +1,4 @@
-"""ctgen.preprocess: physical resampling, centring, windowing and the inverse, on synthetic slices."""
+"""ctgen.images.preprocess: physical resampling, centring, windowing and the inverse, on synthetic slices."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctgen.errors import InputError
-from ctgen.preprocess import AIR_HU, WINDOW_DEFAULT, Grid, batch_to_model, from_model, to_model, window_to_unit
+from ctgen.images.preprocess import AIR_HU, WINDOW_DEFAULT, Grid, batch_to_model, from_model, to_model, window_to_unit
 
 GRID_128 = Grid(size=128, spacing_mm=1.875)
 DISC_HU = 200.0  # inside the default window, well above the body threshold
@@ -190,7 +190,7 @@ def test_grid_card_round_trip_and_validation():
 
 def _dense_reference(hu, spacing_mm, grid, center):
     """to_model written the plain way: full (S, H) and (S, W) matrices, HU + 1000 resampled, then windowed."""
-    from ctgen.preprocess import _axis_band, _body_centroid
+    from ctgen.images.preprocess import _axis_band, _body_centroid
 
     def matrix(n_in, step, center_in):
         taps, band = _axis_band(n_in, step, grid.size, center_in)
@@ -219,7 +219,7 @@ def test_banded_resampling_equals_the_dense_matrices(shape, spacing_mm, size, ce
 
 # ----------------------------------------------------------------------------------------- the HU map
 def test_ct_map_round_trips_the_whole_ct_range():
-    from ctgen.preprocess import CT_MAP
+    from ctgen.images.preprocess import CT_MAP
 
     hu = np.linspace(-1024, 3072, 4097, dtype=np.float32)
     unit = CT_MAP.to_unit(hu)
@@ -231,7 +231,7 @@ def test_ct_map_round_trips_the_whole_ct_range():
 
 
 def test_window_cards_keep_their_plain_window():
-    from ctgen.preprocess import HUMap
+    from ctgen.images.preprocess import HUMap
 
     grid = Grid.from_card({"image_size": 64, "spacing_mm": 3.75, "window_hu": [-50, 250]})
     assert grid.hu_map == HUMap.window(-50, 250) and grid.to_card() == {"image_size": 64, "spacing_mm": 3.75,
@@ -242,7 +242,7 @@ def test_window_cards_keep_their_plain_window():
 
 
 def test_hu_map_cards_round_trip_and_bad_maps_are_refused():
-    from ctgen.preprocess import CT_MAP, HUMap
+    from ctgen.images.preprocess import CT_MAP, HUMap
 
     grid = Grid(size=64, spacing_mm=3.75, hu_map=CT_MAP)
     card = grid.to_card()
@@ -300,7 +300,7 @@ def test_huge_finite_values_give_no_numpy_warnings():
 
 
 def test_ct_map_outputs_keep_air_and_bone_for_head_masks():
-    from ctgen.preprocess import CT_MAP
+    from ctgen.images.preprocess import CT_MAP
 
     grid = Grid(size=64, spacing_mm=3.75, hu_map=CT_MAP)
     hu = np.full((256, 256), -1000.0, np.float32)

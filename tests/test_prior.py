@@ -1,4 +1,4 @@
-"""The fitted mixture prior (ctgen.prior): seeded, prefix-stable, drawn batch by batch in flat memory."""
+"""The fitted mixture prior (ctgen.runtime.prior): seeded, prefix-stable, drawn batch by batch in flat memory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctgen.errors import ArgumentError
-from ctgen.prior import MixturePrior
+from ctgen.runtime.prior import MixturePrior
 
 
 @pytest.fixture

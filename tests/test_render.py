@@ -1,4 +1,4 @@
-"""ctgen.render: window presets and maths, labelled grids, deterministic atomic PNG and GIF files."""
+"""ctgen.images.render: window presets and maths, labelled grids, deterministic atomic PNG and GIF files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ctgen.errors import InputError, OutputError
-from ctgen.render import (PICTURE_PX, WINDOWS, grid_image, hconcat, labelled_frames, parse_window, save_gif, save_png,
+from ctgen.images.render import (PICTURE_PX, WINDOWS, grid_image, hconcat, labelled_frames, parse_window, save_gif, save_png,
                           to_uint8)
 
 
@@ -160,7 +160,7 @@ def test_hconcat():
 
 # ------------------------------------------------------------------ issue 24 item 8: pictures a person can read
 def test_labels_are_at_least_14_px_tall():
-    from ctgen.render import _font, _text_size
+    from ctgen.images.render import _font, _text_size
 
     assert _text_size(_font(), "Ag|")[1] >= 14
 

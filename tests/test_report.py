@@ -1,8 +1,8 @@
-"""ctgen.report: the one-line readings of an evaluation report say no more than the figures carry."""
+"""ctgen.evaluation.report: the one-line readings of an evaluation report say no more than the figures carry."""
 
 from __future__ import annotations
 
-from ctgen.report import interpret
+from ctgen.evaluation.report import interpret
 
 
 def _report(**sections) -> dict:

@@ -1,4 +1,4 @@
-"""ctgen.scan and `ctgen scan`: every file of a PACS-like archive gets its reason code, patient keys that never
+"""ctgen.io.scan and `ctgen scan`: every file of a PACS-like archive gets its reason code, patient keys that never
 merge two people or reveal an ID, and the outputs (table, --json, --out)."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import invoke, one_error_line, run_ctgen
-from ctgen.dicom import patient_key, read_frames, write_series
+from ctgen.io.dicom import patient_key, read_frames, write_series
 from ctgen.errors import DicomError, InputError
-from ctgen.geometry import axial_tilt_deg
-from ctgen.scan import scan
-from ctgen.scan_entry import REASONS
+from ctgen.images.geometry import axial_tilt_deg
+from ctgen.io.scan import scan
+from ctgen.io.scan_entry import REASONS
 from dicom_build import (
     dataset_bytes, element, file_bytes, insert_before_pixels, nested_sequences, pixel_data_offset, set_element,
 )

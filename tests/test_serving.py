@@ -1,4 +1,4 @@
-"""ctgen.serving: the strict checkers of a client's JSON fields and query parameters, ``one_line``, and
+"""ctgen.explorer.serving: the strict checkers of a client's JSON fields and query parameters, ``one_line``, and
 ``GuardedHTTPServer`` with a minimal handler (the connection cap, one line for a handler's bug). The explorer's
 endpoints on top of these are tested in test_explore.py."""
 
@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from ctgen.serving import (
+from ctgen.explorer.serving import (
     BadRequest,
     Disconnected,
     GuardedHandler,

@@ -1,4 +1,4 @@
-"""ctgen.metrics.sharpness on known answers: identity, Gaussian blurs of known σ, flattened and halved contrast."""
+"""ctgen.evaluation.metrics.sharpness on known answers: identity, Gaussian blurs of known σ, flattened and halved contrast."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctgen.errors import InputError
-from ctgen.metrics.sharpness import (
+from ctgen.evaluation.metrics.sharpness import (
     BANDS,
     anatomy_kept,
     band_power_ratios,
@@ -108,7 +108,7 @@ def test_report_and_bad_shapes():
 
 
 def test_period_two_peaks_find_a_checkerboard_and_nothing_in_noise():
-    from ctgen.metrics.sharpness import period_two_peaks
+    from ctgen.evaluation.metrics.sharpness import period_two_peaks
 
     images = noise_images(96, 64)  # the Nyquist coefficients are real: few degrees of freedom per image
     clean = period_two_peaks(images)

@@ -1,4 +1,4 @@
-"""ctgen.sources: how slices are named (``FILE#K``), which slices a path holds and reading them: single-frame
+"""ctgen.io.sources: how slices are named (``FILE#K``), which slices a path holds and reading them: single-frame
 DICOM files, enhanced multi-frame files and NIfTI volumes, the middle slice when none is named."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import _enhanced_ct, head_hu, not_dicom, write_heads
 from ctgen.errors import ArgumentError, DicomError
-from ctgen.sources import (OneSlice, gather_files, one_slice, read_slices, read_source, selected_sources, slice_count,
+from ctgen.io.sources import (OneSlice, gather_files, one_slice, read_slices, read_source, selected_sources, slice_count,
                            slice_sources, split_source)
 from nifti_build import write_nifti
 
@@ -118,7 +118,7 @@ def test_read_slices_of_a_file_that_is_not_a_slice(archive):
 
 
 def test_selected_sources_names_every_slice_of_the_usable_files(archive):
-    from ctgen.scan import scan
+    from ctgen.io.scan import scan
 
     selected = selected_sources(scan([archive["root"]]).entries)
     resolved = {key: str(path.resolve()) for key, path in archive.items()}

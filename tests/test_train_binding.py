@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
-from ctgen.card import read_card  # noqa: E402
+from ctgen.runtime.card import read_card  # noqa: E402
 from ctgen.errors import InputError  # noqa: E402
-from ctgen.preprocess import CT_MAP, Grid, HUMap  # noqa: E402
+from ctgen.images.preprocess import CT_MAP, Grid, HUMap  # noqa: E402
 from tests.test_train_loop import (  # noqa: E402
     deterministic,
     metrics,

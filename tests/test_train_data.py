@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from ctgen.dicom import patient_key, read_slice, write_series  # noqa: E402
+from ctgen.io.dicom import patient_key, read_slice, write_series  # noqa: E402
 from ctgen.errors import InputError  # noqa: E402
-from ctgen.preprocess import Grid, to_model  # noqa: E402
+from ctgen.images.preprocess import Grid, to_model  # noqa: E402
 from train import data  # noqa: E402
 
 

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
 from ctgen.errors import InputError, ModelError, OutputError  # noqa: E402
-from ctgen.preprocess import CT_MAP, Grid  # noqa: E402
+from ctgen.images.preprocess import CT_MAP, Grid  # noqa: E402
 from tests.test_train_data import write_synthetic_study  # noqa: E402
 from train.checkpoint import load_checkpoint_verified  # noqa: E402
 from train.model import BetaVAE  # noqa: E402
@@ -115,7 +115,7 @@ def test_run_folder_and_checkpoint(study, cache_root, tmp_path):
 def test_brain_filter_drops_slices(study, cache_root, tmp_path):
     full = train(tiny(study, cache_root, tmp_path / "all", epochs=1))
     from train.data import build_cache
-    from ctgen.preprocess import Grid
+    from ctgen.images.preprocess import Grid
 
     fractions = build_cache([study], cache_root, Grid(size=64, spacing_mm=3.75)).brain_fractions
     threshold = float(sorted(fractions)[len(fractions) // 2])

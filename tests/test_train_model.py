@@ -118,8 +118,8 @@ def test_encode_and_decode_export_to_onnx():
 
 # ------------------------------------------------------------------ decoder upsampling (issue 26 item 2)
 def period_two_peaks(model: BetaVAE, count: int = 64) -> dict[str, float]:
-    """ctgen.metrics.sharpness.period_two_peaks of the decoder's logits for ``count`` prior draws (eval mode)."""
-    from ctgen.metrics.sharpness import period_two_peaks as peaks
+    """ctgen.evaluation.metrics.sharpness.period_two_peaks of the decoder's logits for ``count`` prior draws (eval mode)."""
+    from ctgen.evaluation.metrics.sharpness import period_two_peaks as peaks
 
     with torch.no_grad():
         z = torch.randn(count, model.config.latent_size, generator=torch.Generator().manual_seed(0))

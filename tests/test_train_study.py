@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
 from studies.study import grid_points, run_study  # noqa: E402
-from ctgen.charts import line_chart  # noqa: E402
+from ctgen.images.charts import line_chart  # noqa: E402
 from studies.report import claims  # noqa: E402
 
 SETTINGS = {"latents": [10, 20, 50, 100, 500], "betas": [1.0, 20.0, 50.0, 200.0], "at_beta": 1.0, "at_latent": 50}

@@ -74,7 +74,7 @@ def test_dicom_on_a_disk_full_from_the_start_is_one_line(full_disk, tmp_path):
 
 # ---------------------------------------------------------------------------------------- races
 def test_a_file_that_appears_during_a_run_is_never_overwritten(model, workdir, monkeypatch):
-    import ctgen.writers as writers_module
+    import ctgen.io.writers as writers_module
 
     (workdir / "out").mkdir()
     (workdir / "out" / "sample_00003.png").write_bytes(b"not ours")
@@ -158,7 +158,7 @@ def test_kills_and_full_disks_20_times(model, tmp_path, full_disk):
 
 
 def test_npy_stack_is_streamed_in_order(tmp_path):
-    from ctgen.writers import NpyStack
+    from ctgen.io.writers import NpyStack
 
     path = tmp_path / "s.npy"
     with NpyStack(path, (5, 4, 4), force=False) as stack:
@@ -212,7 +212,7 @@ def test_a_failed_forced_run_puts_the_old_file_back(model, workdir):
 
 
 def test_a_later_file_that_fails_takes_back_the_earlier_ones(model, workdir, monkeypatch):
-    import ctgen.writers as writers_module
+    import ctgen.io.writers as writers_module
 
     (workdir / "grid.png").write_bytes(b"not ours")  # the grid is saved last, after the per-file images
     monkeypatch.setattr(writers_module, "check_targets", lambda paths, force: None)  # as if it appeared after the check

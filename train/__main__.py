@@ -24,7 +24,7 @@ def command_line(module: str, argv: list[str] | None = None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) -> None:
     """The ``python -m train`` options; ``grid_types`` makes --latent/--beta comma lists (for sweeps)."""
-    from ctgen.scan import SPLIT_BY
+    from ctgen.io.scan import SPLIT_BY
     from train.losses import RECON_LOSSES
     from train.model import UPSAMPLE
     from train.objectives import OBJECTIVES
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--image-size", type=int, default=default.image_size, help="model image size S (multiple of 32)")
     add("--spacing-mm", type=float, default=None, help=f"model pixel spacing (default {FIELD_OF_VIEW_MM:g} mm / S)")
     add("--hu-map", choices=("ct", "window"), default=default.hu_map,
-        help="HU -> model units: 'ct' (default) keeps -1024..3072 HU (ctgen.preprocess.CT_MAP); 'window' clips to -50..250")
+        help="HU -> model units: 'ct' (default) keeps -1024..3072 HU (ctgen.images.preprocess.CT_MAP); 'window' clips to -50..250")
     if grid_types:
         add("--latent", default=str(default.latent), help="latent sizes, comma separated")
         add("--beta", default=str(default.beta), help="betas, comma separated")

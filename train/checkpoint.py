@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from ctgen.atomic import atomic_file
-from ctgen.card import sha256_file
+from ctgen.io.atomic import atomic_file
+from ctgen.runtime.card import sha256_file
 from ctgen.errors import ModelError, OutputError
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 FORMAT = "ctgen-train-checkpoint"
 LAST, BEST, METRICS = "checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl"
 DIGEST_SUFFIX = ".sha256.json"
-# temporary files of ctgen.atomic (".name.PID.HEX.tmp") and of earlier versions of the loop (".name.tmp-PID")
+# temporary files of ctgen.io.atomic (".name.PID.HEX.tmp") and of earlier versions of the loop (".name.tmp-PID")
 STALE = re.compile(r"^\..+(\.tmp|\.tmp-\d+)$")
 
 

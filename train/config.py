@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ctgen.errors import InputError
-from ctgen.preprocess import CT_MAP, WINDOW_DEFAULT, Grid, HUMap
+from ctgen.images.preprocess import CT_MAP, WINDOW_DEFAULT, Grid, HUMap
 from train.data import BRAIN_FRACTION_MIN
 from train.model import VAEConfig
 
@@ -24,7 +24,7 @@ class TrainConfig:
     cache: str = "cache"
     image_size: int = 128
     spacing_mm: float | None = None  # None: FIELD_OF_VIEW_MM / image_size
-    hu_map: str = "ct"  # "ct": ctgen.preprocess.CT_MAP, the whole CT range; "window": HU -50..250 clipped (version-1)
+    hu_map: str = "ct"  # "ct": ctgen.images.preprocess.CT_MAP, the whole CT range; "window": HU -50..250 clipped (version-1)
     latent: int = 50
     width: int = 32
     upsample: str = "transposed"  # decoder stages: transposed | resize | subpixel (train.model)
@@ -59,7 +59,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     val_fraction: float = 0.2
-    split_by: str = "auto"  # how slices group into patients for the split: ctgen.scan.SPLIT_BY (kept on --resume)
+    split_by: str = "auto"  # how slices group into patients for the split: ctgen.io.scan.SPLIT_BY (kept on --resume)
     filter_brain: bool = False
     brain_threshold: float = BRAIN_FRACTION_MIN
     workers: int = 2

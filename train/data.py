@@ -1,8 +1,8 @@
-"""Training data: an archive -> its selection (``ctgen.scan``) -> a preprocessed slice cache on disk, and the
+"""Training data: an archive -> its selection (``ctgen.io.scan``) -> a preprocessed slice cache on disk, and the
 patient-level split.
 
-The cache is built once with the runtime's own code (``ctgen.scan`` selects the usable axial CT slices,
-``ctgen.sources.read_slices`` reads them as ``ctgen encode`` and ``ctgen evaluate`` do, ``ctgen.preprocess.to_model``
+The cache is built once with the runtime's own code (``ctgen.io.scan`` selects the usable axial CT slices,
+``ctgen.io.sources.read_slices`` reads them as ``ctgen encode`` and ``ctgen evaluate`` do, ``ctgen.images.preprocess.to_model``
 resamples and windows) and reused until its inputs change. Layout of ``<cache_root>/<key[:16]>/``:
 
     images.f16       raw float16 (N, S, S), C order, values in [0, 1] (the model's window)
@@ -25,7 +25,7 @@ grid's spacing: the very pixels the model sees, and the grid at which decoder ou
 unit's control is checked. Series factors (level, head_*_max_*) group the cached slices by series. With the
 "window" map (HU clipped to -50..250) air and bone are lost, so nothing is measured.
 
-Brain-slice rule (``brain_fraction``, used by ``--filter-brain``; ``ctgen.geometry.brain_fraction``): the
+Brain-slice rule (``brain_fraction``, used by ``--filter-brain``; ``ctgen.images.geometry.brain_fraction``): the
 fraction of the head (HU > -500) that is brain-range tissue (0..80 HU) enclosed by bone (HU >= 300 with its
 holes filled). Slices below the skull base (open bone ring, soft tissue of face and neck) and above the
 vertex score near 0; mid-brain slices score well above the default threshold BRAIN_FRACTION_MIN.
@@ -49,10 +49,10 @@ import numpy as np
 
 from ctgen.errors import InputError, OutputError
 from ctgen.factors import FACTORS
-from ctgen.geometry import BODY_THRESHOLD_HU, BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
-from ctgen.geometry import brain_fraction  # the runtime's rule, so that training and ctgen agree
-from ctgen.preprocess import Grid
-from ctgen.scan import SPLIT_BY
+from ctgen.images.geometry import BODY_THRESHOLD_HU, BRAIN_FRACTION_MIN, BRAIN_HU, BONE_HU_MIN
+from ctgen.images.geometry import brain_fraction  # the runtime's rule, so that training and ctgen agree
+from ctgen.images.preprocess import Grid
+from ctgen.io.scan import SPLIT_BY
 
 __all__ = [
     "CACHE_VERSION",
@@ -87,28 +87,29 @@ def _check_split_by(mode: str) -> str:
 
 
 def _preprocess_fingerprint() -> str:
-    import ctgen.dicom
     import ctgen.factors
-    import ctgen.geometry
-    import ctgen.nifti
-    import ctgen.preprocess
-    import ctgen.scan
-    import ctgen.sources
+    import ctgen.images.geometry
+    import ctgen.images.preprocess
+    import ctgen.io.dicom
+    import ctgen.io.nifti
+    import ctgen.io.scan
+    import ctgen.io.scan_entry
+    import ctgen.io.sources
 
     digest = hashlib.sha256()
-    files = sorted(Path(ctgen.dicom.__file__).parent.glob("*.py"))
+    files = sorted(Path(ctgen.io.dicom.__file__).parent.glob("*.py"))
     files += sorted(Path(ctgen.factors.__file__).parent.glob("*.py"))
-    files += [Path(module.__file__) for module in (ctgen.preprocess, ctgen.geometry, ctgen.scan, ctgen.nifti,
-                                                   ctgen.sources)]
+    files += [Path(module.__file__) for module in (ctgen.images.preprocess, ctgen.images.geometry, ctgen.io.scan,
+                                                   ctgen.io.scan_entry, ctgen.io.nifti, ctgen.io.sources)]
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def list_inputs(sources: Sequence[str | os.PathLike]) -> list[Path]:
-    """Every file under the source folders/files (recursive, any names; ``ctgen.scan.list_files``), as sorted
+    """Every file under the source folders/files (recursive, any names; ``ctgen.io.scan.list_files``), as sorted
     absolute paths. Raises InputError for a missing source or when there is no file at all."""
-    from ctgen.scan import list_files
+    from ctgen.io.scan import list_files
 
     files = list_files(sources)
     if not files:
@@ -186,8 +187,8 @@ def _read_one(job: tuple[str, dict[str, str], Grid]) -> tuple[str, list[dict[str
     """Pool worker: one selected file (every frame / axial slice) -> (path, records, float16 image bytes, error
     or None). ``keys``: its patient keys (patient, patient_id_key) and study, from the selection."""
     from ctgen.errors import CtgenError
-    from ctgen.preprocess import to_model
-    from ctgen.sources import read_slices
+    from ctgen.images.preprocess import to_model
+    from ctgen.io.sources import read_slices
 
     path, keys, grid = job
     try:
@@ -241,14 +242,14 @@ def build_cache(
 ) -> SliceCache:
     """Open the cache for these inputs and grid, building it first when it is missing or stale.
 
-    Only the files that ``ctgen.scan`` finds usable are read: no localizers, reformats, duplicates, secondary
+    Only the files that ``ctgen.io.scan`` finds usable are read: no localizers, reformats, duplicates, secondary
     captures or other skipped files (the selection lands in info.json and inventory.jsonl).
     ``progress(done, total)`` is called after each file while selecting and again while building. ``split_by``
     (one of SPLIT_BY) sets how ``SliceCache.patients`` groups slices; the cache
     holds the keys of every mode. Raises InputError when the sources hold no usable slice, OutputError when
     the cache root cannot be written.
     """
-    from ctgen.scan import scan, split_keys
+    from ctgen.io.scan import scan, split_keys
 
     files = list_inputs(sources)
     key = cache_key(files, grid)
@@ -349,7 +350,7 @@ class _GridSlice(NamedTuple):
 def _measure_series(job: tuple[str, int, list[int], list[dict[str, Any]], Grid]) -> tuple[list[int], np.ndarray]:
     """Pool worker: the measured factors (float32 (n, F), FACTOR_NAMES' order) of one series' cached slices."""
     from ctgen.factors import measure_series
-    from ctgen.preprocess import from_model
+    from ctgen.images.preprocess import from_model
 
     folder, count, indices, records, grid = job
     images = np.memmap(Path(folder) / "images.f16", dtype=np.float16, mode="r", shape=(count, grid.size, grid.size))
@@ -385,7 +386,7 @@ def measure_cache(folder: Path, records: Sequence[dict[str, Any]], grid: Grid, *
 
 def describe_selection(cache: SliceCache) -> list[str]:
     """What the cache was selected from, as lines for people: files and images used, files skipped by reason
-    (``ctgen.scan`` codes), files that failed to read, and the warnings about patient keys under the cache's
+    (``ctgen.io.scan`` codes), files that failed to read, and the warnings about patient keys under the cache's
     ``split_by``."""
     info = cache.info
     selection = info.get("selection") or {}

@@ -7,7 +7,7 @@ Architecture (the seed study's, sizes configurable)
     decoder, 7 convolutions: Linear -> LeakyReLU -> (8w, S/32, S/32); 5 upsampling stages ×2 with
         BatchNorm + LeakyReLU back up to S; a conv 3x3 with BatchNorm + LeakyReLU and a final conv 3x3 to
         one channel (``to_image``, float32 even under autocast); sigmoid, so images are in [0, 1] (the
-        model units of ctgen.preprocess). ``upsample`` picks the stage (C_in -> C_out channels):
+        model units of ctgen.images.preprocess). ``upsample`` picks the stage (C_in -> C_out channels):
             transposed  ConvTranspose2d(4, stride 2, padding 1), 16·C_in·C_out weights (the default; version
                         1 and 2 models). Its kernel overlaps unevenly, a known source of period-2 checkerboards
                         (Odena et al. 2016).

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctgen.atomic import atomic_file
+from ctgen.io.atomic import atomic_file
 from ctgen.errors import CtgenError, InputError, ModelError, OutputError
-from ctgen.preprocess import WINDOW_DEFAULT, Grid
-from ctgen.scan import SPLIT_BY
+from ctgen.images.preprocess import WINDOW_DEFAULT, Grid
+from ctgen.io.scan import SPLIT_BY
 from train import ddp
 from train.checkpoint import LAST, METRICS, load_checkpoint_verified, lock_run, remove_stale_files, repair_run
 from train.config import RESUMABLE, TrainConfig
@@ -36,9 +36,9 @@ def write_text(path: Path, text: str) -> None:
 def _save_grid_png(
     images: np.ndarray, path: Path, grid: Grid, rows: int, cols: int, row_labels: list[str] | None = None
 ) -> None:
-    """float (rows·cols, S, S) in [0, 1] -> PNG at the brain window (ctgen.render)."""
-    from ctgen.preprocess import from_model
-    from ctgen.render import grid_image, save_png
+    """float (rows·cols, S, S) in [0, 1] -> PNG at the brain window (ctgen.images.render)."""
+    from ctgen.images.preprocess import from_model
+    from ctgen.images.render import grid_image, save_png
 
     lo, hi = WINDOW_DEFAULT  # the brain range, whatever the HU map: pictures stay comparable across runs
     picture = grid_image(

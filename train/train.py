@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ctgen.errors import CtgenError, InputError, ModelError
-from ctgen.preprocess import HUMap
+from ctgen.images.preprocess import HUMap
 from train import ddp
 from train.checkpoint import FORMAT, LAST, METRICS, write_epoch
 from train.config import FIELD_OF_VIEW_MM, TrainConfig

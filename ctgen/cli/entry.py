@@ -54,7 +54,7 @@ def _keep_freed_memory() -> bool:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    from ctgen.atomic import note_interrupt
+    from ctgen.io.atomic import note_interrupt
 
     note_interrupt()  # a KeyboardInterrupt lost in C code is raised again at the next file written
     raise KeyboardInterrupt

@@ -185,7 +185,7 @@ def run(call: Call) -> int:
     debug = debug_requested(call.debug)
     try:
         if call.max_pixels is not None:
-            from ctgen.dicom import set_max_pixels
+            from ctgen.io.dicom import set_max_pixels
 
             set_max_pixels(call.max_pixels)
         getattr(importlib.import_module(f"ctgen.cli.commands.{call.command}"), call.command)(**call.arguments)

@@ -1,9 +1,9 @@
 """What the commands share: one ``Run`` per command (stderr notes, warnings and progress, --skip-bad
-reporting, the --json summary) and stdout (``write_stdout``); the output targets are ``ctgen.writers``'
+reporting, the --json summary) and stdout (``write_stdout``); the output targets are ``ctgen.io.writers``'
 (``resolve_out``, ``check_targets``).
 
-Every command checks *all* its targets before it computes anything, and the writers (``ctgen.writers``,
-``ctgen.atomic``) commit each file exclusively, so a failed run leaves no half-written output. A ``Run`` holds
+Every command checks *all* its targets before it computes anything, and the writers (``ctgen.io.writers``,
+``ctgen.io.atomic``) commit each file exclusively, so a failed run leaves no half-written output. A ``Run`` holds
 the transaction of every output its command commits: it is kept only when the command returns and stdout
 has been flushed; whatever fails (a later file, stdout, an exception anywhere, Ctrl-C) takes them all back.
 """
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ctgen.atomic import Claims
+from ctgen.io.atomic import Claims
 from ctgen.errors import CtgenError, OutputError
 
 __all__ = ["Run", "drop_stdout", "rich_console", "write_stdout"]
@@ -36,7 +36,7 @@ class Run:
         self._console = None
         self.summary: dict[str, Any] = {"command": command, "outputs": []}
         self.failures: list[str] = []
-        self.outputs = Claims()  # every output this run commits (ctgen.atomic records them while it is open)
+        self.outputs = Claims()  # every output this run commits (ctgen.io.atomic records them while it is open)
         self._finished = False
         self._warnings: contextlib.AbstractContextManager | None = None
 
@@ -113,7 +113,7 @@ class Run:
     def load_generator(self, name_or_path: str | None, device: str):
         """Load the model as a ``ctgen.api.Generator`` and put it, with the provider really used, in the summary."""
         from ctgen.api import Generator
-        from ctgen.model import load_model
+        from ctgen.runtime.model import load_model
 
         model = load_model(name_or_path, device=device)
         self.summary["model"] = {"name": model.card.name, "path": str(model.path), "provider": model.provider,
@@ -155,7 +155,7 @@ class Run:
             raise SystemExit(1)
 
     def wrote(self, records: list[dict[str, Any]], what: str, *, note: bool = True) -> None:
-        """Record ``ctgen.writers`` output records in the summary and say on stderr what was written where."""
+        """Record ``ctgen.io.writers`` output records in the summary and say on stderr what was written where."""
         for record in records:
             self.summary["outputs"].append(record)
             if note:
@@ -164,7 +164,7 @@ class Run:
                 self.note(f"wrote {count} {noun} to {record['path']}")
 
     def write_files(self, files: Any, images: Any) -> None:
-        """Write every image of a ``ctgen.writers.PerFile`` (--per-file) at once and record them."""
+        """Write every image of a ``ctgen.io.writers.PerFile`` (--per-file) at once and record them."""
         with files:
             files.write(0, images)
         self.wrote([{"kind": f"per_file_{files.format}", "path": str(files.folder), "count": len(images),

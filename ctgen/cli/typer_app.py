@@ -124,7 +124,7 @@ def _signed(function: Any, options: tuple[Option, ...], *first: inspect.Paramete
 def _root(ctx: typer.Context, **given: Any) -> None:
     ctx.meta[_DEBUG_KEY] = given["debug"]
     if given["max_pixels"] is not None:
-        from ctgen.dicom import set_max_pixels
+        from ctgen.io.dicom import set_max_pixels
 
         set_max_pixels(given["max_pixels"])
     shared = {name: given[name] for name in ROOT_SHARED if given[name] is not None and given[name] is not False}

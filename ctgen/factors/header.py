@@ -10,7 +10,7 @@ SEX_CODES = {"M": 0.0, "F": 1.0}  # PatientSex; "O" and absent give NaN
 
 
 def from_header(header) -> dict[str, float | str]:
-    """The header factors of one ``ctgen.dicom.header.Header``: floats (NaN where the header lacks the value)
+    """The header factors of one ``ctgen.io.dicom.header.Header``: floats (NaN where the header lacks the value)
     ``age_years``, ``sex`` (0 male, 1 female), ``contrast`` (1 when ContrastBolusAgent names an agent, else 0),
     ``kvp``, ``slice_thickness_mm``; and ``kernel``, the ConvolutionKernel text ("" when absent)."""
 

@@ -1,11 +1,11 @@
 """Factors measured on one HU slice: the head's pose and size, the skull, CSF, contrast and noise. numpy only.
 
-The head is ``ctgen.geometry.head_mask`` (table and head holder left out), the cranial cavity
-``ctgen.geometry.intracranial_mask``. Pose and size are the head mask's second moments in mm: the axes of the
+The head is ``ctgen.images.geometry.head_mask`` (table and head holder left out), the cranial cavity
+``ctgen.images.geometry.intracranial_mask``. Pose and size are the head mask's second moments in mm: the axes of the
 ellipse with the same moments (for a filled ellipse, exactly its axes). The skull is measured along rays from the
 cavity's centre, between the half-maximum edges of the first bone run past the cavity; the tissue inside the
 skull is measured on the cavity shrunk by ``INNER_MARGIN_MM`` (clear of the inner table's blur), lightly smoothed
-against noise. Skull and tissue are measured only where the bone encloses brain (``ctgen.geometry.brain_fraction``).
+against noise. Skull and tissue are measured only where the bone encloses brain (``ctgen.images.geometry.brain_fraction``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ctgen.geometry import BONE_HU_MIN, BRAIN_FRACTION_MIN, brain_fraction, head_mask, intracranial_mask
+from ctgen.images.geometry import BONE_HU_MIN, BRAIN_FRACTION_MIN, brain_fraction, head_mask, intracranial_mask
 
 __all__ = ["CSF_HU", "ENHANCING_HU", "measure_slice", "principal_axes"]
 
@@ -79,7 +79,7 @@ def measure_slice(hu: np.ndarray, spacing_mm: tuple[float, float] | None = None)
     """Every image factor of an HU slice float (H, W) with pixel spacing (row, column) in mm: a dict of floats
     in FACTORS' order of the image factors. A factor that cannot be measured is NaN: pose and size without a
     head, mm and mm² without ``spacing_mm``, skull and tissue factors without brain enclosed by bone
-    (``ctgen.geometry.brain_fraction`` under BRAIN_FRACTION_MIN: below the skull base, above the vertex, a neck),
+    (``ctgen.images.geometry.brain_fraction`` under BRAIN_FRACTION_MIN: below the skull base, above the vertex, a neck),
     rotation for a round head."""
     hu = np.asarray(hu, dtype=np.float32)
     spacing = spacing_mm if spacing_mm is not None else (1.0, 1.0)

@@ -1,7 +1,7 @@
 """Factors of a series: each slice's level between the skull base and the vertex, and the head's size.
 
 A slice's level is judged from the series' own head extent along the head-foot axis: 0 at the lowest slice that
-holds brain (``ctgen.geometry.brain_fraction``), 1 at the highest slice that holds head. Where the series starts
+holds brain (``ctgen.images.geometry.brain_fraction``), 1 at the highest slice that holds head. Where the series starts
 inside the brain or stops short of the vertex the scale is the covered part, and a warning says so. The head's
 size is the largest cross-section among the slices that hold brain (cephalometry's maximum length and breadth).
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ctgen.factors.image import measure_slice
-from ctgen.geometry import BRAIN_FRACTION_MIN, brain_fraction
+from ctgen.images.geometry import BRAIN_FRACTION_MIN, brain_fraction
 
 __all__ = ["SERIES_SLICES_MIN", "VERTEX_AREA_MAX", "measure_series", "measure_slices", "slice_levels"]
 
@@ -53,7 +53,7 @@ def slice_levels(height_mm: np.ndarray, head_area_mm2: np.ndarray,
 
 
 def measure_series(slices: Sequence) -> tuple[list[dict[str, float]], list[str]]:
-    """Every factor of every slice of one series (``ctgen.dicom.Slice`` objects, any order): a dict per slice,
+    """Every factor of every slice of one series (``ctgen.io.dicom.Slice`` objects, any order): a dict per slice,
     in the given order, with the image factors of ``measure_slice``, ``level`` (see ``slice_levels``), the
     series' largest head cross-section ``head_area_max_mm2``, ``head_width_max_mm``, ``head_length_max_mm``
     (over the slices with brain; NaN without) and ``slice_thickness_mm`` from the header (NaN when absent);
@@ -76,7 +76,7 @@ def measure_series(slices: Sequence) -> tuple[list[dict[str, float]], list[str]]
 
 
 def measure_slices(slices: Sequence) -> tuple[list[dict[str, float]], dict[str, list[str]]]:
-    """``measure_series`` over slices of any number of series (``ctgen.dicom.Slice`` objects, grouped by
+    """``measure_series`` over slices of any number of series (``ctgen.io.dicom.Slice`` objects, grouped by
     ``series_uid``; a slice without one is a series of its own): a dict per slice in the given order, and the
     warnings of each series that has any, by series UID."""
     groups: dict[str, list[int]] = {}

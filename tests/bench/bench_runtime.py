@@ -36,7 +36,7 @@ def build_random_model(work: Path) -> tuple[Path, Path]:
     """A random BetaVAE of the default config, checkpointed like train.train and exported like export."""
     import torch
 
-    from ctgen.preprocess import Grid
+    from ctgen.images.preprocess import Grid
     from export import export_model
     from train.model import BetaVAE, VAEConfig
 
@@ -92,7 +92,7 @@ def throughput(model_dir: Path, checkpoint: Path | None, rounds: int = 7) -> dic
 
     import torch
 
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     onnx_vae = load_model(model_dir, device="cpu")
     torch_vae = load_torch_vae(checkpoint, model_dir)
@@ -189,7 +189,7 @@ def phantom_slices(work: Path, count: int) -> Path:
                        contact_sheet=False)
         print(f"  wrote phantom slices in {time.perf_counter() - start:.0f} s")
     except ImportError:
-        from ctgen.dicom import write_series
+        from ctgen.io.dicom import write_series
 
         yy, xx = np.mgrid[:512, :512]
         for start in range(0, count, per_patient):
@@ -204,9 +204,9 @@ def phantom_slices(work: Path, count: int) -> Path:
 
 
 def encode_gap(model_dir: Path, work: Path, count: int) -> dict:
-    from ctgen.dicom import iter_dicom_files, read_slice
-    from ctgen.model import load_model
-    from ctgen.preprocess import to_model
+    from ctgen.io.dicom import iter_dicom_files, read_slice
+    from ctgen.runtime.model import load_model
+    from ctgen.images.preprocess import to_model
 
     folder = phantom_slices(work, count)
     files = sorted(iter_dicom_files(folder), key=str)[:count]

@@ -3,7 +3,7 @@
     python tests/bench/bench_scan.py [--files 4000] [--work DIR]
 
 Scanning: an archive of real-scanner headers (pydicom's CT_small.dcm, a GE file with private tags, copied
-with new SOP instance UIDs) and ctgen-written slices, half each, plus a few files that are skipped; `ctgen.scan`
+with new SOP instance UIDs) and ctgen-written slices, half each, plus a few files that are skipped; `ctgen.io.scan`
 decides every file from its header on one core (CPU time of this single process) against the target of
 issue 13 (>= 1,500 files/s), beside pydicom's dcmread(stop_before_pixels=True) alone.
 
@@ -35,7 +35,7 @@ def build_archive(root: Path, count: int) -> int:
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
-    from ctgen.dicom import write_series
+    from ctgen.io.dicom import write_series
 
     done = root.with_name(root.name + ".done")
     if done.is_file():
@@ -59,7 +59,7 @@ def build_archive(root: Path, count: int) -> int:
 def bench_scan(root: Path) -> None:
     import pydicom
 
-    from ctgen.scan import list_files, scan
+    from ctgen.io.scan import list_files, scan
 
     files = list_files([root])
     scan([root], files=files[:50])  # imports and caches warm
@@ -89,9 +89,9 @@ def bench_scan(root: Path) -> None:
 def bench_geometry() -> None:
     from pydicom.data import get_testdata_file
 
-    from ctgen.dicom import read_slice
-    from ctgen.geometry import brain_fraction, head_centroid, slice_warnings
-    from ctgen.preprocess import Grid, to_model
+    from ctgen.io.dicom import read_slice
+    from ctgen.images.geometry import brain_fraction, head_centroid, slice_warnings
+    from ctgen.images.preprocess import Grid, to_model
 
     slices = [read_slice(get_testdata_file(name)) for name in ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")]
     grid = Grid(size=128, spacing_mm=1.875)
@@ -108,7 +108,7 @@ def bench_geometry() -> None:
             function(slices[index % len(slices)])
         return (time.process_time() - started) / repeats
 
-    import ctgen.preprocess as preprocess
+    import ctgen.images.preprocess as preprocess
 
     head_centring = preprocess._body_centroid
     for _ in range(2):

@@ -6,7 +6,7 @@ objective's throughput as a ratio to betavae's.
         [--objectives betavae,tcvae,factorvae,pairs] [--no-reference]
 
 The reference loop is how the peer repositories load data: a torch Dataset that reads and preprocesses
-one DICOM file per item (ctgen.dicom.read_slice + ctgen.preprocess.to_model, so the pixels are the same
+one DICOM file per item (ctgen.io.dicom.read_slice + ctgen.images.preprocess.to_model, so the pixels are the same
 as ours), a DataLoader with shuffling, 2 workers, re-created every epoch. Both loops train the same model
 with the same optimizer, loss, batch size and number of steps; images/s counts epochs 2.. (epoch 1 warms
 up). Ours also pays a one-time cache build, reported separately and in the end-to-end figure.
@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from ctgen.dicom import iter_dicom_files, read_slice  # noqa: E402
-from ctgen.preprocess import to_model  # noqa: E402
+from ctgen.io.dicom import iter_dicom_files, read_slice  # noqa: E402
+from ctgen.images.preprocess import to_model  # noqa: E402
 from train.data import single_threaded_blas  # noqa: E402
 from train.model import BetaVAE, vae_loss  # noqa: E402
 from train.train import TrainConfig, train  # noqa: E402

@@ -1,7 +1,7 @@
 """ONNX Runtime on CUDA against the CPU for one exported model: ``ort_check.py MODEL_DIR RESULT.json [options]``.
 
 Runs in its own process so that onnxruntime-gpu, staged in a folder of its own, comes first on PYTHONPATH
-here and nowhere else. Through ``ctgen.model.load_model`` (the runtime's own sessions, CUDA probe and IO
+here and nowhere else. Through ``ctgen.runtime.model.load_model`` (the runtime's own sessions, CUDA probe and IO
 binding), it decodes prior samples and encodes them back with the fp32 graphs on CUDA, the fp16 graphs
 on CUDA and the fp32 graphs on the CPU, reports the largest differences from the CPU and the images/s of
 each, and writes a 4x4 grid of samples as a PNG. With ``--device cpu`` (the dry run) a second CPU model
@@ -36,7 +36,7 @@ def _timed(function, repeats: int) -> tuple[float, object]:
 
 def _session_facts(model) -> dict:
     facts = {"provider": model.provider}
-    for graph, session in sorted(getattr(model, "_sessions", {}).items()):  # what ctgen.model really built
+    for graph, session in sorted(getattr(model, "_sessions", {}).items()):  # what ctgen.runtime.model really built
         facts[graph] = {"file": Path(session.path).name, "provider": session.provider,
                         "io_binding": bool(getattr(session, "use_io_binding", False))}  # fmt: skip
     return facts
@@ -45,7 +45,7 @@ def _session_facts(model) -> dict:
 def _load_cuda(model_dir: Path, precision: str) -> tuple[object, str]:
     """load_model(device="cuda"); if the CUDA libraries are not found, again after torch has loaded its own."""
     from ctgen.errors import ModelError
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     try:
         return load_model(model_dir, device="cuda", precision=precision), "onnxruntime preload_dlls"
@@ -103,7 +103,7 @@ def main() -> int:
     try:
         import onnxruntime
 
-        from ctgen.model import load_model
+        from ctgen.runtime.model import load_model
 
         result["onnxruntime"] = {"version": onnxruntime.__version__, "file": onnxruntime.__file__,
                                  "providers": onnxruntime.get_available_providers()}  # fmt: skip

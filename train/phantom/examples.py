@@ -27,7 +27,7 @@ def render_examples(out: Path) -> list[Path]:
     import pydicom
     from pydicom.uid import JPEG2000Lossless, generate_uid
 
-    from ctgen.dicom import write_slice
+    from ctgen.io.dicom import write_slice
     from ctgen.examples import EXAMPLES
     from train.phantom.render import MATRIX, PIXEL_MM, render_slice, sample_patient
 

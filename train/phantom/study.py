@@ -163,7 +163,7 @@ STUDY_DATE = datetime(2000, 1, 1, 12, 0, 0)
 
 
 def _render_and_write(index, seed_sequence, slices, level_mode, seed, out, force, wanted) -> _PatientResult:
-    from ctgen.dicom import write_series
+    from ctgen.io.dicom import write_series
 
     pid = patient_id(index)
     patient, levels, hu = render_patient(seed_sequence, slices, level_mode)
@@ -215,7 +215,7 @@ def _write_contact_sheet(path: Path, results: list[_PatientResult], seed: int, f
 
     ``results`` are in run order; ``first`` is the 0-based index of the run's first patient.
     """
-    from ctgen.render import WINDOWS, grid_image, hconcat, save_png
+    from ctgen.images.render import WINDOWS, grid_image, hconcat, save_png
 
     middles = [(i, tile) for i, result in enumerate(results[:SHEET_PATIENTS]) for k, tile in
                sorted(result.thumbnails.items()) if k == len(result.rows) // 2]

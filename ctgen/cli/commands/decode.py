@@ -30,9 +30,9 @@ def decode(*, latents, out, per_file, file_format, window, model, device, batch_
     """
     from ctgen.cli.run import Run
     from ctgen.errors import InputError
-    from ctgen.latent_io import LatentModel, check_latents, latent_names, load_latents
-    from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs, check_targets, resolve_out
+    from ctgen.io.latent_io import LatentModel, check_latents, latent_names, load_latents
+    from ctgen.images.render import parse_window
+    from ctgen.io.writers import ImageOutputs, check_targets, resolve_out
 
     with Run("decode", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

@@ -36,8 +36,8 @@ def edit(*, slice_path, settings, slice_index, out, window, model, device, force
     from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError
     from ctgen.latent import parse_setting
-    from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
-    from ctgen.writers import check_targets, derived_series, resolve_out, save_npy
+    from ctgen.images.render import PICTURE_PX, grid_image, parse_window, save_png
+    from ctgen.io.writers import check_targets, derived_series, resolve_out, save_npy
 
     with Run("edit", quiet=quiet, json_summary=json_summary, force=force) as run:
         changes = [parse_setting(text) for text in settings]

@@ -41,8 +41,8 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
     from ctgen.cli.run import Run, write_stdout
     from ctgen.errors import ArgumentError, InputError
     from ctgen.latent import parse_shard, take_shard
-    from ctgen.latent_io import LATENT_SUFFIXES, LatentModel, factor_columns, json_lines, write_latents
-    from ctgen.writers import check_targets, resolve_out
+    from ctgen.io.latent_io import LATENT_SUFFIXES, LatentModel, factor_columns, json_lines, write_latents
+    from ctgen.io.writers import check_targets, resolve_out
 
     with Run("encode", quiet=quiet, json_summary=json_summary, force=force) as run:
         k, n = parse_shard(shard) if shard is not None else (1, 1)

@@ -40,9 +40,9 @@ def evaluate(*, study, factors, split, dense, max_slices, out, real, seed, model
     bound units: controllability, each unit set over ±2 SD on unseen patients and its factor measured on
     the output (slope, R², leakage; control_FACTOR.png).
     """
-    from ctgen.evaluate import card_metrics
+    from ctgen.evaluation.evaluate import card_metrics
     from ctgen.cli.run import Run
-    from ctgen.report import check_out, report_folder
+    from ctgen.evaluation.report import check_out, report_folder
 
     with Run("evaluate", quiet=quiet, json_summary=json_summary, force=force) as run:
         check_out(out, force)

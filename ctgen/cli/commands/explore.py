@@ -33,8 +33,8 @@ def explore(*, slice_path, slice_index, port, host, no_browser, seed, window, mo
     from pathlib import Path
 
     from ctgen.cli.run import Run
-    from ctgen.explore import ExploreServer, is_loopback
-    from ctgen.render import parse_window
+    from ctgen.explorer.explore import ExploreServer, is_loopback
+    from ctgen.images.render import parse_window
 
     with Run("explore", quiet=quiet, json_summary=json_summary) as run:
         display = parse_window(window)

@@ -22,7 +22,7 @@ def info(*, model, device, json_summary) -> None:
     import pydicom
 
     from ctgen import __version__
-    from ctgen.model import load_model
+    from ctgen.runtime.model import load_model
 
     vae = load_model(model, device=device)
     vae.verify()

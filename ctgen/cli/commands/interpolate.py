@@ -36,8 +36,8 @@ def interpolate(*, first, second, slice_index, steps, method, out, gif, with_ori
     import numpy as np
 
     from ctgen.cli.run import Run
-    from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile, check_targets, resolve_out
+    from ctgen.images.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
+    from ctgen.io.writers import PerFile, check_targets, resolve_out
 
     with Run("interpolate", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

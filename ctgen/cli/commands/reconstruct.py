@@ -33,8 +33,8 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
     from ctgen.api import gather_files, slice_sources
     from ctgen.cli.run import Run
     from ctgen.errors import ArgumentError, InputError
-    from ctgen.render import PICTURE_PX, grid_image, parse_window, save_png
-    from ctgen.writers import PerFile, check_targets, is_folder, unique_names
+    from ctgen.images.render import PICTURE_PX, grid_image, parse_window, save_png
+    from ctgen.io.writers import PerFile, check_targets, is_folder, unique_names
 
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

@@ -27,8 +27,8 @@ def sample(*, n, temperature, prior, out, per_file, file_format, seed, window, m
     --per-file runs in flat memory. The same --seed gives byte-identical files.
     """
     from ctgen.cli.run import Run
-    from ctgen.render import parse_window
-    from ctgen.writers import ImageOutputs, check_targets, resolve_out
+    from ctgen.images.render import parse_window
+    from ctgen.io.writers import ImageOutputs, check_targets, resolve_out
 
     with Run("sample", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

@@ -31,9 +31,9 @@ def scan(*, archives, out, split_by, max_tilt, force, json_summary, quiet) -> No
     slices by the same rules.
     """
     from ctgen.cli.run import Run
-    from ctgen.scan import INVENTORY_SUFFIXES, list_files, write_inventory
-    from ctgen.scan import scan as scan_archive
-    from ctgen.writers import check_targets, resolve_out
+    from ctgen.io.scan import INVENTORY_SUFFIXES, list_files, write_inventory
+    from ctgen.io.scan import scan as scan_archive
+    from ctgen.io.writers import check_targets, resolve_out
 
     with Run("scan", quiet=quiet, json_summary=json_summary, force=force) as run:
         target = resolve_out(out, "inventory.csv", INVENTORY_SUFFIXES) if out is not None else None

@@ -45,8 +45,8 @@ def traverse(*, slice_path, slice_index, units, value_range, steps, out, gif_dir
     from ctgen.errors import ArgumentError
     from ctgen.latent import (caption_text, cell_name, change_text, parse_ranges, row_label, row_name, row_summary,
                               span_text)
-    from ctgen.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
-    from ctgen.writers import PerFile, check_targets, resolve_out
+    from ctgen.images.render import PICTURE_PX, frames_loop, grid_image, labelled_frames, parse_window, save_gif, save_png
+    from ctgen.io.writers import PerFile, check_targets, resolve_out
 
     with Run("traverse", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)

@@ -30,7 +30,7 @@ def units(*, model, json_summary) -> None:
 
     Units with high KL carry information; units near 0 are inactive (the prior). Reads only the card.
     """
-    from ctgen.model import read_card, resolve_model_dir
+    from ctgen.runtime.model import read_card, resolve_model_dir
 
     model_dir = resolve_model_dir(model)
     card = read_card(model_dir)

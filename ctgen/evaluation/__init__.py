@@ -1,0 +1,2 @@
+"""Evaluation: ``ctgen evaluate`` (``evaluate`` and its parts), its report (``report``) and the metrics
+(``metrics/``: reconstruction, activity, disentanglement, realism, sharpness, controllability)."""
