@@ -340,8 +340,10 @@ class Generator(GridReader, BoundFactors):
                 continue
             reading = float(bound.to_value(float(start[unit])))
             factor_range = plan.factors.get(bound.factor)
-            if factor_range is None:
-                values = reading + bound.std * deltas
+            if factor_range is None:  # ± SD around the reading, within what the factor can be (no negative area)
+                from ctgen.factors import physical_range  # bound models only (start-up)
+
+                values = np.clip(reading + bound.std * deltas, *physical_range(bound.factor))
             else:
                 ends = np.array([factor_range.low, factor_range.high]) + (reading if factor_range.relative else 0.0)
                 latent_of(bound, ends, "value_range")  # before linspace: far ends would overflow it

@@ -401,7 +401,8 @@ def row_label(card, row) -> str:
     """"u0 rotation_deg (deg)" for a bound unit, "u3 (KL 1.20)" (with the card's factor) for the others."""
     if row.bound is None:
         return card.unit_label(row.unit)
-    return f"u{row.unit} {row.bound.factor}" + (f" ({row.bound.unit_of_measure})" if row.bound.unit_of_measure else "")
+    unit = row.bound.unit_of_measure.replace("²", "2")  # the pictures' font has no "²" (see _SYMBOLS)
+    return f"u{row.unit} {row.bound.factor}" + (f" ({unit})" if unit else "")
 
 
 def change_text(row, column: int) -> str:
@@ -445,6 +446,5 @@ def row_summary(row, captions) -> dict:
                "labels": list(captions)}
     if row.bound is not None:
         summary.update(factor=row.bound.factor, unit_of_measure=row.bound.unit_of_measure,
-                       values=[float(v) for v in row.values], reading=row.reading,
-                       relative=row.relative)
+                       values=[float(v) for v in row.values], reading=row.reading, relative=row.relative)
     return summary

@@ -249,6 +249,12 @@ def test_traverse_rows_in_physical_units(bound_generator):
         bound_generator.traverse_rows(None, "rotation_deg", ["ventricle_mm2=10"])
 
 
+def test_traverse_rows_stay_within_what_the_factor_can_be(bound_generator):
+    rows = bound_generator.traverse_rows(None, "ventricle_mm2", ["4"], 5)  # 300 mm2 ± 4 SD of 100 mm2
+    np.testing.assert_allclose(rows[0].values, [0, 100, 300, 500, 700])  # no negative area: 300 - 400 -> 0
+    assert rows[0].reading == pytest.approx(300)
+
+
 def test_factor_names_select_the_bound_unit_before_the_cards_labels(tiny_model_copy):
     card = json.loads((tiny_model_copy / "model.json").read_text())
     card["binding"] = BINDING

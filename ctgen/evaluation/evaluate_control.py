@@ -5,7 +5,6 @@ A section of ``ctgen.evaluation.evaluate.evaluate_model``'s report.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -20,9 +19,6 @@ from ctgen.io.sources import read_source
 __all__ = ["CONTROL_PATIENTS", "controllability"]
 
 CONTROL_PATIENTS = 200  # unseen patients whose slices each bound unit is set on (issue 25's "Done when")
-# what each measured factor can be (ctgen.factors); the others are sizes, counts and noise: 0 and up
-PHYSICAL_RANGE = {"rotation_deg": (-90.0, 90.0), "brain_hu": (-math.inf, math.inf), "level": (0.0, 1.0),
-                  "csf_fraction": (0.0, 1.0), "enhancing_fraction": (0.0, 1.0)}
 SOURCE_TRIES = 5  # slices of a patient tried for one on which the bound image factors can be measured
 CONTROL_SERIES_PATIENTS = 40  # of them, those whose whole series is read: series factors decode it per request
 # factors that move with another by their definition, not by leakage: an area with its axes, CSF with ventricles
@@ -42,7 +38,7 @@ def controllability(model, sources: list, patients: list[str] | None, train_keys
     ``FILE#K``, ``ctgen.evaluation.evaluate_data.study_slices``); ``patients``, their patient keys (None: from headers)."""
     from dataclasses import replace
 
-    from ctgen.factors import FACTORS, measure_slice
+    from ctgen.factors import FACTORS, measure_slice, physical_range
     from ctgen.evaluation.metrics import control
 
     bound, kinds = model.card.bound_units, {factor.name: factor.source for factor in FACTORS}
@@ -98,7 +94,7 @@ def controllability(model, sources: list, patients: list[str] | None, train_keys
         "factor_sd": dict(zip(image_names, sd.tolist())), "factors": {}}
     for unit in bound:
         # requests stay within what the factor can be (no negative width, no level past the vertex)
-        low, high = PHYSICAL_RANGE.get(unit.factor, (0.0, math.inf))
+        low, high = physical_range(unit.factor)
         z = np.linspace(max(-control.Z_SPAN, unit.to_z(low)), min(control.Z_SPAN, unit.to_z(high)), control.Z_POINTS)
         entry: dict[str, Any] = {"unit": unit.unit, "unit_of_measure": unit.unit_of_measure,
                                  "requested": unit.to_value(z)}

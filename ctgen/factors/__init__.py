@@ -12,6 +12,7 @@ is NaN, never a guess.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from ctgen.factors.header import SEX_CODES, from_header
@@ -59,5 +60,15 @@ FACTORS: tuple[Factor, ...] = (
     Factor("slice_thickness_mm", "mm", "header", "SliceThickness"),
 )
 
+# what a factor can be; the others are sizes, counts and noise: 0 and up
+_PHYSICAL_RANGE = {"rotation_deg": (-90.0, 90.0), "brain_hu": (-math.inf, math.inf), "level": (0.0, 1.0),
+                   "csf_fraction": (0.0, 1.0), "enhancing_fraction": (0.0, 1.0)}
+
+
+def physical_range(name: str) -> tuple[float, float]:
+    """(low, high): the values factor ``name`` can take (a negative area or a level past the vertex cannot be)."""
+    return _PHYSICAL_RANGE.get(name, (0.0, math.inf))
+
+
 __all__ = ["CSF_HU", "ENHANCING_HU", "FACTORS", "SEX_CODES", "Factor", "from_header", "measure_series",
-           "measure_slice", "measure_slices", "principal_axes", "slice_levels"]
+           "measure_slice", "measure_slices", "physical_range", "principal_axes", "slice_levels"]
