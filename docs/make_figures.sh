@@ -15,5 +15,5 @@ ctgen reconstruct "$(ctgen example a)" --out docs/reconstruct/ --force --quiet
 ctgen traverse "$(ctgen example a)" --units rotation_deg,head_width_max_mm,ventricle_mm2 \
     --out docs/traverse_bound.png --force --quiet
 ctgen edit "$(ctgen example a)" --set rotation_deg=+15 --out docs/edit_rotation.png --force --quiet
-ctgen edit "$(ctgen example a)" --set ventricle_mm2=+400 --out docs/edit_ventricles.png --force --quiet
+ctgen edit "$(ctgen example a)" --set ventricle_mm2=+900 --out docs/edit_ventricles.png --force --quiet
 # the controllability figures come from ctgen evaluate (reports/default/control_<factor>.png)
