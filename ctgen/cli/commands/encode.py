@@ -53,7 +53,7 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
             if target is not None and target.suffix.lower() == ".npy" and given:
                 raise ArgumentError(flag, f"{target}: .npy holds mu only; use .npz, .csv or .jsonl")
         on_error = run.on_error(skip_bad)
-        files = gather_files(_expand_stdin(inputs), on_error=on_error)
+        files = gather_files(_expand_stdin(inputs), on_error=on_error, on_selection=run.selected)
         if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
         ordered = take_shard(files, k, n)

@@ -39,7 +39,7 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
         on_error = run.on_error(skip_bad)
-        files = slice_sources(gather_files(inputs, on_error=on_error))
+        files = slice_sources(gather_files(inputs, on_error=on_error, on_selection=run.selected))
         if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
         names = unique_names(files)
