@@ -198,7 +198,8 @@ class Generator(GridReader, BoundFactors):
     def iter_encode(self, paths: Sequence[str | os.PathLike], *, batch_size: int | None = None,
                     on_error: ErrorHandler | None = None) -> Iterator[Encoded]:
         """Encode files in batches, reading ahead on background threads; ``Encoded`` batches in input order
-        (every slice of a volume or multi-frame file, as ``iter_load`` names them).
+        (every slice of a volume or multi-frame file, as ``iter_load`` names them; a folder gives the files of
+        scan's selection, as ``gather_files`` takes them).
 
         An unreadable file raises its DicomError, or is handed to ``on_error(path, error)`` and skipped.
         """

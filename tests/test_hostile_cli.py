@@ -60,7 +60,8 @@ def hostile_files(folder: Path) -> dict[str, str]:
 
 def test_each_hostile_file_gives_one_line_and_nothing_else(tmp_path):  # items 1-4
     expected = hostile_files(tmp_path / "hostile")
-    result = run_ctgen(["encode", tmp_path / "hostile", "--skip-bad", "--model", DEFAULT_MODEL], cwd=tmp_path)
+    named = sorted((tmp_path / "hostile").iterdir())  # named, each is read as given (a folder gets scan's selection)
+    result = run_ctgen(["encode", *named, "--skip-bad", "--model", DEFAULT_MODEL], cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert lines[-1] == f"ctgen: {len(expected)} of {len(expected)} inputs failed and were skipped", result.stderr
@@ -72,6 +73,17 @@ def test_each_hostile_file_gives_one_line_and_nothing_else(tmp_path):  # items 1
     assert sorted(reasons) == sorted(expected), result.stderr
     for name, fragment in expected.items():
         assert fragment in reasons[name], (name, reasons[name])
+
+
+def test_a_hostile_folder_leaves_out_what_scan_refuses_and_skips_what_then_fails_to_read(tmp_path):
+    hostile_files(tmp_path / "hostile")
+    result = run_ctgen(["encode", "hostile", "--skip-bad", "--model", DEFAULT_MODEL], cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == "ctgen: note: hostile/: 3 of 10 files used (scan's selection; left out: 7 invalid)"
+    assert [line.split(": ")[1] for line in lines[1:-1]] == [  # headers scan accepts, pixel data that fails
+        "skipped hostile/j2k-as-jpeg.dcm", "skipped hostile/j2k-cut.dcm", "skipped hostile/j2k-lies.dcm"]
+    assert lines[-1] == "ctgen: 3 of 3 inputs failed and were skipped", result.stderr
 
 
 @pytest.mark.parametrize("name", ["spacing-1e-320.dcm", "j2k-cut.dcm"])  # numpy warnings, decoder output

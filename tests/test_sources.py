@@ -60,10 +60,15 @@ def test_slice_count_and_slice_sources(archive):
         *(f"{archive['nifti']}#{k}" for k in range(3))]
 
 
-def test_gather_files_finds_dicom_and_nifti_but_not_hidden_or_text(archive, tmp_path):
-    found = gather_files([archive["root"], archive["single"]])
-    assert found == sorted([archive["single"], archive["single2"], archive["multi"], archive["nifti"],
-                            archive["text"]], key=str)  # notes.dcm: a .dcm name is taken, and read later
+def test_gather_files_takes_scans_selection_of_a_folder_and_a_named_file_as_given(archive, tmp_path):
+    selections = []
+    found = gather_files([archive["root"], archive["single"]], on_selection=selections.append)
+    assert found == sorted([archive["single"], archive["single2"], archive["multi"], archive["nifti"]], key=str)
+    (selection,) = selections  # notes.dcm and README.txt: not DICOM; .hidden/ is not looked at
+    assert (selection.folder, selection.files, selection.used, selection.left_out) == (
+        f"{archive['root']}/", 6, 4, {"not-dicom": 2})
+    assert selection.note.endswith(": 4 of 6 files used (scan's selection; left out: 2 not-dicom)")
+    assert gather_files([archive["text"]]) == [archive["text"]]  # named: taken, and read later
     with pytest.raises(DicomError, match="no such file"):
         gather_files([tmp_path / "missing"])
     missed = []

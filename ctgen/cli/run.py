@@ -77,6 +77,13 @@ class Run:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
+    def selected(self, selection: Any) -> None:
+        """A folder read through scan's selection (``ctgen.io.sources.FolderSelection``): a note when files were
+        left out, and its counts in --json ("folders")."""
+        self.summary.setdefault("folders", []).append(selection.summary())
+        if selection.left_out:
+            self.note(selection.note)
+
     def warn(self, text: str) -> None:
         if not self.quiet:
             print(f"ctgen: warning: {text}", file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ctgen.errors import ArgumentError, CtgenError, DicomError, InputError
 from ctgen.images.preprocess import Grid, to_grid_hu
-from ctgen.io.sources import one_slice, read_slices, split_source
+from ctgen.io.sources import gather_files, one_slice, read_slices, split_source
 
 __all__ = ["DISPLAY_WINDOW_HU", "ErrorHandler", "GridReader", "GridSlice", "SliceWarning", "WarningHandler",
            "handle_error"]
@@ -130,7 +130,8 @@ class GridReader:
         """(source, slice on the grid or the error that stopped it), in the order of ``paths``.
 
         A path holding several slices (a NIfTI volume, a multi-frame DICOM file) gives every one of them, as
-        ``FILE#0``, ``FILE#1``, …; ``FILE#K`` gives one (consecutive ones of a file are read together). An
+        ``FILE#0``, ``FILE#1``, …; ``FILE#K`` gives one (consecutive ones of a file are read together); a folder
+        gives the files of scan's selection under it (``ctgen.io.sources.gather_files``), sorted. An
         unreadable file gives one error under its path. Slices unlike the training data are reported
         (``on_warnings``) as they are yielded. Reading and preprocessing run ``lookahead`` files ahead on
         background threads (one on the CPU, where ONNX Runtime needs the cores; four on CUDA), overlapping with
@@ -190,6 +191,9 @@ def _jobs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, Path, list[int]
     """(name, file, slice indices or None for all) per file to read; consecutive FILE#K of one file together."""
     jobs: list[tuple[str, Path, list[int] | None]] = []
     for item in paths:
+        if os.path.isdir(item):  # a folder: the files of scan's selection, as gather_files takes them
+            jobs.extend((str(file), file, None) for file in gather_files([item]))
+            continue
         path, index = split_source(item)
         if index is not None and jobs and jobs[-1][1] == path and jobs[-1][2] is not None:
             jobs[-1][2].append(index)

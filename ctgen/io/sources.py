@@ -14,34 +14,76 @@ from typing import Any
 
 from ctgen.errors import ArgumentError, CtgenError, DicomError
 
-__all__ = ["OneSlice", "gather_files", "one_slice", "read_source", "read_slices", "selected_sources", "slice_count",
-           "slice_sources", "split_source"]
+__all__ = ["FolderSelection", "OneSlice", "gather_files", "one_slice", "read_source", "read_slices",
+           "select_folder", "selected_sources", "slice_count", "slice_sources", "split_source"]
 
 _INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 ErrorHandler = Callable[[Any, CtgenError], None]
 
 
-def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None) -> list[Path]:
-    """The slice files of ``inputs`` (files, folders searched recursively: DICOM files and NIfTI volumes),
-    unique and sorted by path.
+def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler | None = None,
+                 on_selection: Callable[[FolderSelection], None] | None = None) -> list[Path]:
+    """The slice files of ``inputs``, unique and sorted by path. A file is taken as named (the caller's choice,
+    read as it is); a folder gives the files of ``ctgen.io.scan``'s selection under it (``select_folder``):
+    the very files training and ``ctgen evaluate`` take from it. What scan leaves out of a folder is no error;
+    each folder's ``FolderSelection`` goes to ``on_selection`` when given.
 
     A missing input raises DicomError, or is handed to ``on_error(input, error)`` when given.
     """
     from ctgen.io.dicom import iter_dicom_files
-    from ctgen.io.nifti import is_nifti
 
     files: set[Path] = set()
     for item in inputs:
         try:
-            files.update(iter_dicom_files([item]))
-            if Path(item).is_dir():
-                files.update(path for path in Path(item).rglob("*.nii*") if is_nifti(path) and path.is_file()
-                             and not any(part.startswith(".") for part in path.relative_to(item).parts))
+            if not Path(item).is_dir():
+                files.update(iter_dicom_files([item]))
+                continue
+            selection, selected = select_folder(item)
+            files.update(selected)
+            if on_selection is not None:
+                on_selection(selection)
         except CtgenError as error:
             if on_error is None:
                 raise
             on_error(item, error)
     return sorted(files, key=str)
+
+
+@dataclass(frozen=True)
+class FolderSelection:
+    """What scan's selection took from one folder: ``files`` under it, ``used`` of them, and the files
+    ``left_out`` by reason code (``ctgen.io.scan_entry.REASONS``, in that order)."""
+
+    folder: str
+    files: int
+    used: int
+    left_out: dict[str, int]
+
+    @property
+    def note(self) -> str:
+        """One line for people: how many files were used, and the reasons of the others."""
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.left_out.items()) or "none"
+        return f"ctgen: note: {self.folder}: {self.used} of {self.files} files used (scan's selection; left out: " \
+               f"{reasons})"
+
+    def summary(self) -> dict[str, Any]:
+        return {"folder": self.folder, "files": self.files, "used": self.used, "left_out": dict(self.left_out)}
+
+
+def select_folder(folder: str | os.PathLike) -> tuple[FolderSelection, list[Path]]:
+    """The usable files under ``folder`` by ``ctgen.io.scan``'s selection (header-only), named under
+    ``folder`` as given (absolute where a link leads outside it), in scan's order; and its ``FolderSelection``."""
+    from ctgen.io.scan import scan
+
+    inventory = scan([folder])
+    root = Path(folder).resolve()
+    selected = []
+    for entry in inventory.used:
+        path = Path(entry.path)
+        selected.append(Path(folder) / path.relative_to(root) if path.is_relative_to(root) else path)
+    left_out = {reason: count for reason, count in inventory.counts().items() if reason != "ok"}
+    return FolderSelection(os.path.join(os.fspath(folder), ""), len(inventory.entries), len(selected),
+                           left_out), selected
 
 
 def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:

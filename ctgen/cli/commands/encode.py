@@ -8,7 +8,7 @@ from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("inputs", (), "list", metavar="FILES/DIRS/-", required=True, show_default=False,
-           help="DICOM files, NIfTI volumes, folders (recursive), or - to read paths from stdin."),
+           help="DICOM files, NIfTI volumes (read as named), folders (scan's selection), or - for paths on stdin."),
     output("Write .npz (files, mu[, logvar]), .npy (mu), .csv or .jsonl instead of JSON lines on stdout; a "
            "folder (DIR/) gets latents.npz. All but .npy record the model, which decode checks."),
     Option("logvar", ("--logvar",), "bool", False, "Also write the posterior log-variances."),
@@ -28,8 +28,9 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
     """Encode CT slices to latent vectors (the posterior mean mu; --logvar adds log-variances).
 
     Without --out, prints JSON lines on stdout: {"file": …, "mu": […], "model": …, "encoder_sha256": …}
-    (the model that wrote them, which decode checks). Rows follow the sorted file
-    list; every axial slice of a NIfTI volume and every frame of a multi-frame file is encoded, named
+    (the model that wrote them, which decode checks). A folder gives the files of scan's selection (those
+    training and evaluate take; a note counts the others by reason, and --json records them under "folders");
+    a file named is read as given. Rows follow the sorted file list; every axial slice of a NIfTI volume and every frame of a multi-frame file is encoded, named
     FILE#K. A slice unlike the model's training data (field of view, spacing, no brain, not axial) is
     encoded with a warning on stderr, recorded per slice in the output ("warnings") and in --json. A bad
     file stops the run with exit 1 and nothing written; with --skip-bad it is reported ("ctgen: skipped
@@ -53,7 +54,7 @@ def encode(*, inputs, out, logvar, factors, shard, skip_bad, model, device, batc
             if target is not None and target.suffix.lower() == ".npy" and given:
                 raise ArgumentError(flag, f"{target}: .npy holds mu only; use .npz, .csv or .jsonl")
         on_error = run.on_error(skip_bad)
-        files = gather_files(_expand_stdin(inputs), on_error=on_error)
+        files = gather_files(_expand_stdin(inputs), on_error=on_error, on_selection=run.selected)
         if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
         ordered = take_shard(files, k, n)

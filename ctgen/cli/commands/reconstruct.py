@@ -8,7 +8,7 @@ from ctgen.cli.options import Option, output, shared
 
 OPTIONS = (
     Option("inputs", (), "list", metavar="FILES/DIRS", required=True, show_default=False,
-           help="DICOM files, NIfTI volumes or folders (recursive)."),
+           help="DICOM files, NIfTI volumes (read as named) or folders (scan's selection)."),
     output("Folder for one panel PNG per slice (<name>.png), or a .png file for a single input.", "reconstructions/"),
     Option("diff_range", ("--diff-range",), "float", 100.0, bounds="diff_range",
            help="HU difference shown as black/white in the difference panel."),
@@ -23,8 +23,8 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
 
     Errors per slice (MAE and RMSE in HU, inside the head: original > -500 HU) are computed against what
     the model can reach (the original through its HU map), shown as a table on stderr and in --json.
-    Every axial slice of a NIfTI volume and every frame of a multi-frame file is reconstructed (FILE#K,
-    panels NAME_K.png). --per-file also writes the reconstructions themselves (npy in HU by default).
+    A folder gives the files of scan's selection, as encode takes them. Every axial slice of a NIfTI volume
+    and every frame of a multi-frame file is reconstructed (FILE#K, panels NAME_K.png). --per-file also writes the reconstructions themselves (npy in HU by default).
     """
     from contextlib import nullcontext
 
@@ -39,7 +39,7 @@ def reconstruct(*, inputs, out, diff_range, per_file, file_format, skip_bad, win
     with Run("reconstruct", quiet=quiet, json_summary=json_summary, force=force) as run:
         display = parse_window(window)
         on_error = run.on_error(skip_bad)
-        files = slice_sources(gather_files(inputs, on_error=on_error))
+        files = slice_sources(gather_files(inputs, on_error=on_error, on_selection=run.selected))
         if not files and not run.failures:
             raise InputError(None, f"no DICOM files found in {' '.join(inputs)}")
         names = unique_names(files)
