@@ -210,6 +210,10 @@ def test_example_slices_ship_and_run(model, workdir):
     assert Path(path).is_file()
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.is_compressed
     assert invoke("traverse", path, "--units", "0-4", "-m", model).exit_code == 0
+    folder = invoke("example", "--folder").stdout.strip()
+    assert sorted(p.name for p in Path(folder).iterdir()) == ["a.dcm", "b.dcm", "c.dcm"]  # nothing scan leaves out
+    encoded = invoke("encode", folder, "-m", model, "-o", "z.npz")
+    assert encoded.exit_code == 0 and "note" not in encoded.stderr  # the README's quick start: no note line
 
 
 @pytest.mark.parametrize("argv, expected", [

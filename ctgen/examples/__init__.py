@@ -1,6 +1,7 @@
 """Example CT slices that ship with ctgen (``ctgen example NAME`` prints a path): phantom slices of three
 patients that no training study holds, at different levels, 256² at 0.9 mm, JPEG 2000 lossless.
-Made by ``python -m train.phantom.examples``.
+Made by ``python -m train.phantom.examples``; the slices sit in ``slices/``, a folder that holds nothing else
+(``ctgen example --folder`` prints it: every file in it is a slice).
 """
 
 from __future__ import annotations
@@ -18,4 +19,4 @@ EXAMPLES = {
 
 def example_path(name: str) -> Path:
     """The file of example ``name`` (a key of EXAMPLES)."""
-    return Path(__file__).resolve().parent / f"{name}.dcm"
+    return Path(__file__).resolve().parent / "slices" / f"{name}.dcm"

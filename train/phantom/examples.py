@@ -61,7 +61,7 @@ def render_examples(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.phantom.examples", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("ctgen/examples"), help="folder of the example files")
+    parser.add_argument("--out", type=Path, default=Path("ctgen/examples/slices"), help="folder of the example files")
     args = parser.parse_args(argv)
     for path in render_examples(args.out):
         print(f"{path} ({path.stat().st_size / 1024:.0f} KiB)", file=sys.stderr)
