@@ -10,7 +10,7 @@ import pytest
 
 from conftest import _enhanced_ct, head_hu, not_dicom, write_heads
 from ctgen.errors import ArgumentError, DicomError
-from ctgen.io.sources import (OneSlice, gather_files, one_slice, read_slices, read_source, selected_sources, slice_count,
+from ctgen.io.sources import (OneSlice, SourceReader, gather_files, one_slice, read_slices, read_source, selected_sources, slice_count,
                            slice_sources, split_source)
 from nifti_build import write_nifti
 
@@ -129,6 +129,26 @@ def test_selected_sources_names_every_slice_of_the_usable_files(archive):
     resolved = {key: str(path.resolve()) for key, path in archive.items()}
     assert selected == sorted([resolved["single"], resolved["single2"], *(f"{resolved['multi']}#{k}" for k in range(3)),
                                *(f"{resolved['nifti']}#{k}" for k in range(3))])
+
+
+def test_source_reader_reads_each_file_once_and_as_read_source_does(archive, monkeypatch):
+    import ctgen.io.sources as sources
+
+    names = [*(f"{archive['multi']}#{k}" for k in (0, 2, 1)), str(archive["single"]),
+             *(f"{archive['nifti']}#{k}" for k in range(3)), f"{archive['text']}#0", f"{archive['text']}#1"]
+    expected = [read_source(name).hu for name in names[:-2]]
+    reads = []
+    real = sources.read_slices
+    monkeypatch.setattr(sources, "read_slices", lambda path, indices=None: reads.append(path) or real(path, indices))
+    reader = SourceReader()
+    for name, hu in zip(names, expected):
+        np.testing.assert_array_equal(reader.read(name).hu, hu)
+    for name in names[-2:]:  # an unreadable file: its error again, not read again
+        with pytest.raises(DicomError):
+            reader.read(name)
+    assert reads == [archive["multi"], archive["single"], archive["nifti"], archive["text"]]
+    with pytest.raises(DicomError, match="slice 3 out of range"):
+        reader.read(f"{archive['nifti']}#3")
 
 
 def test_read_source_reads_the_slice_a_name_stands_for(archive):

@@ -14,7 +14,7 @@ from ctgen.io.dicom.common import patient_key
 from ctgen.errors import CtgenError
 from ctgen.evaluation.evaluate_data import Progress, decode_latents, encode_images, header_factors
 from ctgen.images.preprocess import from_model, to_grid_hu
-from ctgen.io.sources import read_source
+from ctgen.io.sources import SourceReader
 
 __all__ = ["CONTROL_PATIENTS", "controllability"]
 
@@ -58,6 +58,7 @@ def controllability(model, sources: list, patients: list[str] | None, train_keys
     def measurable(one) -> bool:  # a source must show the bound factors: a round vertex slice has no rotation
         return bool(np.isfinite([measure_slice(one.hu, spacing)[name] for name in bound_image]).all())
 
+    reader = SourceReader()
     cases = []  # per patient: its slices as the model sees them (HU on the grid), model images, the source's index
     for done, patient in enumerate(chosen, 1):
         progress("reading for controllability", done, len(chosen))
@@ -65,7 +66,7 @@ def controllability(model, sources: list, patients: list[str] | None, train_keys
         slices, images, good = [], [], []
         for index in (by_patient[patient] if series else rng.permutation(by_patient[patient])[:SOURCE_TRIES]):
             try:
-                ct = read_source(sources[index])
+                ct = reader.read(sources[index])
                 image = grid.hu_map.to_unit(to_grid_hu(ct.hu, ct.spacing_mm, grid))
             except CtgenError:
                 continue

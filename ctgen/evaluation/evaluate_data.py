@@ -22,7 +22,7 @@ from ctgen.images.grid_reader import DISPLAY_WINDOW_HU as WIDE_HU  # originals o
 from ctgen.io.dicom.common import patient_key
 from ctgen.errors import CtgenError, InputError
 from ctgen.images.preprocess import Grid, to_grid_hu
-from ctgen.io.sources import read_source, selected_sources, split_source
+from ctgen.io.sources import SourceReader, selected_sources, split_source
 
 __all__ = ["NOT_FACTORS", "Progress", "choose", "decode_latents", "encode_images", "header_factors", "load_factors",
            "load_split", "read_study", "slice_patient", "study_slices"]
@@ -170,12 +170,13 @@ def choose(count: int, budget: int, rng: np.random.Generator, held: np.ndarray |
 def read_study(sources: Sequence[str | os.PathLike], indices: Sequence[int], grid: Grid, train_keys: set[str] | None,
                skipped: list[str], progress: Progress, stage: str) -> Iterator[tuple]:
     """Yield (index, full-range HU float32 (S, S) on the model grid (head masks, pictures), model image float32
-    (S, S), held out?, patient key) per readable slice of ``sources`` (``ctgen.io.sources.read_source``); the
-    reasons of the others go to ``skipped``."""
+    (S, S), held out?, patient key) per readable slice of ``sources`` (``ctgen.io.sources.SourceReader``: each
+    file read once); the reasons of the others go to ``skipped``."""
+    reader = SourceReader()
     for done, index in enumerate(indices, 1):
         progress(stage, done, len(indices))
         try:
-            ct = read_source(sources[index])
+            ct = reader.read(sources[index])
             resampled = to_grid_hu(ct.hu, ct.spacing_mm, grid)  # once, for the model image and the HU
         except CtgenError as error:
             skipped.append(error.reason)  # not the path: file names can name patients

@@ -14,8 +14,8 @@ from typing import Any
 
 from ctgen.errors import ArgumentError, CtgenError, DicomError
 
-__all__ = ["FolderSelection", "OneSlice", "gather_files", "one_slice", "read_source", "read_slices",
-           "select_folder", "selected_sources", "slice_count", "slice_sources", "split_source"]
+__all__ = ["FolderSelection", "OneSlice", "SourceReader", "gather_files", "one_slice", "read_source",
+           "read_slices", "select_folder", "selected_sources", "slice_count", "slice_sources", "split_source"]
 
 _INDEXED = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
 ErrorHandler = Callable[[Any, CtgenError], None]
@@ -172,6 +172,34 @@ def read_source(source: str | os.PathLike) -> Any:
     first slice (a single-frame DICOM file's only one). Raises DicomError."""
     path, index = split_source(source)
     return read_slices(path, [0 if index is None else index])[0]
+
+
+class SourceReader:
+    """``read(name)`` as ``read_source``, reading a file once for the names of its slices read one after another
+    (``FILE#0``, ``FILE#1``, …, as ``slice_sources`` lists them): it keeps the last file's slices, or its error.
+    A multi-frame file or a NIfTI volume read slice by slice through ``read_source`` is read and decoded once
+    per slice; here once."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._slices: list[Any] | CtgenError = []
+
+    def read(self, source: str | os.PathLike) -> Any:
+        """The ``ctgen.io.dicom.Slice`` that ``source`` names. Raises DicomError."""
+        path, index = split_source(source)
+        if index is None:
+            return read_source(path)
+        if path != self._path:
+            try:
+                self._slices = read_slices(path)
+            except CtgenError as error:
+                self._slices = error
+            self._path = path
+        if isinstance(self._slices, CtgenError):
+            raise self._slices
+        if not 0 <= index < len(self._slices):
+            raise DicomError(path, f"slice {index} out of range (the file holds {len(self._slices)})")
+        return self._slices[index]
 
 
 def read_slices(path: str | os.PathLike, indices: list[int] | None = None) -> list[Any]:
