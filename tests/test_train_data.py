@@ -168,3 +168,25 @@ def test_split_by_groups_the_cache_by_patient_study_or_both_rules(archive, tmp_p
     assert len(a_and_b) == 2 and not set(split["train_patients"]) & set(split["val_patients"])
     with pytest.raises(InputError, match="--split-by must be one of"):
         data.open_cache(auto.path, "series")
+
+
+def test_the_cache_fingerprint_covers_every_reading_module_by_folder(tmp_path, monkeypatch):
+    """A module added to ctgen/io, ctgen/images or ctgen/factors (at any depth) changes the fingerprint without being
+    listed anywhere; a command module does not."""
+    import ctgen
+    from train.data import _preprocess_fingerprint
+
+    root = tmp_path / "ctgen"
+    for name in ("defaults.py", "io/sources.py", "images/preprocess.py", "factors/image.py", "cli/run.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(ctgen, "__file__", str(root / "__init__.py"))
+    before = _preprocess_fingerprint()
+    (root / "cli" / "run.py").write_text("# changed\n")
+    assert _preprocess_fingerprint() == before
+    (root / "io" / "dicom").mkdir()
+    (root / "io" / "dicom" / "new_reader.py").write_text("")
+    added = _preprocess_fingerprint()
+    assert added != before
+    (root / "defaults.py").write_text("BRAIN_WINDOW = (40, 80)\n")
+    assert _preprocess_fingerprint() != added

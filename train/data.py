@@ -87,22 +87,18 @@ def _check_split_by(mode: str) -> str:
 
 
 def _preprocess_fingerprint() -> str:
-    import ctgen.factors
-    import ctgen.images.geometry
-    import ctgen.images.preprocess
-    import ctgen.io.dicom
-    import ctgen.io.nifti
-    import ctgen.io.scan
-    import ctgen.io.scan_entry
-    import ctgen.io.sources
+    """sha256 hex of the code that decides which slices exist and how they look: every module of ctgen's reading,
+    image and factor packages (``ctgen/io``, ``ctgen/images``, ``ctgen/factors``, at any depth) and the shared facts
+    (``ctgen/defaults.py``). Derived from the folders, so that a module added there is covered; a change to a
+    writer or a chart there rebuilds the cache too, which costs minutes, where a stale cache would cost a run."""
+    import ctgen
 
+    root = Path(ctgen.__file__).parent
+    files = [root / "defaults.py", *(path for package in ("io", "images", "factors")
+                                      for path in sorted((root / package).rglob("*.py")))]
     digest = hashlib.sha256()
-    files = sorted(Path(ctgen.io.dicom.__file__).parent.glob("*.py"))
-    files += sorted(Path(ctgen.factors.__file__).parent.glob("*.py"))
-    files += [Path(module.__file__) for module in (ctgen.images.preprocess, ctgen.images.geometry, ctgen.io.scan,
-                                                   ctgen.io.scan_entry, ctgen.io.nifti, ctgen.io.sources)]
     for path in files:
-        digest.update(path.read_bytes())
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
