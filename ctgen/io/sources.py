@@ -51,13 +51,23 @@ def gather_files(inputs: Iterable[str | os.PathLike], *, on_error: ErrorHandler 
 
 @dataclass(frozen=True)
 class FolderSelection:
-    """What scan's selection took from one folder: ``files`` under it, ``used`` of them, and the files
-    ``left_out`` by reason code (``ctgen.io.scan_entry.REASONS``, in that order)."""
+    """What scan's selection took from one folder: its files ``by_reason`` (``Inventory.counts()``: reason code ->
+    files, in ``ctgen.io.scan_entry.REASONS`` order); "ok" ones are used, the others ``left_out``."""
 
     folder: str
-    files: int
-    used: int
-    left_out: dict[str, int]
+    by_reason: dict[str, int]
+
+    @property
+    def files(self) -> int:
+        return sum(self.by_reason.values())
+
+    @property
+    def used(self) -> int:
+        return self.by_reason.get("ok", 0)
+
+    @property
+    def left_out(self) -> dict[str, int]:
+        return {reason: count for reason, count in self.by_reason.items() if reason != "ok"}
 
     @property
     def note(self) -> str:
@@ -67,7 +77,7 @@ class FolderSelection:
                f"{reasons})"
 
     def summary(self) -> dict[str, Any]:
-        return {"folder": self.folder, "files": self.files, "used": self.used, "left_out": dict(self.left_out)}
+        return {"folder": self.folder, "files": self.files, "used": self.used, "left_out": self.left_out}
 
 
 def select_folder(folder: str | os.PathLike) -> tuple[FolderSelection, list[Path]]:
@@ -81,9 +91,7 @@ def select_folder(folder: str | os.PathLike) -> tuple[FolderSelection, list[Path
     for entry in inventory.used:
         path = Path(entry.path)
         selected.append(Path(folder) / path.relative_to(root) if path.is_relative_to(root) else path)
-    left_out = {reason: count for reason, count in inventory.counts().items() if reason != "ok"}
-    return FolderSelection(os.path.join(os.fspath(folder), ""), len(inventory.entries), len(selected),
-                           left_out), selected
+    return FolderSelection(os.path.join(os.fspath(folder), ""), inventory.counts()), selected
 
 
 def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:
