@@ -191,10 +191,18 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(report_dir: Path, *, rule_written: str, rows: list[dict[str, Any]], chosen: str, why: str,
-                 command: str, extra: list[str] = ()) -> None:
-    """report.md: the rule and targets as written before scoring, the table, the choice; study.json the rows."""
+                 command: str, commands: dict[str, str] | None = None, extra: list[str] = ()) -> None:
+    """report.md: the rule and targets as written before scoring, the table, the choice; study.json the rows.
+    ``command``: this call's command line; ``commands``: run name -> the command line that scored it (runs
+    scored by earlier calls under the same rule), else ``command`` for every row."""
     body = (report_dir / "rule.md").read_text(encoding="utf-8").split("\n", 2)[2]
-    text = [body.rstrip(), f"_Rule written {rule_written}, before the first run was scored._", f"`{command}`",
+    by_run = commands or {row["run"]: command for row in rows}
+    calls: dict[str, list[str]] = {}
+    for name, line in by_run.items():
+        calls.setdefault(line, []).append(name)
+    scored_by = [f"`{line}`" if len(calls) == 1 else f"`{line}` (scored {', '.join(names)})"
+                 for line, names in calls.items()]
+    text = [body.rstrip(), f"_Rule written {rule_written}, before the first run was scored._", *scored_by,
             "## Results", table_markdown(rows),
             "Power kept per band: radially averaged power of the images over the originals' (1 keeps the detail). "
             "Tissue-CSF kept and CSF Dice: reconstructions against their originals at ventricle levels. Realism: "
@@ -202,8 +210,9 @@ def write_report(report_dir: Path, *, rule_written: str, rows: list[dict[str, An
             "score. Disentanglement on the random-level set; controllability on the series set (ctgen evaluate).",
             *extra, f"**Chosen by the rule:** {chosen}: {why}."]
     (report_dir / "report.md").write_text("\n\n".join(text) + "\n", encoding="utf-8")
-    (report_dir / "study.json").write_text(json.dumps({"command": command, "rule_written": rule_written,
-                                                       "rows": rows, "chosen": chosen, "why": why}, indent=1) + "\n")
+    (report_dir / "study.json").write_text(json.dumps({"command": command, "commands": by_run,
+                                                       "rule_written": rule_written, "rows": rows, "chosen": chosen,
+                                                       "why": why}, indent=1) + "\n")
 
 
 def parse_study_args(argv: list[str] | None, prog: str, doc: str,
@@ -263,13 +272,33 @@ def run_study(args: argparse.Namespace, train_args: list[str], command: str, *, 
     todo = [run for run in plan if not args.only or run.name in args.only]
     reports = run_plan(todo, data=args.data, base_args=train_args, epochs=args.epochs, runs_dir=args.out, sets=sets,
                        seed=args.seed, max_slices=args.max_slices, execute=execute)
-    rows = [row_from_report(name, report) for name, report in reports.items()]
+    scored = {name: row_from_report(name, report) for name, report in reports.items()}
+    commands = {name: command for name in scored}
+    earlier = _earlier_rows(args.report, written)
+    for name, (row, by) in earlier.items():  # runs scored by an earlier call under this very rule and plan
+        if name not in scored:
+            scored[name], commands[name] = row, by
+    rows = [scored[run.name] for run in plan if run.name in scored]
     chosen, why = choose(rows)
-    left = [run.name for run in plan if run not in todo]
+    left = [run.name for run in plan if run.name not in scored]
     write_report(args.report, rule_written=written, rows=rows, chosen=chosen["run"], why=why, command=command,
+                 commands=commands,
                  extra=["### Targets met", targets_markdown(rows, targets_met)]
-                 + ([f"Runs of the plan not run this time (--only): {', '.join(left)}."] if left else []))
+                 + ([f"Runs of the plan not run yet: {', '.join(left)}."] if left else []))
     return rows
+
+
+def _earlier_rows(report_dir: Path, rule_written: str) -> dict[str, tuple[dict[str, Any], str]]:
+    """Rows that an earlier call of the same study wrote to study.json under the rule written at ``rule_written``
+    (write_rule has checked that the rule and the plan are the same): run name -> (row, its command)."""
+    path = report_dir / "study.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("rule_written") != rule_written:
+        return {}
+    commands = saved.get("commands") or {row["run"]: saved.get("command", "") for row in saved["rows"]}
+    return {row["run"]: (row, commands.get(row["run"], "")) for row in saved["rows"]}
 
 
 def study_main(argv: list[str] | None, module: str, doc: str, defaults: dict[str, Any], run: Callable) -> int:

@@ -149,10 +149,18 @@ def test_a_study_runs_its_commands_once_and_writes_one_table(tmp_path):
     assert text.index("## The rule, written before any run was scored") < text.index("## Results")
     assert "scored\n\nEvery run is checked against the targets" in text
     assert "| bind100_free |" in text and "rotation_deg 0.90 / 0.85 / 0.20" in text
-    assert "**Chosen by the rule:** bind100_free" in text and "not run this time (--only): unbound" in text
+    assert "**Chosen by the rule:** bind100_free" in text and "not run yet: unbound" in text
     calls.clear()
     binding.run_binding(args, train_args, "again", execute=_fake_execute(calls))
     assert calls == []  # finished steps are read, not redone
+    args.only = ["unbound"]  # a later call scores another run of the plan; the earlier rows stay in the table
+    rows = binding.run_binding(args, train_args, "later", execute=_fake_execute(calls))
+    assert sorted(row["run"] for row in rows) == ["bind100_free", "bind1_free", "unbound"]
+    saved = json.loads((tmp_path / "report" / "study.json").read_text())
+    assert saved["command"] == "later" and saved["commands"] == {"unbound": "later", "bind100_free": "again",
+                                                                   "bind1_free": "again"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "`later` (scored unbound)" in text and "| unbound |" in text and "not run yet: bind100_nofree, bind10_free" in text
     args.only = ["nope"]
     with pytest.raises(RuntimeError, match="--only names no run of the plan: nope"):
         binding.run_binding(args, train_args, "again", execute=_fake_execute(calls))
