@@ -31,20 +31,19 @@ COMPONENTS = (1, 2, 4, 8, 16, 32)
 VAL_FRACTION = 0.2  # without a split.json: this share of patients (seeded) chooses the number of components
 
 
-def _selection(data: str | os.PathLike, split: str | os.PathLike | None) -> tuple[list[Path], dict[str, str], list[str]]:
+def _selection(data: str | os.PathLike, split: str | os.PathLike | None) -> tuple[list[Path], dict[str, str], Any]:
     """The files ``ctgen.io.scan`` finds usable under ``data`` (as training selects them), each file's patient key
-    under the run's ``split_by`` (its config.json beside split.json; "auto" without one), and one line per
-    file scan skipped."""
+    under the run's ``split_by`` (its config.json beside split.json; "auto" without one), and the
+    ``ctgen.io.sources.FolderSelection`` that counts the files scan left out by reason."""
     from ctgen.io.scan import scan
+    from ctgen.io.sources import FolderSelection
 
     split_by = "auto"
     if split is not None and (config := Path(split).with_name("config.json")).is_file():
         split_by = json.loads(config.read_text(encoding="utf-8")).get("train", {}).get("split_by") or "auto"
     inventory = scan([data], split_by=split_by)
-    skipped = [f"{entry.path}: {entry.reason}" + (f" ({entry.detail})" if entry.detail else "")
-               for entry in inventory.skipped]
     return [Path(entry.path) for entry in inventory.used], {entry.path: entry.patient for entry in inventory.used}, \
-        skipped
+        FolderSelection(os.path.join(os.fspath(data), ""), inventory.counts())
 
 
 def _split(keys: list[str], split: str | os.PathLike | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,11 +66,12 @@ def _split(keys: list[str], split: str | os.PathLike | None, seed: int) -> tuple
 
 def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: str | os.PathLike | None = None,
               components: tuple[int, ...] = COMPONENTS, seed: int = 0, command: str | None = None,
-              skipped: list[str] | None = None) -> dict[str, Any]:
+              skipped: list[str] | None = None, on_selection: Any = None) -> dict[str, Any]:
     """Fit, choose and write the mixture prior of ``model_dir`` from the slices under ``data``; returns the
-    card's "prior" section. The slices are those ``ctgen.io.scan`` selects (as training does); a file it skips, or
-    one that cannot be read after all, is left out, and its "path: reason" line is appended to ``skipped``.
-    Raises InputError (no usable slice), ModelError."""
+    card's "prior" section. The slices are those ``ctgen.io.scan`` selects (as training does): what it leaves out
+    is counted by reason (the ``FolderSelection`` goes to ``on_selection`` when given, the counts to the card);
+    a selected file that cannot be read after all is left out, and its "path: reason" line is appended to
+    ``skipped``. Raises InputError (no usable slice), ModelError."""
     from sklearn.mixture import GaussianMixture
 
     from ctgen.api import Generator
@@ -81,10 +81,11 @@ def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: s
     skipped = [] if skipped is None else skipped
     model_dir = Path(model_dir)
     generator = Generator(load_model(model_dir, device="cpu"))
-    files, patients, not_used = _selection(data, split)
-    skipped.extend(not_used)
+    files, patients, selection = _selection(data, split)
+    if on_selection is not None:
+        on_selection(selection)
     if not files:
-        raise InputError(data, f"no usable CT slices ({len(not_used)} files skipped)")
+        raise InputError(data, f"no usable CT slices ({selection.files} files, none used by scan's selection)")
     keys, codes = [], []
     for batch in generator.iter_encode(files, on_error=lambda path, error: skipped.append(f"{path}: {error.reason}")):
         keys.extend(patients[str(split_source(source)[0])] for source in batch.sources)  # FILE#K: a frame
@@ -112,7 +113,8 @@ def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: s
     section = {"file": PRIOR_FILE, "kind": "gaussian-mixture", "covariance": "full", "components": prior.components,
                "fitted_on": {"data": str(data), "split": None if split is None else str(split),
                              "train_slices": int(train.sum()), "val_slices": int(val.sum()),
-                             "skipped_files": len(skipped)},
+                             "skipped_files": selection.files - selection.used + len(skipped),
+                             "left_out": selection.left_out},
                "selection": {"rule": "highest mean log-likelihood of the validation slices' codes", "table": table},
                "command": command}
 
@@ -123,6 +125,11 @@ def fit_prior(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: s
 
     update_card(model_dir, add_prior)
     return section
+
+
+def _note_selection(selection: Any) -> None:
+    if selection.left_out:
+        print(selection.note, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = tuple(int(item) for item in args.components.split(",") if item.strip())
         section = fit_prior(args.model_dir, args.data, split=args.split, components=counts, seed=args.seed,
-                            command=command, skipped=skipped)
+                            command=command, skipped=skipped, on_selection=_note_selection)
     except (CtgenError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in skipped:
             print(f"warning: skipped {line}", file=sys.stderr)
         if skipped:
-            print(f"warning: {len(skipped)} files skipped", file=sys.stderr)
+            print(f"warning: {len(skipped)} files of scan's selection could not be read", file=sys.stderr)
     chosen = next(row for row in section["selection"]["table"] if row["components"] == section["components"])
     print(f"wrote {Path(args.model_dir) / PRIOR_FILE}: {section['components']} components (validation "
           f"log-likelihood {chosen['val_log_likelihood']:.2f}); {Path(args.model_dir) / CARD_FILE} updated",

@@ -22,22 +22,26 @@ def _study(root, patients: int = 4, per_patient: int = 3) -> None:
                      patient_id=f"PRIOR-{patient}", patient_name="PRIOR")
 
 
-def test_a_truncated_file_is_skipped_with_one_warning_and_a_count(tiny_model_copy, tmp_path, capsys):
+def test_files_scan_leaves_out_are_counted_by_reason_in_one_note(tiny_model_copy, tmp_path, capsys):
+    """As the commands say it of a folder: one note with counts by reason (not a warning per file: an archive
+    holds thousands of reports and localizers), the counts in the card."""
     from export.prior import main
 
     data = tmp_path / "study"
     _study(data)
     good = (data / "P0" / "0000.dcm").read_bytes()
     (data / "P0" / "cut.dcm").write_bytes(good[: len(good) - 3000])
+    for index in range(3):
+        (data / f"notes_{index}.txt").write_text("not a slice\n")
 
     assert main([str(tiny_model_copy), "--data", str(data), "--components", "1,2"]) == 0
-    err = capsys.readouterr().err
-    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2 and "cut.dcm" in warnings[0] and "truncated" in warnings[0], err
-    assert warnings[1] == "warning: 1 files skipped"
+    err = capsys.readouterr().err.splitlines()
+    assert not [line for line in err if line.startswith("warning:")], err
+    assert f"ctgen: note: {data}/: 12 of 16 files used (scan's selection; left out: 3 not-dicom, 1 truncated)" in err
     card = json.loads((tiny_model_copy / "model.json").read_text())
     fitted = card["prior"]["fitted_on"]
-    assert fitted["train_slices"] + fitted["val_slices"] == 12 and fitted["skipped_files"] == 1
+    assert fitted["train_slices"] + fitted["val_slices"] == 12 and fitted["skipped_files"] == 4
+    assert fitted["left_out"] == {"not-dicom": 3, "truncated": 1}
     assert (tiny_model_copy / "prior.npz").is_file()
 
 
