@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ctgen.bound_factors import BoundFactors, latent_of
-from ctgen.errors import ArgumentError, CtgenError, InputError
+from ctgen.errors import ArgumentError, CtgenError, InputError, suggestion
 from ctgen.images.grid_reader import ErrorHandler, GridReader, GridSlice, WarningHandler, handle_error
 from ctgen.latent import (
     DEFAULT_INTERPOLATION,
@@ -291,11 +291,12 @@ class Generator(GridReader, BoundFactors):
         bound = self.card.bound_unit(factor)
         unit = bound.unit if bound is not None else self.card.unit_for_factor(factor)
         if unit is None:
-            known = ", ".join(dict.fromkeys([b.factor for b in self.bound_units]
-                                            + sorted(set(self.unit_factors.values()))))
-            raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it; use "
-                                         "a list like 0-4,7, top5, all, or a factor the card names ("
-                                         f"{known or 'none yet: ctgen evaluate with factors, export.attach'})")
+            known = list(dict.fromkeys([b.factor for b in self.bound_units]
+                                       + sorted(set(self.unit_factors.values()))))
+            names = ", ".join(known) or "none yet: ctgen evaluate with factors, export.attach"
+            raise ArgumentError("units", f"cannot parse {factor!r}: no unit of model {self.card.name} carries it"
+                                         f"{suggestion(factor, known)}; use a list like 0-4,7, top5, all, or a factor "
+                                         f"the card names ({names})")
         return unit
 
     def traverse(self, z: Any = None, units: str | Sequence[int] = DEFAULT_TRAVERSE_UNITS,

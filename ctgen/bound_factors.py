@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ctgen.errors import ArgumentError, ModelError
+from ctgen.errors import ArgumentError, ModelError, suggestion
 from ctgen.images.grid_reader import GridSlice
 from ctgen.latent import MAX_RANGE_SD, FactorSetting
 
@@ -58,9 +58,9 @@ class BoundFactors:
         bound = self.card.bound_unit(factor)
         if bound is None:
             self.require_bound()
-            names = ", ".join(b.factor for b in self.bound_units)
-            raise ArgumentError(argument, f"{factor!r} is not a bound factor of model {self.card.name} "
-                                          f"(bound: {names})")
+            names = [b.factor for b in self.bound_units]
+            raise ArgumentError(argument, f"{factor!r} is not a bound factor of model {self.card.name}"
+                                          f"{suggestion(factor, names)} (bound: {', '.join(names)})")
         return bound
 
     def require_bound(self) -> None:

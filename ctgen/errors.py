@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from os import PathLike
 
-__all__ = ["CtgenError", "DicomError", "ModelError", "InputError", "ArgumentError", "OutputError"]
+__all__ = ["CtgenError", "DicomError", "ModelError", "InputError", "ArgumentError", "OutputError", "suggestion"]
+
+
+def suggestion(name: str, known: Iterable[str]) -> str:
+    """" (did you mean X?)" for the closest of ``known`` to a mistyped ``name``, or "": the end of an error line."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class CtgenError(Exception):

@@ -127,6 +127,8 @@ def test_edit_writes_each_format_and_reports_every_bound_factor(bound_model, wor
 def test_edit_errors(bound_model, model, workdir, heads):
     one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "level=1"), "--set",
                    "'level' is not a bound factor", "bound: rotation_deg, head_width_max_mm, ventricle_mm2")
+    one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "head_width=+10"), "--set",
+                   "'head_width' is not a bound factor of model", "(did you mean head_width_max_mm?)")
     one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "rotation_deg"), "--set", "FACTOR=VALUE")
     one_usage_line(invoke("edit", heads[0], "-m", bound_model), "--set")
     one_usage_line(invoke("edit", heads[0], "-m", bound_model, "--set", "rotation_deg=1", "-o", "e.jpg"), "--out")

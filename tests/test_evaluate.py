@@ -278,6 +278,8 @@ def test_traverse_accepts_factor_names(tiny_model_copy, tmp_path, monkeypatch):
     assert generator.units("level,rotation_deg") == [2, 0]
     with pytest.raises(ArgumentError, match="'atrophy_mm': no unit of model tiny carries it"):
         generator.units("atrophy_mm")
+    with pytest.raises(ArgumentError, match=r"'levels': no unit of model tiny carries it \(did you mean level\?\)"):
+        generator.units("levels")
     monkeypatch.chdir(tmp_path)
     result = invoke("traverse", "--units", "level", "-m", tiny_model_copy, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["units"] == [2]

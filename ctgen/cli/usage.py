@@ -6,7 +6,6 @@ starts with the option, argument or command at fault, and suggestions come from 
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +21,9 @@ from typer._click.exceptions import (
 )
 
 from ctgen.cli.failures import fail
+from ctgen.errors import suggestion
 
-__all__ = ["UnknownCommand", "report", "suggestion"]
+__all__ = ["UnknownCommand", "report"]
 
 
 class UnknownCommand(UsageError):
@@ -31,12 +31,6 @@ class UnknownCommand(UsageError):
 
     def __init__(self, name: str, known: Iterable[str], ctx: Any = None):
         super().__init__(f"{name}: no such command{suggestion(name, known)}", ctx)
-
-
-def suggestion(name: str, known: Iterable[str]) -> str:
-    """" (did you mean X?)" for the closest of ``known`` to a mistyped ``name``, or ""."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def report(error: ClickException) -> int:
