@@ -343,9 +343,7 @@ class Generator(GridReader, BoundFactors):
             reading = float(bound.to_value(float(start[unit])))
             factor_range = plan.factors.get(bound.factor)
             if factor_range is None:  # ± SD around the reading, within what the factor can be (no negative area)
-                from ctgen.factors import physical_range  # bound models only (start-up)
-
-                values = np.clip(reading + bound.std * deltas, *physical_range(bound.factor))
+                values = _within_range(reading, reading + bound.std * deltas, bound.factor)
             else:
                 ends = np.array([factor_range.low, factor_range.high]) + (reading if factor_range.relative else 0.0)
                 latent_of(bound, ends, "value_range")  # before linspace: far ends would overflow it
@@ -393,3 +391,19 @@ def _items(slices: Any) -> list[Any]:
     if not items:
         raise InputError(None, "no slices to encode")
     return items
+
+
+def _within_range(reading: float, values: np.ndarray, factor: str) -> np.ndarray:
+    """A bound row's values ``values`` (evenly spaced, ``reading`` in the middle) kept within what ``factor`` can be:
+    a side that passes its limit ends there, its columns spread evenly between the reading and the limit (clipping
+    them would repeat the limit in several columns: a level row around 0.4 showed "1" twice)."""
+    from ctgen.factors import physical_range  # bound models only (start-up)
+
+    low, high = physical_range(factor)
+    half = len(values) // 2
+    left = min(reading, max(low, float(values[0])))
+    right = max(reading, min(high, float(values[-1])))
+    if left == values[0] and right == values[-1]:
+        return values
+    return np.concatenate([np.linspace(left, reading, half + 1)[:-1], [reading],
+                           np.linspace(reading, right, half + 1)[1:]])

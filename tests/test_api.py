@@ -251,7 +251,9 @@ def test_traverse_rows_in_physical_units(bound_generator):
 
 def test_traverse_rows_stay_within_what_the_factor_can_be(bound_generator):
     rows = bound_generator.traverse_rows(None, "ventricle_mm2", ["4"], 5)  # 300 mm2 ± 4 SD of 100 mm2
-    np.testing.assert_allclose(rows[0].values, [0, 100, 300, 500, 700])  # no negative area: 300 - 400 -> 0
+    # no negative area: the low side ends at 0 (300 - 400 would be -100) and its columns spread up to the reading
+    # instead of repeating 0; the high side keeps its steps
+    np.testing.assert_allclose(rows[0].values, [0, 150, 300, 500, 700])
     assert rows[0].reading == pytest.approx(300)
 
 
