@@ -11,6 +11,7 @@ slice's patient or file name enters the results.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,23 +140,9 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
     samples_hu = {name: from_model(images, grid) for name, images in decoded.items()}
     report["realism"] = _realism(originals, recon_hu, samples_hu)
     report["sharpness"] = _sharpness(originals, recon_hu, samples_hu, pictures)
-    report["memorisation"] = {"skipped": "needs --split (the training patients)"}
-    if train_keys is not None:
-        factor = max(1, grid.size // 32)  # memorisation compares 32 x 32 pictures: layout, not noise
-        reference = [metrics.downsample(image, factor) for image in images[~is_held]]
-        others = np.setdiff1d(np.flatnonzero(~held) if held is not None else np.arange(len(sources)), kept)
-        others = np.sort(rng.choice(others, min(len(others), max(0, MAX_REFERENCE - len(reference))), replace=False))
-        for _, _, image, held_out, _ in read_study(sources, others, grid, train_keys, skipped, progress,
-                                                   "reading training"):
-            if not held_out:
-                reference.append(metrics.downsample(image, factor))
-        if reference:
-            scores = metrics.memorisation_report(metrics.downsample(samples, factor), np.stack(reference),
-                                                 metrics.downsample(images[is_held], factor))
-            report["memorisation"] = {**scores, "downsample_factor": factor, "prior": next(reversed(decoded)),
-                                      "images": f"model units ({map_text(grid)})"}
-        else:
-            report["memorisation"] = {"skipped": "no slice of a training patient could be read"}
+    report["memorisation"] = {"skipped": "needs --split (the training patients)"} if train_keys is None else \
+        _memorisation(samples, next(reversed(decoded)), images, is_held, sources, held, kept, grid, train_keys, rng,
+                      skipped, progress)
     report["study"]["skipped_files"] = len(skipped)
     report["study"]["skipped_examples"] = skipped[:5]
     real_rows, real_panels = _real_slices(model) if real else ([], [])
@@ -171,6 +158,26 @@ def evaluate_model(model: Any, study_dir: str | os.PathLike, *, factors: str | o
                          "real_slices": np.stack(real_panels) if real_panels else None,
                          "real_slices_labels": [row["file"] for row in real_rows if "mae_hu" in row]})
     return json_ready(report)
+
+
+def _memorisation(samples: np.ndarray, prior: str, images: np.ndarray, is_held: np.ndarray, sources: Sequence[str],
+                  held: np.ndarray | None, kept: list[int], grid: Any, train_keys: set[str], rng: np.random.Generator,
+                  skipped: list[str], progress: Progress) -> dict:
+    """The memorisation check: samples (model units, from ``prior``) against every training slice of the study (the
+    evaluated ones and up to MAX_REFERENCE read for it, not encoded), at 32 x 32: layout, not noise."""
+    factor = max(1, grid.size // 32)
+    reference = [metrics.downsample(image, factor) for image in images[~is_held]]
+    others = np.setdiff1d(np.flatnonzero(~held) if held is not None else np.arange(len(sources)), kept)
+    others = np.sort(rng.choice(others, min(len(others), max(0, MAX_REFERENCE - len(reference))), replace=False))
+    for _, _, image, held_out, _ in read_study(sources, others, grid, train_keys, skipped, progress,
+                                               "reading training"):
+        if not held_out:
+            reference.append(metrics.downsample(image, factor))
+    if not reference:
+        return {"skipped": "no slice of a training patient could be read"}
+    scores = metrics.memorisation_report(metrics.downsample(samples, factor), np.stack(reference),
+                                         metrics.downsample(images[is_held], factor))
+    return {**scores, "downsample_factor": factor, "prior": prior, "images": f"model units ({map_text(grid)})"}
 
 
 def _realism(real_hu: np.ndarray, recon_hu: np.ndarray, samples_hu: dict[str, np.ndarray]) -> dict:
