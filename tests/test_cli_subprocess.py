@@ -127,6 +127,7 @@ def test_tables_written_to_a_pipe_keep_each_row_on_one_line(tiny_model_dir, tmp_
     keys = [row.split()[0] for row in rows]
     assert keys[:3] == ["model", "grid", "latent"] and "versions" in keys and len(keys) == len(set(keys)), rows
     assert f"({model})" in rows[0]  # the path whole, not split mid-word
+    assert [row for row in rows if row.endswith(" ")] == []  # not padded to the widest row
 
     archive = tmp_path / "archive"
     description = "axial brain without contrast, soft tissue kernel, 5 mm slices"  # LO: up to 64

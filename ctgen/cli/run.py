@@ -218,9 +218,30 @@ def rich_console(*, stderr: bool = False):
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False, soft_wrap=True)
-    if not console.is_terminal:
-        console.width = PIPED_WIDTH
+    if not console.is_terminal:  # and no cell padded with spaces to the widest row's end (`ctgen info > x.txt`)
+        console = Console(file=_Unpadded(sys.stderr if stderr else sys.stdout), highlight=False, soft_wrap=True,
+                          width=PIPED_WIDTH)
     return console
 
 
 PIPED_WIDTH = 10_000  # columns of a table written to a pipe or a file: wider than any row
+
+
+class _Unpadded:
+    """A text stream that drops the spaces at the end of each line it passes on (Rich pads every row of a table
+    to the widest)."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        if lines:
+            self.stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
