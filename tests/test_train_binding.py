@@ -29,7 +29,9 @@ from tests.test_train_loop import (  # noqa: E402
 )
 from train.binding import (  # noqa: E402
     BIND_SIGMA,
+    CYCLE_SHARE,
     Binding,
+    Cycle,
     FreeAdversary,
     bind_terms,
     choose_factors,
@@ -200,6 +202,54 @@ def test_resume_is_exact_with_binding_for_every_objective(study, cache_root, tmp
         for name, tensor in straight["objective_state"]["free_adversary"].items():
             assert torch.equal(tensor, resumed["objective_state"]["free_adversary"][name]), name
     assert deterministic(metrics(tmp_path / "straight")) == deterministic(metrics(tmp_path / "resumed"))
+
+
+def test_cycle_changes_one_bound_unit_per_row_to_another_rows_value():
+    z = torch.arange(16 * 6, dtype=torch.float32).reshape(16, 6)  # every value tells its row and unit apart
+    cycle = Cycle(bound=3)
+    cycle.generator = torch.Generator().manual_seed(0)
+    changed = cycle.latents(z.requires_grad_())
+    assert changed.shape == (16 // CYCLE_SHARE, 6) and not changed.requires_grad
+    for row in changed:
+        source = int(row[3]) // 6  # free units stay those of the row they came from
+        assert torch.equal(row[3:], z[source, 3:].detach())
+        differs = [unit for unit in range(3) if row[unit] != z[source, unit]]
+        assert len(differs) <= 1 and all(int(row[unit]) % 6 == unit for unit in range(3))  # each from its own unit
+    cycle.generator = torch.Generator().manual_seed(0)
+    assert torch.equal(cycle.latents(z), changed)  # seeded
+    with pytest.raises(RuntimeError, match="read back"):
+        Cycle(bound=3).loss()
+    cycle.read(torch.cat([changed[:, :3] + 0.1, torch.zeros(len(changed), 3)], 1))
+    assert cycle.loss().item() == pytest.approx(3 * 0.01 / (2 * BIND_SIGMA**2), rel=1e-4)
+
+
+def test_the_cycle_runs_inside_forward_and_leaves_batchnorm_statistics_alone():
+    from train.model import BetaVAE, VAEConfig
+
+    torch.manual_seed(0)
+    model = BetaVAE(VAEConfig(image_size=64, latent_size=6, width=4)).train()
+    images, noise = torch.rand(8, 1, 64, 64), torch.randn(8, 6)
+    plain = BetaVAE(VAEConfig(image_size=64, latent_size=6, width=4)).train()
+    plain.load_state_dict(model.state_dict())
+    cycle = Cycle(bound=2)
+    cycle.generator = torch.Generator().manual_seed(1)
+    recon, mu, _ = model(images, noise=noise, cycle=cycle)
+    expected, _, _ = plain(images, noise=noise)
+    torch.testing.assert_close(recon, expected)  # the cycle's images are not the batch's
+    for (name, value), other in zip(model.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(value, other, msg=name)  # running statistics as without the cycle
+    loss = cycle.loss()
+    loss.backward()
+    assert math.isfinite(loss.item()) and model.to_image.weight.grad.abs().sum() > 0  # it reaches the decoder
+
+
+def test_training_with_the_cycle_logs_it_and_resumes_exactly(study, cache_root, tmp_path):
+    straight, resumed = straight_and_resumed(study, cache_root, tmp_path, bind=BIND, cycle_weight=1.0)
+    logged = metrics(tmp_path / "straight")
+    assert all(math.isfinite(line["train_cycle"]) for line in logged)
+    assert deterministic(logged) == deterministic(metrics(tmp_path / "resumed"))
+    with pytest.raises(InputError, match="--cycle-weight needs --bind"):
+        train(tiny(study, cache_root, tmp_path / "unbound", cycle_weight=1.0, epochs=1))
 
 
 def test_resume_uses_the_checkpoints_standardisation(study, cache_root, tmp_path, monkeypatch):

@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
              "adversary an MLP regressing the labels from them through gradient reversal (train.binding)")
     add("--bind-fraction", type=float, default=default.bind_fraction,
         help="share of training patients whose labels are used, seeded (default 1: all)")
+    add("--cycle-weight", type=float, default=default.cycle_weight,
+        help="weight of the bound units' latent cycle: one bound unit changed, decoded, encoded again and read "
+             "back (default 0: off; train.binding)")
     add("--bind-from", default=None, metavar="FACTORS_CSV",
         help="labels from a phantom's factors.csv instead of the measured factors (research runs only)")
     add("--epochs", type=int, default=default.epochs)

@@ -52,6 +52,7 @@ class TrainConfig:
     free_weight: float = 10.0  # weight of the term that keeps the free units off the bound factors
     free_term: str = "covariance"  # that term: covariance | adversary (train.binding.FREE_TERMS)
     bind_fraction: float = 1.0  # share of training patients whose labels are used (seeded)
+    cycle_weight: float = 0.0  # weight of the bound units' latent cycle (train.binding.Cycle); 0: off
     bind_from: str | None = None  # a phantom's factors.csv instead of the measured factors (research runs only)
     epochs: int = 20
     batch_size: int = 64  # global, in images: split across torchrun processes
@@ -77,7 +78,8 @@ class TrainConfig:
 
         if self.recon not in RECON_LOSSES:
             raise InputError(None, f"--recon must be one of {', '.join(RECON_LOSSES)}, not {self.recon!r}")
-        for name in ("ssim_weight", "freq_weight", "adv_weight", "adv_start", "bind_weight", "free_weight"):
+        for name in ("ssim_weight", "freq_weight", "adv_weight", "adv_start", "bind_weight", "free_weight",
+                     "cycle_weight"):
             if not getattr(self, name) >= 0:
                 raise InputError(None, f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
         if not 0.0 < self.bind_fraction <= 1.0:
@@ -86,6 +88,8 @@ class TrainConfig:
             raise InputError(None, f"--free-term must be covariance or adversary, not {self.free_term!r}")
         if self.bind_from and not self.bind:
             raise InputError(None, "--bind-from needs --bind (the factors.csv columns to bind, or auto)")
+        if self.cycle_weight > 0 and not self.bind:
+            raise InputError(None, "--cycle-weight needs --bind (the cycle reads the bound units back)")
 
     @property
     def grid(self) -> Grid:

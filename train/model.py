@@ -39,7 +39,8 @@ export to ONNX.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
@@ -115,6 +116,24 @@ def _upsample_stage(kind: str, in_ch: int, out_ch: int) -> list[nn.Module]:
     return [conv, nn.PixelShuffle(2)]
 
 
+@contextmanager
+def running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` normalise by the batch as in training but leave their running statistics
+    as they were (momentum 0), until the block ends."""
+    layers = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    kept = [(layer.momentum, None if layer.num_batches_tracked is None else layer.num_batches_tracked.clone())
+            for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, count) in zip(layers, kept):
+            layer.momentum = momentum
+            if count is not None:
+                layer.num_batches_tracked.copy_(count)
+
+
 class BetaVAE(nn.Module):
     """β-VAE for (N, 1, S, S) images in [0, 1]. Build with ``BetaVAE(VAEConfig(...))``."""
 
@@ -172,12 +191,16 @@ class BetaVAE(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         posterior: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        cycle: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, sample z = mu + σ·ε, decode.
 
         ε is ``noise`` (N, L) when given (keeps torch.compile graphs whole), else drawn from ``generator``
         (or the global RNG). ``posterior`` maps the encoder's (mu, logvar) to the ones sampled from (the
         pairs objective averages shared units there; it runs inside forward so DDP sees one call).
+        ``cycle`` (``train.binding.Cycle``, --cycle-weight): latents made from z are decoded and encoded again,
+        and the encoder's means go to ``cycle.read``; with BatchNorm's running statistics left as they were, so
+        that the generated images do not shift what the exported model normalises by.
         Returns (recon (N, 1, S, S) in [0, 1], mu (N, L), logvar (N, L)), mu and logvar as sampled from.
         """
         mu, logvar = self.encode(images)
@@ -191,7 +214,11 @@ class BetaVAE(nn.Module):
             eps = torch.randn(mu.shape, generator=generator, device=generator.device, dtype=torch.float32)
             eps = eps.to(mu.device)
         z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
-        return self.decode(z), mu, logvar
+        recon = self.decode(z)
+        if cycle is not None:
+            with running_statistics_kept(self):
+                cycle.read(self.encode(self.decode(cycle.latents(z)))[0])
+        return recon, mu, logvar
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | PathLike | dict[str, Any], map_location: Any = "cpu") -> BetaVAE:

@@ -45,7 +45,7 @@ from torch import nn
 
 from train import ddp
 from train.data import derived_seed
-from train.binding import Binding, FreeAdversary, bind_terms
+from train.binding import Binding, Cycle, FreeAdversary, bind_terms
 from train.losses import ImageLoss
 from train.model import ACTIVE_UNIT_KL, RECONSTRUCTION_LOSSES, LossTerms, vae_loss
 
@@ -91,7 +91,9 @@ class Objective:
             bound = len(binding.factors)
             self.free_adversary = FreeAdversary(cfg.latent - bound, bound).to(device)
             self.free_adversary_optimizer = torch.optim.Adam(self.free_adversary.parameters(), lr=cfg.lr)
-        self.extras = type(self).extras + self.image_loss.names + (("bind", "free") if binding else ())
+        self.cycle = Cycle(len(binding.factors)) if binding is not None and cfg.cycle_weight > 0 else None
+        self.extras = (type(self).extras + self.image_loss.names + (("bind", "free") if binding else ())
+                       + (("cycle",) if self.cycle is not None else ()))
         self.val_extras = type(self).val_extras + self.image_loss.val_names
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -105,15 +107,21 @@ class Objective:
         return self.cfg.capacity_max * min(1.0, step / max(1, self.cfg.capacity_steps))
 
     def loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int,
-             labels: torch.Tensor | None = None) -> LossTerms:  # fmt: skip
+             labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> LossTerms:  # fmt: skip
         """images float32 (B, 1, S, S), noise (B, L), with a binding the standardised labels (B, K) (NaN: none):
-        the terms of one training step (loss to minimise)."""
+        the terms of one training step (loss to minimise). ``generator`` draws the latent cycle's rows."""
+        if self.cycle is not None:
+            self.cycle.generator = generator
         terms, recon = self._loss(model, images, noise, step=step)
         if self.binding is not None:
             bound, extra = bind_terms(self._encoder_mu, labels, self.binding, self.free_adversary,
                                       logvar=self._encoder_logvar)
             terms.loss = terms.loss + bound
             terms.extra.update(extra)
+        if self.cycle is not None:
+            cycle = self.cycle.loss()
+            terms.loss = terms.loss + self.cfg.cycle_weight * cycle
+            terms.extra["cycle"] = cycle.detach()
         self._encoder_mu = self._encoder_logvar = None
         return self._add_image_terms(terms, images, recon, step)
 
@@ -128,6 +136,8 @@ class Objective:
             return (mu, logvar) if posterior is None else posterior(mu, logvar)
 
         with self.autocast():  # without a binding the call is exactly the objective's own
+            if self.cycle is not None:  # the latent cycle runs inside the same call (DDP sees one forward)
+                return model(images, noise=noise, posterior=keep, cycle=self.cycle)
             return model(images, noise=noise, posterior=keep if self.binding is not None else posterior)
 
     def _loss(self, model: nn.Module, images: torch.Tensor, noise: torch.Tensor, *, step: int

@@ -325,7 +325,7 @@ def _train_epoch(train_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         rows = data.train_rows[items.t().reshape(-1)]  # pairs: every first slice, then every partner
         x = data.batch(rows)
         eps = torch.randn((len(rows), cfg.latent), generator=noise, device=device)
-        terms = objective.loss(train_model, x, eps, step=step, labels=data.batch_labels(rows))
+        terms = objective.loss(train_model, x, eps, step=step, labels=data.batch_labels(rows), generator=noise)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         optimizer.step()
