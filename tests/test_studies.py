@@ -1,4 +1,4 @@
-"""studies.runner, studies.binding and studies.anatomy: plans, rules, the table, and the flow with a fake command
+"""studies.runner, studies.binding, studies.anatomy and studies.cycle: plans, rules, the table, and the flow with a fake command
 runner (fast); each study end to end on a tiny config (slow)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from studies import anatomy, binding, runner
+from studies import anatomy, binding, cycle, runner
 
 
 def _row(run, *, mae=12.0, mig=0.35, dci=0.8, carried=("level", "rotation_deg", "scale_x", "scale_y", "skull_mm"),
@@ -203,7 +203,32 @@ def test_anatomy_study_end_to_end_on_a_tiny_config(tmp_path):
     assert saved["rows"][1]["recon_bands"] and "| subpixel_l1ssimfreq_adv |" in (report / "report.md").read_text()
 
 
-@pytest.mark.parametrize("module", [binding, anatomy])
+def test_cycle_plan_and_rule_count_controllability_within_the_references_meaning_and_mae():
+    assert [(run.name, run.train_args) for run in cycle.plan()] == [
+        ("no_cycle", []), ("cycle_0.3", ["--cycle-weight", "0.3"]), ("cycle_1", ["--cycle-weight", "1"])]
+    ok = {"slope": 1.0, "r2": 0.9, "leakage_max": 0.1, "leakage_max_factor": "skull_mm"}
+    weak = {**ok, "slope": 0.7}
+
+    def controlled(*good):  # level, rotation_deg, head_width_max_mm, ventricle_mm2: slope 1 where named, else 0.7
+        return {f: dict(ok if f in good else weak) for f in ("level", "rotation_deg", "head_width_max_mm",
+                                                              "ventricle_mm2")}
+
+    reference = _row("no_cycle", control=controlled("head_width_max_mm"))
+    rows = [reference, _row("cycle_0.3", control=controlled("head_width_max_mm", "rotation_deg")),
+            _row("cycle_1", control=controlled("head_width_max_mm", "rotation_deg", "level"), mae=13.5)]
+    chosen, why = cycle.choose(rows)
+    assert chosen["run"] == "cycle_0.3"  # cycle_1 controls more but its MAE passes 1.1 x 12.0
+    assert "2 of 4 controllability targets met" in why and "excluded" in why and why.endswith("cycle_1")
+    rows[2]["mae_hu_window"] = 13.0
+    assert cycle.choose(rows)[0]["run"] == "cycle_1"
+    tie = _row("cycle_1", control={**controlled("head_width_max_mm"), "level": {**weak, "slope": 0.75}})
+    assert cycle.choose([reference, tie])[0]["run"] == "cycle_1"  # same count, slopes nearer 1
+    assert cycle.choose([reference, _row("cycle_1", mig=0.1)])[0]["run"] == "no_cycle"  # lost the meaning
+    with pytest.raises(RuntimeError, match="--bind"):
+        cycle.run_cycle(None, ["--image-size", "64"], "python -m studies.cycle")
+
+
+@pytest.mark.parametrize("module", [binding, anatomy, cycle])
 def test_each_study_states_its_rule_in_the_words_run_study_reads(module):
     rule = module.__doc__.split("The rule (``choose``), fixed before any of these runs was scored: ")[1]
     assert "targets" in rule and len(rule) > 200
