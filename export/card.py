@@ -135,8 +135,9 @@ def binding_section(record: dict[str, Any] | None) -> dict[str, Any] | None:
     units = [{"unit": unit, "factor": factor, "unit_of_measure": measure, "mean": float(mean), "std": float(std)}
              for unit, (factor, measure, mean, std) in enumerate(zip(record["factors"], record["units"],
                                                                        record["mean"], record["std"]))]
+    cycle = float(record.get("cycle_weight") or 0.0)  # named only when on: earlier cards keep their bytes
     return {"units": units, "source": record["source"], "fraction": float(record["fraction"]),
-            "weight": float(record["weight"])}
+            "weight": float(record["weight"]), **({"cycle_weight": cycle} if cycle else {})}
 
 
 def parity_section(figures: dict[str, dict[str, float]], tolerance: float, real_images: np.ndarray | None) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_dry_run_report_has_every_stage(dry_run):
     assert export["run"] == "latent50_beta1" and export["parity_fp16"]
     card = json.loads((out / "model.json").read_text())  # the exported run binds units and adds the image terms
     assert [entry["factor"] for entry in card["binding"]["units"]] == EXPORT_BIND
+    assert card["binding"]["cycle_weight"] == 0.3  # the latent cycle ran too
     losses = card["objective"]["losses"]
     assert card["architecture"]["config"]["upsample"] == "resize" and losses["ms_ssim"]["weight"] == 0.1
     assert losses["focal_frequency"]["weight"] == 1.0 and losses["adversarial"]["weight"] == 0.01

@@ -247,6 +247,7 @@ def test_training_with_the_cycle_logs_it_and_resumes_exactly(study, cache_root, 
     straight, resumed = straight_and_resumed(study, cache_root, tmp_path, bind=BIND, cycle_weight=1.0)
     logged = metrics(tmp_path / "straight")
     assert all(math.isfinite(line["train_cycle"]) for line in logged)
+    assert straight["binding"]["cycle_weight"] == 1.0 and Binding.from_record(straight["binding"]).cycle_weight == 1.0
     assert deterministic(logged) == deterministic(metrics(tmp_path / "resumed"))
     with pytest.raises(InputError, match="--cycle-weight needs --bind"):
         train(tiny(study, cache_root, tmp_path / "unbound", cycle_weight=1.0, epochs=1))

@@ -116,13 +116,14 @@ class Binding:
     free_weight: float
     labelled: list[str]
     free_term: str = "covariance"  # one of FREE_TERMS
+    cycle_weight: float = 0.0  # the latent cycle's weight (Cycle); 0: off
 
     def record(self) -> dict[str, Any]:
         """checkpoint["binding"]: everything above, plus σ and the free term's description."""
         return {"factors": list(self.factors), "units": list(self.units), "mean": list(self.mean),
                 "std": list(self.std), "source": self.source, "fraction": self.fraction, "weight": self.weight,
                 "sigma": BIND_SIGMA, "free_weight": self.free_weight, "free_term": self.free_term,
-                "free_term_description": FREE_TERMS[self.free_term],
+                "free_term_description": FREE_TERMS[self.free_term], "cycle_weight": self.cycle_weight,
                 "labelled_patients": list(self.labelled)}  # fmt: skip
 
     @classmethod
@@ -130,7 +131,8 @@ class Binding:
         return cls(factors=list(record["factors"]), units=list(record["units"]), mean=list(record["mean"]),
                    std=list(record["std"]), source=record["source"], fraction=record["fraction"],
                    weight=record["weight"], free_weight=record["free_weight"],
-                   labelled=list(record["labelled_patients"]), free_term=record.get("free_term", "covariance"))
+                   labelled=list(record["labelled_patients"]), free_term=record.get("free_term", "covariance"),
+                   cycle_weight=record.get("cycle_weight", 0.0))
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """float (N, B) factor values -> float32 (N, B) standardised labels (NaN stays NaN)."""
@@ -240,7 +242,7 @@ def make_binding(cfg: Any, names: Sequence[str], values: np.ndarray, train_patie
         std.append(spread)
     return Binding(factors=chosen, units=[unit_of_measure(name) for name in chosen], mean=mean, std=std,
                    source=source, fraction=cfg.bind_fraction, weight=cfg.bind_weight, free_weight=cfg.free_weight,
-                   labelled=labelled, free_term=cfg.free_term)  # fmt: skip
+                   labelled=labelled, free_term=cfg.free_term, cycle_weight=cfg.cycle_weight)  # fmt: skip
 
 
 class _ReverseGradient(torch.autograd.Function):
