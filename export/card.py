@@ -137,7 +137,8 @@ def binding_section(record: dict[str, Any] | None) -> dict[str, Any] | None:
                                                                        record["mean"], record["std"]))]
     cycle = float(record.get("cycle_weight") or 0.0)  # named only when on: earlier cards keep their bytes
     return {"units": units, "source": record["source"], "fraction": float(record["fraction"]),
-            "weight": float(record["weight"]), **({"cycle_weight": cycle} if cycle else {})}
+            "weight": float(record["weight"]),
+            **({"cycle_weight": cycle, "cycle_reader": record.get("cycle_reader", "joint")} if cycle else {})}
 
 
 def parity_section(figures: dict[str, dict[str, float]], tolerance: float, real_images: np.ndarray | None) -> dict[str, Any]:

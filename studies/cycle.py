@@ -7,7 +7,8 @@ phantom sets (``studies.runner``).
         --ssim-weight 1 --freq-weight 1 --bind level,rotation_deg,head_width_max_mm,head_length_max_mm,ventricle_mm2
 
 Arguments after ``--`` are added to every training command line unchanged (they must bind units: the cycle reads
-them back).
+them back). ``--reader frozen`` studies ``train --cycle-reader frozen`` instead (runs ``frozen_W``; report it in a
+folder of its own: the plan differs).
 
 The rule (``choose``), fixed before any of these runs was scored: the cycle must not cost the units their meaning
 or the anatomy, so a run is eligible only if its MIG and DCI disentanglement on the random-level set are each at
@@ -38,9 +39,13 @@ TARGETS = binding.TARGETS  # issue 25's, reported in full; the rule counts the c
 CONTROLLABILITY = tuple(f"control {name}" for name in binding.CONTROL_TARGETS)
 
 
-def plan() -> list[Run]:
-    """The reference without the cycle, then one run per weight of WEIGHTS."""
-    return [Run(REFERENCE), *(Run(f"cycle_{weight:g}", ["--cycle-weight", f"{weight:g}"]) for weight in WEIGHTS)]
+def plan(reader: str = "joint") -> list[Run]:
+    """The reference without the cycle, then one run per weight of WEIGHTS with the cycle's ``reader`` (train
+    --cycle-reader): cycle_W for joint, frozen_W for frozen."""
+    if reader == "joint":
+        return [Run(REFERENCE), *(Run(f"cycle_{weight:g}", ["--cycle-weight", f"{weight:g}"]) for weight in WEIGHTS)]
+    return [Run(REFERENCE), *(Run(f"{reader}_{weight:g}", ["--cycle-weight", f"{weight:g}", "--cycle-reader", reader])
+                              for weight in WEIGHTS)]
 
 
 def targets_met(row: dict[str, Any]) -> dict[str, bool]:
@@ -92,15 +97,18 @@ def run_cycle(args: argparse.Namespace, train_args: list[str], command: str, exe
 
     if "--bind" not in train_args:
         raise RuntimeError("the cycle reads bound units back: give --bind FACTORS after --")
-    return runner.run_study(args, train_args, command, title=TITLE, doc=__doc__, targets=TARGETS, plan=plan(),
-                            choose=choose, targets_met=targets_met, execute=execute)
+    return runner.run_study(args, train_args, command, title=TITLE, doc=__doc__, targets=TARGETS,
+                            plan=plan(getattr(args, "reader", "joint")), choose=choose, targets_met=targets_met,
+                            execute=execute)
 
 
 def main(argv: list[str] | None = None) -> int:
     from studies.runner import study_main
 
-    return study_main(argv, "studies.cycle", __doc__, {"out": Path("runs/cycle"), "report": Path("reports/cycle"),
-                                                      "options": {}}, run_cycle)
+    return study_main(argv, "studies.cycle", __doc__, {
+        "out": Path("runs/cycle"), "report": Path("reports/cycle"),
+        "options": {"--reader": (str, "joint", "the cycle's reader (train --cycle-reader): joint or frozen")},
+    }, run_cycle)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,8 @@ def test_anatomy_study_end_to_end_on_a_tiny_config(tmp_path):
 def test_cycle_plan_and_rule_count_controllability_within_the_references_meaning_and_mae():
     assert [(run.name, run.train_args) for run in cycle.plan()] == [
         ("no_cycle", []), ("cycle_0.3", ["--cycle-weight", "0.3"]), ("cycle_1", ["--cycle-weight", "1"])]
+    assert [run.name for run in cycle.plan("frozen")] == ["no_cycle", "frozen_0.3", "frozen_1"]
+    assert cycle.plan("frozen")[2].train_args == ["--cycle-weight", "1", "--cycle-reader", "frozen"]
     ok = {"slope": 1.0, "r2": 0.9, "leakage_max": 0.1, "leakage_max_factor": "skull_mm"}
     weak = {**ok, "slope": 0.7}
 

@@ -243,11 +243,36 @@ def test_the_cycle_runs_inside_forward_and_leaves_batchnorm_statistics_alone():
     assert math.isfinite(loss.item()) and model.to_image.weight.grad.abs().sum() > 0  # it reaches the decoder
 
 
+def test_a_frozen_reader_leaves_the_encoder_to_the_real_slices():
+    from train.model import BetaVAE, VAEConfig
+
+    torch.manual_seed(0)
+    model = BetaVAE(VAEConfig(image_size=64, latent_size=6, width=4)).train()
+    images, noise = torch.rand(8, 1, 64, 64), torch.randn(8, 6)
+    joint, frozen = Cycle(bound=2), Cycle(bound=2, frozen_reader=True)
+    for cycle in (joint, frozen):
+        cycle.generator = torch.Generator().manual_seed(1)
+        model.zero_grad()
+        model(images, noise=noise, cycle=cycle)
+        reading = cycle._reading.detach().clone()
+        cycle.loss().backward()
+        encoder = sum(float(p.grad.abs().sum()) for p in model.encoder.parameters() if p.grad is not None)
+        decoder = float(model.to_image.weight.grad.abs().sum())
+        if cycle is joint:
+            joint_reading = reading
+            assert encoder > 0 and decoder > 0
+        else:
+            torch.testing.assert_close(reading, joint_reading)  # the same reading, only the gradient differs
+            assert encoder == 0 and decoder > 0
+
+
 def test_training_with_the_cycle_logs_it_and_resumes_exactly(study, cache_root, tmp_path):
-    straight, resumed = straight_and_resumed(study, cache_root, tmp_path, bind=BIND, cycle_weight=1.0)
+    straight, resumed = straight_and_resumed(study, cache_root, tmp_path, bind=BIND, cycle_weight=1.0,
+                                             cycle_reader="frozen")
     logged = metrics(tmp_path / "straight")
     assert all(math.isfinite(line["train_cycle"]) for line in logged)
-    assert straight["binding"]["cycle_weight"] == 1.0 and Binding.from_record(straight["binding"]).cycle_weight == 1.0
+    assert straight["binding"]["cycle_weight"] == 1.0 and straight["binding"]["cycle_reader"] == "frozen"
+    assert Binding.from_record(straight["binding"]).cycle_reader == "frozen"
     assert deterministic(logged) == deterministic(metrics(tmp_path / "resumed"))
     with pytest.raises(InputError, match="--cycle-weight needs --bind"):
         train(tiny(study, cache_root, tmp_path / "unbound", cycle_weight=1.0, epochs=1))

@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, grid_types: bool = False) 
     add("--cycle-weight", type=float, default=default.cycle_weight,
         help="weight of the bound units' latent cycle: one bound unit changed, decoded, encoded again and read "
              "back (default 0: off; train.binding)")
+    add("--cycle-reader", choices=("joint", "frozen"), default=default.cycle_reader,
+        help="who learns from the cycle: joint (default) the decoder and the encoder, frozen the decoder alone "
+             "(the encoder reads with its weights held constant)")
     add("--bind-from", default=None, metavar="FACTORS_CSV",
         help="labels from a phantom's factors.csv instead of the measured factors (research runs only)")
     add("--epochs", type=int, default=default.epochs)

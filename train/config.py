@@ -53,6 +53,7 @@ class TrainConfig:
     free_term: str = "covariance"  # that term: covariance | adversary (train.binding.FREE_TERMS)
     bind_fraction: float = 1.0  # share of training patients whose labels are used (seeded)
     cycle_weight: float = 0.0  # weight of the bound units' latent cycle (train.binding.Cycle); 0: off
+    cycle_reader: str = "joint"  # who learns from the cycle: joint (decoder and encoder) | frozen (the decoder)
     bind_from: str | None = None  # a phantom's factors.csv instead of the measured factors (research runs only)
     epochs: int = 20
     batch_size: int = 64  # global, in images: split across torchrun processes
@@ -88,6 +89,8 @@ class TrainConfig:
             raise InputError(None, f"--free-term must be covariance or adversary, not {self.free_term!r}")
         if self.bind_from and not self.bind:
             raise InputError(None, "--bind-from needs --bind (the factors.csv columns to bind, or auto)")
+        if self.cycle_reader not in ("joint", "frozen"):
+            raise InputError(None, f"--cycle-reader must be joint or frozen, not {self.cycle_reader!r}")
         if self.cycle_weight > 0 and not self.bind:
             raise InputError(None, "--cycle-weight needs --bind (the cycle reads the bound units back)")
 

@@ -171,6 +171,19 @@ class BetaVAE(nn.Module):
         mu, logvar = stats.chunk(2, dim=1)  # (N, L) each
         return mu, logvar
 
+    def encode_frozen(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` with the encoder's weights taken as constants: gradients reach ``images`` (and what made
+        them), not the encoder."""
+        from torch.func import functional_call
+
+        def frozen(module: nn.Module, value: torch.Tensor) -> torch.Tensor:
+            return functional_call(module, {name: weight.detach() for name, weight in module.named_parameters()},
+                                   (value,))
+
+        stats = frozen(self.to_latent, frozen(self.encoder, images).flatten(1))
+        mu, logvar = stats.chunk(2, dim=1)
+        return mu, logvar
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, L) latent -> (N, 1, S, S) images in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
@@ -217,7 +230,8 @@ class BetaVAE(nn.Module):
         recon = self.decode(z)
         if cycle is not None:
             with running_statistics_kept(self):
-                cycle.read(self.encode(self.decode(cycle.latents(z)))[0])
+                generated = self.decode(cycle.latents(z))
+                cycle.read((self.encode_frozen(generated) if cycle.frozen_reader else self.encode(generated))[0])
         return recon, mu, logvar
 
     @classmethod

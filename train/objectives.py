@@ -91,7 +91,8 @@ class Objective:
             bound = len(binding.factors)
             self.free_adversary = FreeAdversary(cfg.latent - bound, bound).to(device)
             self.free_adversary_optimizer = torch.optim.Adam(self.free_adversary.parameters(), lr=cfg.lr)
-        self.cycle = Cycle(len(binding.factors)) if binding is not None and cfg.cycle_weight > 0 else None
+        self.cycle = (Cycle(len(binding.factors), frozen_reader=cfg.cycle_reader == "frozen")
+                      if binding is not None and cfg.cycle_weight > 0 else None)
         self.extras = (type(self).extras + self.image_loss.names + (("bind", "free") if binding else ())
                        + (("cycle",) if self.cycle is not None else ()))
         self.val_extras = type(self).val_extras + self.image_loss.val_names
