@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", type=Path, required=True, help="ctgen evaluate report of the retrain")
     parser.add_argument("--current", type=Path, required=True, help="ctgen evaluate report of the current default")
     parser.add_argument("--out", type=Path, required=True, help="the decision, as markdown")
+    parser.add_argument("--rule", default="reports/default/rule.md",
+                        help="the rule file this retrain was run under, named in the decision")
     args = parser.parse_args(argv)
     rows = []
     for name, folder in (("retrain", args.candidate), ("current default", args.current)):
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     met = [targets_met(row) for row in rows]
     names = list(met[0])
     lines = ["# The retrain against the current default", "",
-             "The rule: `reports/default/rule.md` (written before either was scored).", "",
+             f"The rule: `{args.rule}` (written before either was scored).", "",
              table_markdown(rows), "", "| target | " + " | ".join(row["run"] for row in rows) + " |",
              "|---|" + "---|" * len(rows)]
     lines += [f"| {name} | " + " | ".join("yes" if m[name] else "no" for m in met) + " |" for name in names]
