@@ -334,8 +334,8 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(study, cache_
 
     original = Objective.loss
 
-    def poisoned(self, model, images, noise, *, step, labels=None):
-        terms = original(self, model, images, noise, step=step, labels=labels)
+    def poisoned(self, model, images, noise, *, step, labels=None, generator=None):
+        terms = original(self, model, images, noise, step=step, labels=labels, generator=generator)
         if step == 4:  # epoch 2 of 3 steps each
             terms.loss = terms.loss * float("nan")
         return terms
