@@ -468,3 +468,21 @@ def test_a_number_of_frames_of_control_bytes_is_invalid_for_both(tmp_path):  # f
     assert entry.reason == "invalid" and entry.detail.startswith("invalid NumberOfFrames"), entry
     with pytest.raises(DicomError, match="NumberOfFrames"):
         read_frames(path)
+
+
+def test_pixel_data_stored_with_a_text_vr_is_invalid_for_scan_as_for_the_reader(tmp_path):
+    """Found by the scan fuzz (random seed): Pixel Data relabelled UT passed scan, and the reader refused it."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ctgen.errors import DicomError
+    from ctgen.io.dicom import read_slice
+    from ctgen.io.scan import scan
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds["PixelData"].VR = "UT"
+    ds.save_as(tmp_path / "ut.dcm")
+    (entry,) = scan([tmp_path]).entries
+    assert (entry.reason, entry.detail) == ("invalid", "pixel data stored with VR UT, not OB or OW")
+    with pytest.raises(DicomError):
+        read_slice(tmp_path / "ut.dcm")

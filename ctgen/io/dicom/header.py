@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctgen.io.dicom.common import one_line
-from ctgen.io.dicom.header_fast import DEFLATED, FIRST_READ, NATIVE_SYNTAXES, parse_fast
+from ctgen.io.dicom.header_fast import DEFLATED, FIRST_READ, NATIVE_SYNTAXES, PIXEL_VRS, parse_fast
 from ctgen.io.dicom.validate import IMAGE_KEYWORDS, check_charset, check_frames, check_image, floats, rescale, spacing_mm
 from ctgen.errors import DicomError
 from ctgen.io.regular_file import open_regular
@@ -160,6 +160,10 @@ def header_from_values(path: Path, values: dict, syntax: str, pixels: str, lengt
 def _invalid(path: Path, values: dict, syntax: str, pixels: str, length: int) -> str:
     """Why the reader would refuse the header's values ("" when it would not): ``ctgen.io.dicom.validate``."""
     image = {keyword: values[keyword] for keyword in IMAGE_KEYWORDS if keyword in values}
+    tag, vr = values.get("_pixel_vr") or (None, None)
+    if vr is not None and vr not in PIXEL_VRS.get(tag, (vr,)):
+        allowed = " or ".join(kind.decode() for kind in PIXEL_VRS[tag])
+        return f"pixel data stored with VR {vr.decode('ascii', 'replace')}, not {allowed}"
     try:
         check_charset(path, values.get("SpecificCharacterSet"))
         frames = check_image(path, image, pixel_bytes=None if syntax == DEFLATED else length,

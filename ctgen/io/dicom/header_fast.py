@@ -23,6 +23,7 @@ _VRS = {vr.encode() for vr in ("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL 
                                 "UC UI UL UN UR US UT UV").split()}
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloatPixelData
+PIXEL_VRS = {0x7FE00010: (b"OB", b"OW"), 0x7FE00008: (b"OF",), 0x7FE00009: (b"OD",)}  # what each may be stored as
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 BIG_ENDIAN, DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
@@ -244,6 +245,7 @@ def _walk_top_level(buffer: _Buffer, offset: int, explicit: bool, values: dict, 
                 (length,) = unpack("<I", data, offset + 4)
                 start = offset + 8
         if tag in PIXEL_TAGS:
+            values["_pixel_vr"] = (tag, vr)  # what the element says it holds (None: implicit VR)
             return buffer.base + start, length
         if tag in _FUNCTIONAL_GROUPS:
             raise _Fallback

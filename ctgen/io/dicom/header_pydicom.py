@@ -58,7 +58,7 @@ def read_with_pydicom(path: Path, start: bytes, size: int) -> tuple[dict, str, s
         if not syntax:
             implicit, little = ds.original_encoding
             syntax = IMPLICIT_LE if implicit else (EXPLICIT_LE if little else BIG_ENDIAN)
-        pixels, length, truncated = "none", 0, header_cut
+        pixels, length, truncated, pixel_vr = "none", 0, header_cut, None
         if syntax == DEFLATED:  # positions in an inflated stream say nothing about the file
             pixels, length = _deflated_pixels(path)
         elif not header_cut:
@@ -68,6 +68,8 @@ def read_with_pydicom(path: Path, start: bytes, size: int) -> tuple[dict, str, s
             if len(element) >= 8:
                 group, number = struct.unpack("<HH" if little else ">HH", element[:4])
                 if (group << 16 | number) in PIXEL_TAGS:
+                    explicit = syntax != IMPLICIT_LE and element[4:6] in LONG_VRS
+                    pixel_vr = (group << 16 | number, element[4:6] if explicit else None)
                     if element[4:6] in LONG_VRS:  # the element itself says how it is encoded
                         length = struct.unpack("<I" if little else ">I", element[8:12])[0]
                         value_offset = position + 12
@@ -89,6 +91,8 @@ def read_with_pydicom(path: Path, start: bytes, size: int) -> tuple[dict, str, s
         except Exception:  # noqa: BLE001 - damaged functional groups: check_frames says why
             pass
         values["ModalityLUTSequence"] = "ModalityLUTSequence" in ds
+        if pixel_vr is not None:
+            values["_pixel_vr"] = pixel_vr
         if "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds:
             values["_frames"] = ds  # spacing and rescale per frame, as the reader resolves them
         meta = getattr(ds, "file_meta", None)
