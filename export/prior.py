@@ -43,7 +43,7 @@ def _selection(data: str | os.PathLike, split: str | os.PathLike | None) -> tupl
         split_by = json.loads(config.read_text(encoding="utf-8")).get("train", {}).get("split_by") or "auto"
     inventory = scan([data], split_by=split_by)
     return [Path(entry.path) for entry in inventory.used], {entry.path: entry.patient for entry in inventory.used}, \
-        FolderSelection(os.path.join(os.fspath(data), ""), inventory.counts())
+        FolderSelection.of(data, inventory)
 
 
 def _split(keys: list[str], split: str | os.PathLike | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,11 @@ class FolderSelection:
     def summary(self) -> dict[str, Any]:
         return {"folder": self.folder, "files": self.files, "used": self.used, "left_out": self.left_out}
 
+    @classmethod
+    def of(cls, folder: str | os.PathLike, inventory: Any) -> FolderSelection:
+        """The selection a ``ctgen.io.scan`` inventory of ``folder`` makes."""
+        return cls(os.path.join(os.fspath(folder), ""), inventory.counts())
+
 
 def select_folder(folder: str | os.PathLike) -> tuple[FolderSelection, list[Path]]:
     """The usable files under ``folder`` by ``ctgen.io.scan``'s selection (header-only), named under
@@ -91,7 +96,7 @@ def select_folder(folder: str | os.PathLike) -> tuple[FolderSelection, list[Path
     for entry in inventory.used:
         path = Path(entry.path)
         selected.append(Path(folder) / path.relative_to(root) if path.is_relative_to(root) else path)
-    return FolderSelection(os.path.join(os.fspath(folder), ""), inventory.counts()), selected
+    return FolderSelection.of(folder, inventory), selected
 
 
 def split_source(source: str | os.PathLike) -> tuple[Path, int | None]:
