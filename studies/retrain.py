@@ -7,6 +7,8 @@ the same unseen sets; a tie goes to the lower brain-window MAE.
         --out reports/default/decision.md
 
 Both folders are ``ctgen evaluate`` reports (``metrics.json``) made by the same command on the same sets.
+``--candidate-model FOLDER`` also holds the candidate to the period-2 test that the suite holds the shipped decoder
+to (``period_two_gate``): a decoder that fails it does not replace the default, whatever it scores.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 from studies import anatomy, binding
 from studies.runner import row_from_report, table_markdown
 
-__all__ = ["decide", "targets_met"]
+__all__ = ["PERIOD_TWO_LIMIT", "decide", "period_two_gate", "targets_met"]
+
+PERIOD_TWO_LIMIT = 5.0  # tests/test_model.py::test_default_decoder_output_has_no_period_two_peak
 
 
 def targets_met(row: dict[str, Any]) -> dict[str, bool]:
@@ -44,11 +48,28 @@ def decide(candidate: dict[str, Any], current: dict[str, Any]) -> tuple[bool, st
     return replaces, why
 
 
+def period_two_gate(model_folder: Path, draws: int = 64, seed: int = 0) -> tuple[bool, dict[str, float]]:
+    """(whether the decoder in ``model_folder`` passes, its peaks): the suite's test of the shipped decoder, ``draws``
+    codes from N(0, I) with ``seed``, decoded and scored at the brain window, every peak under PERIOD_TWO_LIMIT."""
+    import numpy as np
+
+    from ctgen.evaluation.metrics.sharpness import period_two_peaks
+    from ctgen.images.preprocess import from_model
+    from ctgen.runtime.model import load_model
+
+    model = load_model(str(model_folder), device="cpu")
+    z = np.random.default_rng(seed).standard_normal((draws, model.latent_size)).astype(np.float32)
+    peaks = period_two_peaks(from_model(model.decode(z)[:, 0], model.grid))
+    return max(peaks.values()) < PERIOD_TWO_LIMIT, peaks
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidate", type=Path, required=True, help="ctgen evaluate report of the retrain")
     parser.add_argument("--current", type=Path, required=True, help="ctgen evaluate report of the current default")
     parser.add_argument("--out", type=Path, required=True, help="the decision, as markdown")
+    parser.add_argument("--candidate-model", type=Path,
+                        help="the candidate's model folder: its decoder must pass the period-2 test to replace")
     parser.add_argument("--rule", default="reports/default/rule.md",
                         help="the rule file this retrain was run under, named in the decision")
     args = parser.parse_args(argv)
@@ -60,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder / 'metrics.json'}: {exc}", file=sys.stderr)
             return 1
     replaces, why = decide(*rows)
+    gate = ""
+    if args.candidate_model is not None:
+        passed, peaks = period_two_gate(args.candidate_model)
+        shown = " / ".join(f"{value:.2f}" for value in peaks.values())
+        gate = (f"Period-2 test of the retrain's decoder (64 N(0, I) draws, limit {PERIOD_TWO_LIMIT:g}): {shown}, "
+                f"{'passed' if passed else 'failed'}.")
+        if not passed:
+            replaces, why = False, f"its decoder fails the period-2 test ({shown}); {why}"
     met = [targets_met(row) for row in rows]
     names = list(met[0])
     lines = ["# The retrain against the current default", "",
@@ -67,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
              table_markdown(rows), "", "| target | " + " | ".join(row["run"] for row in rows) + " |",
              "|---|" + "---|" * len(rows)]
     lines += [f"| {name} | " + " | ".join("yes" if m[name] else "no" for m in met) + " |" for name in names]
+    lines += ["", gate] if gate else []
     lines += ["", f"**Decision:** {'the retrain replaces models/default' if replaces else 'the current default stays'}"
               f" ({why})."]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -256,3 +256,22 @@ def test_retrain_rule_counts_both_issues_targets_then_mae(tmp_path):
     out = tmp_path / "decision.md"
     assert retrain.main(["--candidate", str(tmp_path / "a"), "--current", str(tmp_path / "b"), "--out", str(out)]) == 0
     assert "**Decision:** the current default stays" in out.read_text()  # equal counts, equal MAE: no replacement
+
+
+def test_retrain_period_two_gate_keeps_a_checkerboard_decoder_out(tmp_path, monkeypatch):
+    """The shipped decoder passes the suite's period-2 test; a candidate whose decoder fails it stays out even when
+    it meets more targets (reports/default_v5/rule.md)."""
+    from ctgen.evaluation.metrics import sharpness
+    from studies import retrain
+
+    passed, peaks = retrain.period_two_gate(Path("models/default").resolve())
+    assert passed and max(peaks.values()) < retrain.PERIOD_TWO_LIMIT
+    for name, row in (("a", _row("retrain", mae=11.0)), ("b", _row("current", mae=12.0))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"reconstruction": {"mae_hu_window": row["mae_hu_window"]}}))
+    monkeypatch.setattr(sharpness, "period_two_peaks", lambda images: {"(0.5, 0.5)": 6.7, "(0.5, 0)": 5.6})
+    out = tmp_path / "decision.md"
+    assert retrain.main(["--candidate", str(tmp_path / "a"), "--current", str(tmp_path / "b"), "--out", str(out),
+                         "--candidate-model", str(Path("models/default").resolve())]) == 0
+    text = out.read_text()
+    assert "6.70 / 5.60, failed" in text and "**Decision:** the current default stays (its decoder fails" in text
