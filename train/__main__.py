@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     from train import ddp
     from train.train import train
 
+    finished = False
     try:
         config = config_from_args(args)
         summary = train(config, command=command_line("train", argv), show_selection=True)
+        finished = True
     except CtgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
     finally:
-        ddp.shutdown()
+        ddp.shutdown(finished=finished)
     if int(os.environ.get("RANK", "0")) == 0:
         print(next_steps(summary["run"]))
     return 0
