@@ -486,3 +486,20 @@ def test_pixel_data_stored_with_a_text_vr_is_invalid_for_scan_as_for_the_reader(
     assert (entry.reason, entry.detail) == ("invalid", "pixel data stored with VR UT, not OB or OW")
     with pytest.raises(DicomError):
         read_slice(tmp_path / "ut.dcm")
+
+
+def test_pixel_data_stored_as_un_is_read_by_scan_as_by_the_reader(tmp_path):
+    """Found by the scan fuzz (seed 11): Pixel Data labelled UN (as some converters store it) is read by the reader
+    (pydicom takes the element's own VR), so scan must not call it invalid."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ctgen.io.dicom import read_slice
+    from ctgen.io.scan import scan
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds["PixelData"].VR = "UN"
+    ds.save_as(tmp_path / "un.dcm")
+    (entry,) = scan([tmp_path]).entries
+    assert entry.reason not in ("invalid", "unreadable"), entry
+    assert (read_slice(tmp_path / "un.dcm").hu == read_slice(get_testdata_file("CT_small.dcm")).hu).all()

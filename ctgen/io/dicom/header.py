@@ -161,7 +161,8 @@ def _invalid(path: Path, values: dict, syntax: str, pixels: str, length: int) ->
     """Why the reader would refuse the header's values ("" when it would not): ``ctgen.io.dicom.validate``."""
     image = {keyword: values[keyword] for keyword in IMAGE_KEYWORDS if keyword in values}
     tag, vr = values.get("_pixel_vr") or (None, None)
-    if vr is not None and vr not in PIXEL_VRS.get(tag, (vr,)):
+    # UN ("unknown", as some converters store it) is read as the element's own VR, by pydicom and so by the reader
+    if vr is not None and vr != b"UN" and vr not in PIXEL_VRS.get(tag, (vr,)):
         allowed = " or ".join(kind.decode() for kind in PIXEL_VRS[tag])
         return f"pixel data stored with VR {vr.decode('ascii', 'replace')}, not {allowed}"
     try:
