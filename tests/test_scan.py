@@ -503,3 +503,24 @@ def test_pixel_data_stored_as_un_is_read_by_scan_as_by_the_reader(tmp_path):
     (entry,) = scan([tmp_path]).entries
     assert entry.reason not in ("invalid", "unreadable"), entry
     assert (read_slice(tmp_path / "un.dcm").hu == read_slice(get_testdata_file("CT_small.dcm")).hu).all()
+
+
+def test_pixel_representation_other_than_0_or_1_is_invalid_for_scan_as_for_the_reader(tmp_path):
+    """Found by the scan fuzz (seed 14): PixelRepresentation relabelled CS (its bytes read as the text "\\x01")
+    passed scan, and the reader failed on it with "invalid literal for int()"; both now refuse it in one line."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from ctgen.errors import DicomError
+    from ctgen.io.dicom import read_slice
+    from ctgen.io.scan import scan
+
+    for name, (vr, stored) in {"cs": ("CS", b"\x01\x00"), "two": ("US", 2)}.items():
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        del ds["PixelRepresentation"]
+        ds.add_new(0x00280103, vr, stored)
+        ds.save_as(tmp_path / f"{name}.dcm")
+        (entry,) = scan([tmp_path / f"{name}.dcm"]).entries
+        assert entry.reason == "invalid" and entry.detail.startswith("invalid PixelRepresentation"), entry
+        with pytest.raises(DicomError, match="invalid PixelRepresentation .* \\(0 unsigned or 1 signed\\)$"):
+            read_slice(tmp_path / f"{name}.dcm")

@@ -63,6 +63,7 @@ WANTED = {
     0x00280030: ("PixelSpacing", "number"),
     0x00280100: ("BitsAllocated", "ushort"),
     0x00280101: ("BitsStored", "ushort"),
+    0x00280103: ("PixelRepresentation", "ushort"),
     0x00281052: ("RescaleIntercept", "number"),
     0x00281053: ("RescaleSlope", "number"),
     0x00282110: ("LossyImageCompression", "text"),

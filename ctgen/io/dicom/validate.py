@@ -25,7 +25,7 @@ BITS_ALLOCATED = (8, 16, 32)
 HU_LIMIT = 1e30  # |slope| x 2^BitsAllocated + |intercept| must stay below this: every HU a finite float32
 MAX_SEQUENCE_DEPTH = 32  # sequences inside sequences; CT images use 3 (functional groups), SR trees ~10
 IMAGE_KEYWORDS = ("PhotometricInterpretation", "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns",
-                  "BitsAllocated", "BitsStored")  # what check_image judges
+                  "BitsAllocated", "BitsStored", "PixelRepresentation")  # what check_image judges
 _NESTING = f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels"
 
 
@@ -83,11 +83,12 @@ def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: b
     """Check an image's header values before its pixel data is decoded; returns the number of frames.
 
     ``values``: keyword -> value as the file holds it (absent keys are absent): NumberOfFrames (text or
-    number), Rows, Columns, BitsAllocated, BitsStored (int; anything else is malformed), SamplesPerPixel,
-    PhotometricInterpretation (text). ``pixel_bytes``: the length of native pixel data (None when unknown);
-    ``compressed``: encapsulated pixel data, whose length says nothing about the image. Raises DicomError:
-    colour, invalid frames or image size, BitsAllocated other than 8, 16 or 32, BitsStored beyond it, empty
-    or short native pixel data, or more than ``max_pixels`` pixels in one frame.
+    number), Rows, Columns, BitsAllocated, BitsStored, PixelRepresentation (int; anything else is malformed),
+    SamplesPerPixel, PhotometricInterpretation (text). ``pixel_bytes``: the length of native pixel data (None
+    when unknown); ``compressed``: encapsulated pixel data, whose length says nothing about the image. Raises
+    DicomError: colour, invalid frames or image size, BitsAllocated other than 8, 16 or 32, BitsStored beyond
+    it, PixelRepresentation other than 0 or 1, empty or short native pixel data, or more than ``max_pixels``
+    pixels in one frame.
     """
     photometric = str(values.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = values.get("SamplesPerPixel")
@@ -110,6 +111,9 @@ def check_image(path, values: Mapping, *, pixel_bytes: int | None, compressed: b
     stored = bits if stored is None or stored == "" else stored
     if not isinstance(stored, int) or not 1 <= stored <= bits:
         raise DicomError(path, f"BitsStored {shown(stored)} does not fit BitsAllocated {bits}")
+    representation = values.get("PixelRepresentation")
+    if representation not in (None, "", 0, 1) or isinstance(representation, bool):  # absent or empty: unsigned
+        raise DicomError(path, f"invalid PixelRepresentation {shown(representation)} (0 unsigned or 1 signed)")
     if pixel_bytes is not None and pixel_bytes == 0:
         raise DicomError(path, "pixel data is empty")
     if pixel_bytes is not None and not compressed:
