@@ -524,3 +524,24 @@ def test_pixel_representation_other_than_0_or_1_is_invalid_for_scan_as_for_the_r
         assert entry.reason == "invalid" and entry.detail.startswith("invalid PixelRepresentation"), entry
         with pytest.raises(DicomError, match="invalid PixelRepresentation .* \\(0 unsigned or 1 signed\\)$"):
             read_slice(tmp_path / f"{name}.dcm")
+
+
+def test_an_undefined_length_element_other_than_a_sequence_is_judged_as_the_reader_reads_it(tmp_path):
+    """Found by the scan fuzz (seed 15): nested items under an element relabelled OB with an undefined length.
+    pydicom reads such a value up to the first sequence delimiter and loses the pixel data after it; scan's fast
+    parser skipped the items as a sequence's and found the pixel data. Scan now leaves such a file to pydicom, as
+    the reader does."""
+    from ctgen.errors import DicomError
+    from ctgen.io.dicom import read_slice
+    from ctgen.io.scan import scan
+
+    nested = nested_sequences(3, tag=(0x0009, 0x1020))
+    relabelled = nested[:4] + b"OB" + nested[6:]  # the outermost element's VR: SQ -> OB
+    path = tmp_path / "ob.dcm"
+    path.write_bytes(insert_before_pixels(CT_SMALL.read_bytes(), relabelled))
+    (entry,) = scan([path]).entries
+    assert entry.reason == "no-image", entry
+    with pytest.raises(DicomError, match="no pixel data"):
+        read_slice(path)
+    path.write_bytes(insert_before_pixels(CT_SMALL.read_bytes(), nested))  # as a sequence: read by both
+    assert scan([path]).entries[0].reason == "ok" and read_slice(path).hu.size

@@ -25,6 +25,7 @@ LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR"
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloatPixelData
 PIXEL_VRS = {0x7FE00010: (b"OB", b"OW"), 0x7FE00008: (b"OF",), 0x7FE00009: (b"OD",)}  # what each may be stored as
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_SEQUENCE_VRS = (None, b"SQ", b"UN")  # what an element of undefined length (other than pixel data) may be
 EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 BIG_ENDIAN, DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 NATIVE_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE, BIG_ENDIAN)
@@ -251,6 +252,8 @@ def _walk_top_level(buffer: _Buffer, offset: int, explicit: bool, values: dict, 
         if tag in _FUNCTIONAL_GROUPS:
             raise _Fallback
         if length == UNDEFINED or vr == b"SQ":  # a sequence (SQ, or UN holding implicit-VR items)
+            if length == UNDEFINED and vr not in _SEQUENCE_VRS:
+                raise _Fallback  # OB, UT... of undefined length: pydicom reads to the first delimiter; let it judge
             if tag == _MODALITY_LUT:
                 values["ModalityLUTSequence"] = True
             end = None if length == UNDEFINED else buffer.base + start + length
@@ -304,6 +307,8 @@ def _skip_item(buffer: _Buffer, offset: int, end: int | None, explicit: bool, de
         if end is None and group << 16 | element == _ITEM_END:  # delimiters carry no VR
             return offset + 8
         offset, _, vr, length, start = _element(buffer, offset, explicit)
+        if length == UNDEFINED and vr not in _SEQUENCE_VRS:
+            raise _Fallback  # as at the top level (_walk_top_level)
         if length == UNDEFINED:
             offset = _skip_sequence(buffer, start, None, explicit and vr != b"UN", depth + 1, path)
         elif vr == b"SQ" and length:
