@@ -332,8 +332,8 @@ def test_default_decoder_output_has_no_period_two_peak():
     """Issue 26: no checkerboard (period 2 px) in the shipped decoder's images: the power at (0.5, 0.5) and
     (0.5, 0) cycles/px under 5 times that of the neighbouring frequencies (the peak of tests/test_train_model.py),
     for 64 draws from N(0, I) at the brain window. A checkerboard of ±3 HU scores > 10 (tests/test_sharpness.py);
-    the phantom's originals 0.97 / 1.07; this decoder 0.82 / 1.11, the transposed one it replaced 4.5 / 3.9
-    (5.6 / 4.6 at three times the draws)."""
+    the phantom's originals 0.97 / 1.07; this sub-pixel decoder 1.05 / 1.31, the resize one it replaced 0.82 / 1.11,
+    the transposed one before that 4.5 / 3.9 (5.6 / 4.6 at three times the draws)."""
     from ctgen.evaluation.metrics.sharpness import period_two_peaks
     from ctgen.images.preprocess import from_model
 
