@@ -54,7 +54,7 @@ GRID = [(10, 1.0), (20, 1.0), (50, 1.0), (100, 1.0), (500, 1.0), (50, 20.0), (50
 EXPORT_POINT = (50, 1.0)  # shared by both sweeps; its best checkpoint (lowest validation loss) is exported
 # the exported run also binds units to measured factors (with their latent cycle) and adds the image terms, so the
 # GPU run exercises them
-EXPORT_EXTRAS = {"bind": "rotation_deg,level,head_width_max_mm,head_length_max_mm", "upsample": "resize",
+EXPORT_EXTRAS = {"bind": "rotation_deg,level,head_width_max_mm,head_length_max_mm", "upsample": "subpixel",
                  "ssim_weight": 0.1, "freq_weight": 1.0, "adv_weight": 0.01, "adv_start": 1, "cycle_weight": 0.3}
 BUDGET_S = 540.0
 WHEEL_SITE = Path("/tmp/ctgen-site")
