@@ -75,7 +75,7 @@ def test_dry_run_report_has_every_stage(dry_run):
     assert [entry["factor"] for entry in card["binding"]["units"]] == EXPORT_BIND
     assert card["binding"]["cycle_weight"] == 0.3  # the latent cycle ran too
     losses = card["objective"]["losses"]
-    assert card["architecture"]["config"]["upsample"] == "resize" and losses["ms_ssim"]["weight"] == 0.1
+    assert card["architecture"]["config"]["upsample"] == "subpixel" and losses["ms_ssim"]["weight"] == 0.1
     assert losses["focal_frequency"]["weight"] == 1.0 and losses["adversarial"]["weight"] == 0.01
     check = stages["ort_check"]
     assert check["device"] == "cpu" and check["fp32 (CPU stand-in)"]["within_tolerance"]
