@@ -265,7 +265,7 @@ def test_retrain_period_two_gate_keeps_a_checkerboard_decoder_out(tmp_path, monk
     from studies import retrain
 
     passed, peaks = retrain.period_two_gate(Path("models/default").resolve())
-    assert passed and max(peaks.values()) < retrain.PERIOD_TWO_LIMIT
+    assert passed and max(peaks.values()) < sharpness.PERIOD_TWO_LIMIT
     for name, row in (("a", _row("retrain", mae=11.0)), ("b", _row("current", mae=12.0))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps({"reconstruction": {"mae_hu_window": row["mae_hu_window"]}}))

@@ -38,7 +38,8 @@ from ctgen.errors import InputError
 from ctgen.evaluation.metrics.realism import _outside  # pixels connected to the border: what bone does not enclose
 
 __all__ = ["BANDS", "WINDOW_HU", "anatomy_kept", "band_power_ratios", "gaussian_band_ratio", "log_frequency_distance",
-           "period_two_peaks", "radial_power_spectrum", "sharpness_report"]  # fmt: skip
+           "PERIOD_TWO_LIMIT", "decoder_period_two_peaks", "period_two_peaks", "radial_power_spectrum",
+           "sharpness_report"]  # fmt: skip
 
 BANDS = {"0.125-0.25": (0.125, 0.25), "0.25-0.5": (0.25, 0.5)}  # cycles/px
 WINDOW_HU = (-50.0, 250.0)  # the brain window of the version-1 cards (and of the realism features)
@@ -117,6 +118,19 @@ def period_two_peaks(images: np.ndarray, window: tuple[float, float] | None = WI
         return float(power[row, col] / max(np.mean(around), 1e-300))
 
     return {"(0.5, 0.5)": peak(half, half), "(0.5, 0)": max(peak(half, 0), peak(0, half))}
+
+
+PERIOD_TWO_LIMIT = 5.0  # a shipped decoder's peaks stay under this (a checkerboard of ±3 HU scores > 10)
+
+
+def decoder_period_two_peaks(model, draws: int = 64, seed: int = 0) -> dict[str, float]:
+    """The period-2 peaks of a decoder's own texture: ``model`` (``ctgen.runtime.model.Model``) decodes ``draws``
+    codes from N(0, I) drawn with ``seed``, scored in HU at the brain window. The check a shipped decoder passes
+    (every peak under PERIOD_TWO_LIMIT), in the test suite and in ``studies.retrain``."""
+    from ctgen.images.preprocess import from_model
+
+    z = np.random.default_rng(seed).standard_normal((draws, model.latent_size)).astype(np.float32)
+    return period_two_peaks(from_model(model.decode(z)[:, 0], model.grid))
 
 
 def log_frequency_distance(original_hu: np.ndarray, recon_hu: np.ndarray) -> np.ndarray:
