@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import invoke, one_error_line, run_ctgen
-from ctgen.io.dicom import patient_key, read_frames, write_series
+from ctgen.io.dicom import patient_key, read_frames, read_slice, write_series
 from ctgen.errors import DicomError, InputError
 from ctgen.images.geometry import axial_tilt_deg
 from ctgen.io.scan import scan
@@ -470,60 +470,51 @@ def test_a_number_of_frames_of_control_bytes_is_invalid_for_both(tmp_path):  # f
         read_frames(path)
 
 
+def _ct_small_edited(path: Path, edit) -> Path:
+    """CT_small with ``edit(ds)`` made to its dataset, saved as ``path``."""
+    ds = pydicom.dcmread(CT_SMALL)
+    edit(ds)
+    ds.save_as(path)
+    return path
+
+
+def _relabel_pixel_data(vr: str):
+    def edit(ds):
+        ds["PixelData"].VR = vr
+    return edit
+
+
 def test_pixel_data_stored_with_a_text_vr_is_invalid_for_scan_as_for_the_reader(tmp_path):
     """Found by the scan fuzz (random seed): Pixel Data relabelled UT passed scan, and the reader refused it."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    from ctgen.errors import DicomError
-    from ctgen.io.dicom import read_slice
-    from ctgen.io.scan import scan
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds["PixelData"].VR = "UT"
-    ds.save_as(tmp_path / "ut.dcm")
-    (entry,) = scan([tmp_path]).entries
+    path = _ct_small_edited(tmp_path / "ut.dcm", _relabel_pixel_data("UT"))
+    entry = _entry(path)
     assert (entry.reason, entry.detail) == ("invalid", "pixel data stored with VR UT, not OB or OW")
     with pytest.raises(DicomError):
-        read_slice(tmp_path / "ut.dcm")
+        read_slice(path)
 
 
 def test_pixel_data_stored_as_un_is_read_by_scan_as_by_the_reader(tmp_path):
     """Found by the scan fuzz (seed 11): Pixel Data labelled UN (as some converters store it) is read by the reader
     (pydicom takes the element's own VR), so scan must not call it invalid."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    from ctgen.io.dicom import read_slice
-    from ctgen.io.scan import scan
-
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds["PixelData"].VR = "UN"
-    ds.save_as(tmp_path / "un.dcm")
-    (entry,) = scan([tmp_path]).entries
+    path = _ct_small_edited(tmp_path / "un.dcm", _relabel_pixel_data("UN"))
+    entry = _entry(path)
     assert entry.reason not in ("invalid", "unreadable"), entry
-    assert (read_slice(tmp_path / "un.dcm").hu == read_slice(get_testdata_file("CT_small.dcm")).hu).all()
+    assert (read_slice(path).hu == read_slice(CT_SMALL).hu).all()
 
 
 def test_pixel_representation_other_than_0_or_1_is_invalid_for_scan_as_for_the_reader(tmp_path):
     """Found by the scan fuzz (seed 14): PixelRepresentation relabelled CS (its bytes read as the text "\\x01")
     passed scan, and the reader failed on it with "invalid literal for int()"; both now refuse it in one line."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    from ctgen.errors import DicomError
-    from ctgen.io.dicom import read_slice
-    from ctgen.io.scan import scan
-
     for name, (vr, stored) in {"cs": ("CS", b"\x01\x00"), "two": ("US", 2)}.items():
-        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-        del ds["PixelRepresentation"]
-        ds.add_new(0x00280103, vr, stored)
-        ds.save_as(tmp_path / f"{name}.dcm")
-        (entry,) = scan([tmp_path / f"{name}.dcm"]).entries
+        def edit(ds, vr=vr, stored=stored):
+            del ds["PixelRepresentation"]
+            ds.add_new(0x00280103, vr, stored)
+
+        path = _ct_small_edited(tmp_path / f"{name}.dcm", edit)
+        entry = _entry(path)
         assert entry.reason == "invalid" and entry.detail.startswith("invalid PixelRepresentation"), entry
         with pytest.raises(DicomError, match="invalid PixelRepresentation .* \\(0 unsigned or 1 signed\\)$"):
-            read_slice(tmp_path / f"{name}.dcm")
+            read_slice(path)
 
 
 def test_an_undefined_length_element_other_than_a_sequence_is_judged_as_the_reader_reads_it(tmp_path):
@@ -531,17 +522,13 @@ def test_an_undefined_length_element_other_than_a_sequence_is_judged_as_the_read
     pydicom reads such a value up to the first sequence delimiter and loses the pixel data after it; scan's fast
     parser skipped the items as a sequence's and found the pixel data. Scan now leaves such a file to pydicom, as
     the reader does."""
-    from ctgen.errors import DicomError
-    from ctgen.io.dicom import read_slice
-    from ctgen.io.scan import scan
-
     nested = nested_sequences(3, tag=(0x0009, 0x1020))
     relabelled = nested[:4] + b"OB" + nested[6:]  # the outermost element's VR: SQ -> OB
     path = tmp_path / "ob.dcm"
     path.write_bytes(insert_before_pixels(CT_SMALL.read_bytes(), relabelled))
-    (entry,) = scan([path]).entries
+    entry = _entry(path)
     assert entry.reason == "no-image", entry
     with pytest.raises(DicomError, match="no pixel data"):
         read_slice(path)
     path.write_bytes(insert_before_pixels(CT_SMALL.read_bytes(), nested))  # as a sequence: read by both
-    assert scan([path]).entries[0].reason == "ok" and read_slice(path).hu.size
+    assert _entry(path).reason == "ok" and read_slice(path).hu.size
